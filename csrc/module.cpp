@@ -1,0 +1,16 @@
+// Wires the per-area bindings into the private module `vortex._core`.
+// Nothing else lives here: each area has csrc/<area>.hpp (plain C++) and
+// csrc/bind_<area>.cpp defining bind_<area>(py::module_&).
+#include "pybind11.hpp"
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
+    m.attr("__version__") = VORTEX_VERSION;
+#if defined(__clang__)
+    m.attr("compiler") = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    m.attr("compiler") = "gcc " __VERSION__;
+#else
+    m.attr("compiler") = "unknown";
+#endif
+}

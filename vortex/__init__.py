@@ -1,0 +1,46 @@
+"""Vortex: an ML inference service that watches itself, patches itself and keeps training.
+
+``import vortex`` is light: the compiled core, NumPy, torch and pyarrow are loaded when a
+name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import BackgroundTrainingConfig, FluxConfig, RSIConfig, RuntimeDetectorConfig
+from .errors import ConfigError, VortexError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {
+    "WeaknessType": "vortex.monitor.weaknesses",
+    "Weakness": "vortex.monitor.weaknesses",
+    "RSITriggerEvent": "vortex.monitor.weaknesses",
+}
+
+__all__ = [
+    "__version__",
+    "BackgroundTrainingConfig",
+    "ConfigError",
+    "FluxConfig",
+    "RSIConfig",
+    "RuntimeDetectorConfig",
+    "VortexError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vortex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

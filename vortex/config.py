@@ -1,0 +1,340 @@
+"""Configuration dataclasses.
+
+Every ``*Config`` validates itself in ``__post_init__``: a value that cannot work raises
+:class:`vortex.errors.ConfigError` naming the field and the value, so a typo fails at
+construction rather than an hour later in a background thread.  Configs are frozen;
+derive a changed one with :func:`dataclasses.replace` (which validates again).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "RuntimeDetectorConfig",
+    "FluxConfig",
+    "BackgroundTrainingConfig",
+    "RSIConfig",
+]
+
+
+def _fail(obj: object, name: str, value: Any, why: str) -> None:
+    raise ConfigError(f"{type(obj).__name__}.{name}={value!r}: {why}")
+
+
+def _number(obj: object, name: str, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
+    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds."""
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(obj, name, value, f"must be {'an integer' if integer else 'a number'}")
+    if integer and not isinstance(value, int):
+        _fail(obj, name, value, "must be an integer")
+    if not math.isfinite(value):
+        _fail(obj, name, value, "must be finite")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        _fail(obj, name, value, f"must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        _fail(obj, name, value, f"must be {'<' if hi_open else '<='} {hi}")
+
+
+def _boolean(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, bool):
+            _fail(obj, name, value, "must be True or False")
+
+
+def as_dict(config: object) -> dict[str, Any]:
+    """The config's fields as a plain dict (nested configs as dicts), for JSON status output."""
+    out: dict[str, Any] = {}
+    for f in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        out[f.name] = as_dict(value) if hasattr(value, "__dataclass_fields__") else (
+            list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+@dataclass(frozen=True)
+class RuntimeDetectorConfig:
+    """Settings of the :class:`vortex.monitor.RuntimeDetector`.
+
+    Parameters
+    ----------
+    enabled
+        When False, ``record_sample`` still stores samples but the monitor thread raises
+        no weaknesses.
+    monitor_interval_ms
+        Period of the monitor thread's analysis pass.
+    window_size
+        Number of most recent samples kept in the metric window.
+    latency_spike_threshold_ms, latency_spike_count
+        A LatencySpike is raised when at least ``latency_spike_count`` of the recent samples
+        exceed ``latency_spike_threshold_ms``.
+    confidence_drop_threshold
+        A ConfidenceDrop is raised when the recent mean confidence is below the baseline mean
+        by more than this (absolute).
+    confidence_low_threshold
+        A ConfidenceLow is raised when the recent mean confidence is below this.
+    prediction_error_spike_threshold
+        A PredictionErrorSpike is raised when the recent mean error (samples with ground
+        truth only) exceeds this.
+    memory_pressure_threshold
+        A MemoryPressure is raised when resident memory over the process's limit (cgroup limit
+        if set, else physical RAM) exceeds this fraction.
+    throughput_drop_threshold
+        A ThroughputDrop is raised when the request rate of the last tick falls below the
+        baseline rate by more than this fraction.
+    auto_trigger_rsi
+        Whether weaknesses produce :class:`RSITriggerEvent` s for subscribers.
+    trigger_cooldown_secs
+        Minimum time between two trigger events.
+    enable_pattern_recognition, pattern_confidence_threshold, pattern_period_secs, pattern_min_occurrences
+        A RecurringPattern is raised when the same weakness type occurred at least
+        ``pattern_min_occurrences`` times within ``pattern_period_secs`` and the regularity
+        score of those occurrences is at least ``pattern_confidence_threshold``.
+    """
+
+    enabled: bool = True
+    monitor_interval_ms: int = 1000
+    window_size: int = 60
+    latency_spike_threshold_ms: float = 500.0
+    latency_spike_count: int = 3
+    confidence_drop_threshold: float = 0.15
+    confidence_low_threshold: float = 0.6
+    prediction_error_spike_threshold: float = 0.5
+    memory_pressure_threshold: float = 0.85
+    throughput_drop_threshold: float = 0.3
+    auto_trigger_rsi: bool = True
+    trigger_cooldown_secs: float = 300.0
+    enable_pattern_recognition: bool = True
+    pattern_confidence_threshold: float = 0.7
+    pattern_period_secs: float = 3600.0
+    pattern_min_occurrences: int = 3
+
+    def __post_init__(self) -> None:
+        _boolean(self, "enabled", "auto_trigger_rsi", "enable_pattern_recognition")
+        _number(self, "monitor_interval_ms", lo=1, integer=True)
+        _number(self, "window_size", lo=10, hi=1 << 30, integer=True)
+        _number(self, "latency_spike_threshold_ms", lo=0, lo_open=True)
+        _number(self, "latency_spike_count", lo=1, integer=True)
+        _number(self, "confidence_drop_threshold", lo=0, hi=1, lo_open=True)
+        _number(self, "confidence_low_threshold", lo=0, hi=1)
+        _number(self, "prediction_error_spike_threshold", lo=0, lo_open=True)
+        _number(self, "memory_pressure_threshold", lo=0, hi=1, lo_open=True)
+        _number(self, "throughput_drop_threshold", lo=0, hi=1, lo_open=True, hi_open=True)
+        _number(self, "trigger_cooldown_secs", lo=0)
+        _number(self, "pattern_confidence_threshold", lo=0, hi=1)
+        _number(self, "pattern_period_secs", lo=0, lo_open=True)
+        _number(self, "pattern_min_occurrences", lo=2, integer=True)
+        if self.latency_spike_count > 10:
+            _fail(self, "latency_spike_count", self.latency_spike_count,
+                  "must be <= 10, the size of the recent slice it is counted in")
+
+
+@dataclass(frozen=True)
+class FluxConfig:
+    """Parameters of :class:`vortex.training.FluxDynamics` (see DESIGN.md, FluxDynamics).
+
+    Parameters
+    ----------
+    half_life
+        Recency half-life of the forward chain, in samples (sequence numbers).
+    gamma
+        Discount of the backward error chain within an episode, in [0, 1].
+    lam
+        How much the backward error credit adds to a sample's weight.
+    w_max
+        Raw weights are clipped at this value before normalisation.
+    holdout_positions
+        Flux positions (1..9) held out for validation; their weight is 0.
+    """
+
+    half_life: float = 2000.0
+    gamma: float = 0.9
+    lam: float = 1.0
+    w_max: float = 10.0
+    holdout_positions: tuple[int, ...] = (3, 6, 9)
+
+    def __post_init__(self) -> None:
+        _number(self, "half_life", lo=0, lo_open=True)
+        _number(self, "gamma", lo=0, hi=1)
+        _number(self, "lam", lo=0)
+        _number(self, "w_max", lo=0, lo_open=True)
+        positions = self.holdout_positions
+        if not isinstance(positions, tuple) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 9 for p in positions):
+            _fail(self, "holdout_positions", positions, "must be a tuple of integers in 1..9")
+        if len(set(positions)) != len(positions):
+            _fail(self, "holdout_positions", positions, "must not repeat a position")
+        if len(positions) >= 9:
+            _fail(self, "holdout_positions", positions, "must leave at least one position to train on")
+
+
+@dataclass(frozen=True)
+class BackgroundTrainingConfig:
+    """Settings of the :class:`vortex.training.BackgroundTrainingCoordinator`.
+
+    Parameters
+    ----------
+    enabled
+        When False, no trigger starts a run.
+    training_interval_secs
+        Period of the SCHEDULED trigger.
+    min_samples_for_training
+        A run needs at least this many buffered samples; the SAMPLE_THRESHOLD trigger fires
+        when this many new samples arrived since the last run.
+    max_samples_per_batch
+        At most this many of the newest samples go into one run's snapshot.
+    num_epochs, learning_rate, batch_size
+        Optimiser settings of the worker (Adam, weighted mean loss).
+    enable_versioning
+        Keep every candidate in the registry (False keeps only the active model's lineage).
+    checkpoint_dir
+        Registry directory; None means ``<home>/models``.
+    auto_swap_models
+        Swap a candidate in when it validates better (see ``min_improvement_threshold``).
+    min_improvement_threshold
+        Percent improvement of validation accuracy (classification) or loss (regression)
+        the candidate needs over the active model; the lower bound of its confidence interval
+        must also be above zero.
+    keep_last_n_versions
+        Registry cleanup keeps this many newest versions (and always the active one).
+    world_size
+        Number of DistributedDataParallel worker processes per run.
+    buffer_capacity
+        Capacity of the sample ring.
+    task
+        "classification" (cross-entropy, confidence = max softmax) or "regression" (MSE).
+    flux
+        FluxDynamics parameters.
+    worker_threads
+        torch intra-op threads per worker process, so the serving process keeps its cores.
+    run_timeout_secs
+        A run still going after this is killed and recorded as failed.
+    watch_requests, watch_regression_threshold
+        After an automatic swap, the coordinator compares the new version's live error over
+        ``watch_requests`` requests with the old one's; a regression beyond the threshold
+        (absolute error rate) swaps back.
+    max_version_age_days
+        Cleanup also removes versions older than this many days (never the active one).
+    confidence_level
+        Confidence level of the improvement interval.
+    """
+
+    enabled: bool = True
+    training_interval_secs: float = 3600.0
+    min_samples_for_training: int = 100
+    max_samples_per_batch: int = 10_000
+    num_epochs: int = 3
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    enable_versioning: bool = True
+    checkpoint_dir: str | None = None
+    auto_swap_models: bool = True
+    min_improvement_threshold: float = 2.0
+    keep_last_n_versions: int = 5
+    world_size: int = 1
+    buffer_capacity: int = 10_000
+    task: str = "classification"
+    flux: FluxConfig = field(default_factory=FluxConfig)
+    worker_threads: int = 1
+    run_timeout_secs: float = 600.0
+    watch_requests: int = 200
+    watch_regression_threshold: float = 0.05
+    max_version_age_days: float | None = None
+    confidence_level: float = 0.95
+
+    def __post_init__(self) -> None:
+        _boolean(self, "enabled", "enable_versioning", "auto_swap_models")
+        _number(self, "training_interval_secs", lo=0, lo_open=True)
+        _number(self, "min_samples_for_training", lo=1, integer=True)
+        _number(self, "max_samples_per_batch", lo=1, integer=True)
+        _number(self, "num_epochs", lo=1, integer=True)
+        _number(self, "learning_rate", lo=0, lo_open=True)
+        _number(self, "batch_size", lo=1, integer=True)
+        _number(self, "min_improvement_threshold", lo=0)
+        _number(self, "keep_last_n_versions", lo=1, integer=True)
+        _number(self, "world_size", lo=1, integer=True)
+        _number(self, "buffer_capacity", lo=1, integer=True)
+        _number(self, "worker_threads", lo=1, integer=True)
+        _number(self, "run_timeout_secs", lo=0, lo_open=True)
+        _number(self, "watch_requests", lo=0, integer=True)
+        _number(self, "watch_regression_threshold", lo=0)
+        _number(self, "confidence_level", lo=0, hi=1, lo_open=True, hi_open=True)
+        if self.task not in ("classification", "regression"):
+            _fail(self, "task", self.task, "must be 'classification' or 'regression'")
+        if not isinstance(self.flux, FluxConfig):
+            _fail(self, "flux", self.flux, "must be a FluxConfig")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
+            _fail(self, "checkpoint_dir", self.checkpoint_dir, "must be a path string or None")
+        if self.max_version_age_days is not None:
+            _number(self, "max_version_age_days", lo=0, lo_open=True)
+        if self.min_samples_for_training > self.buffer_capacity:
+            _fail(self, "min_samples_for_training", self.min_samples_for_training,
+                  f"can never be reached with buffer_capacity={self.buffer_capacity}")
+
+
+@dataclass(frozen=True)
+class RSIConfig:
+    """Settings of the self-modification engine (:class:`vortex.rsi.RSIEngine`).
+
+    Parameters
+    ----------
+    enabled
+        When False, cycles do nothing and triggers are ignored.
+    min_confidence_threshold
+        A cycle reports a confidence weakness for a mode whose mean confidence is below this.
+    max_thorough_time_ms
+        A cycle reports a performance weakness when the "thorough" mode's mean latency
+        exceeds this.
+    max_error_rate
+        A cycle reports an error-handling weakness when the error rate exceeds this.
+    max_weaknesses_per_cycle
+        At most this many weaknesses (most severe first) are acted on per cycle.
+    auto_apply_low_risk, auto_apply_medium_risk
+        Which risk levels are applied without approval after they pass the sandbox.
+        High and critical never are.
+    min_inferences_before_rsi
+        A cycle does nothing before this many inferences were recorded.
+    cycle_interval_secs
+        Period of scheduled cycles.
+    watch_requests, watch_regression_threshold
+        After an apply, the addressed metric is watched for this many requests; a relative
+        regression beyond the threshold rolls the proposal back.
+    benchmark_repeats
+        Interleaved baseline/candidate benchmark runs per sandbox test.
+    confidence_level
+        Confidence level of the paired benchmark difference.
+    """
+
+    enabled: bool = False
+    min_confidence_threshold: float = 0.7
+    max_thorough_time_ms: float = 1000.0
+    max_error_rate: float = 0.05
+    max_weaknesses_per_cycle: int = 3
+    auto_apply_low_risk: bool = True
+    auto_apply_medium_risk: bool = False
+    min_inferences_before_rsi: int = 100
+    cycle_interval_secs: float = 3600.0
+    watch_requests: int = 200
+    watch_regression_threshold: float = 0.1
+    benchmark_repeats: int = 5
+    confidence_level: float = 0.95
+
+    def __post_init__(self) -> None:
+        _boolean(self, "enabled", "auto_apply_low_risk", "auto_apply_medium_risk")
+        _number(self, "min_confidence_threshold", lo=0, hi=1)
+        _number(self, "max_thorough_time_ms", lo=0, lo_open=True)
+        _number(self, "max_error_rate", lo=0, hi=1)
+        _number(self, "max_weaknesses_per_cycle", lo=1, integer=True)
+        _number(self, "min_inferences_before_rsi", lo=0, integer=True)
+        _number(self, "cycle_interval_secs", lo=0, lo_open=True)
+        _number(self, "watch_requests", lo=0, integer=True)
+        _number(self, "watch_regression_threshold", lo=0)
+        _number(self, "benchmark_repeats", lo=2, integer=True)
+        _number(self, "confidence_level", lo=0, hi=1, lo_open=True, hi_open=True)

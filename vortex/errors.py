@@ -1,0 +1,109 @@
+"""Exceptions raised by Vortex.
+
+Every error the library raises on purpose derives from :class:`VortexError`, so a
+service can catch Vortex's failures without catching its own.  Bad argument values
+raise the built-in :class:`ValueError` (as NumPy and the standard library do) and
+bad configuration raises :class:`ConfigError`, which is also a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VortexError",
+    "ConfigError",
+    "CoreNotBuiltError",
+    "SnapshotFormatError",
+    "TrainingError",
+    "RegistryError",
+    "ChecksumMismatchError",
+    "VersionNotFoundError",
+    "ModelSwapError",
+    "RSIError",
+    "PatchError",
+    "SandboxError",
+    "ProposalNotFoundError",
+    "ProposalStateError",
+    "RollbackConflictError",
+    "AuditLogError",
+    "UnknownRequestError",
+]
+
+
+class VortexError(Exception):
+    """Base class of every error Vortex raises on purpose."""
+
+
+class ConfigError(VortexError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range.
+
+    The message names the field (``RuntimeDetectorConfig.window_size``) and the value.
+    """
+
+
+class CoreNotBuiltError(VortexError, ImportError):
+    """The compiled core ``vortex._core`` could not be imported."""
+
+
+class SnapshotFormatError(VortexError, ValueError):
+    """A persisted buffer or snapshot file is corrupted or does not match the buffer."""
+
+
+class TrainingError(VortexError):
+    """A background training run failed (worker crashed, timed out or diverged)."""
+
+
+class RegistryError(VortexError):
+    """The model registry is unreadable or an operation on it is not possible."""
+
+
+class ChecksumMismatchError(RegistryError):
+    """A stored model's bytes do not match the sha256 recorded for it."""
+
+
+class VersionNotFoundError(RegistryError, KeyError):
+    """No model version with that number exists in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelSwapError(VortexError):
+    """A model could not be loaded, warmed up or swapped in; the old one keeps serving."""
+
+
+class RSIError(VortexError):
+    """Base class of self-modification errors."""
+
+
+class PatchError(RSIError):
+    """A diff is malformed, escapes the target tree or does not apply."""
+
+
+class SandboxError(RSIError):
+    """The sandbox itself could not be set up (not a failing test: that is a TestResult)."""
+
+
+class ProposalNotFoundError(RSIError, KeyError):
+    """No proposal with that id exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ProposalStateError(RSIError):
+    """The proposal is not in a state that allows this operation (e.g. apply before test)."""
+
+
+class RollbackConflictError(RSIError):
+    """A file changed since the proposal was applied, so rolling back would lose that change."""
+
+
+class AuditLogError(RSIError):
+    """The audit log is unreadable or its hash chain is broken."""
+
+
+class UnknownRequestError(VortexError, KeyError):
+    """Feedback names a request id that is unknown or has expired from the pending table."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
