@@ -1,0 +1,557 @@
+"""Sandboxed testing of a diff: a fresh copy of the tree, a real patch tool, limited subprocesses.
+
+How a proposal is tested (:meth:`Sandbox.test`):
+
+1. Two trees are materialised under the sandbox base directory: *baseline* (the original) and
+   *candidate*, as real copies (``copy_file_range`` in the kernel; never hard links, which a
+   write in the sandbox would carry into the original inode).
+2. The diff's paths are checked (no absolute paths, ``..``, symlinks or paths resolving outside
+   the tree) and it is applied in the candidate with ``git apply``.
+3. The judge paths (``[tool.vortex] judge``: the tests and the benchmark script) are replaced in
+   both trees by the original tree's copies, so a patch cannot weaken what grades it.
+4. The test command runs in the candidate; if it passes, the benchmark command runs
+   ``repeats`` times on baseline and candidate interleaved (B C, C B, B C, ...), and the paired
+   differences of the judged metric give a mean and a Student-t confidence interval.
+
+Every command runs in its own session with a wall-clock timeout that kills the whole process
+group; with ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC`` (and no core dumps);
+with an environment reduced to an allow list; and, where the OS allows, inside
+``unshare --user --map-root-user --net --pid --mount --mount-proc --fork --kill-child``:
+
+* no network (the new network namespace has only a loopback device, and it is down);
+* a PID namespace with its own ``/proc``: the command sees no other process (so it cannot read
+  another process's environment), and killing the namespace's first process kills every process
+  the command started, even ones that left the process group;
+* a mount namespace in which ``/`` is remounted read-only and only the sandbox directory stays
+  writable, so neither the real tree nor anything else on the root file system can be changed.
+
+The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root a watchdog
+thread counts the processes in the command's PID namespace every 20 ms and kills the namespace
+when there are more than ``max_processes``. For other users ``RLIMIT_NPROC`` is set to the
+user's current process count plus ``max_processes``. ``TestResult.network_isolated`` says
+whether the namespaces could be used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from ..errors import PatchError, SandboxError
+from .diffs import check_paths, parse_diff
+from .settings import SandboxLimits, VortexSettings
+
+__all__ = ["TestResult", "CommandRun", "Sandbox", "t_quantile", "paired_interval",
+           "parse_pytest_summary", "run_limited", "isolation_support"]
+
+log = logging.getLogger(__name__)
+
+SKIP_NAMES = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                        ".venv", ".vortex", ".hypothesis"})
+_BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution (no SciPy).
+
+    Exact for ``df`` 1 and 2; for ``df >= 3`` the Cornish-Fisher expansion of the t quantile
+    around the normal quantile to the fourth order in 1/df (Abramowitz & Stegun 26.7.5), whose
+    error is below 0.3 % for df >= 3 at p = 0.975 and shrinks fast with df.
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"p={p!r} must be in (0, 1)")
+    if df < 1:
+        raise ValueError(f"df={df!r} must be >= 1")
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = statistics.NormalDist().inv_cdf(p)
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    g4 = (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3 + g4 / df ** 4
+
+
+def paired_interval(diffs: Sequence[float], confidence: float) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided ``confidence`` Student-t interval."""
+    n = len(diffs)
+    if n < 2:
+        raise ValueError(f"need at least 2 paired differences, got {n}")
+    mean = statistics.fmean(diffs)
+    half = t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+_SUMMARY = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")
+
+
+def parse_pytest_summary(output: str) -> dict[str, int] | None:
+    """Counts from pytest's final summary line (``== 3 passed, 1 failed in 0.12s ==``)."""
+    for line in reversed(output.splitlines()):
+        if re.search(r"\b(passed|failed|errors?|no tests ran)\b", line) and re.search(r"\bin [\d.]+s", line):
+            counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+            for num, word in _SUMMARY.findall(line):
+                key = "errors" if word.startswith("error") else word
+                if key in counts:
+                    counts[key] += int(num)
+            return counts
+    return None
+
+
+# ----------------------------------------------------------------------------- processes
+
+@dataclass
+class CommandRun:
+    """One finished sandboxed command."""
+
+    command: list[str]
+    returncode: int | None
+    timed_out: bool
+    duration_secs: float
+    stdout: str
+    stderr: str
+    process_limit_hit: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        if self.process_limit_hit:
+            return f"{' '.join(self.command)}: killed for starting too many processes"
+        if self.timed_out:
+            return f"{self.command[-1]!r}: killed after the wall-clock timeout ({self.duration_secs:.1f}s)"
+        if self.returncode is not None and self.returncode < 0:
+            sig = signal.Signals(-self.returncode).name
+            return f"{' '.join(self.command)}: killed by {sig}"
+        return f"{' '.join(self.command)}: exit status {self.returncode}"
+
+
+_WRAPPER = ('mount --bind "$0" "$0" && mount -o remount,bind,ro / && cd "$1" && shift '
+            '&& exec "$@"')
+
+
+@functools.lru_cache(maxsize=1)
+def isolation_support() -> bool:
+    """Whether ``unshare --user --net --pid --mount`` (and the read-only remount) work here."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return False
+    work = tempfile.mkdtemp(prefix="vtx-probe-")
+    try:
+        r = subprocess.run([exe, "-rnpfm", "--mount-proc", "--kill-child", "--", "/bin/sh", "-c",
+                            _WRAPPER, work, work, "/bin/sh", "-c", "touch ok"],
+                           capture_output=True, timeout=20)
+        return r.returncode == 0 and os.path.exists(os.path.join(work, "ok"))
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _user_process_count() -> int:
+    uid, n = os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _preexec(limits: SandboxLimits, nproc: int):  # type: ignore[no-untyped-def]
+    mem = limits.memory_mb << 20
+    fsize = limits.max_file_mb << 20
+
+    def apply() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_secs, limits.cpu_secs))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+    return apply
+
+
+def _pid_ns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _count_in_ns(ns: str) -> int:
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _pid_ns(name) == ns:
+            n += 1
+    return n
+
+
+def _tail(path: str, limit: int = 65536) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - limit))
+        return fh.read().decode("utf-8", "replace")
+
+
+def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: SandboxLimits,
+                out_dir: str, writable: str | None = None, isolate: bool = True) -> CommandRun:
+    """Run ``command`` under the limits (see the module docstring); never raises for the
+    command's own failure, which shows in the returned :class:`CommandRun`.
+
+    ``writable`` is the directory that stays writable inside the mount namespace (default
+    ``cwd``); ``out_dir`` receives the output files (outside the command's reach is better).
+    """
+    namespaces = isolate and isolation_support()
+    argv = list(command)
+    if namespaces:
+        argv = [shutil.which("unshare") or "unshare", "-rnpfm", "--mount-proc", "--kill-child",
+                "--", "/bin/sh", "-c", _WRAPPER, writable or cwd, cwd] + argv
+    root_user = os.geteuid() == 0
+    nproc = limits.max_processes if root_user else _user_process_count() + limits.max_processes
+    tag = uuid.uuid4().hex[:8]
+    out_path, err_path = os.path.join(out_dir, f"{tag}.out"), os.path.join(out_dir, f"{tag}.err")
+    t0 = time.monotonic()
+    timed_out = over_limit = False
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, start_new_session=True,
+                                    preexec_fn=_preexec(limits, nproc))
+        except OSError as exc:
+            return CommandRun(list(command), None, False, 0.0, "", f"cannot start: {exc}")
+        deadline = t0 + limits.timeout_secs
+        own_ns = _pid_ns("self")
+        try:
+            if root_user and namespaces:
+                # RLIMIT_NPROC does not bind uid 0: count the namespace's processes instead
+                ns = None
+                while proc.poll() is None:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    if ns is None:
+                        kids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid]
+                        for k in kids:
+                            cand = _pid_ns(k)
+                            if cand is not None and cand != own_ns:
+                                ns = cand
+                    elif _count_in_ns(ns) > limits.max_processes:
+                        over_limit = True
+                        break
+                    time.sleep(0.02)
+            else:
+                proc.wait(timeout=limits.timeout_secs)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # the whole process group goes, whether it finished or not (stragglers included);
+            # with a PID namespace, the death of its first process takes every member with it
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    run = CommandRun(list(command), proc.returncode, timed_out, time.monotonic() - t0,
+                     _tail(out_path), _tail(err_path))
+    if over_limit:
+        run.stderr += f"\n[vortex sandbox] killed: more than {limits.max_processes} processes"
+        run.process_limit_hit = True
+    return run
+
+
+def _ppid(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return int(data[data.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+# ----------------------------------------------------------------------------- result
+
+@dataclass
+class TestResult:
+    """Outcome of testing one diff in the sandbox.
+
+    ``performance_delta`` is the relative change of the judged metric, signed so that positive
+    is better (0.25 = 25 % better), with its ``delta_interval`` at ``confidence_level``;
+    ``improved`` is True only when the whole interval is above zero (None: nothing judged).
+    """
+
+    __test__ = False  # not a pytest class
+
+    passed: bool
+    tests_run: int = 0
+    tests_passed: int = 0
+    tests_failed: int = 0
+    test_output: str = ""
+    metric: str | None = None
+    benchmark_before: dict[str, float] = field(default_factory=dict)
+    benchmark_after: dict[str, float] = field(default_factory=dict)
+    performance_delta: float | None = None
+    delta_interval: tuple[float, float] | None = None
+    confidence_level: float = 0.95
+    benchmark_runs: int = 0
+    improved: bool | None = None
+    errors: list[str] = field(default_factory=list)
+    duration_secs: float = 0.0
+    setup_secs: float = 0.0
+    command_secs: float = 0.0
+    network_isolated: bool = False
+    timed_out: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["delta_interval"] = list(self.delta_interval) if self.delta_interval else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TestResult":
+        d = dict(d)
+        if d.get("delta_interval") is not None:
+            d["delta_interval"] = tuple(d["delta_interval"])
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- sandbox
+
+class Sandbox:
+    """Tests diffs against the tree described by ``settings``.
+
+    Parameters
+    ----------
+    settings
+        The target tree's settings.
+    base_dir
+        Where sandbox trees are made (default ``$TMPDIR/vortex-sandbox``).
+    isolate
+        Use the uid drop and namespaces when available (False only for debugging).
+    keep
+        Keep the sandbox directory after the test (for inspection).
+    """
+
+    def __init__(self, settings: VortexSettings, *, base_dir: str | None = None,
+                 isolate: bool = True, keep: bool = False) -> None:
+        self.settings = settings
+        self.base_dir = base_dir or os.path.join(tempfile.gettempdir(), "vortex-sandbox")
+        os.makedirs(self.base_dir, mode=0o711, exist_ok=True)
+        self.isolate = isolate
+        self.keep = keep
+        self.network_isolated = isolate and isolation_support()
+
+    @staticmethod
+    def _place(src: str, dst: str) -> None:
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+    def materialize(self, src: str, dst: str) -> int:
+        """Copy the tree ``src`` to ``dst`` (symlinks kept as links, caches skipped); returns the
+        number of files."""
+        n = 0
+        os.makedirs(dst, exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES
+                           and not os.path.islink(os.path.join(dirpath, d))]
+            rel = os.path.relpath(dirpath, src)
+            target = dst if rel == "." else os.path.join(dst, rel)
+            for d in dirnames:
+                os.mkdir(os.path.join(target, d), 0o755)
+            links = [d for d in os.listdir(dirpath) if os.path.islink(os.path.join(dirpath, d))
+                     and os.path.isdir(os.path.join(dirpath, d))]
+            for name in filenames + links:
+                if name.endswith(".pyc"):
+                    continue
+                self._place(os.path.join(dirpath, name), os.path.join(target, name))
+                n += 1
+        return n
+
+    def _restore_judge(self, tree: str) -> None:
+        root = self.settings.root
+        for rel in self.settings.judge:
+            src, dst = os.path.join(root, rel), os.path.join(tree, rel)
+            if os.path.isdir(dst) and not os.path.islink(dst):
+                shutil.rmtree(dst)
+            elif os.path.lexists(dst):
+                os.unlink(dst)
+            if os.path.isdir(src):
+                self.materialize(src, dst)
+            elif os.path.exists(src):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                self._place(src, dst)
+
+    def _env(self, tree: str, home: str) -> dict[str, str]:
+        env = {k: os.environ[k] for k in (*_BASE_ENV, *self.settings.sandbox.env_allow) if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        import vortex
+
+        vortex_parent = os.path.dirname(os.path.dirname(os.path.abspath(vortex.__file__)))
+        paths = [os.path.join(tree, p) for p in self.settings.pythonpath] + [vortex_parent]
+        env.update(HOME=home, TMPDIR=home, PYTHONPATH=os.pathsep.join(paths),
+                   PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
+        return env
+
+    def apply_diff(self, diff: str, tree: str) -> list[str]:
+        """Check the diff's paths against ``tree`` and apply it there with ``git apply``.
+
+        Raises
+        ------
+        PatchError
+            Unsafe path, malformed diff or a diff that does not apply.
+        """
+        touched = check_paths(parse_diff(diff), tree)
+        git = shutil.which("git")
+        if git is None:
+            raise SandboxError("git is not installed; it is needed to apply diffs")
+        patch_path = os.path.join(os.path.dirname(tree), "proposal.diff")
+        with open(patch_path, "w", encoding="utf-8") as fh:
+            fh.write(diff if diff.endswith("\n") else diff + "\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "GIT_CEILING_DIRECTORIES": os.path.dirname(tree), "HOME": os.path.dirname(tree)}
+        r = subprocess.run([git, "apply", "--whitespace=nowarn", "-p1", patch_path], cwd=tree,
+                           env=env, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise PatchError(f"diff does not apply: {r.stderr.strip() or r.stdout.strip()}")
+        return touched
+
+    # -- the test
+    def test(self, diff: str, *, metric: str | None = None, repeats: int = 5,
+             confidence: float = 0.95) -> TestResult:
+        """Test ``diff``; see the module docstring. Patch problems and failing commands are
+        reported in the result; only a sandbox that cannot be set up raises SandboxError."""
+        t0 = time.monotonic()
+        s = self.settings
+        res = TestResult(passed=False, confidence_level=confidence,
+                         network_isolated=self.network_isolated, metric=metric or s.primary_metric)
+        if not res.network_isolated:
+            res.errors.append("network not isolated: unshare --user --net unavailable on this host")
+        work = tempfile.mkdtemp(prefix="sbx-", dir=self.base_dir)
+        os.chmod(work, 0o711)
+        try:
+            base, cand, home = (os.path.join(work, n) for n in ("baseline", "candidate", "home"))
+            try:
+                self.materialize(s.root, cand)
+                os.mkdir(home, 0o700)
+            except OSError as exc:
+                raise SandboxError(f"cannot build the sandbox tree in {work}: {exc}") from exc
+            try:
+                self.apply_diff(diff, cand)
+            except PatchError as exc:
+                res.errors.append(str(exc))
+                return res
+            self._restore_judge(cand)
+            need_base = bool(s.benchmark_command) and res.metric is not None
+            if need_base:
+                self.materialize(s.root, base)
+                self._restore_judge(base)
+            res.setup_secs = time.monotonic() - t0
+            logs = os.path.join(work, "logs")
+            os.mkdir(logs)
+            self._work = work
+            run = run_limited(s.expand(s.test_command), cwd=cand, env=self._env(cand, home),
+                              limits=s.sandbox, out_dir=logs, writable=work, isolate=self.isolate)
+            res.command_secs += run.duration_secs
+            res.test_output = (run.stdout + run.stderr)[-8000:]
+            res.timed_out = run.timed_out
+            counts = parse_pytest_summary(run.stdout + "\n" + run.stderr)
+            if counts is not None:
+                res.tests_passed = counts["passed"]
+                res.tests_failed = counts["failed"] + counts["errors"]
+                res.tests_run = res.tests_passed + res.tests_failed
+            if not run.ok:
+                res.errors.append(f"tests failed: {run.describe()}")
+                return res
+            if s.benchmark_command:
+                self._benchmark(res, base if need_base else None, cand, home, logs, repeats, confidence)
+                if res.errors:
+                    return res
+            res.passed = res.improved is not False
+            if not res.passed:
+                res.errors.append(f"no significant improvement of {res.metric}: delta "
+                                  f"{res.performance_delta:+.3%}, {confidence:.0%} interval "
+                                  f"[{res.delta_interval[0]:+.3%}, {res.delta_interval[1]:+.3%}]")  # type: ignore[index]
+            return res
+        finally:
+            res.duration_secs = time.monotonic() - t0
+            if not self.keep:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _bench_once(self, tree: str, home: str, logs: str) -> dict[str, tuple[float, str]]:
+        s = self.settings
+        run = run_limited(s.expand(s.benchmark_command), cwd=tree, env=self._env(tree, home),
+                          limits=s.sandbox, out_dir=logs, writable=self._work, isolate=self.isolate)
+        self._last_secs = run.duration_secs
+        if not run.ok:
+            raise SandboxError(f"benchmark failed: {run.describe()}: {run.stderr[-500:]}")
+        for line in reversed(run.stdout.strip().splitlines()):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out = {}
+                for name, m in obj.items():
+                    if not (isinstance(m, dict) and isinstance(m.get("value"), (int, float))
+                            and m.get("better") in ("lower", "higher")):
+                        raise SandboxError(f"benchmark metric {name!r}={m!r}: expected "
+                                           '{"value": number, "better": "lower"|"higher"}')
+                    out[name] = (float(m["value"]), m["better"])
+                return out
+        raise SandboxError("benchmark printed no JSON object")
+
+    def _benchmark(self, res: TestResult, base: str | None, cand: str, home: str, logs: str,
+                   repeats: int, confidence: float) -> None:
+        before: list[dict[str, tuple[float, str]]] = []
+        after: list[dict[str, tuple[float, str]]] = []
+        try:
+            for i in range(repeats if base else 1):
+                order = [(base, before), (cand, after)] if i % 2 == 0 else [(cand, after), (base, before)]
+                for tree, sink in order:
+                    if tree is None:
+                        continue
+                    sink.append(self._bench_once(tree, home, logs))
+                    res.command_secs += self._last_secs
+        except SandboxError as exc:
+            res.errors.append(str(exc))
+            return
+        res.benchmark_runs = len(after)
+        res.benchmark_after = {k: statistics.fmean(r[k][0] for r in after) for k in after[0]}
+        if not before:
+            return
+        res.benchmark_before = {k: statistics.fmean(r[k][0] for r in before) for k in before[0]}
+        metric = res.metric
+        if metric not in res.benchmark_before or metric not in res.benchmark_after:
+            res.errors.append(f"benchmark does not report the judged metric {metric!r}")
+            return
+        better = after[0][metric][1]
+        sign = -1.0 if better == "lower" else 1.0
+        scale = abs(res.benchmark_before[metric]) or 1.0
+        diffs = [sign * (a[metric][0] - b[metric][0]) / scale for a, b in zip(after, before)]
+        mean, lo, hi = paired_interval(diffs, confidence)
+        res.performance_delta, res.delta_interval = mean, (lo, hi)
+        res.improved = lo > 0
