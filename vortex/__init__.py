@@ -19,6 +19,14 @@ _LAZY: dict[str, str] = {
     "WeaknessType": "vortex.monitor.weaknesses",
     "Weakness": "vortex.monitor.weaknesses",
     "RSITriggerEvent": "vortex.monitor.weaknesses",
+    "RSIEngine": "vortex.rsi",
+    "RSICycleResult": "vortex.rsi",
+    "ImprovementProposal": "vortex.rsi",
+    "ProposalStatus": "vortex.rsi",
+    "RiskLevel": "vortex.rsi",
+    "TestResult": "vortex.rsi",
+    "AuditLog": "vortex.rsi",
+    "Tunables": "vortex.tunables",
 }
 
 __all__ = [

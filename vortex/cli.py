@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from . import __version__
+from .rsi.cli import register as _register_rsi
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vortex", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_rsi(sub)
     return parser
 
 
