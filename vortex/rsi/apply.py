@@ -11,8 +11,8 @@ holding copies of the touched files, then runs one *transaction*:
    saved, the journal removed.
 
 :meth:`Applier.recover` (run at start-up) replays leftover journals: an uncommitted one puts every
-file back to its original bytes, so a crash (even ``kill -9``) mid-apply leaves the tree exactly
-as before; a committed one is finished. :meth:`Applier.rollback` refuses with
+file back to its original bytes (and deletes temp files a killed write left), so a crash (even
+``kill -9``) mid-apply leaves the tree exactly as before; a committed one is finished. :meth:`Applier.rollback` refuses with
 :class:`RollbackConflictError` when a file no longer holds what the apply wrote.
 """
 
@@ -150,6 +150,14 @@ class Applier:
             os.unlink(path)
             fsync_dir(self.applied_dir)
 
+    def _remove_temp_files(self, files: list[dict[str, Any]]) -> None:
+        """Delete temp files a killed atomic write left next to the journal's files."""
+        for d in {os.path.dirname(os.path.join(self.root, f["path"])) for f in files}:
+            if os.path.isdir(d):
+                for name in os.listdir(d):
+                    if name.startswith(".vtx-") and name.endswith(".tmp"):
+                        os.unlink(os.path.join(d, name))
+
     def recover(self) -> list[str]:
         """Replay leftover journals (see module docstring); returns ``"<id>:<op>:<outcome>"``."""
         done = []
@@ -160,6 +168,7 @@ class Applier:
                 jpath = os.path.join(self.journal_dir, name)
                 with open(jpath, encoding="utf-8") as fh:
                     journal = json.load(fh)
+                self._remove_temp_files(journal["files"])
                 if journal["state"] == "committed":
                     self._finish(journal)
                     outcome = "completed"
