@@ -1,0 +1,20 @@
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_rsi_loop_demo_makes_the_service_better(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "examples", "rsi_loop_demo.py"), "--quick",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["applied"] >= 1 and summary["audit_ok"]
+    assert summary["speedup"] > 1.2 or summary["confidence_after"] > summary["confidence_before"] + 0.05
+    assert "before:" in out.stdout and "after:" in out.stdout
+    # the example's own tree was copied, never modified
+    with open(os.path.join(REPO, "examples", "sample_service", "sample_service", "tunables.toml")) as fh:
+        assert "ensemble_size = 32" in fh.read()
