@@ -25,9 +25,9 @@ with an environment reduced to an allow list; and, where the OS allows, inside
 * a mount namespace in which ``/`` is remounted read-only and only the sandbox directory stays
   writable, so neither the real tree nor anything else on the root file system can be changed.
 
-The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root a watchdog
-thread counts the processes in the command's PID namespace every 20 ms and kills the namespace
-when there are more than ``max_processes``. For other users ``RLIMIT_NPROC`` is set to the
+The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root the waiting
+loop watches the system's task count every 2 ms and, when it grew by more than ``max_processes``,
+counts the processes in the command's PID namespace and kills the namespace if they are too many. For other users ``RLIMIT_NPROC`` is set to the
 user's current process count plus ``max_processes``. ``TestResult.network_isolated`` says
 whether the namespaces could be used.
 """
@@ -48,6 +48,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -56,7 +57,7 @@ from .diffs import check_paths, parse_diff
 from .settings import SandboxLimits, VortexSettings
 
 __all__ = ["TestResult", "CommandRun", "Sandbox", "t_quantile", "paired_interval",
-           "parse_pytest_summary", "run_limited", "isolation_support"]
+           "parse_pytest_summary", "run_limited", "isolation_support", "overlay_support"]
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,11 @@ class CommandRun:
         return f"{' '.join(self.command)}: exit status {self.returncode}"
 
 
-_WRAPPER = ('mount --bind "$0" "$0" && mount -o remount,bind,ro / && cd "$1" && shift '
-            '&& exec "$@"')
+# $0 stays writable, $1 is the working directory, $2..$5 an optional overlay (lower, upper, work,
+# mount point; empty $5 = none); then / is remounted read-only and the command is exec'd
+_WRAPPER = ('mount --bind "$0" "$0" && if [ -n "$5" ]; then mount -t overlay overlay '
+            '-o "lowerdir=$2,upperdir=$3,workdir=$4" "$5"; fi && mount -o remount,bind,ro / '
+            '&& cd "$1" && shift 5 && exec "$@"')
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,9 +190,34 @@ def isolation_support() -> bool:
     work = tempfile.mkdtemp(prefix="vtx-probe-")
     try:
         r = subprocess.run([exe, "-rnpfm", "--mount-proc", "--kill-child", "--", "/bin/sh", "-c",
-                            _WRAPPER, work, work, "/bin/sh", "-c", "touch ok"],
+                            _WRAPPER, work, work, "", "", "", "", "/bin/sh", "-c", "touch ok"],
                            capture_output=True, timeout=20)
         return r.returncode == 0 and os.path.exists(os.path.join(work, "ok"))
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def overlay_support() -> bool:
+    """Whether an overlay file system can be mounted inside the sandbox's namespaces."""
+    if not isolation_support():
+        return False
+    work = tempfile.mkdtemp(prefix="vtx-probe-")
+    try:
+        lower, upper, wk, merged = (os.path.join(work, n) for n in ("lower", "upper", "wk", "merged"))
+        for d in (lower, upper, wk, merged):
+            os.mkdir(d)
+        with open(os.path.join(lower, "f"), "w") as fh:
+            fh.write("lower")
+        r = subprocess.run([shutil.which("unshare") or "unshare", "-rnpfm", "--mount-proc",
+                            "--kill-child", "--", "/bin/sh", "-c", _WRAPPER, work, merged, lower,
+                            upper, wk, merged, "/bin/sh", "-c", "cat f > /dev/null && echo x > f"],
+                           capture_output=True, timeout=20)
+        with open(os.path.join(lower, "f")) as fh:
+            untouched = fh.read() == "lower"
+        return r.returncode == 0 and untouched and os.path.exists(os.path.join(upper, "f"))
     except (OSError, subprocess.SubprocessError):
         return False
     finally:
@@ -236,6 +265,12 @@ def _count_in_ns(ns: str) -> int:
     return n
 
 
+def _system_tasks() -> int:
+    """Number of tasks (threads) on the system, from ``/proc/loadavg``."""
+    with open("/proc/loadavg", "rb") as fh:
+        return int(fh.read().split()[3].split(b"/")[1])
+
+
 def _tail(path: str, limit: int = 65536) -> str:
     with open(path, "rb") as fh:
         fh.seek(0, os.SEEK_END)
@@ -245,18 +280,25 @@ def _tail(path: str, limit: int = 65536) -> str:
 
 
 def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: SandboxLimits,
-                out_dir: str, writable: str | None = None, isolate: bool = True) -> CommandRun:
+                out_dir: str, writable: str | None = None, isolate: bool = True,
+                overlay: tuple[str, str, str, str] | None = None) -> CommandRun:
     """Run ``command`` under the limits (see the module docstring); never raises for the
     command's own failure, which shows in the returned :class:`CommandRun`.
 
     ``writable`` is the directory that stays writable inside the mount namespace (default
-    ``cwd``); ``out_dir`` receives the output files (outside the command's reach is better).
+    ``cwd``); ``out_dir`` receives the output files. ``overlay`` = (lower, upper, work, mount
+    point) mounts an overlay file system first (namespaces only); ``cwd`` may lie inside it.
     """
     namespaces = isolate and isolation_support()
     argv = list(command)
     if namespaces:
         argv = [shutil.which("unshare") or "unshare", "-rnpfm", "--mount-proc", "--kill-child",
-                "--", "/bin/sh", "-c", _WRAPPER, writable or cwd, cwd] + argv
+                "--", "/bin/sh", "-c", _WRAPPER, writable or cwd, cwd, *(overlay or ("",) * 4)] + argv
+        popen_cwd = writable or cwd
+    elif overlay is not None:
+        raise SandboxError("an overlay needs the sandbox namespaces, which this host does not allow")
+    else:
+        popen_cwd = cwd
     root_user = os.geteuid() == 0
     nproc = limits.max_processes if root_user else _user_process_count() + limits.max_processes
     tag = uuid.uuid4().hex[:8]
@@ -265,7 +307,7 @@ def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: Sa
     timed_out = over_limit = False
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen(argv, cwd=popen_cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=err, start_new_session=True,
                                     preexec_fn=_preexec(limits, nproc))
         except OSError as exc:
@@ -274,22 +316,30 @@ def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: Sa
         own_ns = _pid_ns("self")
         try:
             if root_user and namespaces:
-                # RLIMIT_NPROC does not bind uid 0: count the namespace's processes instead
+                # RLIMIT_NPROC does not bind uid 0: watch the system's task count (one small read
+                # of /proc/loadavg every 2 ms) and count the namespace's processes exactly when
+                # it grew by more than the limit
                 ns = None
+                base_tasks = _system_tasks()
                 while proc.poll() is None:
                     if time.monotonic() >= deadline:
                         timed_out = True
                         break
                     if ns is None:
-                        kids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == proc.pid]
-                        for k in kids:
-                            cand = _pid_ns(k)
-                            if cand is not None and cand != own_ns:
-                                ns = cand
-                    elif _count_in_ns(ns) > limits.max_processes:
-                        over_limit = True
-                        break
-                    time.sleep(0.02)
+                        for k in os.listdir("/proc"):
+                            if k.isdigit() and _ppid(k) == proc.pid:
+                                cand = _pid_ns(k)
+                                if cand is not None and cand != own_ns:
+                                    ns = cand
+                    else:
+                        tasks = _system_tasks()
+                        if tasks - base_tasks > limits.max_processes:
+                            inside = _count_in_ns(ns)
+                            if inside > limits.max_processes:
+                                over_limit = True
+                                break
+                            base_tasks = tasks - inside  # other processes grew, not ours
+                    time.sleep(0.002 if ns is not None else 0.005)
             else:
                 proc.wait(timeout=limits.timeout_secs)
         except subprocess.TimeoutExpired:
@@ -346,6 +396,7 @@ class TestResult:
     benchmark_runs: int = 0
     improved: bool | None = None
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     duration_secs: float = 0.0
     setup_secs: float = 0.0
     command_secs: float = 0.0
@@ -367,6 +418,18 @@ class TestResult:
 
 # ----------------------------------------------------------------------------- sandbox
 
+@dataclass
+class _Tree:
+    """One sandbox tree: where commands see it, and its overlay layers (None = a plain copy)."""
+
+    path: str
+    overlay: tuple[str, str, str, str] | None = None
+
+    @property
+    def upper(self) -> str:
+        return self.overlay[1] if self.overlay else self.path
+
+
 class Sandbox:
     """Tests diffs against the tree described by ``settings``.
 
@@ -375,9 +438,9 @@ class Sandbox:
     settings
         The target tree's settings.
     base_dir
-        Where sandbox trees are made (default ``$TMPDIR/vortex-sandbox``).
+        Where sandbox directories are made (default ``$TMPDIR/vortex-sandbox``).
     isolate
-        Use the uid drop and namespaces when available (False only for debugging).
+        Use namespaces when available (False only for debugging).
     keep
         Keep the sandbox directory after the test (for inspection).
     """
@@ -390,18 +453,24 @@ class Sandbox:
         self.isolate = isolate
         self.keep = keep
         self.network_isolated = isolate and isolation_support()
+        # an overlay of the real tree costs nothing to set up; its option syntax forbids , : \
+        self.use_overlay = (self.network_isolated and overlay_support()
+                            and not any(c in settings.root for c in ",:\\"))
 
+    # -- tree handling
     @staticmethod
     def _place(src: str, dst: str) -> None:
         if os.path.islink(src):
             os.symlink(os.readlink(src), dst)
-        else:
-            shutil.copy2(src, dst, follow_symlinks=False)
+        else:  # contents (copy_file_range in the kernel) and permission bits; no other metadata
+            shutil.copyfile(src, dst, follow_symlinks=False)
+            shutil.copymode(src, dst)
 
     def materialize(self, src: str, dst: str) -> int:
         """Copy the tree ``src`` to ``dst`` (symlinks kept as links, caches skipped); returns the
-        number of files."""
-        n = 0
+        number of files. Directories are made first, then files are copied by a few threads
+        (the copies run in the kernel, outside the GIL)."""
+        pairs: list[tuple[str, str]] = []
         os.makedirs(dst, exist_ok=True)
         for dirpath, dirnames, filenames in os.walk(src):
             dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES
@@ -412,17 +481,46 @@ class Sandbox:
                 os.mkdir(os.path.join(target, d), 0o755)
             links = [d for d in os.listdir(dirpath) if os.path.islink(os.path.join(dirpath, d))
                      and os.path.isdir(os.path.join(dirpath, d))]
-            for name in filenames + links:
-                if name.endswith(".pyc"):
-                    continue
-                self._place(os.path.join(dirpath, name), os.path.join(target, name))
-                n += 1
-        return n
+            pairs.extend((os.path.join(dirpath, n), os.path.join(target, n))
+                         for n in filenames + links if not n.endswith(".pyc"))
+        if len(pairs) < 64:
+            for a, b in pairs:
+                self._place(a, b)
+        else:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for _ in pool.map(lambda ab: self._place(*ab), pairs, chunksize=32):
+                    pass
+        return len(pairs)
 
-    def _restore_judge(self, tree: str) -> None:
+    def _make_tree(self, work: str, name: str) -> _Tree:
+        path = os.path.join(work, name)
+        if not self.use_overlay:
+            self.materialize(self.settings.root, path)
+            return _Tree(path)
+        layers = [os.path.join(work, f"{name}.{n}") for n in ("upper", "ovlwork")]
+        for d in (path, *layers):
+            os.mkdir(d, 0o755)
+        return _Tree(path, (self.settings.root, layers[0], layers[1], path))
+
+    def _restore_judge(self, tree: _Tree) -> None:
+        """Make the judge paths of ``tree`` the original tree's again."""
         root = self.settings.root
         for rel in self.settings.judge:
-            src, dst = os.path.join(root, rel), os.path.join(tree, rel)
+            dst = os.path.join(tree.upper, rel)
+            if tree.overlay is not None:
+                # drop whatever the diff put in the upper layer (files, whiteouts, opaque
+                # directories) at the judge path or at an ancestor that hides it
+                parts = rel.split("/")
+                for i in range(1, len(parts)):
+                    anc = os.path.join(tree.upper, *parts[:i])
+                    if os.path.lexists(anc) and not os.path.isdir(anc):
+                        os.unlink(anc)
+                if os.path.isdir(dst) and not os.path.islink(dst):
+                    shutil.rmtree(dst)
+                elif os.path.lexists(dst):
+                    os.unlink(dst)
+                continue
+            src = os.path.join(root, rel)
             if os.path.isdir(dst) and not os.path.islink(dst):
                 shutil.rmtree(dst)
             elif os.path.lexists(dst):
@@ -444,27 +542,37 @@ class Sandbox:
                    PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
         return env
 
-    def apply_diff(self, diff: str, tree: str) -> list[str]:
-        """Check the diff's paths against ``tree`` and apply it there with ``git apply``.
+    def _run(self, command: list[str], tree: _Tree, env: dict[str, str],
+             limits: SandboxLimits | None = None) -> CommandRun:
+        return run_limited(command, cwd=tree.path, env=env, limits=limits or self.settings.sandbox,
+                           out_dir=self._logs, writable=self._work, isolate=self.isolate,
+                           overlay=tree.overlay)
+
+    def apply_diff(self, diff: str, tree: _Tree) -> list[str]:
+        """Check the diff's paths against the original tree and apply it to ``tree`` with
+        ``git apply`` (inside the namespaces when the tree is an overlay).
 
         Raises
         ------
         PatchError
             Unsafe path, malformed diff or a diff that does not apply.
         """
-        touched = check_paths(parse_diff(diff), tree)
+        touched = check_paths(parse_diff(diff), self.settings.root)
+        if tree.overlay is None:
+            touched = check_paths(parse_diff(diff), tree.path)
         git = shutil.which("git")
         if git is None:
             raise SandboxError("git is not installed; it is needed to apply diffs")
-        patch_path = os.path.join(os.path.dirname(tree), "proposal.diff")
+        patch_path = os.path.join(self._work, "proposal.diff")
         with open(patch_path, "w", encoding="utf-8") as fh:
             fh.write(diff if diff.endswith("\n") else diff + "\n")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "GIT_CEILING_DIRECTORIES": os.path.dirname(tree), "HOME": os.path.dirname(tree)}
-        r = subprocess.run([git, "apply", "--whitespace=nowarn", "-p1", patch_path], cwd=tree,
-                           env=env, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise PatchError(f"diff does not apply: {r.stderr.strip() or r.stdout.strip()}")
+               "GIT_CEILING_DIRECTORIES": self._work, "HOME": self._work}
+        limits = SandboxLimits(timeout_secs=60, memory_mb=max(1024, self.settings.sandbox.memory_mb),
+                               max_file_mb=self.settings.sandbox.max_file_mb)
+        run = self._run([git, "apply", "--whitespace=nowarn", "-p1", patch_path], tree, env, limits)
+        if not run.ok:
+            raise PatchError(f"diff does not apply: {run.stderr.strip() or run.stdout.strip()}")
         return touched
 
     # -- the test
@@ -477,14 +585,17 @@ class Sandbox:
         res = TestResult(passed=False, confidence_level=confidence,
                          network_isolated=self.network_isolated, metric=metric or s.primary_metric)
         if not res.network_isolated:
-            res.errors.append("network not isolated: unshare --user --net unavailable on this host")
+            res.notes.append("network not isolated: unshare --user --net unavailable on this host")
         work = tempfile.mkdtemp(prefix="sbx-", dir=self.base_dir)
         os.chmod(work, 0o711)
+        self._work = work
+        self._logs = os.path.join(work, "logs")
         try:
-            base, cand, home = (os.path.join(work, n) for n in ("baseline", "candidate", "home"))
+            home = os.path.join(work, "home")
             try:
-                self.materialize(s.root, cand)
+                os.mkdir(self._logs)
                 os.mkdir(home, 0o700)
+                cand = self._make_tree(work, "candidate")
             except OSError as exc:
                 raise SandboxError(f"cannot build the sandbox tree in {work}: {exc}") from exc
             try:
@@ -493,16 +604,11 @@ class Sandbox:
                 res.errors.append(str(exc))
                 return res
             self._restore_judge(cand)
-            need_base = bool(s.benchmark_command) and res.metric is not None
-            if need_base:
-                self.materialize(s.root, base)
-                self._restore_judge(base)
+            base = None
+            if s.benchmark_command and res.metric is not None:
+                base = self._make_tree(work, "baseline")
             res.setup_secs = time.monotonic() - t0
-            logs = os.path.join(work, "logs")
-            os.mkdir(logs)
-            self._work = work
-            run = run_limited(s.expand(s.test_command), cwd=cand, env=self._env(cand, home),
-                              limits=s.sandbox, out_dir=logs, writable=work, isolate=self.isolate)
+            run = self._run(s.expand(s.test_command), cand, self._env(cand.path, home))
             res.command_secs += run.duration_secs
             res.test_output = (run.stdout + run.stderr)[-8000:]
             res.timed_out = run.timed_out
@@ -515,7 +621,7 @@ class Sandbox:
                 res.errors.append(f"tests failed: {run.describe()}")
                 return res
             if s.benchmark_command:
-                self._benchmark(res, base if need_base else None, cand, home, logs, repeats, confidence)
+                self._benchmark(res, base, cand, home, repeats, confidence)
                 if res.errors:
                     return res
             res.passed = res.improved is not False
@@ -529,11 +635,9 @@ class Sandbox:
             if not self.keep:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _bench_once(self, tree: str, home: str, logs: str) -> dict[str, tuple[float, str]]:
+    def _bench_once(self, tree: _Tree, home: str) -> tuple[dict[str, tuple[float, str]], float]:
         s = self.settings
-        run = run_limited(s.expand(s.benchmark_command), cwd=tree, env=self._env(tree, home),
-                          limits=s.sandbox, out_dir=logs, writable=self._work, isolate=self.isolate)
-        self._last_secs = run.duration_secs
+        run = self._run(s.expand(s.benchmark_command), tree, self._env(tree.path, home))
         if not run.ok:
             raise SandboxError(f"benchmark failed: {run.describe()}: {run.stderr[-500:]}")
         for line in reversed(run.stdout.strip().splitlines()):
@@ -549,10 +653,10 @@ class Sandbox:
                         raise SandboxError(f"benchmark metric {name!r}={m!r}: expected "
                                            '{"value": number, "better": "lower"|"higher"}')
                     out[name] = (float(m["value"]), m["better"])
-                return out
+                return out, run.duration_secs
         raise SandboxError("benchmark printed no JSON object")
 
-    def _benchmark(self, res: TestResult, base: str | None, cand: str, home: str, logs: str,
+    def _benchmark(self, res: TestResult, base: _Tree | None, cand: _Tree, home: str,
                    repeats: int, confidence: float) -> None:
         before: list[dict[str, tuple[float, str]]] = []
         after: list[dict[str, tuple[float, str]]] = []
@@ -562,8 +666,9 @@ class Sandbox:
                 for tree, sink in order:
                     if tree is None:
                         continue
-                    sink.append(self._bench_once(tree, home, logs))
-                    res.command_secs += self._last_secs
+                    metrics, secs = self._bench_once(tree, home)
+                    sink.append(metrics)
+                    res.command_secs += secs
         except SandboxError as exc:
             res.errors.append(str(exc))
             return
