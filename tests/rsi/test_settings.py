@@ -18,7 +18,7 @@ def test_sample_service_settings():
     assert [t.name for t in s.tunables] == ["ensemble_size", "temperature", "cache_size", "impute_missing"]
     assert s.tunable("ensemble_size").addresses["latency_spike"] == "decrease"
     assert s.metric_for("confidence_low") == "nll"
-    assert s.metric_for("latency_spike") == "latency_ms"
+    assert s.metric_for("latency_spike") == "cpu_ms"
     assert s.sandbox.memory_mb == 4096
     assert s.expand(s.benchmark_command)[0].endswith("python") or "python" in s.expand(s.benchmark_command)[0]
 

@@ -302,9 +302,9 @@ class RSIEngine:
         except (PatchError, OSError) as exc:
             self._reject(p, f"apply failed: {exc}", by="engine")
             raise
+        self._reload_tunables()
         self.store.transition(p, ProposalStatus.APPLIED, "applied")
         self.audit.append("proposal_applied", id=p.id, files=record["summary"])
-        self._reload_tunables()
         self._start_watch(p)
         if self.on_applied is not None:
             try:
@@ -327,6 +327,7 @@ class RSIEngine:
             if p.status != ProposalStatus.APPLIED:
                 raise ProposalStateError(f"proposal {p.id} is {p.status.value}; only applied ones roll back")
             files = self.applier.rollback(p.id)
+            self._reload_tunables()
             self.store.transition(p, ProposalStatus.ROLLED_BACK, reason)
             for m in p.moves:
                 self.memory.block(p.weakness_type, m)
@@ -334,7 +335,6 @@ class RSIEngine:
             with self._watch_lock:
                 if self._watch is not None and self._watch.proposal_id == p.id:
                     self._watch = None
-            self._reload_tunables()
             return p
 
     def _reload_tunables(self) -> None:

@@ -1,14 +1,18 @@
-"""Sandboxed testing of a diff: a fresh copy of the tree, a real patch tool, limited subprocesses.
+"""Sandboxed testing of a diff: a private view of the tree, a real patch tool, limited subprocesses.
 
 How a proposal is tested (:meth:`Sandbox.test`):
 
-1. Two trees are materialised under the sandbox base directory: *baseline* (the original) and
-   *candidate*, as real copies (``copy_file_range`` in the kernel; never hard links, which a
-   write in the sandbox would carry into the original inode).
+1. Two trees are made under the sandbox base directory: *baseline* (the original) and
+   *candidate*. Where the namespaces below are available, each is an overlay file system whose
+   lower layer is the real tree and whose upper layer is a private directory: nothing is copied,
+   every write lands in the upper layer, and the real tree cannot change. Elsewhere the trees
+   are real copies (``copy_file_range`` in the kernel; never hard links, which a write in the
+   sandbox would carry into the original inode).
 2. The diff's paths are checked (no absolute paths, ``..``, symlinks or paths resolving outside
-   the tree) and it is applied in the candidate with ``git apply``.
-3. The judge paths (``[tool.vortex] judge``: the tests and the benchmark script) are replaced in
-   both trees by the original tree's copies, so a patch cannot weaken what grades it.
+   the tree) and it is applied in the candidate with ``git apply`` (run like the commands below).
+3. The judge paths (``[tool.vortex] judge``: the tests and the benchmark script) of the
+   candidate are reset to the original tree's (upper-layer entries removed, or copies
+   replaced), so a patch cannot weaken what grades it.
 4. The test command runs in the candidate; if it passes, the benchmark command runs
    ``repeats`` times on baseline and candidate interleaved (B C, C B, B C, ...), and the paired
    differences of the judged metric give a mean and a Student-t confidence interval.
@@ -26,9 +30,10 @@ with an environment reduced to an allow list; and, where the OS allows, inside
   writable, so neither the real tree nor anything else on the root file system can be changed.
 
 The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root the waiting
-loop watches the system's task count every 2 ms and, when it grew by more than ``max_processes``,
-counts the processes in the command's PID namespace and kills the namespace if they are too many. For other users ``RLIMIT_NPROC`` is set to the
-user's current process count plus ``max_processes``. ``TestResult.network_isolated`` says
+loop watches the system's task count every 2 ms and, when it grew by more than
+``max_processes``, counts the processes in the command's PID namespace and kills the namespace
+if they are too many. For other users ``RLIMIT_NPROC`` is set to the user's current process
+count plus ``max_processes``. ``TestResult.network_isolated`` says
 whether the namespaces could be used.
 """
 
