@@ -89,7 +89,11 @@ class AuditLog:
         if not os.path.exists(self.path):
             return []
         with open(self.path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            fcntl.flock(fh, fcntl.LOCK_SH)  # never read a line an append is half-way through
+            try:
+                return [json.loads(line) for line in fh if line.strip()]
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def verify(self) -> AuditVerification:
         """Check every line's hash and link; report the first bad line (1-based)."""
@@ -97,6 +101,7 @@ class AuditLog:
             return AuditVerification(True, 0)
         prev, n = _GENESIS, 0
         with open(self.path, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
             for n, raw in enumerate(fh, start=1):
                 try:
                     e = json.loads(raw)

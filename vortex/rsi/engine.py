@@ -392,9 +392,9 @@ class RSIEngine:
             reason = (f"watch: {w.metric} regressed {regression:+.1%} (baseline {w.baseline:.6g}, "
                       f"after {after:.6g} over {len(w.values)} requests) beyond "
                       f"{self.config.watch_regression_threshold:.1%}")
+            self.audit.append("auto_rollback", reason=reason, **detail)
             try:
                 self.rollback_proposal(w.proposal_id, reason, by="watch")
-                self.audit.append("auto_rollback", reason=reason, **detail)
             except RSIError as exc:
                 self.audit.append("auto_rollback_failed", error=str(exc), **detail)
         else:
