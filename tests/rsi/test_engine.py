@@ -40,6 +40,12 @@ def test_weaknesses_from_metrics():
     assert kinds[WeaknessType.CONFIDENCE_LOW].severity == pytest.approx(0.5)
     assert weaknesses_from_metrics(summary(latency=10, confidence=0.9, error_rate=None), RSIConfig())[1] == []
     assert weaknesses_from_metrics({}, RSIConfig()) == (0, [])
+    # the real tracker's keys: total_inferences, success_rate (no error_rate)
+    real = {"total_inferences": 300, "success_rate": 0.8, "modes": {"fast": {"count": 300,
+            "mean_latency_ms": 1.0, "mean_confidence": None}}}
+    total, ws = weaknesses_from_metrics(real, RSIConfig())
+    assert total == 300 and [w.type for w in ws] == [WeaknessType.PREDICTION_ERROR_SPIKE]
+    assert ws[0].metric_value == pytest.approx(0.2)
 
 
 def test_cycle_applies_a_low_risk_improvement_and_reloads(sample_tree, tmp_path):
@@ -173,6 +179,17 @@ def test_trigger_and_schedule(sample_tree, tmp_path):
     time.sleep(0.2)
     assert eng.cycles == n  # stopped
     assert eng.stats()["proposals"]["applied"] == 1
+
+
+def test_update_config_and_observe_correct(sample_tree, tmp_path):
+    eng = RSIEngine(sample_tree, tmp_path / "home", CFG)
+    eng.update_config(RSIConfig(enabled=False))
+    assert "disabled" in eng.rsi_cycle().skipped_reason
+    with pytest.raises(ValueError, match="RSIConfig"):
+        eng.update_config({"enabled": True})
+    eng.observe(correct=False)
+    eng.observe(correct=True, error=0.25)
+    assert list(eng._recent["error"]) == [1.0, 0.25]
 
 
 def test_restart_finishes_interrupted_states(sample_tree, tmp_path):

@@ -128,6 +128,8 @@ def test_confidence_proposer_uses_fitted_temperature(ctx):
     assert d.moves[0].name == "temperature" and d.moves[0].new == pytest.approx(t, rel=1e-3)
     assert d.expected_improvement["nll_after"] < d.expected_improvement["nll_before"]
     # without data it falls back to a one-step move in the declared direction
+    ctx.calibration_data = lambda: None  # nothing buffered yet
+    assert ConfidenceProposer().propose(W("confidence_low"), ctx).moves[0].new == round(4.0 / 1.5, 6)
     ctx.calibration_data = None
     d = ConfidenceProposer().propose(W("confidence_low"), ctx)
     assert d.moves == [TunableMove("temperature", 4.0, round(4.0 / 1.5, 6), "decrease")]

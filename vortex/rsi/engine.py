@@ -54,9 +54,10 @@ def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
                             now: float | None = None) -> tuple[int, list[Weakness]]:
     """Total inferences and the weaknesses a tracker summary shows against ``config``.
 
-    ``summary`` follows ``PerformanceTracker.summary()``: ``{"total": int, "modes": {mode:
-    {"count", "mean_latency_ms", "mean_confidence", ...}}, "error_rate": float | None}``.
-    Missing or None figures are skipped (a tracker without ground truth has no error rate).
+    ``summary`` follows ``PerformanceTracker.summary()``: ``{"total_inferences" (or "total"):
+    int, "modes": {mode: {"count", "mean_latency_ms", "mean_confidence", ...}}, "error_rate":
+    float | None}``; without ``error_rate``, ``1 - success_rate`` (share of outcomes that were
+    right) is used. Missing or None figures are skipped (no ground truth yet: no error rate).
 
     * a mode whose mean confidence is below ``min_confidence_threshold`` → confidence_low,
       severity = shortfall / threshold (the worst mode is kept);
@@ -85,6 +86,8 @@ def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
             WeaknessType.LATENCY_SPIKE, min(1.0, (lat - lim) / lim),
             f"thorough mode mean latency {lat:.3f} ms above {lim:.3f} ms", now, lat, lim, total)
     err = _num(summary.get("error_rate"))
+    if err is None and _num(summary.get("success_rate")) is not None:
+        err = 1.0 - float(summary["success_rate"])
     if err is not None and err > config.max_error_rate:
         lim = config.max_error_rate
         found[WeaknessType.PREDICTION_ERROR_SPIKE] = Weakness(
@@ -342,10 +345,20 @@ class RSIEngine:
             t.reload()
 
     # ------------------------------------------------------------------ watch after apply
+    def update_config(self, config: RSIConfig) -> None:
+        """Use ``config`` from the next cycle on (the watch window keeps its current size)."""
+        if not isinstance(config, RSIConfig):
+            raise ValueError(f"config={config!r} must be an RSIConfig")
+        with self._lock:
+            self.config = config
+
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
-                error: float | None = None) -> None:
+                error: float | None = None, correct: bool | None = None) -> None:
         """Feed one served request's figures (cheap; called on the request path or by the
-        orchestrator). They form the pre-apply baseline and the post-apply watch."""
+        orchestrator). They form the pre-apply baseline and the post-apply watch. Without
+        ``error``, ``correct`` gives it (0 when right, 1 when wrong)."""
+        if error is None and correct is not None:
+            error = 0.0 if correct else 1.0
         finished = None
         with self._watch_lock:
             for name, v in (("latency_ms", latency_ms), ("confidence", confidence), ("error", error)):

@@ -265,8 +265,9 @@ def fit_temperature(logits: Any, labels: Any, *, lo: float = 0.05, hi: float = 2
 class ConfidenceProposer(TunableProposer):
     """Low or dropping confidence: temperature recalibration.
 
-    With buffered ``calibration_data`` (raw logits before the temperature, and labels), the
-    ``temperature_tunable`` is set to the NLL-optimal temperature; without it, or when the fitted
+    With buffered ``calibration_data`` (a callable returning raw logits before the temperature
+    and labels, or None when nothing is buffered), the ``temperature_tunable`` is set to the
+    NLL-optimal temperature; without data (or fewer than ``min_samples``), or when the fitted
     value equals the current one, it falls back to a one-step tunable move.
     """
 
@@ -279,8 +280,9 @@ class ConfidenceProposer(TunableProposer):
 
     def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None:
         spec = next((t for t in ctx.settings.tunables if t.name == self.temperature_tunable), None)
-        if spec is not None and ctx.calibration_data is not None:
-            logits, labels = ctx.calibration_data()
+        data = ctx.calibration_data() if spec is not None and ctx.calibration_data is not None else None
+        if data is not None:
+            logits, labels = data
             if len(labels) >= self.min_samples:
                 lo = spec.min if spec.min is not None else 0.05
                 hi = spec.max if spec.max is not None else 20.0
