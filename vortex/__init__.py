@@ -19,6 +19,9 @@ _LAZY: dict[str, str] = {
     "WeaknessType": "vortex.monitor.weaknesses",
     "Weakness": "vortex.monitor.weaknesses",
     "RSITriggerEvent": "vortex.monitor.weaknesses",
+    "RuntimeDetector": "vortex.monitor.detector",
+    "DetectorStats": "vortex.monitor.detector",
+    "PerformanceTracker": "vortex.monitor.tracker",
 }
 
 __all__ = [
