@@ -9,12 +9,16 @@ Conventions for a benchmark body:
 
 * ``benchmark.extra_info["calls_per_round"] = N`` when one round times a loop of N calls
   (needed for nanosecond-scale calls, where a round's own overhead would dominate);
-* the Vortex entry's test name contains ``vortex`` (or sets ``extra_info["subject"] = "vortex"``).
+* the Vortex entry's test name contains ``vortex`` (or sets ``extra_info["subject"] = "vortex"``);
+* any other ``extra_info`` entry (a memory figure, say) is printed after the entry's line.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+# extra_info keys that steer the summary; any other key is a figure printed after the entry
+_BOOKKEEPING = {"calls_per_round", "subject"}
 
 
 def _per_call_seconds(bench) -> float:
@@ -49,4 +53,8 @@ def pytest_terminal_summary(terminalreporter, config):
             line = f"  {bench.name:<60} {_format_seconds(_per_call_seconds(bench)):>10}"
             if subject is not None and bench is not subject:
                 line += f"   {_per_call_seconds(bench) / _per_call_seconds(subject):8.2f}x"
+            figures = {k: v for k, v in bench.extra_info.items() if k not in _BOOKKEEPING}
+            if figures:
+                line += "   " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in figures.items())
             terminalreporter.write_line(line)

@@ -108,14 +108,40 @@ struct BadValue {
     double value = 0.0;
 };
 
+// First invalid value of a batch. Blocks are scanned branch-free (vectorisable); the exact
+// position is searched only inside a block that failed.
 inline BadValue find_invalid(const double* lat, const double* conf, const double* err,
                              std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) {
-        if (!valid_latency(lat[i])) return {static_cast<std::ptrdiff_t>(i), 0, lat[i]};
-        if (!valid_confidence(conf[i])) return {static_cast<std::ptrdiff_t>(i), 1, conf[i]};
-        if (err && !valid_error(err[i])) return {static_cast<std::ptrdiff_t>(i), 2, err[i]};
+    constexpr std::size_t kBlock = 512;
+    for (std::size_t b = 0; b < n; b += kBlock) {
+        const std::size_t e = std::min(n, b + kBlock);
+        bool bad = false;
+        for (std::size_t i = b; i < e; ++i)
+            bad |= !(lat[i] >= 0.0) | !(lat[i] <= DBL_MAX) | !(conf[i] >= 0.0) | !(conf[i] <= 1.0);
+        if (err)
+            for (std::size_t i = b; i < e; ++i) bad |= (err[i] < 0.0) | (err[i] > DBL_MAX);
+        if (!bad) continue;
+        for (std::size_t i = b; i < e; ++i) {
+            if (!valid_latency(lat[i])) return {static_cast<std::ptrdiff_t>(i), 0, lat[i]};
+            if (!valid_confidence(conf[i])) return {static_cast<std::ptrdiff_t>(i), 1, conf[i]};
+            if (err && !valid_error(err[i])) return {static_cast<std::ptrdiff_t>(i), 2, err[i]};
+        }
     }
     return {};
+}
+
+// Sum of a column with four independent accumulators (breaks the add latency chain).
+inline double column_sum(const double* x, std::size_t n) noexcept {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    std::size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += x[i];
+        a1 += x[i + 1];
+        a2 += x[i + 2];
+        a3 += x[i + 3];
+    }
+    for (; i < n; ++i) a0 += x[i];
+    return (a0 + a1) + (a2 + a3);
 }
 
 class MetricWindow {
@@ -147,22 +173,18 @@ public:
     void record_batch(const double* lat, const double* conf, const double* err,
                       std::size_t n) noexcept {
         const int64_t t = monotonic_ns();
-        double ls = 0.0, cs = 0.0;
-        for (std::size_t i = 0; i < n; ++i) {
-            ls += lat[i];
-            cs += conf[i];
-        }
+        const double ls = column_sum(lat, n), cs = column_sum(conf, n);
         std::lock_guard<SpinLock> g(lock_);
         const std::size_t cap = ring_.size();
         const std::size_t skip = n > cap ? n - cap : 0;
-        std::size_t h = head_;
-        for (std::size_t i = skip; i < n; ++i) {
-            MetricSample& s = ring_[h];
-            s.t_ns = t;
-            s.latency_ms = lat[i];
-            s.confidence = conf[i];
-            s.error = err ? err[i] : std::numeric_limits<double>::quiet_NaN();
-            if (++h == cap) h = 0;
+        // at most two contiguous runs of the ring: [head_, cap) then [0, ...)
+        std::size_t i = skip, h = head_;
+        while (i < n) {
+            const std::size_t run = std::min(n - i, cap - h);
+            store_run(ring_.data() + h, t, lat + i, conf + i, err ? err + i : nullptr, run);
+            i += run;
+            h += run;
+            if (h == cap) h = 0;
         }
         head_ = h;
         size_ = std::min(cap, size_ + (n - skip));
@@ -281,17 +303,44 @@ private:
         uint64_t ecount = 0;
     };
 
+    static void store_run(MetricSample* dst, int64_t t, const double* lat, const double* conf,
+                          const double* err, std::size_t n) noexcept {
+        if (err) {
+            for (std::size_t i = 0; i < n; ++i) dst[i] = {t, lat[i], conf[i], err[i]};
+        } else {
+            const double nan = std::numeric_limits<double>::quiet_NaN();
+            for (std::size_t i = 0; i < n; ++i) dst[i] = {t, lat[i], conf[i], nan};
+        }
+    }
+
+    // Branch-free (NaN errors are masked, not skipped) with four accumulators per column, so
+    // the pass runs at memory speed instead of waiting on add latency and mispredictions.
     static Sums sum_span(const MetricSample* p, std::size_t n) noexcept {
-        Sums s;
-        for (std::size_t i = 0; i < n; ++i) {
-            s.lat += p[i].latency_ms;
-            s.conf += p[i].confidence;
-            const double e = p[i].error;
-            if (e == e) {  // not NaN
-                s.err += e;
-                ++s.ecount;
+        double l[4] = {}, c[4] = {}, e[4] = {};
+        uint64_t k[4] = {};
+        std::size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            for (int j = 0; j < 4; ++j) {
+                const MetricSample& s = p[i + j];
+                const bool known = s.error == s.error;  // not NaN
+                l[j] += s.latency_ms;
+                c[j] += s.confidence;
+                e[j] += known ? s.error : 0.0;
+                k[j] += known;
             }
         }
+        for (; i < n; ++i) {
+            const bool known = p[i].error == p[i].error;
+            l[0] += p[i].latency_ms;
+            c[0] += p[i].confidence;
+            e[0] += known ? p[i].error : 0.0;
+            k[0] += known;
+        }
+        Sums s;
+        s.lat = (l[0] + l[1]) + (l[2] + l[3]);
+        s.conf = (c[0] + c[1]) + (c[2] + c[3]);
+        s.err = (e[0] + e[1]) + (e[2] + e[3]);
+        s.ecount = (k[0] + k[1]) + (k[2] + k[3]);
         return s;
     }
 
