@@ -4,7 +4,8 @@
 // where error NaN means "no ground truth yet", plus an exact count of every sample ever
 // recorded and all-time latency/confidence sums. `analyze()` computes, in one pass under the
 // lock, every statistic the detector compares:
-//   recent   = the newest kRecent (10) samples,
+//   recent   = the newest kRecent (10) samples; for errors, the newest kRecent samples that
+//              have ground truth (labels arrive for only some requests),
 //   baseline = the older half of the window, once it holds >= kMinBaseline (20) samples,
 // and analysis as a whole needs >= kMinAnalysis (10) samples (the caller checks `size`).
 //
@@ -89,7 +90,7 @@ struct WindowStats {
     uint64_t recent_over_threshold = 0;   // recent latencies > the threshold passed to analyze()
     double recent_over_latency_mean = nan;  // mean of those
     double recent_confidence_mean = nan;
-    uint64_t recent_error_count = 0;      // recent samples with ground truth
+    uint64_t recent_error_count = 0;      // newest samples with ground truth (<= kRecent)
     double recent_error_mean = nan;
     double baseline_latency_mean = nan;
     double baseline_confidence_mean = nan;
@@ -207,8 +208,8 @@ public:
 
         // recent: the newest kRecent samples
         const std::size_t rn = std::min(kRecent, size_);
-        double lsum = 0.0, lmax = -1.0, csum = 0.0, esum = 0.0, osum = 0.0;
-        uint64_t over = 0, ecount = 0;
+        double lsum = 0.0, lmax = -1.0, csum = 0.0, osum = 0.0;
+        uint64_t over = 0;
         for (std::size_t i = size_ - rn; i < size_; ++i) {
             const MetricSample& s = at(i);
             lsum += s.latency_ms;
@@ -218,10 +219,6 @@ public:
                 ++over;
                 osum += s.latency_ms;
             }
-            if (!std::isnan(s.error)) {
-                ++ecount;
-                esum += s.error;
-            }
         }
         st.recent_count = rn;
         st.recent_latency_mean = lsum / double(rn);
@@ -229,6 +226,18 @@ public:
         st.recent_confidence_mean = csum / double(rn);
         st.recent_over_threshold = over;
         if (over) st.recent_over_latency_mean = osum / double(over);
+
+        // recent errors: the newest kRecent samples with ground truth (walks back only as far
+        // as it needs to; "the last 10 requests" would often hold one or two labels)
+        double esum = 0.0;
+        uint64_t ecount = 0;
+        for (std::size_t i = size_; i-- > 0 && ecount < kRecent;) {
+            const double e = at(i).error;
+            if (e == e) {
+                ++ecount;
+                esum += e;
+            }
+        }
         st.recent_error_count = ecount;
         if (ecount) st.recent_error_mean = esum / double(ecount);
 

@@ -9,7 +9,8 @@ def window_stats(latency: np.ndarray, confidence: np.ndarray, error: np.ndarray,
                  threshold: float, recent: int = 10, min_baseline: int = 20) -> dict:
     """Statistics of a metric window given oldest -> newest, as vortex::MetricWindow::analyze.
 
-    recent = the newest ``recent`` samples; baseline = the older half once the window holds
+    recent = the newest ``recent`` samples (for errors: the newest ``recent`` samples that have
+    ground truth); baseline = the older half once the window holds
     at least ``min_baseline`` samples; error NaN = no ground truth.
     """
     n = len(latency)
@@ -23,9 +24,9 @@ def window_stats(latency: np.ndarray, confidence: np.ndarray, error: np.ndarray,
                 "baseline_confidence_mean": nan, "baseline_error_count": 0,
                 "baseline_error_mean": nan}
     r = slice(max(0, n - recent), n)
-    rl, rc, re = latency[r], confidence[r], error[r]
+    rl, rc = latency[r], confidence[r]
     over = rl[rl > threshold]
-    known = re[~np.isnan(re)]
+    known = error[~np.isnan(error)][-recent:]  # the newest ``recent`` samples with ground truth
     out.update(
         recent_count=len(rl),
         recent_latency_mean=rl.mean(),

@@ -120,15 +120,20 @@ def test_confidence_low():
 def test_prediction_error_spike_uses_only_samples_with_ground_truth():
     det = make(prediction_error_spike_threshold=0.5)
     feed(det, 20, error=0.1)
-    feed(det, 7)                  # no ground truth: must not dilute the mean
-    feed(det, 3, error=0.9)
+    for _ in range(10):  # a label for every third request only: the gaps must not dilute
+        feed(det, 2)
+        feed(det, 1, error=0.9)
     (w,) = det.analyze()
     assert w.type is WeaknessType.PREDICTION_ERROR_SPIKE
-    assert w.metric_value == pytest.approx(0.9) and "3 recent requests" in w.description
+    assert w.metric_value == pytest.approx(0.9) and w.severity == pytest.approx(1 - 0.5 / 0.9)
+    assert "10 most recent requests with ground truth" in w.description
     det2 = make(prediction_error_spike_threshold=0.5)
     feed(det2, 20, error=0.1)
-    feed(det2, 10)
+    feed(det2, 10)  # no labels lately: the newest labelled samples are still fine
     assert det2.analyze() == []
+    det3 = make(prediction_error_spike_threshold=0.5)
+    feed(det3, 30)  # no ground truth at all: nothing to judge
+    assert det3.analyze() == []
 
 
 def test_memory_pressure():
@@ -415,7 +420,7 @@ def test_stats_figures_and_json():
     assert s.window_fill == pytest.approx(50 / 60)
     assert s.recent_latency_ms == 100.0 and s.baseline_latency_ms == 10.0
     assert s.recent_confidence == pytest.approx(0.9) and s.baseline_confidence == pytest.approx(0.8)
-    assert s.recent_prediction_error is None and s.memory_fraction == 0.25
+    assert s.recent_prediction_error == pytest.approx(0.2) and s.memory_fraction == 0.25
     assert s.throughput_rps == pytest.approx(5.0) and s.analyses == 2
     assert json.loads(json.dumps(s.to_dict()))["total_samples"] == 50
 

@@ -6,7 +6,8 @@ every ``monitor_interval_ms``: seven kinds of weakness (see :class:`WeaknessType
 compared with a threshold or with the window's own baseline, a cooldown between triggers, and
 :class:`RSITriggerEvent` s delivered to subscribers and to :attr:`RuntimeDetector.events`.
 
-Windows: *recent* is the newest 10 samples; *baseline* is the older half of the window once it
+Windows: *recent* is the newest 10 samples (for the prediction error: the newest 10 samples
+that have ground truth, since labels arrive for only some requests); *baseline* is the older half of the window once it
 holds at least 20 samples; an analysis of the samples needs at least 10 of them. Memory
 pressure and throughput are process-level figures and are checked on every pass.
 """
@@ -72,7 +73,7 @@ class DetectorStats:
         Mean latency and confidence of the recent slice (newest 10) and of the baseline (older
         half of the window, once it holds >= 20 samples).
     recent_prediction_error
-        Mean error of the recent samples that have ground truth.
+        Mean error of the newest 10 samples that have ground truth.
     memory_fraction
         Resident memory over the process's limit.
     throughput_rps
@@ -326,7 +327,7 @@ class RuntimeDetector(MetricRecorder):
             if err > thr:
                 found.append(Weakness(
                     WeaknessType.PREDICTION_ERROR_SPIKE, _clip01(1.0 - thr / err),
-                    f"mean prediction error of the {st.recent_error_count} recent requests "
+                    f"mean prediction error of the {st.recent_error_count} most recent requests "
                     f"with ground truth is {err:.3f}, above {thr:g}", wall, err, thr, n))
 
     def _throughput_weakness(self, cfg: RuntimeDetectorConfig, wall: float, n: int,
