@@ -45,13 +45,13 @@ class VirtualClock:
 
 def phase_at(t: int) -> dict:
     """How the service behaves at virtual second ``t``."""
-    p = {"stall": 0.0, "conf": (18.0, 2.0), "error": 0.1, "rate_factor": 1.0, "label": "steady"}
+    p = {"stall": 0.0, "conf": (18.0, 2.0), "error": 0.05, "rate_factor": 1.0, "label": "steady"}
     if any(s <= t < s + 4 for s in CRON_STARTS):
-        p.update(stall=0.35, label="cron job")
+        p.update(stall=0.6, label="cron job")
     if DRIFT[0] <= t < DRIFT[1]:
-        p.update(conf=(7.0, 3.0), error=0.3, label="input drift")
+        p.update(conf=(7.0, 3.0), error=0.2, label="input drift")
     elif DRIFT[1] <= t < DRIFT[2]:
-        p.update(conf=(5.0, 5.0), error=0.75, label="input drift (worse)")
+        p.update(conf=(5.0, 5.0), error=0.7, label="input drift (worse)")
     if OUTAGE[0] <= t < OUTAGE[1]:
         p.update(rate_factor=0.25, label="upstream outage")
     if CACHE_WARMUP[0] <= t < CACHE_WARMUP[1]:
@@ -70,7 +70,7 @@ def serve_one_second(t: int, rate: int, rng: np.random.Generator, detector: Runt
         if rng.random() < p["stall"]:
             latency += rng.uniform(600.0, 1000.0)
         confidence = rng.beta(*p["conf"])
-        labelled = rng.random() < 0.3  # a third of the requests get ground truth at once
+        labelled = rng.random() < 0.3  # ground truth arrives for 30% of the requests
         correct = rng.random() > p["error"]
         error = (0.0 if correct else 1.0) if labelled else float("nan")
         detector.record_sample(latency, confidence, error)
@@ -115,6 +115,7 @@ def main() -> None:
     rng = np.random.default_rng(7)
     seq = 0
     active: set[WeaknessType] = set()
+    ticks_with_findings = 0
     cache = None
     label = ""
     detector.tick(now=0.0)
@@ -130,6 +131,7 @@ def main() -> None:
         seq = serve_one_second(t, rate, rng, detector, tracker, seq)
         clock.now = t + 1.0
         found = detector.tick()
+        ticks_with_findings += bool(found)
         now_active = {w.type for w in found}
         for w in found:
             if w.type not in active or w.type is WeaknessType.RECURRING_PATTERN:
@@ -143,12 +145,12 @@ def main() -> None:
 
     stats = detector.stats()
     print(f"\nDetector: {stats.total_samples:,} samples, {stats.analyses} analyses, "
-          f"{stats.triggers_emitted} triggers ({len(triggers)} delivered; the cooldown held "
-          "back the rest)")
+          f"{ticks_with_findings} of them with weaknesses, {stats.triggers_emitted} triggers "
+          f"delivered (the {config.trigger_cooldown_secs:g} s cooldown held back the rest)")
     print("  weaknesses detected (ticks): " + ", ".join(
         f"{k}={v}" for k, v in stats.weaknesses_detected.items() if v))
     summary = tracker.summary()
-    print("\nPerformance by mode:")
+    print("\nPerformance by mode (percentiles over each mode's newest 10,000 requests):")
     print(f"  {'mode':<9}{'count':>8}{'mean ms':>9}{'p50':>8}{'p95':>8}{'p99':>8}{'conf':>7}")
     for mode, m in summary["modes"].items():
         print(f"  {mode:<9}{m['count']:>8,}{m['mean_latency_ms']:>9.1f}{m['p50_latency_ms']:>8.1f}"

@@ -266,8 +266,8 @@ class RuntimeDetector(MetricRecorder):
             thr = cfg.memory_pressure_threshold
             found.append(Weakness(
                 WeaknessType.MEMORY_PRESSURE, _clip01((memory - thr) / (1.0 - thr)),
-                f"resident memory is {memory:.1%} of the process's limit "
-                f"(threshold {thr:.0%})", wall, memory, thr, n))
+                f"resident memory is {memory:.2%} of the process's limit "
+                f"(threshold {thr:.2%})", wall, memory, thr, n))
         event = None
         with self._lock:
             self._analyses += 1
