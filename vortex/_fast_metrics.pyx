@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, binding=False
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=False, embedsignature=True
 """Per-request fast path of the metric window (private; see vortex.monitor).
 
 A pybind11 method call costs ~200 ns here; this Cython method records a sample into the very

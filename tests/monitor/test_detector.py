@@ -51,11 +51,13 @@ def test_latency_spike_scenario():
     assert "5 of the last 10 requests took longer than 300 ms" in w.description
 
 
-def test_latency_spike_needs_the_configured_count():
-    det = make(latency_spike_threshold_ms=300, latency_spike_count=6)
+@pytest.mark.parametrize("count, found", [(5, [WeaknessType.LATENCY_SPIKE]), (6, [])])
+def test_latency_spike_needs_the_configured_count(count, found):
+    det = make(latency_spike_threshold_ms=300, latency_spike_count=count)
     feed(det, 15, latency=200.0)
     feed(det, 5, latency=800.0)
-    assert det.analyze() == []
+    feed(det, 1, latency=300.0)  # at the threshold is not over it
+    assert types(det.analyze()) == found
 
 
 def test_confidence_drop_scenario():
