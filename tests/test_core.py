@@ -30,16 +30,17 @@ def contents(w):
 
 
 def assert_matches_naive(w, threshold):
+    """Both bindings of the analysis pass (pybind11 WindowStats, Cython Stats) vs NumPy."""
     lat, conf, err = contents(w)
     expected = naive.window_stats(lat, conf, err, threshold)
-    got = w.analyze(threshold)
-    assert got.size == expected["size"] == len(w)
-    for name in STAT_FIELDS:
-        a, b = getattr(got, name), expected[name]
-        if isinstance(b, float) and math.isnan(b):
-            assert math.isnan(a), name
-        else:
-            assert a == pytest.approx(b, rel=1e-9, abs=1e-9), name
+    for got in (w.analyze(threshold), Recorder(w)._stats(threshold)):
+        assert got.size == expected["size"] == len(w)
+        for name in STAT_FIELDS:
+            a, b = getattr(got, name), expected[name]
+            if isinstance(b, float) and math.isnan(b):
+                assert math.isnan(a), name
+            else:
+                assert a == pytest.approx(b, rel=1e-9, abs=1e-9), name
 
 
 def test_record_and_wraparound_keep_newest():
@@ -112,6 +113,10 @@ def test_cython_recorder_shares_the_window_and_keeps_it_alive():
     detached = MetricRecorder()
     with pytest.raises(RuntimeError, match="not attached"):
         detached.record_sample(1.0, 0.5)
+    with pytest.raises(RuntimeError, match="not attached"):
+        detached._stats(1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        rec._stats(math.nan)
 
 
 @pytest.mark.parametrize("lat, conf, err, match", [

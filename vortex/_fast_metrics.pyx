@@ -10,16 +10,77 @@ holds stays valid for its whole life.
 from libc.float cimport DBL_MAX
 from libc.math cimport NAN, isnan
 from libc.errno cimport errno
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from posix.unistd cimport pread
 
 cdef extern from "metric_window.hpp" namespace "vortex" nogil:
+    cdef cppclass WindowStats:
+        uint64_t total_recorded, size, capacity, recent_count, baseline_count
+        double recent_latency_mean, recent_latency_max
+        uint64_t recent_over_threshold
+        double recent_over_latency_mean, recent_confidence_mean
+        uint64_t recent_error_count
+        double recent_error_mean, baseline_latency_mean, baseline_confidence_mean
+        uint64_t baseline_error_count
+        double baseline_error_mean
+        int64_t oldest_ns, newest_ns
+        double all_latency_sum, all_confidence_sum
+
     cdef cppclass MetricWindow:
         void record(double latency_ms, double confidence, double error) noexcept
+        WindowStats analyze(double latency_threshold_ms) noexcept
+        size_t size() noexcept
+
+
+# Above this many samples an analysis is long enough to be worth releasing the GIL (as in
+# csrc/bind_metrics.cpp).
+cdef enum:
+    _RELEASE_GIL_ABOVE = 16384
 
 
 cdef int _reject(str name, double value, str rule) except -1:
     raise ValueError(f"{name}={value!r}: {rule}")
+
+
+cdef class Stats:
+    """One analysis pass's statistics (the fields of ``vortex._core.WindowStats``), with
+    attribute access cheap enough for the detector's per-tick checks."""
+
+    cdef readonly uint64_t total_recorded, size, capacity, recent_count, baseline_count
+    cdef readonly double recent_latency_mean, recent_latency_max
+    cdef readonly uint64_t recent_over_threshold
+    cdef readonly double recent_over_latency_mean, recent_confidence_mean
+    cdef readonly uint64_t recent_error_count
+    cdef readonly double recent_error_mean, baseline_latency_mean, baseline_confidence_mean
+    cdef readonly uint64_t baseline_error_count
+    cdef readonly double baseline_error_mean
+    cdef readonly int64_t oldest_ns, newest_ns
+    cdef readonly double all_latency_sum, all_confidence_sum
+
+
+cdef Stats _wrap(const WindowStats& s):
+    cdef Stats out = Stats.__new__(Stats)
+    out.total_recorded = s.total_recorded
+    out.size = s.size
+    out.capacity = s.capacity
+    out.recent_count = s.recent_count
+    out.baseline_count = s.baseline_count
+    out.recent_latency_mean = s.recent_latency_mean
+    out.recent_latency_max = s.recent_latency_max
+    out.recent_over_threshold = s.recent_over_threshold
+    out.recent_over_latency_mean = s.recent_over_latency_mean
+    out.recent_confidence_mean = s.recent_confidence_mean
+    out.recent_error_count = s.recent_error_count
+    out.recent_error_mean = s.recent_error_mean
+    out.baseline_latency_mean = s.baseline_latency_mean
+    out.baseline_confidence_mean = s.baseline_confidence_mean
+    out.baseline_error_count = s.baseline_error_count
+    out.baseline_error_mean = s.baseline_error_mean
+    out.oldest_ns = s.oldest_ns
+    out.newest_ns = s.newest_ns
+    out.all_latency_sum = s.all_latency_sum
+    out.all_confidence_sum = s.all_confidence_sum
+    return out
 
 
 cdef class MetricRecorder:
@@ -59,6 +120,26 @@ cdef class MetricRecorder:
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
         self._ptr.record(latency_ms, confidence, prediction_error)
+
+    def _stats(self, double latency_threshold_ms):
+        """One analysis pass (``MetricWindow.analyze``) as a :class:`Stats`.
+
+        Several times cheaper than the pybind11 call plus its attribute reads, which matters
+        for the detector's per-tick checks on small windows.
+        """
+        cdef WindowStats s
+        if self._ptr == NULL:
+            raise RuntimeError("recorder is not attached to a metric window")
+        if latency_threshold_ms != latency_threshold_ms:
+            raise ValueError("latency threshold must not be NaN")
+        if self._ptr.size() > _RELEASE_GIL_ABOVE:
+            # Safe without the GIL: pure C++ over the window's own buffer, under its lock;
+            # self (and so the window's owner) stays referenced by this frame.
+            with nogil:
+                s = self._ptr.analyze(latency_threshold_ms)
+        else:
+            s = self._ptr.analyze(latency_threshold_ms)
+        return _wrap(s)
 
 
 def statm_resident_pages(int fd):

@@ -256,7 +256,7 @@ class RuntimeDetector(MetricRecorder):
             return []
         now = self._clock() if now is None else now
         wall = time.time()
-        st = self._window.analyze(cfg.latency_spike_threshold_ms)
+        st = self._stats(cfg.latency_spike_threshold_ms)
         n = st.size
         found: list[Weakness] = []
         if n >= _MIN_ANALYSIS:
@@ -469,7 +469,7 @@ class RuntimeDetector(MetricRecorder):
 
     def stats(self) -> DetectorStats:
         """The detector's current figures."""
-        st = self._window.analyze(self._config.latency_spike_threshold_ms)
+        st = self._stats(self._config.latency_spike_threshold_ms)
         throughput = self.throughput_rps()
         memory = self.memory_fraction()
         has = st.size > 0
