@@ -61,6 +61,7 @@ def test_empty_tracker():
     (lambda t: t.record("fast", 1.0, 0.5, seq=-1), "seq=-1"),
     (lambda t: t.record("", 1.0, 0.5), "mode=''"),
     (lambda t: t.record_outcome(1.5, True), r"seq=1\.5"),
+    (lambda t: t.record("new-mode", math.inf, 0.5, seq=4), "latency_ms=inf"),
 ])
 def test_bad_input_changes_nothing(call, match):
     t = PerformanceTracker()

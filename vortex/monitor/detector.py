@@ -267,7 +267,7 @@ class RuntimeDetector(MetricRecorder):
             found.append(Weakness(
                 WeaknessType.MEMORY_PRESSURE, _clip01((memory - thr) / (1.0 - thr)),
                 f"resident memory is {memory:.2%} of the process's limit "
-                f"(threshold {thr:.2%})", wall, memory, thr, n))
+                f"(threshold {thr:.2%})", wall, memory, float(thr), n))
         event = None
         with self._lock:
             self._analyses += 1
@@ -303,7 +303,7 @@ class RuntimeDetector(MetricRecorder):
                 WeaknessType.LATENCY_SPIKE, _clip01(severity),
                 f"{over} of the last {rn} requests took longer than {thr:g} ms "
                 f"(recent mean {st.recent_latency_mean:.1f} ms, max "
-                f"{st.recent_latency_max:.1f} ms)", wall, st.recent_latency_mean, thr, n))
+                f"{st.recent_latency_max:.1f} ms)", wall, st.recent_latency_mean, float(thr), n))
         recent_conf = st.recent_confidence_mean
         if st.baseline_count:
             base_conf = st.baseline_confidence_mean
@@ -320,7 +320,7 @@ class RuntimeDetector(MetricRecorder):
             found.append(Weakness(
                 WeaknessType.CONFIDENCE_LOW, _clip01((thr - recent_conf) / thr),
                 f"mean confidence of the last {rn} requests is {recent_conf:.3f}, below "
-                f"{thr:g}", wall, recent_conf, thr, n))
+                f"{thr:g}", wall, recent_conf, float(thr), n))
         if st.recent_error_count:
             err = st.recent_error_mean
             thr = cfg.prediction_error_spike_threshold
@@ -328,7 +328,7 @@ class RuntimeDetector(MetricRecorder):
                 found.append(Weakness(
                     WeaknessType.PREDICTION_ERROR_SPIKE, _clip01(1.0 - thr / err),
                     f"mean prediction error of the {st.recent_error_count} most recent requests "
-                    f"with ground truth is {err:.3f}, above {thr:g}", wall, err, thr, n))
+                    f"with ground truth is {err:.3f}, above {thr:g}", wall, err, float(thr), n))
 
     def _throughput_weakness(self, cfg: RuntimeDetectorConfig, wall: float, n: int,
                              found: list[Weakness]) -> None:

@@ -15,6 +15,7 @@ import resource
 import sys
 import weakref
 
+from .._native import _core  # noqa: F401  (first, for its actionable error if unbuilt)
 from .._fast_metrics import statm_resident_pages
 
 __all__ = ["ProcessMemoryProbe", "memory_limit_bytes", "resident_bytes"]

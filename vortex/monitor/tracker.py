@@ -68,18 +68,17 @@ class PerformanceTracker:
         A negative/NaN/infinite latency or a confidence outside [0, 1] raises ``ValueError``
         and nothing is recorded.
         """
+        p = None if seq is None else 1 + _check_seq(seq) % 9
         rec = self._modes.get(mode)
-        if rec is None:
-            rec = self._add_mode(mode)
-        if seq is not None:
-            p = 1 + _check_seq(seq) % 9
+        if rec is not None:
             rec.record_sample(latency_ms, confidence)
+        else:
+            self._record_new_mode(mode, latency_ms, confidence)
+        if p is not None:
             with self._lock:
                 self._position_inferences[p] += 1
-        else:
-            rec.record_sample(latency_ms, confidence)
 
-    def _add_mode(self, mode: str) -> _ModeRecorder:
+    def _record_new_mode(self, mode: str, latency_ms: float, confidence: float) -> None:
         if not isinstance(mode, str) or not mode:
             raise ValueError(f"mode={mode!r}: must be a non-empty string")
         with self._lock:
@@ -89,8 +88,10 @@ class PerformanceTracker:
                     raise ValueError(f"mode={mode!r}: already tracking {self._max_modes} modes "
                                      f"({sorted(self._modes)}); raise max_modes")
                 rec = _ModeRecorder(self._capacity)
+                rec.record_sample(latency_ms, confidence)  # validates before the mode appears
                 self._modes = {**self._modes, mode: rec}  # readers use the dict without a lock
-            return rec
+                return
+        rec.record_sample(latency_ms, confidence)
 
     def record_outcome(self, seq: int, correct: bool) -> None:
         """Record whether the inference with sequence number ``seq`` turned out correct."""
