@@ -82,16 +82,18 @@ WindowStats analyze(const MetricWindow& w, double threshold) {
 }
 
 py::dict snapshot(const MetricWindow& w) {
-    // Sized generously so a concurrent record cannot overflow; trimmed to what was copied.
-    const auto cap = static_cast<py::ssize_t>(w.capacity());
-    py::array_t<int64_t> t(cap);
-    py::array_t<double> lat(cap), conf(cap), err(cap);
+    // Sized for the samples there now; a concurrent record or resize changes which samples
+    // are the newest, never how many fit (snapshot copies at most `room`).
+    const std::size_t room = w.size();
+    const auto len = static_cast<py::ssize_t>(room);
+    py::array_t<int64_t> t(len);
+    py::array_t<double> lat(len), conf(len), err(len);
     std::size_t n;
     {
         // Safe without the GIL: the four arrays were just allocated and are not shared yet.
         py::gil_scoped_release nogil;
         n = w.snapshot(t.mutable_data(), lat.mutable_data(), conf.mutable_data(),
-                       err.mutable_data());
+                       err.mutable_data(), room);
     }
     py::slice head(0, static_cast<py::ssize_t>(n), 1);
     py::dict out;
@@ -162,7 +164,9 @@ void bind_metrics(py::module_& m) {
         .def("record_batch", &record_batch, py::arg("latencies_ms"), py::arg("confidences"),
              py::arg("prediction_errors") = py::none())
         .def("analyze", &analyze, py::arg("latency_threshold_ms"))
-        .def("snapshot", &snapshot)
+        .def("snapshot", &snapshot,
+             "The window's samples, oldest first, as a dict of NumPy arrays (timestamp_ns, "
+             "latency_ms, confidence, error).")
         .def("resize",
              [](MetricWindow& w, py::ssize_t capacity) {
                  if (capacity < 1)

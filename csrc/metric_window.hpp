@@ -259,18 +259,20 @@ public:
         return st;
     }
 
-    // Copies the window oldest -> newest into the four arrays (each of length >= size());
-    // returns the number of samples copied.
-    std::size_t snapshot(int64_t* t, double* lat, double* conf, double* err) const noexcept {
+    // Copies the newest min(size(), max_n) samples, oldest first, into the four arrays (each
+    // of length >= max_n); returns the number copied.
+    std::size_t snapshot(int64_t* t, double* lat, double* conf, double* err,
+                         std::size_t max_n) const noexcept {
         std::lock_guard<SpinLock> g(lock_);
-        for (std::size_t i = 0; i < size_; ++i) {
-            const MetricSample& s = at(i);
+        const std::size_t n = std::min(size_, max_n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const MetricSample& s = at(size_ - n + i);
             t[i] = s.t_ns;
             lat[i] = s.latency_ms;
             conf[i] = s.confidence;
             err[i] = s.error;
         }
-        return size_;
+        return n;
     }
 
     // Changes the capacity, keeping the newest min(size, capacity) samples and all totals.

@@ -246,3 +246,26 @@ def test_threads_record_exact_counts():
         t.join()
     assert w.total == 8 * n
     assert w.analyze(0.0).all_latency_sum == pytest.approx(4 * 500 * sum(range(100)) + 4 * n)
+
+
+def test_snapshot_while_another_thread_resizes_and_records():
+    w = MetricWindow(5)
+    stop = threading.Event()
+
+    def writer():
+        k = 0
+        ones = np.ones(64)
+        while not stop.is_set():
+            w.resize(5 if k % 2 else 500)
+            w.record_batch(np.arange(k * 64, (k + 1) * 64, dtype=float), ones)
+            k += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(2000):
+            lat = w.snapshot()["latency_ms"]
+            assert len(lat) <= 500 and (np.diff(lat) == 1.0).all()  # newest run, in order
+    finally:
+        stop.set()
+        t.join()
