@@ -101,12 +101,7 @@ def main() -> None:
     tracker = PerformanceTracker()
 
     triggers: list[RSITriggerEvent] = []
-
-    def on_trigger(event: RSITriggerEvent) -> None:
-        triggers.append(event)
-        print(f"  t={clock.now:4.0f}s  >> RSI trigger #{len(triggers)}: {event.reason}")
-
-    detector.subscribe(on_trigger)
+    detector.subscribe(triggers.append)  # what an RSI engine would act on
 
     print("Vortex runtime detector demo: a simulated inference service, replayed on a virtual "
           f"clock\n({DURATION} s of traffic at ~{rate} requests/s; one monitor tick per second; "
@@ -130,6 +125,7 @@ def main() -> None:
             cache = None
         seq = serve_one_second(t, rate, rng, detector, tracker, seq)
         clock.now = t + 1.0
+        delivered = len(triggers)
         found = detector.tick()
         ticks_with_findings += bool(found)
         now_active = {w.type for w in found}
@@ -141,6 +137,8 @@ def main() -> None:
             if kind is not WeaknessType.RECURRING_PATTERN:
                 print(f"  t={t + 1:4d}s  - {kind.value} cleared")
         active = now_active
+        if len(triggers) > delivered:
+            print(f"  t={t + 1:4d}s  >> RSI trigger #{len(triggers)}: {triggers[-1].reason}")
     del cache
 
     stats = detector.stats()
