@@ -161,9 +161,9 @@ def main() -> None:
 
     registry = CollectorRegistry()
     registry.register(VortexCollector(detector, tracker))
-    lines = [ln for ln in generate_latest(registry).decode().splitlines()
-             if ln.startswith(("vortex_detector_samples", "vortex_detector_weaknesses_total{type=\"lat",
-                               "vortex_inference_latency_ms{mode=\"fast\",stat=\"p99"))]
+    wanted = ("vortex_detector_samples", 'vortex_detector_weaknesses_total{type="lat',
+              'vortex_inference_latency_ms{mode="fast",stat="p99')
+    lines = [ln for ln in generate_latest(registry).decode().splitlines() if ln.startswith(wanted)]
     print("\nPrometheus scrape (excerpt):\n  " + "\n  ".join(lines))
 
     # What the detector costs the request path, measured here.

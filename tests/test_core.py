@@ -81,7 +81,8 @@ def test_empty_window_statistics():
     s = MetricWindow(10).analyze(1.0)
     assert (s.size, s.recent_count, s.total_recorded) == (0, 0, 0)
     assert math.isnan(s.recent_latency_mean)
-    assert (MetricWindow.RECENT, MetricWindow.MIN_BASELINE, MetricWindow.MIN_ANALYSIS) == (10, 20, 10)
+    limits = (MetricWindow.RECENT, MetricWindow.MIN_BASELINE, MetricWindow.MIN_ANALYSIS)
+    assert limits == (10, 20, 10)
 
 
 @pytest.mark.parametrize("args, name", [

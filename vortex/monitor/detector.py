@@ -7,9 +7,10 @@ compared with a threshold or with the window's own baseline, a cooldown between 
 :class:`RSITriggerEvent` s delivered to subscribers and to :attr:`RuntimeDetector.events`.
 
 Windows: *recent* is the newest 10 samples (for the prediction error: the newest 10 samples
-that have ground truth, since labels arrive for only some requests); *baseline* is the older half of the window once it
-holds at least 20 samples; an analysis of the samples needs at least 10 of them. Memory
-pressure and throughput are process-level figures and are checked on every pass.
+that have ground truth, since labels arrive for only some requests); *baseline* is the older
+half of the window once it holds at least 20 samples; an analysis of the samples needs at least
+10 of them. Memory pressure and throughput are process-level figures and are checked on every
+pass.
 """
 
 from __future__ import annotations
@@ -396,7 +397,8 @@ class RuntimeDetector(MetricRecorder):
 
         return unsubscribe
 
-    def _deliver(self, event: RSITriggerEvent, subscribers: tuple[Callable[..., None], ...]) -> None:
+    def _deliver(self, event: RSITriggerEvent,
+                 subscribers: tuple[Callable[..., None], ...]) -> None:
         logger.info("RSI trigger: %s", event.reason)
         while True:
             try:

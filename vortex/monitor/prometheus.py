@@ -102,7 +102,8 @@ class VortexCollector(Collector):
         yield latency
         yield confidence
         success = GaugeMetricFamily(f"{ns}_position_success_rate",
-                                    "Success rate of outcomes by flux position", labels=["position"])
+                                    "Success rate of outcomes by flux position",
+                                    labels=["position"])
         for p, figures in summary["positions"].items():
             if figures["success_rate"] is not None:
                 success.add_metric([str(p)], figures["success_rate"])
