@@ -56,7 +56,7 @@ def test_probe_reads_real_resident_memory():
     probe = ProcessMemoryProbe(limit_bytes=GIB)
     before = probe.rss_bytes()
     assert abs(before - statm_rss()) < 8 << 20
-    block = bytearray(64 << 20)  # touched by the zero fill
+    block = b"\x01" * (64 << 20)  # every page written
     grown = probe.rss_bytes()
     assert grown - before > 48 << 20
     assert probe() == pytest.approx(probe.rss_bytes() / GIB, rel=0.05)
