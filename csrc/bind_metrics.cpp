@@ -157,10 +157,21 @@ void bind_metrics(py::module_& m) {
                 if (!vortex::valid_error(err))
                     throw std::invalid_argument("prediction_error=" + repr_double(err) + ": " +
                                                 kColumnRules[2]);
-                w.record(lat, conf, err);
+                return w.record(lat, conf, err);
             },
             py::arg("latency_ms"), py::arg("confidence"),
-            py::arg("prediction_error") = std::numeric_limits<double>::quiet_NaN())
+            py::arg("prediction_error") = std::numeric_limits<double>::quiet_NaN(),
+            "Records one sample; returns its id (for set_error).")
+        .def(
+            "set_error",
+            [](MetricWindow& w, uint64_t id, double err) {
+                if (!(err >= 0.0 && err <= DBL_MAX))
+                    throw std::invalid_argument("prediction_error=" + repr_double(err) +
+                                                ": prediction error must be finite and >= 0");
+                return w.set_error(id, err);
+            },
+            py::arg("sample_id"), py::arg("prediction_error"),
+            "Attaches a late prediction error to sample `sample_id`; False if it left the window.")
         .def("record_batch", &record_batch, py::arg("latencies_ms"), py::arg("confidences"),
              py::arg("prediction_errors") = py::none())
         .def("analyze", &analyze, py::arg("latency_threshold_ms"))

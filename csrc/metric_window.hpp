@@ -154,7 +154,8 @@ public:
     explicit MetricWindow(std::size_t capacity) : ring_(capacity) {}
 
     // One validated sample (callers check valid_*; the Cython fast path does so inline).
-    void record(double latency_ms, double confidence, double error) noexcept {
+    // Returns its id: the number of samples recorded before it (see set_error).
+    uint64_t record(double latency_ms, double confidence, double error) noexcept {
         const int64_t t = monotonic_ns();
         std::lock_guard<SpinLock> g(lock_);
         MetricSample& s = ring_[head_];
@@ -166,7 +167,20 @@ public:
         if (size_ < ring_.size()) ++size_;
         lat_sum_ += latency_ms;
         conf_sum_ += confidence;
-        total_.store(total_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const uint64_t id = total_.load(std::memory_order_relaxed);
+        total_.store(id + 1, std::memory_order_relaxed);
+        return id;
+    }
+
+    // Attaches ground truth that arrived after the request: the prediction error of the
+    // sample `id` returned by record(). Returns false if that sample has already left the
+    // window (its error can no longer count) or was never recorded.
+    bool set_error(uint64_t id, double error) noexcept {
+        std::lock_guard<SpinLock> g(lock_);
+        const uint64_t total = total_.load(std::memory_order_relaxed);
+        if (id >= total || total - id > size_) return false;
+        ring_[(oldest_index() + (size_ - (total - id))) % ring_.size()].error = error;
+        return true;
     }
 
     // n validated samples stamped with one timestamp; `err` may be null (no ground truth).

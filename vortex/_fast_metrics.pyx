@@ -27,7 +27,8 @@ cdef extern from "metric_window.hpp" namespace "vortex" nogil:
         double all_latency_sum, all_confidence_sum
 
     cdef cppclass MetricWindow:
-        void record(double latency_ms, double confidence, double error) noexcept
+        uint64_t record(double latency_ms, double confidence, double error) noexcept
+        bint set_error(uint64_t id, double error) noexcept
         WindowStats analyze(double latency_threshold_ms) noexcept
         size_t size() noexcept
 
@@ -120,6 +121,32 @@ cdef class MetricRecorder:
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
         self._ptr.record(latency_ms, confidence, prediction_error)
+
+    def record_request(self, double latency_ms, double confidence):
+        """Record a request whose ground truth comes later; returns the sample's id.
+
+        Pass the id to :meth:`record_error` when the label arrives. Validation as in
+        :meth:`record_sample`.
+        """
+        if not (latency_ms >= 0.0 and latency_ms <= DBL_MAX):
+            _reject("latency_ms", latency_ms, "latency must be finite and >= 0")
+        if not (confidence >= 0.0 and confidence <= 1.0):
+            _reject("confidence", confidence, "confidence must be in [0, 1]")
+        if self._ptr == NULL:
+            raise RuntimeError("recorder is not attached to a metric window")
+        return self._ptr.record(latency_ms, confidence, NAN)
+
+    def record_error(self, uint64_t sample_id, double prediction_error):
+        """Attach the prediction error of an earlier :meth:`record_request` sample.
+
+        Returns False when that sample has already left the window (the error then no longer
+        counts in the analysis). A NaN, negative or infinite error raises ``ValueError``.
+        """
+        if not (prediction_error >= 0.0 and prediction_error <= DBL_MAX):
+            _reject("prediction_error", prediction_error, "prediction error must be finite and >= 0")
+        if self._ptr == NULL:
+            raise RuntimeError("recorder is not attached to a metric window")
+        return self._ptr.set_error(sample_id, prediction_error)
 
     def _stats(self, double latency_threshold_ms):
         """One analysis pass (``MetricWindow.analyze``) as a :class:`Stats`.

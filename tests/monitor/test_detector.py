@@ -434,3 +434,49 @@ def test_real_memory_and_throughput_readings():
     time.sleep(0.01)
     assert det.throughput_rps() > 0.0
     assert det.memory_bytes() <= 16 * 1024
+
+
+# -------------------------------------------------------------- delayed ground truth
+def test_record_request_returns_consecutive_ids_and_record_error_attaches_late_errors():
+    det = make(window_size=60)
+    ids = [det.record_request(50.0, 0.9) for _ in range(30)]
+    assert ids == list(range(30))
+    assert det.analyze() == []
+    for i in ids[-12:]:
+        assert det.record_error(i, 0.9) is True
+    found = det.analyze()
+    assert WeaknessType.PREDICTION_ERROR_SPIKE in types(found)
+    spike = next(w for w in found if w.type is WeaknessType.PREDICTION_ERROR_SPIKE)
+    assert spike.metric_value == pytest.approx(0.9)
+
+
+def test_record_error_for_a_sample_that_left_the_window_is_reported_not_stored():
+    det = make(window_size=20)
+    first = det.record_request(50.0, 0.9)
+    feed(det, 20)
+    assert det.record_error(first, 0.9) is False
+    assert det.record_error(10_000, 0.9) is False  # never recorded
+    assert np.isnan(det._window.snapshot()["error"]).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, -0.1, math.inf])
+def test_record_error_rejects_bad_values_and_changes_nothing(bad):
+    det = make()
+    sid = det.record_request(50.0, 0.9)
+    with pytest.raises(ValueError, match="prediction_error"):
+        det.record_error(sid, bad)
+    assert math.isnan(det._window.snapshot()["error"][0])
+
+
+def test_raw_window_set_error_matches_the_slot_after_wraparound():
+    from vortex._core import MetricWindow
+
+    w = MetricWindow(16)
+    ids = [w.record(float(i), 0.5) for i in range(40)]
+    assert ids == list(range(40))
+    assert w.set_error(30, 0.25) and w.set_error(39, 0.75)
+    assert not w.set_error(23, 0.1)
+    snap = w.snapshot()
+    assert snap["latency_ms"][30 - 24] == 30.0 and snap["error"][30 - 24] == 0.25
+    assert snap["error"][-1] == 0.75
+    assert np.isnan(snap["error"]).sum() == 14

@@ -127,7 +127,10 @@ class RuntimeDetector(MetricRecorder):
     -----
     ``record_sample(latency_ms, confidence, prediction_error=nan)`` is a compiled method of
     the base class (about 50 ns): it validates the values (``ValueError`` naming a bad one;
-    nothing stored) and records them with a monotonic timestamp. Every method is thread-safe.
+    nothing stored) and records them with a monotonic timestamp. When the ground truth comes
+    later, ``sample_id = record_request(latency_ms, confidence)`` records the request and
+    ``record_error(sample_id, prediction_error)`` attaches its error on arrival (False if the
+    sample has left the window meanwhile). Every method is thread-safe.
     Subscribers are called in the thread that ran the analysis (the monitor thread).
 
     Examples
