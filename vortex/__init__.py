@@ -19,6 +19,11 @@ _LAZY: dict[str, str] = {
     "WeaknessType": "vortex.monitor.weaknesses",
     "Weakness": "vortex.monitor.weaknesses",
     "RSITriggerEvent": "vortex.monitor.weaknesses",
+    "SampleBuffer": "vortex.training.buffer",
+    "Snapshot": "vortex.training.buffer",
+    "FluxDynamics": "vortex.training.flux",
+    "FluxWeights": "vortex.training.flux",
+    "TrainingPipeline": "vortex.training.pipeline",
 }
 
 __all__ = [
