@@ -64,12 +64,14 @@ def test_fast_ring_writer_needs_attach():
     w = _fast_ring.SampleRingWriter()
     with pytest.raises(RuntimeError, match="not initialised"):
         w.push([1.0], 1)
+    with pytest.raises(TypeError, match="SampleRing"):
+        w._attach(object())
 
 
 def test_fast_ring_writer_drives_the_pybind_object():
     r = _core.SampleRing(2, 4, 1)
     w = _fast_ring.SampleRingWriter()
-    w._attach(r, True)
+    w._attach(r)
     del r  # the writer keeps the owner alive
     assert w.push(np.array([1, 2], np.float32), 0.5) == 0
     assert w.extend(np.ones((2, 2), np.float32), np.array([1.5, 2.5], np.float32)) == 1
