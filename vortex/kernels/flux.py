@@ -59,10 +59,12 @@ def _block_weights(chain, powers, keep, out, f_last, lam, w_max, m):  # pragma: 
 
 
 @numba.njit(**_JIT)
-def _copy_pattern(src, dst, m):  # pragma: no cover - compiled
+def _copy_patterns(pos, held, keep, positions, holdout_mask, train_mask, m):  # pragma: no cover
     # an explicit loop: Numba's slice assignment goes through its generic broadcasting path
     for t in range(m):
-        dst[t] = src[t]
+        positions[t] = pos[t]
+        holdout_mask[t] = held[t]
+        train_mask[t] = keep[t]
 
 
 @numba.njit(**_JIT)
@@ -157,9 +159,8 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
             q = sq[0] % 9
             total += _block_weights(chain, powrev[_BLOCK - m:], keep_weight[q:], wb,
                                     0.5 ** ((anchor - sq[m - 1]) * inv_hl), lam, w_max, m)
-            _copy_pattern(pos_pattern[q:], positions[lo:hi], m)
-            _copy_pattern(held_pattern[q:], holdout_mask[lo:hi], m)
-            _copy_pattern(keep_pattern[q:], train_mask[lo:hi], m)
+            _copy_patterns(pos_pattern[q:], held_pattern[q:], keep_pattern[q:], positions[lo:hi],
+                           holdout_mask[lo:hi], train_mask[lo:hi], m)
             n_trained += keep_count[q + m] - keep_count[q]
         else:
             for t in range(m):
