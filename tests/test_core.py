@@ -33,6 +33,9 @@ def test_sample_ring_replace_snapshot_sample_clear():
     assert r.snapshot(1)[5].tolist() == [9]
     s = r.sample_uniform(np.array([0.0, 0.5, 0.999999]))
     assert s[5].tolist() == [7, 8, 9] and s[1].tolist() == [7, 8, 9] and len(s) == 7
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="outside"):
+            r.sample_uniform(np.array([0.5, bad]))
     r.clear()
     assert len(r) == 0 and r.next_seq == 10
     with pytest.raises(ValueError, match="empty"):
