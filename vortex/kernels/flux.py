@@ -47,8 +47,8 @@ def _block_outputs(chain, powers, f_last, lam, w_max, keep_weight, pos_pattern, 
                    keep_pattern, weights, positions, holdout_mask, train_mask, m):  # pragma: no cover
     """Outputs of a block of consecutive seqs; returns the sum of its weights.
 
-    weights[t] = keep[t] * min(f_last * powers[t] * (1 + lam * chain[t]), w_max); positions and
-    masks copied from the patterns. A separate function with one simple loop, which LLVM
+    weights[t] = keep_weight[t] * min(f_last * powers[t] * (1 + lam * chain[t]), w_max); positions
+    and masks copied from the patterns. A separate function with one simple loop, which LLVM
     vectorises (Numba's slice assignment would go through its generic broadcasting path).
     """
     total = 0.0
