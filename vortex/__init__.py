@@ -24,6 +24,9 @@ _LAZY: dict[str, str] = {
     "FluxDynamics": "vortex.training.flux",
     "FluxWeights": "vortex.training.flux",
     "TrainingPipeline": "vortex.training.pipeline",
+    "RuntimeDetector": "vortex.monitor.detector",
+    "DetectorStats": "vortex.monitor.detector",
+    "PerformanceTracker": "vortex.monitor.tracker",
 }
 
 __all__ = [
