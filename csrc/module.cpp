@@ -3,6 +3,9 @@
 // csrc/bind_<area>.cpp defining bind_<area>(py::module_&).
 #include "pybind11.hpp"
 
+void bind_sample_ring(py::module_& m);
+void bind_metrics(py::module_& m);
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
     m.attr("__version__") = VORTEX_VERSION;
@@ -13,4 +16,6 @@ PYBIND11_MODULE(_core, m) {
 #else
     m.attr("compiler") = "unknown";
 #endif
+    bind_sample_ring(m);
+    bind_metrics(m);
 }

@@ -1,0 +1,36 @@
+"""Background training: the sample ring, flux weighting, the data pipeline and the trainer.
+
+Importing this package is light; each public name loads its module (and NumPy, torch,
+pyarrow, Numba as needed) on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it; resolved on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {
+    "SampleBuffer": "vortex.training.buffer",
+    "Snapshot": "vortex.training.buffer",
+    "FluxDynamics": "vortex.training.flux",
+    "FluxWeights": "vortex.training.flux",
+    "TrainingPipeline": "vortex.training.pipeline",
+    "PipelineData": "vortex.training.pipeline",
+    "weighted_loss": "vortex.training.pipeline",
+}
+
+__all__ = [*_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vortex.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
