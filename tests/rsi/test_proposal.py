@@ -1,16 +1,19 @@
 import os
 import threading
+import time
 
 import pytest
 
 from vortex.errors import ProposalNotFoundError, ProposalStateError
+from vortex.monitor.weaknesses import Weakness, WeaknessType
 from vortex.rsi.proposal import (ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel,
                                  TunableMove)
 
 
 def _p(**kw):
     return ImprovementProposal(id=ImprovementProposal.new_id(), description="d",
-                               weakness={"type": "latency_spike"}, diff="--- a/x\n+++ b/x\n",
+                               weakness=Weakness(WeaknessType.LATENCY_SPIKE, 0.5, "slow", time.time(),
+                                                 9.0, 5.0, 60), diff="--- a/x\n+++ b/x\n",
                                proposer="t", risk=RiskLevel.LOW,
                                moves=[TunableMove("w", 4, 8, "increase")], **kw)
 
@@ -24,6 +27,7 @@ def test_persisted_and_seen_after_restart(tmp_path):
     again = ProposalStore(tmp_path).get(p.id)
     assert again.status == ProposalStatus.APPROVED
     assert again.moves == [TunableMove("w", 4, 8, "increase")]
+    assert again.weakness == p.weakness and again.weakness_type == "latency_spike"
     assert [h[1] for h in again.history] == ["testing", "approved"]
     assert again.to_dict()["diff_sha256"] == p.diff_sha256
     assert not [n for n in os.listdir(store.dir) if n.endswith(".tmp")]

@@ -222,7 +222,7 @@ class RSIEngine:
             risk, reasons = assess_risk(draft.diff, self.settings)
             p = ImprovementProposal(
                 id=ImprovementProposal.new_id(), description=draft.description,
-                weakness=weakness.to_dict(), diff=draft.diff, proposer=draft.proposer,
+                weakness=weakness, diff=draft.diff, proposer=draft.proposer,
                 expected_improvement=draft.expected_improvement, risk=risk,
                 risk_reasons=reasons, target=self.settings.root, moves=draft.moves)
             p.history.append([time.time(), p.status.value, "created"])
@@ -541,12 +541,13 @@ class RSIEngine:
         return self.store.list(status)
 
     def stats(self) -> dict[str, Any]:
-        """Counts per status, cycles, watch, isolation; JSON-ready."""
+        """Proposal count (and per status), cycles, watch, isolation; JSON-ready."""
         counts = {s.value: 0 for s in ProposalStatus}
         for p in self.store.list():
             counts[p.status.value] += 1
         return {"enabled": self.config.enabled, "root": self.settings.root, "cycles": self.cycles,
-                "proposals": counts, "watching": self.watching(),
+                "proposals": sum(counts.values()), "proposals_by_status": counts,
+                "watching": self.watching(),
                 "last_cycle": self.last_cycle.to_dict() if self.last_cycle else None,
                 "network_isolated": self.sandbox.network_isolated,
                 "blocked_moves": [list(b) for b in self.memory.blocked()]}

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ProposalNotFoundError, ProposalStateError
+from ..monitor.weaknesses import Weakness
 from ._fs import atomic_write_json
 
 __all__ = ["ProposalStatus", "RiskLevel", "TunableMove", "ImprovementProposal", "ProposalStore"]
@@ -73,7 +74,7 @@ class ImprovementProposal:
     id, description, proposer
         Identity and a sentence saying what the change does and why.
     weakness
-        The weakness addressed (``Weakness.to_dict()``).
+        The weakness addressed.
     diff
         Unified diff against the target tree (never empty).
     expected_improvement
@@ -90,7 +91,7 @@ class ImprovementProposal:
 
     id: str
     description: str
-    weakness: dict[str, Any]
+    weakness: Weakness
     diff: str
     proposer: str
     expected_improvement: dict[str, Any] = field(default_factory=dict)
@@ -116,10 +117,11 @@ class ImprovementProposal:
 
     @property
     def weakness_type(self) -> str:
-        return str(self.weakness.get("type", ""))
+        return self.weakness.type.value
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["weakness"] = self.weakness.to_dict()
         d["risk"] = self.risk.value
         d["status"] = self.status.value
         d["diff_sha256"] = self.diff_sha256
@@ -132,6 +134,7 @@ class ImprovementProposal:
         d["risk"] = RiskLevel(d["risk"])
         d["status"] = ProposalStatus(d["status"])
         d["moves"] = [TunableMove(**m) for m in d.get("moves", [])]
+        d["weakness"] = Weakness.from_dict(d["weakness"])
         return cls(**d)
 
 
