@@ -51,6 +51,7 @@ import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -461,6 +462,7 @@ class Sandbox:
         # an overlay of the real tree costs nothing to set up; its option syntax forbids , : \
         self.use_overlay = (self.network_isolated and overlay_support()
                             and not any(c in settings.root for c in ",:\\"))
+        self._lock = threading.Lock()  # one test at a time: a test owns _work and _logs
 
     # -- tree handling
     @staticmethod
@@ -585,6 +587,10 @@ class Sandbox:
              confidence: float = 0.95) -> TestResult:
         """Test ``diff``; see the module docstring. Patch problems and failing commands are
         reported in the result; only a sandbox that cannot be set up raises SandboxError."""
+        with self._lock:
+            return self._test(diff, metric, repeats, confidence)
+
+    def _test(self, diff: str, metric: str | None, repeats: int, confidence: float) -> TestResult:
         t0 = time.monotonic()
         s = self.settings
         res = TestResult(passed=False, confidence_level=confidence,
