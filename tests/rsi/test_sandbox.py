@@ -243,3 +243,26 @@ def test_benchmark_paired_interval(tmp_path):
     assert faster.benchmark_before["latency_ms"] > faster.benchmark_after["latency_ms"]
     slower = sandbox.test(make_diff("speed.txt", "10\n", "20\n"), repeats=3)
     assert not slower.passed and slower.improved is False and "no significant improvement" in slower.errors[-1]
+
+
+def test_limits_hold_without_namespaces(tiny_tree, tmp_path):
+    """Where unshare is unavailable: timeout, memory, process and file-size limits still hold."""
+    before = tree_digest(tiny_tree)
+    sandbox = Sandbox(load_settings(tiny_tree), base_dir=str(tmp_path / "sbx"), isolate=False)
+    assert not sandbox.network_isolated and not sandbox.use_overlay
+    cases = {
+        "hang": "import time\nwhile True:\n    time.sleep(0.1)\n",
+        "memory": "blob = bytearray(10 * 1024 ** 3)\n",
+        "fork": ("import os, time\nfor _ in range(100000):\n    try:\n        os.fork()\n"
+                 "    except OSError:\n        time.sleep(0.01)\n"),
+        "file": "with open('big.bin', 'wb') as fh:\n    for _ in range(1024):\n        fh.write(b'\\0' * (1 << 20))\n",
+    }
+    for name, code in cases.items():
+        res = sandbox.test(make_diff("mod.py", MOD, code + "VALUE = 1\n"))
+        assert not res.passed, name
+        assert res.notes and "network not isolated" in res.notes[0]
+        assert tree_digest(tiny_tree) == before
+    deadline = time.monotonic() + 10
+    while _stragglers(str(tmp_path / "sbx")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stragglers(str(tmp_path / "sbx")) == []

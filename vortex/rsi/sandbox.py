@@ -31,8 +31,8 @@ with an environment reduced to an allow list; and, where the OS allows, inside
 
 The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root the waiting
 loop watches the system's task count every 2 ms and, when it grew by more than
-``max_processes``, counts the processes in the command's PID namespace and kills the namespace
-if they are too many. For other users ``RLIMIT_NPROC`` is set to the user's current process
+``max_processes``, counts the command's processes (its PID namespace, or its session without
+namespaces) and kills them if they are too many. For other users ``RLIMIT_NPROC`` is set to the user's current process
 count plus ``max_processes``. ``TestResult.network_isolated`` says
 whether the namespaces could be used.
 """
@@ -321,31 +321,31 @@ def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: Sa
         deadline = t0 + limits.timeout_secs
         own_ns = _pid_ns("self")
         try:
-            if root_user and namespaces:
+            if root_user:
                 # RLIMIT_NPROC does not bind uid 0: watch the system's task count (one small read
-                # of /proc/loadavg every 2 ms) and count the namespace's processes exactly when
-                # it grew by more than the limit
+                # of /proc/loadavg every 2 ms) and, when it grew by more than the limit, count
+                # the command's processes exactly: its PID namespace, or else its session
                 ns = None
                 base_tasks = _system_tasks()
                 while proc.poll() is None:
                     if time.monotonic() >= deadline:
                         timed_out = True
                         break
-                    if ns is None:
+                    if namespaces and ns is None:
                         for k in os.listdir("/proc"):
-                            if k.isdigit() and _ppid(k) == proc.pid:
+                            if k.isdigit() and _stat_field(k, 1) == proc.pid:
                                 cand = _pid_ns(k)
                                 if cand is not None and cand != own_ns:
                                     ns = cand
                     else:
                         tasks = _system_tasks()
                         if tasks - base_tasks > limits.max_processes:
-                            inside = _count_in_ns(ns)
+                            inside = _count_in_ns(ns) if ns is not None else _count_in_session(proc.pid)
                             if inside > limits.max_processes:
                                 over_limit = True
                                 break
                             base_tasks = tasks - inside  # other processes grew, not ours
-                    time.sleep(0.002 if ns is not None else 0.005)
+                    time.sleep(0.002)
             else:
                 proc.wait(timeout=limits.timeout_secs)
         except subprocess.TimeoutExpired:
@@ -366,13 +366,18 @@ def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: Sa
     return run
 
 
-def _ppid(pid: str) -> int:
+def _stat_field(pid: str, index: int) -> int:
+    """Field ``index`` after the command name in ``/proc/<pid>/stat`` (1 = ppid, 3 = session)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
+        return int(data[data.rindex(b")") + 2:].split()[index])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+def _count_in_session(sid: int) -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit() and _stat_field(name, 3) == sid)
 
 
 # ----------------------------------------------------------------------------- result
