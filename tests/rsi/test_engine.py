@@ -1,7 +1,6 @@
 """The engine on a copy of the sample service: cycles, approval, rollback, watch, restart."""
 
 import os
-import threading
 import time
 
 import pytest

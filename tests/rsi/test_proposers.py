@@ -1,6 +1,6 @@
 import json
-import os
 import sys
+import os
 import time
 
 import numpy as np
@@ -111,17 +111,16 @@ def test_fit_temperature_validates():
 
 
 def test_confidence_proposer_uses_fitted_temperature(ctx):
-    import sys as _sys
-    _sys.path.insert(0, ctx.settings.root)
+    sys.path.insert(0, ctx.settings.root)
     try:
         from sample_service import Service, make_data
         svc = Service()
         x, y = make_data(300, seed=4)
         logits = np.array([svc.logits(r, "thorough") for r in x])
     finally:
-        _sys.path.remove(ctx.settings.root)
-        for m in [m for m in _sys.modules if m.startswith("sample_service")]:
-            del _sys.modules[m]
+        sys.path.remove(ctx.settings.root)
+        for m in [m for m in sys.modules if m.startswith("sample_service")]:
+            del sys.modules[m]
     ctx.calibration_data = lambda: (logits, y)
     d = ConfidenceProposer().propose(W("confidence_low"), ctx)
     t = fit_temperature(logits, y, lo=0.05, hi=20.0)

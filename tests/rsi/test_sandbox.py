@@ -7,7 +7,6 @@ with the real tree byte-for-byte unchanged and nothing left running.
 
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
