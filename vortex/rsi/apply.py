@@ -162,6 +162,10 @@ class Applier:
         """Replay leftover journals (see module docstring); returns ``"<id>:<op>:<outcome>"``."""
         done = []
         with self._locked():
+            for d in (self.journal_dir, self.applied_dir):  # temp files of killed state writes
+                for name in os.listdir(d):
+                    if name.startswith(".vtx-") and name.endswith(".tmp"):
+                        os.unlink(os.path.join(d, name))
             for name in sorted(os.listdir(self.journal_dir)):
                 if not name.endswith(".json") or name.startswith("."):
                     continue
