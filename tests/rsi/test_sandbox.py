@@ -212,14 +212,22 @@ def test_real_tree_is_read_only_inside(hostile, tiny_tree):
     assert res.passed  # the write failed (read-only file system), so VALUE stayed 1
 
 
-def test_judge_comes_from_the_original_tree(tiny_tree, tmp_path):
+@pytest.mark.parametrize("mode", ["overlay", "copy"])
+def test_judge_comes_from_the_original_tree(tiny_tree, tmp_path, mode):
     settings = load_settings(tiny_tree)
-    weaken = make_diff("tests/test_mod.py",
-                       Path(tiny_tree, "tests", "test_mod.py").read_text(),
+    weaken = make_diff("tests/test_mod.py", Path(tiny_tree, "tests", "test_mod.py").read_text(),
                        "def test_value():\n    assert True\n")
+    extra = ("diff --git a/tests/test_extra.py b/tests/test_extra.py\nnew file mode 100644\n"
+             "--- /dev/null\n+++ b/tests/test_extra.py\n@@ -0,0 +1,2 @@\n+def test_extra():\n+    pass\n")
     breaking = make_diff("mod.py", MOD, "VALUE = 0\n")
-    res = Sandbox(settings, base_dir=str(tmp_path / "sbx")).test(weaken + breaking)
-    assert not res.passed and res.tests_failed == 1  # the original test still judged mod.py
+    sandbox = Sandbox(settings, base_dir=str(tmp_path / "sbx"))
+    if mode == "copy":
+        sandbox.use_overlay = False
+    elif not sandbox.use_overlay:
+        pytest.skip("no overlay on this host")
+    res = sandbox.test(weaken + extra + breaking)
+    # the original tests judged mod.py; the added test file was not collected
+    assert not res.passed and res.tests_failed == 1 and res.tests_run == 2
 
 
 def test_benchmark_paired_interval(tmp_path):
