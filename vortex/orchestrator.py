@@ -266,7 +266,7 @@ class Orchestrator:
         self._rsi_target = Path(target)
         if config is not None:
             self._rsi_config = config
-        self.rsi = RSIEngine(self._rsi_target, home=self.home / "rsi", config=self._rsi_config,
+        self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
                              metrics=self.rsi_metrics, calibration_data=self._calibration_data,
                              on_applied=self._on_proposal_applied, **engine_kwargs)
         return self
@@ -390,6 +390,8 @@ class Orchestrator:
         detector_id = (self.detector.record_request(latency_ms, confidence)
                        if self.detector is not None else None)
         self.tracker.record(mode, latency_ms, confidence)
+        if self.rsi is not None:
+            self.rsi.observe(latency_ms=latency_ms, confidence=confidence)
         request_id = next(self._ids)
         self._pending.put(request_id, _Pending(detector_id, features, probs, output, confidence, mode, version,
                                                time.monotonic()))
@@ -433,7 +435,7 @@ class Orchestrator:
                                       confidence=pending.confidence)
         self.tracker.record_outcome(seq if seq is not None else request_id, correct)
         if self.rsi is not None:
-            self.rsi.observe(error=error, confidence=pending.confidence, correct=correct)
+            self.rsi.observe(error=error)
         return error
 
     # ------------------------------------------------------------------ RSI wiring
