@@ -19,6 +19,10 @@ _LAZY: dict[str, str] = {
     "WeaknessType": "vortex.monitor.weaknesses",
     "Weakness": "vortex.monitor.weaknesses",
     "RSITriggerEvent": "vortex.monitor.weaknesses",
+    "BackgroundTrainingCoordinator": "vortex.training.coordinator",
+    "TrainingTrigger": "vortex.training.coordinator",
+    "ModelRegistry": "vortex.training.registry",
+    "ModelSlot": "vortex.training.slot",
 }
 
 __all__ = [
