@@ -3,6 +3,8 @@
 // csrc/bind_<area>.cpp defining bind_<area>(py::module_&).
 #include "pybind11.hpp"
 
+void bind_sample_ring(py::module_& m);
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
     m.attr("__version__") = VORTEX_VERSION;
@@ -13,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
 #else
     m.attr("compiler") = "unknown";
 #endif
+    bind_sample_ring(m);
 }

@@ -1,6 +1,8 @@
-"""Background training: sample buffer, FluxDynamics, DDP worker, model registry and hot swap.
+"""Background training: the sample ring, flux weighting, the data pipeline, the DDP trainer
+worker, the model registry, the model slot and the coordinator.
 
-Names are loaded lazily (PEP 562) so that ``import vortex.training`` does not import torch.
+Importing this package is light; each public name loads its module (and NumPy, torch,
+pyarrow, Numba as needed) on first use.
 """
 
 from __future__ import annotations
@@ -8,7 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# public name -> module that defines it; resolved on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {
+    "SampleBuffer": "vortex.training.buffer",
+    "Snapshot": "vortex.training.buffer",
+    "FluxDynamics": "vortex.training.flux",
+    "FluxWeights": "vortex.training.flux",
+    "TrainingPipeline": "vortex.training.pipeline",
+    "PipelineData": "vortex.training.pipeline",
+    "weighted_loss": "vortex.training.pipeline",
     "ModelRegistry": "vortex.training.registry",
     "ModelSlot": "vortex.training.slot",
     "SlotEntry": "vortex.training.slot",
@@ -21,7 +31,7 @@ _LAZY: dict[str, str] = {
     "mlp": "vortex.training.models",
 }
 
-__all__ = list(_LAZY)
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

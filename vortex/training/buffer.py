@@ -1,0 +1,445 @@
+"""The sample ring: served samples waiting to be trained on.
+
+:class:`SampleBuffer` is a columnar ring buffer in C++ (``csrc/sample_ring.hpp``) with a Cython
+``push`` for the request path. :class:`Snapshot` is a consistent copy of some of its rows as
+NumPy arrays, convertible to a pyarrow RecordBatch or torch tensors without copying, and
+persisted as an Arrow IPC file.
+
+Example
+-------
+>>> buf = SampleBuffer(feature_dim=4, capacity=1000)
+>>> buf.push([0.1, 0.2, 0.3, 0.4], label=1, confidence=0.9)
+0
+>>> snap = buf.snapshot()
+>>> snap.features.shape, snap.seq.tolist()
+((1, 4), [0])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._native import _core
+from .._fast_ring import SampleRingWriter
+from ..errors import SnapshotFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow
+    import torch
+
+__all__ = ["SampleBuffer", "Snapshot", "FORMAT_TAG"]
+
+log = logging.getLogger(__name__)
+
+#: Value of the ``vortex.format`` schema metadata key in every file written here.
+FORMAT_TAG = "vortex.samples/1"
+
+_LABEL_KINDS = {"int64": 0, "float32": 1}
+_COLUMNS = ("labels", "confidence", "error", "timestamp", "seq", "episode")
+# Arrow column name and NumPy dtype of each column after "features" (labels depend on the buffer).
+_ARROW_NAMES = {"labels": "label", "confidence": "confidence", "error": "error",
+                "timestamp": "timestamp", "seq": "seq", "episode": "episode"}
+_DTYPES = {"confidence": np.float32, "error": np.float32, "timestamp": np.float64,
+           "seq": np.int64, "episode": np.int64}
+
+
+def _checksum(arrays: list[np.ndarray]) -> str:
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+    return f"{crc:08x}"
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """A consistent copy of buffered samples.
+
+    Attributes
+    ----------
+    features : numpy.ndarray
+        ``(n, feature_dim)`` float32.
+    labels : numpy.ndarray
+        ``(n,)`` int64 or float32.
+    confidence, error : numpy.ndarray
+        ``(n,)`` float32; error is NaN where there was no ground truth.
+    timestamp : numpy.ndarray
+        ``(n,)`` float64 seconds since the epoch.
+    seq, episode : numpy.ndarray
+        ``(n,)`` int64 global sequence numbers and episode ids.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    error: np.ndarray
+    timestamp: np.ndarray
+    seq: np.ndarray
+    episode: np.ndarray
+
+    def __post_init__(self) -> None:
+        f = self.features
+        if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 2:
+            raise ValueError("Snapshot.features must be a 2-D float32 array")
+        n = f.shape[0]
+        if self.labels.dtype not in (np.int64, np.float32):
+            raise ValueError(f"Snapshot.labels dtype {self.labels.dtype} is not int64 or float32")
+        for name in _COLUMNS:
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.shape != (n,):
+                raise ValueError(f"Snapshot.{name} must be a 1-D array of length {n}")
+            if name in _DTYPES and a.dtype != _DTYPES[name]:
+                raise ValueError(f"Snapshot.{name} dtype {a.dtype} should be "
+                                 f"{np.dtype(_DTYPES[name])}")
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"Snapshot(rows={len(self)}, feature_dim={self.feature_dim}, "
+                f"labels={self.labels.dtype}, seq={self.seq[:1].tolist()}..{self.seq[-1:].tolist()})")
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of each feature row."""
+        return int(self.features.shape[1])
+
+    @property
+    def label_dtype(self) -> str:
+        """``"int64"`` or ``"float32"``."""
+        return str(self.labels.dtype)
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [self.features, *(getattr(self, name) for name in _COLUMNS)]
+
+    def schema(self, metadata: dict[str, str] | None = None) -> "pyarrow.Schema":
+        """The Arrow schema of :meth:`to_arrow` (with ``metadata`` added)."""
+        import pyarrow as pa
+
+        fields = [pa.field("features", pa.list_(pa.float32(), self.feature_dim), nullable=False),
+                  pa.field("label", pa.from_numpy_dtype(self.labels.dtype), nullable=False)]
+        fields += [pa.field(_ARROW_NAMES[name], pa.from_numpy_dtype(_DTYPES[name]), nullable=False)
+                   for name in _DTYPES]
+        meta = {"vortex.format": FORMAT_TAG, "vortex.feature_dim": str(self.feature_dim),
+                "vortex.label_dtype": self.label_dtype, **(metadata or {})}
+        return pa.schema(fields, metadata=meta)
+
+    def to_arrow(self, metadata: dict[str, str] | None = None) -> "pyarrow.RecordBatch":
+        """The rows as a RecordBatch; features as ``FixedSizeList<float32>``.
+
+        The Arrow arrays point at this snapshot's NumPy memory (no copy) when the arrays are
+        C-contiguous, which they are for snapshots made by a buffer.
+        """
+        import pyarrow as pa
+
+        n, d = self.features.shape
+        flat = pa.array(np.ascontiguousarray(self.features).reshape(n * d), type=pa.float32())
+        columns = [pa.FixedSizeListArray.from_arrays(flat, d)]
+        columns += [pa.array(np.ascontiguousarray(getattr(self, name))) for name in _COLUMNS]
+        schema = self.schema(metadata)
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    def to_torch(self) -> dict[str, "torch.Tensor"]:
+        """The columns as torch tensors sharing this snapshot's memory (``torch.from_numpy``).
+
+        Keys: features, labels, confidence, error, timestamp, seq, episode.
+        """
+        import torch
+
+        return {"features": torch.from_numpy(self.features),
+                **{name: torch.from_numpy(getattr(self, name)) for name in _COLUMNS}}
+
+    def write_ipc(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+        """Write the snapshot as an Arrow IPC file, atomically (temp file, fsync, rename).
+
+        The schema metadata carries a CRC-32 of the data, checked by :meth:`read_ipc`.
+        """
+        import pyarrow as pa
+
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        meta = {**(metadata or {}), "vortex.crc32": _checksum(self._arrays())}
+        batch = self.to_arrow(meta)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".arrow", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                with pa.ipc.new_file(fh, batch.schema) as writer:
+                    writer.write_batch(batch)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(directory)
+
+    @classmethod
+    def read_ipc(cls, path: str | os.PathLike[str]) -> "Snapshot":
+        """Read a file written by :meth:`write_ipc` (or :meth:`SampleBuffer.save`).
+
+        Raises
+        ------
+        SnapshotFormatError
+            The file is not a readable Arrow IPC file, its schema is not a Vortex sample
+            schema, or its data does not match its checksum.
+        """
+        snap, _ = cls._read(path)
+        return snap
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike[str]) -> tuple["Snapshot", dict[str, str]]:
+        import pyarrow as pa
+
+        path = os.fspath(path)
+        try:
+            with pa.OSFile(path, "rb") as source:
+                table = pa.ipc.open_file(source).read_all()
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise SnapshotFormatError(f"{path}: not a readable Arrow IPC file ({exc})") from exc
+        raw_meta = table.schema.metadata or {}
+        meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw_meta.items()}
+        if meta.get("vortex.format") != FORMAT_TAG:
+            raise SnapshotFormatError(f"{path}: vortex.format is {meta.get('vortex.format')!r}, "
+                                      f"expected {FORMAT_TAG!r}")
+        try:
+            dim = int(meta["vortex.feature_dim"])
+            label_dtype = meta["vortex.label_dtype"]
+            crc = meta["vortex.crc32"]
+        except (KeyError, ValueError) as exc:
+            raise SnapshotFormatError(f"{path}: schema metadata incomplete ({exc})") from exc
+        if label_dtype not in _LABEL_KINDS or dim < 1:
+            raise SnapshotFormatError(f"{path}: bad feature_dim={dim} or label_dtype={label_dtype!r}")
+        probe = cls(np.zeros((0, dim), np.float32), np.zeros(0, label_dtype),
+                    *(np.zeros(0, _DTYPES[name]) for name in _DTYPES))
+        expected = probe.schema(meta)
+        if not table.schema.equals(expected, check_metadata=False):
+            raise SnapshotFormatError(f"{path}: schema {table.schema.remove_metadata()} does not "
+                                      f"match the expected {expected.remove_metadata()}")
+        table = table.combine_chunks()
+        n = table.num_rows
+        try:
+            feats = table.column("features").chunk(0).flatten() if n else pa.array([], pa.float32())
+            # np.array copies: the snapshot owns writable memory (torch.from_numpy needs it)
+            arrays = {"features": np.array(feats.to_numpy(zero_copy_only=False), np.float32)
+                      .reshape(n, dim)}
+            for name, arrow_name in _ARROW_NAMES.items():
+                col = table.column(arrow_name)
+                values = col.chunk(0).to_numpy(zero_copy_only=False) if n else np.zeros(0)
+                arrays[name] = np.array(values, dtype=label_dtype if name == "labels"
+                                        else _DTYPES[name])
+            snap = cls(**arrays)
+        except (pa.ArrowException, ValueError) as exc:
+            raise SnapshotFormatError(f"{path}: unreadable columns ({exc})") from exc
+        if _checksum(snap._arrays()) != crc:
+            raise SnapshotFormatError(f"{path}: data does not match its checksum (corrupted)")
+        return snap, meta
+
+
+class SampleBuffer(SampleRingWriter):
+    """Thread-safe columnar ring of training samples (C++), oldest rows overwritten when full.
+
+    Parameters
+    ----------
+    feature_dim
+        Length of every feature row.
+    capacity
+        Number of rows kept (the newest).
+    label_dtype
+        ``"int64"`` (classification) or ``"float32"`` (regression).
+
+    Notes
+    -----
+    Every sample gets a global sequence number ``seq`` (0, 1, 2, ... in arrival order, never
+    reused, kept across :meth:`clear` and :meth:`save`/:meth:`load`). ``push`` costs a few
+    hundred nanoseconds and holds the GIL; ``extend``, ``snapshot`` and ``sample`` release it
+    around their copies. A snapshot taken while other threads push sees whole rows only.
+    """
+
+    def __init__(self, feature_dim: int, capacity: int = 10_000, label_dtype: str = "int64") -> None:
+        for name, value in (("feature_dim", feature_dim), ("capacity", capacity)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if label_dtype not in _LABEL_KINDS:
+            raise ValueError(f"label_dtype={label_dtype!r} must be 'int64' or 'float32'")
+        self._init(_core.SampleRing(int(feature_dim), int(capacity), _LABEL_KINDS[label_dtype]),
+                   label_dtype)
+
+    def _init(self, ring: Any, label_dtype: str) -> None:
+        self._ring = ring
+        self._label_dtype = label_dtype
+        self._rng: np.random.Generator | None = None
+        self._rng_lock = threading.Lock()
+        self._attach(ring, label_dtype == "float32")
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def __repr__(self) -> str:
+        return (f"SampleBuffer(feature_dim={self.feature_dim}, capacity={self.capacity}, "
+                f"label_dtype={self.label_dtype!r}, len={len(self)}, next_seq={self.next_seq})")
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of rows kept."""
+        return int(self._ring.capacity)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of each feature row."""
+        return int(self._ring.feature_dim)
+
+    @property
+    def label_dtype(self) -> str:
+        """``"int64"`` or ``"float32"``."""
+        return self._label_dtype
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next pushed sample gets."""
+        return int(self._ring.next_seq)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the buffer holds (all columns at full capacity plus the object)."""
+        return int(self._ring.nbytes)
+
+    def clear(self) -> None:
+        """Drop every row; the seq numbering continues."""
+        self._ring.clear()
+
+    def _snapshot(self, max_rows: int | None) -> tuple[Snapshot, int]:
+        if max_rows is None:
+            max_rows = self.capacity
+        elif isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 0:
+            raise ValueError(f"max_rows={max_rows!r} must be a non-negative integer or None")
+        *columns, next_seq = self._ring.snapshot(int(max_rows))
+        return Snapshot(*columns), int(next_seq)
+
+    def snapshot(self, max_rows: int | None = None) -> Snapshot:
+        """A consistent copy of the newest ``max_rows`` rows (all when None), oldest first."""
+        return self._snapshot(max_rows)[0]
+
+    def sample(self, n: int, rng: np.random.Generator | int | None = None) -> Snapshot:
+        """``n`` rows drawn uniformly with replacement (in draw order, each with its seq).
+
+        Parameters
+        ----------
+        n
+            Number of rows.
+        rng
+            A NumPy Generator, a seed, or None for the buffer's own generator.
+
+        Raises
+        ------
+        ValueError
+            ``n`` is negative, or ``n > 0`` and the buffer is empty.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n={n!r} must be a non-negative integer")
+        if isinstance(rng, np.random.Generator):
+            u = rng.random(int(n))
+        elif rng is None:
+            with self._rng_lock:
+                if self._rng is None:
+                    self._rng = np.random.default_rng()
+                u = self._rng.random(int(n))
+        else:
+            u = np.random.default_rng(rng).random(int(n))
+        return Snapshot(*self._ring.sample_uniform(u))
+
+    # ----------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write every row to an Arrow IPC file, atomically; ``next_seq`` and ``capacity``
+        go into the schema metadata so :meth:`load` continues the numbering."""
+        snap, next_seq = self._snapshot(None)
+        snap.write_ipc(path, {"vortex.next_seq": str(next_seq), "vortex.capacity": str(self.capacity)})
+        log.debug("saved %d samples to %s (next_seq=%d)", len(snap), path, next_seq)
+
+    @staticmethod
+    def _read_saved(path: str | os.PathLike[str]) -> tuple[Snapshot, int, int | None]:
+        snap, meta = Snapshot._read(path)
+        n = len(snap)
+        try:
+            next_seq = int(meta["vortex.next_seq"]) if "vortex.next_seq" in meta else (
+                int(snap.seq[-1]) + 1 if n else 0)
+            saved_capacity = int(meta["vortex.capacity"]) if "vortex.capacity" in meta else None
+        except ValueError as exc:
+            raise SnapshotFormatError(f"{path}: bad next_seq/capacity metadata ({exc})") from exc
+        if n and not np.array_equal(snap.seq, np.arange(next_seq - n, next_seq, dtype=np.int64)):
+            raise SnapshotFormatError(f"{path}: seq column is not the contiguous run ending at "
+                                      f"next_seq - 1 = {next_seq - 1} that a saved buffer has")
+        if next_seq < n:
+            raise SnapshotFormatError(f"{path}: next_seq={next_seq} is smaller than the row count")
+        return snap, next_seq, saved_capacity
+
+    def _replace_from(self, snap: Snapshot, next_seq: int, path: str | os.PathLike[str]) -> None:
+        keep = min(len(snap), self.capacity)
+        start = len(snap) - keep
+        try:
+            self._ring.replace(snap.features[start:], snap.labels[start:], snap.confidence[start:],
+                               snap.error[start:], snap.timestamp[start:], snap.episode[start:],
+                               next_seq)
+        except ValueError as exc:
+            raise SnapshotFormatError(f"{path}: invalid sample values ({exc})") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], capacity: int | None = None) -> "SampleBuffer":
+        """A new buffer holding the rows of a file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The file.
+        capacity
+            Capacity of the new buffer; None keeps the saved one. When smaller than the
+            saved row count, the newest rows are kept.
+
+        Raises
+        ------
+        SnapshotFormatError
+            The file is corrupted or not a saved buffer.
+        """
+        snap, next_seq, saved_capacity = cls._read_saved(path)
+        if capacity is None:
+            capacity = saved_capacity if saved_capacity is not None else max(len(snap), 10_000)
+        buf = cls(snap.feature_dim, capacity, snap.label_dtype)
+        buf._replace_from(snap, next_seq, path)
+        log.debug("loaded %d samples from %s (next_seq=%d)", len(buf), path, next_seq)
+        return buf
+
+    def load_into(self, path: str | os.PathLike[str]) -> None:
+        """Replace this buffer's rows with a saved file's (newest ``capacity`` of them) and
+        continue its seq numbering.
+
+        Raises
+        ------
+        SnapshotFormatError
+            The file is corrupted, not a saved buffer, or its feature_dim / label_dtype differ
+            from this buffer's. The buffer is then unchanged.
+        """
+        snap, next_seq, _ = self._read_saved(path)
+        if snap.feature_dim != self.feature_dim or snap.label_dtype != self.label_dtype:
+            raise SnapshotFormatError(
+                f"{path}: holds feature_dim={snap.feature_dim}, label_dtype={snap.label_dtype!r}; "
+                f"this buffer has feature_dim={self.feature_dim}, label_dtype={self.label_dtype!r}")
+        self._replace_from(snap, next_seq, path)
