@@ -300,6 +300,10 @@ class BackgroundTrainingCoordinator:
             thread.join(timeout)
         self._thread = None
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current run's worker processes (empty when none is running)."""
+        return [p.pid for p in self._procs]
+
     def is_running(self) -> bool:
         """True while the background thread is started."""
         return self._thread is not None and self._thread.is_alive()
