@@ -244,3 +244,41 @@ def test_bad_arguments(tmp_path, digits):
         BackgroundTrainingCoordinator(_config(), mlp(**KW), "no_colon", tmp_path, 64)
     with pytest.raises(ValueError, match="trigger"):
         _coordinator(tmp_path / "x", digits, n=10).trigger_training("sometimes")
+
+
+def test_cli_models_list_log_swap_cleanup_and_outside_swap(tmp_path, digits, capsys):
+    from vortex.cli import main
+
+    c = _coordinator(tmp_path, digits)
+    c.run_once("manual")
+    home = str(tmp_path / "home")
+    assert main(["models", "--home", home, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "active version: 2" in out and "auto: manual" in out and "initial" in out
+    assert main(["models", "--home", home, "--json", "list"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in data["versions"]] == [1, 2] and data["active_version"] == 2
+    c.start()
+    try:
+        assert main(["models", "--home", home, "swap", "1", "--reason", "ops rollback"]) == 0
+        capsys.readouterr()
+        deadline = time.monotonic() + 10
+        while c.current_model_version() != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.current_model_version() == 1  # the running coordinator followed the outside swap
+    finally:
+        c.stop()
+    assert main(["models", "--home", home, "--json", "log"]) == 0
+    log = json.loads(capsys.readouterr().out)
+    assert (log[-1]["from_version"], log[-1]["to_version"], log[-1]["reason"]) == (2, 1, "ops rollback")
+    assert main(["models", "--home", home, "--json", "at", str(log[-1]["time"] - 1e-3)]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert main(["models", "--home", home, "swap", "9"]) == 1
+    assert "9" in capsys.readouterr().err
+    assert main(["models", "--home", home, "verify"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["version 1: ok", "version 2: ok"]
+    assert main(["models", "--home", home, "--json", "cleanup", "--keep", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": []}  # 2 is the newest, 1 is active
+    assert main(["models", "--home", home, "--json", "cleanup", "--keep", "0"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": [2]}  # never the active one
+    assert c.registry.versions() == [1]

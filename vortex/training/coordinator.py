@@ -44,6 +44,7 @@ __all__ = ["BackgroundTrainingCoordinator", "TrainingTrigger", "TrainingRun", "T
 log = logging.getLogger(__name__)
 
 _HISTORY = 200  # runs kept in memory and in <home>/runs.json
+_SYNC_SECS = 1.0  # how often the background thread checks the registry for an outside swap
 
 
 class TrainingTrigger(enum.Enum):
@@ -342,22 +343,24 @@ class BackgroundTrainingCoordinator:
         next_scheduled = time.monotonic() + interval
         while True:
             with self._cond:
-                while not self._stopping and self._pending is None:
+                if not self._stopping and self._pending is None:
                     remaining = next_scheduled - time.monotonic()
                     if remaining <= 0:
                         self._pending = (TrainingTrigger.SCHEDULED, None)
                         next_scheduled = time.monotonic() + interval
-                        break
-                    self._cond.wait(remaining)
+                    else:  # wake at least every _SYNC_SECS to follow an outside swap
+                        self._cond.wait(min(remaining, _SYNC_SECS))
                 if self._stopping:
                     return
-                trig, reason = self._pending  # type: ignore[misc]
-                if not self.config.enabled:
-                    self._pending = None
-                    continue
+                job = self._pending
+                if job is not None and not self.config.enabled:
+                    self._pending = job = None
+            if job is None:
+                self._sync_external()
+                continue
             try:
-                self.run_once(trig, reason)
-            except Exception:  # run_once records failures; this is a bug guard for the thread
+                self.run_once(*job)
+            except Exception:  # run_once records failures; this guards the thread against bugs
                 log.exception("background training run crashed")
 
     # ------------------------------------------------------------------ one run
@@ -550,14 +553,18 @@ class BackgroundTrainingCoordinator:
         self.cleanup()
 
     # ------------------------------------------------------------------ versions and swaps
+    def _load_prepared(self, version: int) -> Any:
+        """A new model from the factory with ``version``'s verified weights, eval'd and warmed up."""
+        model = build_model(self.model_factory, self.factory_kwargs)
+        try:
+            model.load_state_dict(self.registry.load(version))
+        except RuntimeError as exc:
+            raise ModelSwapError(f"version {version} does not fit the model factory: {exc}") from exc
+        return prepare_model(model, self._example)
+
     def _swap(self, version: int, reason: str, watch: bool) -> None:
         with self._swap_lock:
-            model = build_model(self.model_factory, self.factory_kwargs)
-            try:
-                model.load_state_dict(self.registry.load(version))
-            except RuntimeError as exc:
-                raise ModelSwapError(f"version {version} does not fit the model factory: {exc}") from exc
-            prepare_model(model, self._example)
+            model = self._load_prepared(version)
             old_version = self._slot.version
             self.registry.set_active(version, reason)
             old = self._slot.swap(model, version, prepared=True)
@@ -572,6 +579,22 @@ class BackgroundTrainingCoordinator:
                                          sum(confs) / len(confs) if confs else math.nan)
                 elif watch and self.config.watch_requests > 0:
                     log.info("no live observations of version %s: post-swap watch skipped", old_version)
+
+    def _sync_external(self) -> None:
+        """Serve the registry's active version if another process (``vortex models swap``) changed it."""
+        try:
+            if self.registry.active_version in (None, self._slot.version):
+                return
+            with self._swap_lock:
+                active = self.registry.active_version
+                if active is None or active == self._slot.version:
+                    return
+                self._slot.swap(self._load_prepared(active), active, prepared=True)
+                with self._live_lock:
+                    self._watch = None
+            log.info("serving version %d, made active outside this process", active)
+        except Exception as exc:
+            log.error("could not follow the registry's active version: %s", exc)
 
     def swap_to_version(self, version: int, reason: str = "manual") -> None:
         """Serve ``version`` from the registry (roll back or forward).
