@@ -275,7 +275,12 @@ private:
 
     static std::string num(double v) {
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%.9g", v);
+        std::snprintf(buf, sizeof buf, "%.15g", v);
+        return buf;
+    }
+    static std::string num(float v) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.7g", static_cast<double>(v));
         return buf;
     }
 

@@ -54,7 +54,8 @@ _DTYPES = {"confidence": np.float32, "error": np.float32, "timestamp": np.float6
 def _checksum(arrays: list[np.ndarray]) -> str:
     crc = 0
     for a in arrays:
-        crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+        if a.size:
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
     return f"{crc:08x}"
 
 
