@@ -167,3 +167,11 @@ def test_kill9_while_writing_registry_50_times(tmp_path):
             reg.load()
     final = ModelRegistry(root)
     assert kills == 50 and len(final.versions()) > 0 and len(final.serving_log()) > 0
+
+
+def test_cleanup_keeps_n_when_more_than_n(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    for i in range(3):
+        reg.register(_state(i))
+    assert reg.cleanup(keep_last_n=5) == [] and reg.versions() == [1, 2, 3]
+    assert reg.cleanup(keep_last_n=2) == [1] and reg.versions() == [2, 3]

@@ -386,7 +386,7 @@ class ModelRegistry:
         with self._writing():
             active = self.active_version
             rows = self._rows()
-            keep_newest = {r["version"] for r in rows[len(rows) - keep_last_n:]} if keep_last_n else set()
+            keep_newest = {r["version"] for r in rows[max(0, len(rows) - keep_last_n):]}
             removed = []
             for row in rows:
                 v = row["version"]
