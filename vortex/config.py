@@ -228,6 +228,9 @@ class BackgroundTrainingConfig:
         Base seed of the worker's initialisation and shuffling (run ``k`` uses ``seed + k``).
     worker_nice
         Niceness added to worker processes so the serving process keeps CPU priority.
+    model_cache_size
+        Prepared (loaded, eval'd, warmed-up) models kept in memory, newest first, so a swap
+        back to a recent version is instant; 0 rebuilds every time.
     """
 
     enabled: bool = True
@@ -254,11 +257,13 @@ class BackgroundTrainingConfig:
     confidence_level: float = 0.95
     seed: int = 0
     worker_nice: int = 10
+    model_cache_size: int = 3
 
     def __post_init__(self) -> None:
         _boolean(self, "enabled", "enable_versioning", "auto_swap_models")
         _number(self, "seed", lo=0, integer=True)
         _number(self, "worker_nice", lo=0, hi=19, integer=True)
+        _number(self, "model_cache_size", lo=0, integer=True)
         _number(self, "training_interval_secs", lo=0, lo_open=True)
         _number(self, "min_samples_for_training", lo=1, integer=True)
         _number(self, "max_samples_per_batch", lo=1, integer=True)

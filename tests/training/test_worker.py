@@ -132,3 +132,20 @@ def test_regression_loss_and_divergence():
     y = torch.full((32,), float("inf"))
     with pytest.raises(FloatingPointError, match="diverged"):
         train(m, x, y, torch.ones(32), task="regression", epochs=1, lr=0.1, batch_size=8, seed=0)
+
+
+def test_adam_matches_torch_optim_adam():
+    from vortex.training.worker import Adam
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    a, b = mlp(8, 16, 3, seed=5), mlp(8, 16, 3, seed=5)
+    ours, ref = Adam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
+    for step in range(25):
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x[step % 4::4]), y[step % 4::4]).backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(a[0].weight, mlp(8, 16, 3, seed=5)[0].weight)

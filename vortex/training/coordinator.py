@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -217,6 +217,8 @@ class BackgroundTrainingCoordinator:
                                      f"the given model: {exc}") from exc
         self._example = torch.zeros(1, feature_dim)
         self._slot = ModelSlot(model, active, example=self._example)
+        self._models: OrderedDict[int, tuple[str, Any]] = OrderedDict()
+        self._remember(active, self.registry.get(active)["sha256"], model)
 
         self._cond = threading.Condition()
         self._run_lock = threading.Lock()
@@ -554,13 +556,35 @@ class BackgroundTrainingCoordinator:
 
     # ------------------------------------------------------------------ versions and swaps
     def _load_prepared(self, version: int) -> Any:
-        """A new model from the factory with ``version``'s verified weights, eval'd and warmed up."""
+        """A model with ``version``'s verified weights, eval'd and warmed up.
+
+        The last ``model_cache_size`` prepared models are kept, so a rollback to a recent
+        version is a reference swap; the weights file is still checked against its sha256.
+        """
+        data = self.registry.load_bytes(version)  # verifies the checksum
+        sha = self.registry.get(version)["sha256"]
+        cached = self._models.get(version)
+        if cached is not None and cached[0] == sha:
+            self._models.move_to_end(version)
+            return cached[1]
+        from safetensors.torch import load
+
         model = build_model(self.model_factory, self.factory_kwargs)
         try:
-            model.load_state_dict(self.registry.load(version))
+            model.load_state_dict(load(data))
         except RuntimeError as exc:
             raise ModelSwapError(f"version {version} does not fit the model factory: {exc}") from exc
-        return prepare_model(model, self._example)
+        prepare_model(model, self._example)
+        self._remember(version, sha, model)
+        return model
+
+    def _remember(self, version: int | None, sha: str, model: Any) -> None:
+        if version is None or self.config.model_cache_size == 0:
+            return
+        self._models[version] = (sha, model)
+        self._models.move_to_end(version)
+        while len(self._models) > self.config.model_cache_size:
+            self._models.popitem(last=False)
 
     def _swap(self, version: int, reason: str, watch: bool) -> None:
         with self._swap_lock:
