@@ -15,6 +15,7 @@ lower by more than that), it swaps back and records the rollback in the serving 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import math
@@ -218,7 +219,7 @@ class BackgroundTrainingCoordinator:
         self._example = torch.zeros(1, feature_dim)
         self._slot = ModelSlot(model, active, example=self._example)
         self._models: OrderedDict[int, tuple[str, Any]] = OrderedDict()
-        self._remember(active, self.registry.get(active)["sha256"], model)
+        self._remember(active, self.registry.get(active)["sha256"], model)  # type: ignore[arg-type]
 
         self._cond = threading.Condition()
         self._run_lock = threading.Lock()
@@ -478,6 +479,8 @@ class BackgroundTrainingCoordinator:
                "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run.run_id),
                "--threads", str(cfg.worker_threads), "--nice", str(cfg.worker_nice),
                "--flux", json.dumps(flux), "--confidence-level", repr(cfg.confidence_level)]
+        if cfg.worker_sched_idle:
+            cmd.append("--sched-idle")
         if parent is not None:
             cmd += ["--registry", self.registry.root, "--init-version", str(parent)]
         port = _free_port() if cfg.world_size > 1 else 0
@@ -562,7 +565,7 @@ class BackgroundTrainingCoordinator:
         version is a reference swap; the weights file is still checked against its sha256.
         """
         data = self.registry.load_bytes(version)  # verifies the checksum
-        sha = self.registry.get(version)["sha256"]
+        sha = hashlib.sha256(data).hexdigest()
         cached = self._models.get(version)
         if cached is not None and cached[0] == sha:
             self._models.move_to_end(version)
@@ -590,7 +593,7 @@ class BackgroundTrainingCoordinator:
         with self._swap_lock:
             model = self._load_prepared(version)
             old_version = self._slot.version
-            self.registry.set_active(version, reason)
+            self.registry.set_active(version, reason, verify=False)  # verified by _load_prepared
             old = self._slot.swap(model, version, prepared=True)
             self._counts["swaps"] += 1
             with self._live_lock:

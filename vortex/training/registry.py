@@ -10,8 +10,12 @@ Layout of a registry directory::
 Every file is written atomically (temp file in the same directory, fsync, ``os.replace``,
 fsync of the directory), in an order that keeps the registry valid after a crash at any
 moment: the weights file is complete before the row that lists it, and a row is removed
-before its weights file.  The active version is the ``to_version`` of the last serving-log
-entry; the ``status`` column shows ``"active"`` for it.
+before its weights file.
+
+The serving log is the single source of truth of what served when: the active version is
+the ``to_version`` of its last entry, so a swap is one atomic write.  The stored ``status``
+column holds what the trainer decided ("candidate", "rejected"); :meth:`ModelRegistry.list_versions`
+reports ``"active"`` for the served version and ``"retired"`` for versions that served before.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ COLUMNS: tuple[str, ...] = (
 #: Columns of the serving log.
 LOG_COLUMNS: tuple[str, ...] = ("time", "from_version", "to_version", "reason")
 
-_STATUSES = ("active", "candidate", "rejected", "retired")
+_STATUSES = ("active", "candidate", "rejected", "retired")  # the first and last are derived
 _WEIGHTS_RE = re.compile(r"^v(\d{6,})\.safetensors$")
 
 
@@ -155,8 +159,16 @@ class ModelRegistry:
     @property
     def active_version(self) -> int | None:
         """The version being served (last serving-log entry), or None before the first."""
-        entries = self.serving_log()
-        return entries[-1]["to_version"] if entries else None
+        with self._lock:
+            table = self._table(self._log_path, _log_schema())
+            return table["to_version"][-1].as_py() if table.num_rows else None
+
+    def _derive_status(self, row: dict[str, Any], active: int | None, served: set[int]) -> dict[str, Any]:
+        if row["version"] == active:
+            row["status"] = "active"
+        elif row["status"] not in ("rejected",) and row["version"] in served:
+            row["status"] = "retired"
+        return row
 
     def version_at(self, t: float) -> int | None:
         """The version that was serving at unix time ``t`` (None if none was yet)."""
@@ -169,26 +181,32 @@ class ModelRegistry:
 
     def list_versions(self) -> list[dict[str, Any]]:
         """Metadata of every stored version, oldest first (the active one has status "active")."""
+        with self._lock:
+            served = set(self._table(self._log_path, _log_schema())["to_version"].to_pylist())
         active = self.active_version
-        rows = self._rows()
-        for row in rows:
-            if row["version"] == active:
-                row["status"] = "active"
-            elif row["status"] == "active":  # was active, replaced since
-                row["status"] = "retired"
-        return rows
+        return [self._derive_status(row, active, served) for row in self._rows()]
 
     def versions(self) -> list[int]:
         """Version numbers, oldest first."""
         return [row["version"] for row in self._rows()]
 
+    def _row(self, version: int) -> dict[str, Any]:
+        """Stored metadata row of ``version`` (status as stored)."""
+        with self._lock:
+            table = self._table(self._meta_path, _schema())
+            import pyarrow.compute as pc
+
+            hit = table.filter(pc.equal(table["version"], int(version)))
+        if hit.num_rows == 0:
+            raise VersionNotFoundError(f"model version {version} is not in the registry {self.root} "
+                                       f"(stored: {self.versions()})")
+        return hit.to_pylist()[0]
+
     def get(self, version: int) -> dict[str, Any]:
         """Metadata row of ``version``; :class:`VersionNotFoundError` if it is not stored."""
-        for row in self.list_versions():
-            if row["version"] == version:
-                return row
-        raise VersionNotFoundError(f"model version {version} is not in the registry {self.root} "
-                                   f"(stored: {self.versions()})")
+        with self._lock:
+            served = set(self._table(self._log_path, _log_schema())["to_version"].to_pylist())
+        return self._derive_status(self._row(version), self.active_version, served)
 
     def weights_path(self, version: int) -> str:
         """Path of the safetensors file of ``version``."""
@@ -196,7 +214,7 @@ class ModelRegistry:
 
     def load_bytes(self, version: int) -> bytes:
         """The verified safetensors bytes of ``version``."""
-        row = self.get(version)
+        row = self._row(version)
         path = self.weights_path(version)
         try:
             with open(path, "rb") as f:
@@ -283,9 +301,9 @@ class ModelRegistry:
             if key in meta:
                 raise ValueError(f"metadata[{key!r}] is set by the registry, got {meta[key]!r}")
         status = meta.get("status", "candidate")
-        if status not in _STATUSES or status == "active":
-            raise ValueError(f"metadata['status']={status!r}: must be one of "
-                             f"{[s for s in _STATUSES if s != 'active']} (use set_active)")
+        if status not in ("candidate", "rejected"):
+            raise ValueError(f"metadata['status']={status!r}: must be 'candidate' or 'rejected' "
+                             f"('active' and 'retired' follow from the serving log: use set_active)")
         data = bytes(state) if isinstance(state, (bytes, bytearray, memoryview)) else state_dict_bytes(state)
         with self._writing():
             rows = self._rows()
@@ -312,9 +330,9 @@ class ModelRegistry:
         return best
 
     def set_status(self, version: int, status: str) -> None:
-        """Change the stored status of ``version`` ("candidate", "rejected" or "retired")."""
-        if status not in _STATUSES or status == "active":
-            raise ValueError(f"status={status!r}: must be candidate, rejected or retired")
+        """Change the stored status of ``version`` ("candidate" or "rejected")."""
+        if status not in ("candidate", "rejected"):
+            raise ValueError(f"status={status!r}: must be 'candidate' or 'rejected'")
         with self._writing():
             rows = self._rows()
             for row in rows:
@@ -325,30 +343,29 @@ class ModelRegistry:
                 raise VersionNotFoundError(f"model version {version} is not in the registry {self.root}")
             self._write_rows(rows)
 
-    def set_active(self, version: int, reason: str = "manual", *, at: float | None = None) -> None:
+    def set_active(self, version: int, reason: str = "manual", *, at: float | None = None,
+                   verify: bool = True) -> None:
         """Make ``version`` the served one and append the change to the serving log.
 
-        The weights are verified first: a version whose checksum does not match is never made
-        active (:class:`ChecksumMismatchError`).
+        The weights are verified first (unless the caller just did, ``verify=False``): a
+        version whose checksum does not match is never made active
+        (:class:`ChecksumMismatchError`).
         """
         import pyarrow as pa
 
         if not isinstance(reason, str) or not reason:
             raise ValueError(f"reason={reason!r}: must be a non-empty string")
         with self._writing():
-            self.verify(version)
+            if verify:
+                self.verify(version)
+            else:
+                self._row(version)  # still refuse an unknown version
             previous = self.active_version
-            entries = self.serving_log()
-            entries.append({"time": float(time.time() if at is None else at),
-                            "from_version": previous, "to_version": int(version), "reason": reason})
-            _write_table(self._log_path, pa.Table.from_pylist(entries, schema=_log_schema()))
-            rows = self._rows()
-            for row in rows:  # keep the stored status column in step with the log
-                if row["version"] == version:
-                    row["status"] = "active"
-                elif row["status"] == "active":
-                    row["status"] = "retired"
-            self._write_rows(rows)
+            entry = {"time": float(time.time() if at is None else at),
+                     "from_version": previous, "to_version": int(version), "reason": reason}
+            table = self._table(self._log_path, _log_schema())
+            _write_table(self._log_path, pa.concat_tables(
+                [table, pa.Table.from_pylist([entry], schema=_log_schema())]).combine_chunks())
         log.info("model version %s -> %d (%s)", previous, version, reason)
 
     def remove(self, version: int) -> None:

@@ -19,8 +19,8 @@ rank on the same data and seed.  Global batches with fewer rows than ranks are s
 Rank 0 then scores the candidate and the ``--init-version`` model of ``--registry`` on the
 held-out (sacred-position) rows and writes ``candidate.safetensors`` and ``result.json`` into
 ``--out`` (both atomically).  The backend is NCCL when CUDA is available, else gloo.  The
-worker lowers its priority (``--nice``) and limits torch to ``--threads`` threads so a serving
-process on the same machine keeps its cores.
+worker lowers its priority (``--nice``, optionally ``--sched-idle``) and limits torch to
+``--threads`` threads so a serving process on the same machine keeps its cores.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class WorkerArgs:
     seed: int = 0
     threads: int = 1
     nice: int = 10
+    sched_idle: bool = False
     registry: str | None = None
     init_version: int | None = None
     flux: dict[str, Any] | None = None
@@ -78,6 +79,8 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank")
     p.add_argument("--nice", type=int, default=10, help="added to the process niceness (0: unchanged)")
+    p.add_argument("--sched-idle", action="store_true",
+                   help="run under SCHED_IDLE (Linux): only on otherwise idle CPU time")
     p.add_argument("--registry", default=None, help="model registry root (for --init-version)")
     p.add_argument("--init-version", type=int, default=None,
                    help="registry version to start from and to validate against (the active one)")
@@ -330,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             os.nice(args.nice)
         except OSError as exc:  # e.g. a container forbidding it; training still works
             log.warning("could not lower the worker's priority: %s", exc)
+    if args.sched_idle:
+        try:  # threads started later (torch, gloo) inherit the policy
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            log.warning("could not switch the worker to SCHED_IDLE: %s", exc)
     try:
         run(args)
     except Exception:
