@@ -237,6 +237,15 @@ def test_two_rank_run_and_regression_task(tmp_path, digits):
     assert np.isnan(v["candidate_accuracy"]) and v["candidate_loss"] < v["active_loss"]
 
 
+def test_config_fields_of_this_area_are_validated():
+    from vortex.errors import ConfigError
+
+    for bad in ({"worker_nice": 20}, {"model_cache_size": -1}, {"seed": -1},
+                {"worker_sched_idle": "yes"}, {"run_timeout_secs": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            BackgroundTrainingConfig(**bad)
+
+
 def test_bad_arguments(tmp_path, digits):
     with pytest.raises(ValueError, match="feature_dim"):
         BackgroundTrainingCoordinator(_config(), mlp(**KW), FACTORY, tmp_path, 0, factory_kwargs=KW)
