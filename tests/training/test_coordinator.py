@@ -237,6 +237,26 @@ def test_two_rank_run_and_regression_task(tmp_path, digits):
     assert np.isnan(v["candidate_accuracy"]) and v["candidate_loss"] < v["active_loss"]
 
 
+def test_batch_limit_checkpoint_dir_cleanup_and_flux_holdout(tmp_path, digits):
+    from vortex.config import FluxConfig
+
+    ckpt = tmp_path / "elsewhere"
+    c = _coordinator(tmp_path, digits, max_samples_per_batch=450, checkpoint_dir=str(ckpt),
+                     keep_last_n_versions=1, flux=FluxConfig(holdout_positions=(9,)))
+    # a snapshot/candidate left by a coordinator that died mid-run is dropped at start-up
+    leftover = tmp_path / "home" / "runs" / "run-000009-1"
+    leftover.mkdir(parents=True)
+    (leftover / "snapshot.arrow").write_bytes(b"x")
+    (leftover / "worker-0.log").write_text("crash")
+    c = BackgroundTrainingCoordinator(c.config, mlp(**KW), FACTORY, tmp_path / "home", 64,
+                                      buffer=c.buffer, factory_kwargs=KW)
+    assert sorted(os.listdir(leftover)) == ["worker-0.log"]
+    run = c.run_once("manual")
+    assert run.status == "swapped", run.error
+    assert run.samples == 450 and run.holdout_samples == 50 and run.train_samples == 400
+    assert c.registry.root == str(ckpt) and c.registry.versions() == [2]  # keep_last_n_versions=1
+
+
 def test_config_fields_of_this_area_are_validated():
     from vortex.errors import ConfigError
 

@@ -234,6 +234,7 @@ class BackgroundTrainingCoordinator:
         self._next_run_id = 1
         self._history: deque[TrainingRun] = deque(maxlen=_HISTORY)
         self._load_history()
+        self._drop_leftovers()
         self._counts = dict(started=0, completed=0, failed=0, cancelled=0, skipped=0,
                             samples=0, swaps=0, rollbacks=0)
         self._best_acc: float | None = None
@@ -701,6 +702,17 @@ class BackgroundTrainingCoordinator:
     def runs(self) -> list[TrainingRun]:
         """Recent runs (at most 200), oldest first."""
         return list(self._history)
+
+    def _drop_leftovers(self) -> None:
+        """Delete snapshots and candidates left by a process that died mid-run (keep its logs)."""
+        runs = os.path.join(self.home, "runs")
+        if not os.path.isdir(runs):
+            return
+        for d in os.listdir(runs):
+            path = os.path.join(runs, d)
+            for name in os.listdir(path) if os.path.isdir(path) else ():
+                if not name.endswith(".log"):
+                    os.unlink(os.path.join(path, name))
 
     def _load_history(self) -> None:
         path = os.path.join(self.home, "runs.json")
