@@ -33,12 +33,12 @@ inline double wall_clock_seconds() {
     return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
-// OR of f(x[i]) over x[0..n). Sixteen independent accumulators, so the reduction is not one
+// OR of f(x[i]) over x[0..n). 32 independent accumulators, so the reduction is not one
 // serial dependency chain and the compiler vectorises it: a validation pass then reads a batch
 // at close to memory speed.
 template <class Acc, class T, class F>
 Acc or_reduce(const T* x, std::size_t n, F f) {
-    constexpr std::size_t lanes = 16;
+    constexpr std::size_t lanes = 32;
     Acc acc[lanes] = {};
     std::size_t i = 0;
     for (; i + lanes <= n; i += lanes)
@@ -64,12 +64,28 @@ inline std::uint64_t times_zero_bits(double v) {
     return bits;
 }
 
+// The feature check reads a whole batch; on x86-64 Linux it is compiled twice (AVX2 and
+// baseline) and the loader picks the one the CPU runs (GCC/Clang function multiversioning).
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define VORTEX_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define VORTEX_MULTIVERSION
+#endif
+
+VORTEX_MULTIVERSION static std::uint32_t or_times_zero_bits(const float* x, std::size_t n) {
+    return or_reduce<std::uint32_t>(x, n, [](float v) { return times_zero_bits(v); });
+}
+
+static std::uint64_t or_times_zero_bits(const double* x, std::size_t n) {
+    return or_reduce<std::uint64_t>(x, n, [](double v) { return times_zero_bits(v); });
+}
+
 // Index of the first inf or NaN in x[0..n), or n.
 template <class T>
 std::size_t first_non_finite(const T* x, std::size_t n) {
     using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
     const Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
-    const Bits any = or_reduce<Bits>(x, n, [](T v) { return times_zero_bits(v); });
+    const Bits any = or_times_zero_bits(x, n);
     if ((any & exponent) != exponent) return n;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(x[i])) return i;

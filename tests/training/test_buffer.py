@@ -532,7 +532,7 @@ def test_concurrent_producers_never_tear_a_row():
         th.start()
     checked = 0
     try:
-        for k in range(300):
+        for k in range(600):
             snap = buf.snapshot()
             if len(snap):  # a snapshot is a contiguous run of seqs
                 np.testing.assert_array_equal(snap.seq, np.arange(snap.seq[0], snap.seq[0] + len(snap)))

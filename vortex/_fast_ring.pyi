@@ -1,0 +1,9 @@
+# Type stub of the Cython module vortex/_fast_ring.pyx (private).
+from typing import Any
+
+class SampleRingWriter:
+    def _attach(self, owner: Any, float_labels: bool) -> None: ...
+    def push(self, features: Any, label: Any, confidence: float = 1.0, error: float = ...,
+             episode: int = 0, timestamp: float | None = None) -> int: ...
+    def extend(self, features: Any, labels: Any, confidences: Any = None, errors: Any = None,
+               episodes: Any = None, timestamps: Any = None) -> int: ...
