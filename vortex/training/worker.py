@@ -226,23 +226,19 @@ def evaluate(model, x, y, task: str, chunk: int = 4096) -> tuple[Any, float]:
 
 
 def _load_data(args: WorkerArgs):
-    """Read the snapshot, compute FluxDynamics weights, return torch tensors."""
-    import numpy as np
-    import torch
+    """Read the snapshot; FluxDynamics weights and the train/held-out split via TrainingPipeline.
 
+    The worker batches the pipeline's tensors itself (see :func:`train`) instead of using its
+    DataLoader, because exact DDP equivalence needs seeded *global* batches sharded by rank
+    and normalised by the global batch weight.
+    """
     from ..config import FluxConfig
-    from . import FluxDynamics, Snapshot
+    from . import Snapshot, TrainingPipeline
 
-    snap = Snapshot.read_ipc(args.snapshot)
-    fw = FluxDynamics(FluxConfig(**(args.flux or {}))).compute(snap)
-    x = torch.from_numpy(np.ascontiguousarray(snap.features, dtype=np.float32))
-    labels = np.asarray(snap.labels)
-    y = torch.from_numpy(labels.astype(np.int64) if args.task == "classification"
-                         else labels.astype(np.float32))
-    w = torch.from_numpy(np.asarray(fw.weights, dtype=np.float32))
-    train_idx = torch.from_numpy(np.flatnonzero(fw.train_mask))
-    hold_idx = torch.from_numpy(np.flatnonzero(fw.holdout_mask))
-    return (x[train_idx], y[train_idx], w[train_idx]), (x[hold_idx], y[hold_idx])
+    data = TrainingPipeline(FluxConfig(**(args.flux or {})), batch_size=args.batch_size,
+                            task=args.task).build(Snapshot.read_ipc(args.snapshot))
+    t, h = data.train, data.holdout
+    return (t.features, t.labels, t.weights), (h.features, h.labels)
 
 
 def run(args: WorkerArgs) -> dict[str, Any]:
