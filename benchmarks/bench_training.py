@@ -98,6 +98,8 @@ def test_serving_p99_during_training(benchmark, tmp_path, request):
 
     Measured twice: workers at nice 10 (the default) and under SCHED_IDLE.
     """
+    benchmark.group = "training: serving p99 while training"
+    benchmark.extra_info["subject"] = "vortex"
     n = 300 if _quick(request) else 3000
     torch.set_num_threads(1)
     nice = _coordinator(tmp_path / "nice", 4000, num_epochs=10_000)
@@ -122,6 +124,8 @@ def test_serving_p99_during_training(benchmark, tmp_path, request):
 
 def test_swaps_while_serving(benchmark, tmp_path, request):
     """4 serving threads; 100 swaps between two versions vs steady serving."""
+    benchmark.group = "training: 100 swaps while 4 threads serve"
+    benchmark.extra_info["subject"] = "vortex"
     swaps = 20 if _quick(request) else 100
     torch.set_num_threads(1)
     c = _coordinator(tmp_path, 600, num_epochs=2, min_improvement_threshold=0.0)
@@ -210,6 +214,8 @@ def _plain_loop(x, y, epochs, batch_size, lr, seed):
 
 def test_worker_throughput_vs_plain_loop(benchmark, tmp_path, request):
     """Samples/s of the worker process's training loop vs a plain torch loop, 1 thread each."""
+    benchmark.group = "training: worker vs plain torch loop"
+    benchmark.extra_info["subject"] = "vortex"
     n, epochs = (3000, 1) if _quick(request) else (30_000, 3)
     x, y = _data(n)
     buf = SampleBuffer(64, capacity=n)
@@ -245,6 +251,8 @@ def test_worker_throughput_vs_plain_loop(benchmark, tmp_path, request):
 
 def test_fixed_cost_of_one_run(benchmark, tmp_path):
     """Wall time of a run minus its training: snapshot, worker start-up, load, validate, save."""
+    benchmark.group = "training: fixed cost of one run"
+    benchmark.extra_info["subject"] = "vortex"
     c = _coordinator(tmp_path, 300, num_epochs=1, min_improvement_threshold=0.0)
 
     run = benchmark.pedantic(c.run_once, args=("manual",), rounds=1, iterations=1)

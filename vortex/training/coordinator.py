@@ -294,16 +294,27 @@ class BackgroundTrainingCoordinator:
         log.info("background training started (home %s)", self.home)
 
     def stop(self, cancel: bool = False, timeout: float | None = None) -> None:
-        """Stop the background thread; wait for a running run, or kill it if ``cancel``."""
+        """Stop the background thread; wait for a running run, or kill it if ``cancel``.
+
+        A pending trigger stays pending (it runs after the next :meth:`start`).
+        """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if cancel:
-            self._cancel.set()
+            self.cancel_run()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
         self._thread = None
+
+    def cancel_run(self) -> bool:
+        """Kill the workers of the run in progress (it ends "cancelled"); False if none is."""
+        with self._cond:
+            if not self._in_run:
+                return False
+            self._cancel.set()
+        return True
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current run's worker processes (empty when none is running)."""
@@ -363,8 +374,8 @@ class BackgroundTrainingCoordinator:
                 self._sync_external()
                 continue
             try:
-                self.run_once(*job)
-            except Exception:  # run_once records failures; this guards the thread against bugs
+                self._run(*job, from_loop=True)
+            except Exception:  # _run records failures; this guards the thread against bugs
                 log.exception("background training run crashed")
 
     # ------------------------------------------------------------------ one run
@@ -375,12 +386,16 @@ class BackgroundTrainingCoordinator:
         Never raises for a failed run: the result's ``status`` says "failed" / "timeout" /
         "cancelled" and ``error`` says why; the registry and the served model are unchanged.
         """
-        trig = TrainingTrigger.parse(trigger)
+        return self._run(TrainingTrigger.parse(trigger), reason, from_loop=False)
+
+    def _run(self, trig: TrainingTrigger, reason: str | None, from_loop: bool) -> TrainingRun:
         with self._run_lock:
             with self._cond:
+                if from_loop and self._stopping:  # stop() came between picking the job and now
+                    return TrainingRun(run_id=0, trigger=trig, reason=reason, status="cancelled",
+                                       error="coordinator stopping")
                 self._pending = None
-                self._in_run = True
-                self._cancel.clear()
+                self._in_run = True  # from here on, cancel_run() reaches this run
                 run = TrainingRun(run_id=self._next_run_id, trigger=trig, reason=reason)
                 self._next_run_id += 1
             try:
@@ -418,6 +433,7 @@ class BackgroundTrainingCoordinator:
             log.warning("could not write the run history: %s", exc)
         with self._cond:
             self._in_run = False
+            self._cancel.clear()
             self._cond.notify_all()
 
     def _execute(self, run: TrainingRun) -> None:
