@@ -74,8 +74,8 @@ class TrainingRun:
 
     ``status`` is one of "swapped" (candidate validated better and now serves), "rejected"
     (validated, not better enough), "registered" (better but ``auto_swap_models`` is off),
-    "skipped" (too few samples or disabled), "failed" (worker error or crash), "timeout"
-    or "cancelled".
+    "not_kept" (as "registered" with ``enable_versioning`` off: not stored), "skipped" (too
+    few samples or disabled), "failed" (worker error or crash), "timeout" or "cancelled".
     """
 
     run_id: int
@@ -453,13 +453,13 @@ class BackgroundTrainingCoordinator:
         run.samples = int(snap.seq.shape[0])
         run_dir = os.path.join(self.home, "runs", f"run-{run.run_id:06d}-{os.getpid()}")
         os.makedirs(run_dir, exist_ok=True)
-        snap_path = os.path.join(run_dir, "snapshot.arrow")
-        snap.write_ipc(snap_path)
-        run.timings["snapshot"] = time.perf_counter() - t0
         parent = self.registry.active_version
         run.parent_version = parent
         ok = False
         try:
+            snap_path = os.path.join(run_dir, "snapshot.arrow")
+            snap.write_ipc(snap_path)
+            run.timings["snapshot"] = time.perf_counter() - t0
             t = time.perf_counter()
             self._run_workers(run, run_dir, snap_path, parent)
             run.timings["workers"] = time.perf_counter() - t
@@ -520,7 +520,7 @@ class BackgroundTrainingCoordinator:
                 if all(c == 0 for c in codes):
                     return
                 if self._cancel.wait(0.02):
-                    raise TrainingError("run cancelled by stop(cancel=True)")
+                    raise TrainingError("run cancelled (cancel_run() or stop(cancel=True))")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"run exceeded run_timeout_secs={cfg.run_timeout_secs}")
         finally:
@@ -554,8 +554,7 @@ class BackgroundTrainingCoordinator:
                    f"vs threshold {cfg.min_improvement_threshold}%")
         swap = better and cfg.auto_swap_models
         if not (cfg.enable_versioning or swap):
-            run.status = "rejected" if not better else "registered"
-            run.error = None
+            run.status = "rejected" if not better else "not_kept"
             log.info("run %d: candidate not kept (%s)", run.run_id, why)
             return
         v = run.validation or {}
