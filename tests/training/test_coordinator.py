@@ -71,6 +71,7 @@ def test_run_swaps_a_better_model_and_records_it(tmp_path, digits):
         assert json.load(f)[-1]["version"] == 2
 
 
+@pytest.mark.slow
 def test_rejected_candidate_is_kept_but_not_served(tmp_path, digits):
     c = _coordinator(tmp_path, digits, min_improvement_threshold=1e6)
     run = c.run_once("manual")

@@ -79,6 +79,7 @@ def test_two_gloo_ranks_match_one_rank(tmp_path):
     assert v["n"] == 120 and v["improvement_pct"] == 0.0  # no registry: compared with itself
 
 
+@pytest.mark.slow
 def test_worker_validates_against_registry_version_and_fails_cleanly(tmp_path):
     _snapshot(tmp_path / "snap.arrow")
     reg = ModelRegistry(tmp_path / "reg")

@@ -647,9 +647,7 @@ class BackgroundTrainingCoordinator:
         """
         try:
             self._swap(int(version), reason, watch=False)
-        except RegistryError:
-            raise
-        except ModelSwapError:
+        except (RegistryError, ModelSwapError):
             raise
         except Exception as exc:
             raise ModelSwapError(f"could not swap to version {version}: {exc}") from exc

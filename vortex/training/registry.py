@@ -47,7 +47,6 @@ COLUMNS: tuple[str, ...] = (
 #: Columns of the serving log.
 LOG_COLUMNS: tuple[str, ...] = ("time", "from_version", "to_version", "reason")
 
-_STATUSES = ("active", "candidate", "rejected", "retired")  # the first and last are derived
 _WEIGHTS_RE = re.compile(r"^v(\d{6,})\.safetensors$")
 
 
