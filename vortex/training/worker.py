@@ -264,13 +264,14 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     try:
         t = time.perf_counter()
         (x, y, w), (hx, hy) = _load_data(args)
-        registry = ModelRegistry(args.registry) if args.registry else None
+        # the active version: starting point and validation baseline (checksum-verified)
+        init_state = ModelRegistry(args.registry).load(args.init_version) if args.registry else None
         torch.manual_seed(args.seed)
         model = build_model(args.factory, args.factory_kwargs)
-        if registry is not None:
-            model.load_state_dict(registry.load(args.init_version))
+        if init_state is not None:
+            model.load_state_dict(init_state)
         device = torch.device("cpu")
-        if dist is not None and torch.cuda.is_available():
+        if torch.cuda.is_available():
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             model.to(device)
             x, y, w = x.to(device), y.to(device), w.to(device)
@@ -294,9 +295,9 @@ def run(args: WorkerArgs) -> dict[str, Any]:
                       "epoch_losses": losses, "train_loss": losses[-1], "validation": None}
             if hx.shape[0] > 0:
                 c_scores, c_loss = evaluate(model, hx, hy, args.task)
-                if registry is not None:
+                if init_state is not None:
                     active = build_model(args.factory, args.factory_kwargs)
-                    active.load_state_dict(registry.load(args.init_version))
+                    active.load_state_dict(init_state)
                     a_scores, a_loss = evaluate(active, hx, hy, args.task)
                 else:
                     a_scores, a_loss = c_scores, c_loss
