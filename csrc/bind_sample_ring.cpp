@@ -91,6 +91,10 @@ void bind_sample_ring(py::module_& m) {
              [](const SampleRing& r, const carray<double>& u) {
                  if (u.ndim() != 1) throw std::invalid_argument("u must be 1-D");
                  const std::size_t n = static_cast<std::size_t>(u.shape(0));
+                 const double* pu = u.data();
+                 for (std::size_t k = 0; k < n; ++k)
+                     if (!(pu[k] >= 0.0 && pu[k] < 1.0))
+                         throw std::invalid_argument("u[" + std::to_string(k) + "] is outside [0, 1)");
                  Columns c(r, n);
                  std::size_t size;
                  {

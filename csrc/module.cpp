@@ -4,6 +4,7 @@
 #include "pybind11.hpp"
 
 void bind_sample_ring(py::module_& m);
+void bind_metrics(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
     m.attr("compiler") = "unknown";
 #endif
     bind_sample_ring(m);
+    bind_metrics(m);
 }

@@ -1,4 +1,4 @@
-"""Slow, obviously correct NumPy twins of the fast kernels; the tests compare the two."""
+"""Slow, obviously correct NumPy twins of the compiled kernels (tests compare against them)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,52 @@ def flux_weights(seq, episode, error, *, half_life, gamma, lam, w_max, holdout_p
         else:
             w = trained.astype(np.float64)
     return w.astype(np.float32), positions, trained, holdout
+
+
+def window_stats(latency: np.ndarray, confidence: np.ndarray, error: np.ndarray,
+                 threshold: float, recent: int = 10, min_baseline: int = 20) -> dict:
+    """Statistics of a metric window given oldest -> newest, as vortex::MetricWindow::analyze.
+
+    recent = the newest ``recent`` samples (for errors: the newest ``recent`` samples that have
+    ground truth); baseline = the older half once the window holds
+    at least ``min_baseline`` samples; error NaN = no ground truth.
+    """
+    n = len(latency)
+    nan = float("nan")
+    out: dict = {"size": n}
+    if n == 0:
+        return {**out, "recent_count": 0, "recent_latency_mean": nan, "recent_latency_max": nan,
+                "recent_over_threshold": 0, "recent_over_latency_mean": nan,
+                "recent_confidence_mean": nan, "recent_error_count": 0, "recent_error_mean": nan,
+                "baseline_count": 0, "baseline_latency_mean": nan,
+                "baseline_confidence_mean": nan, "baseline_error_count": 0,
+                "baseline_error_mean": nan}
+    r = slice(max(0, n - recent), n)
+    rl, rc = latency[r], confidence[r]
+    over = rl[rl > threshold]
+    known = error[~np.isnan(error)][-recent:]  # the newest ``recent`` samples with ground truth
+    out.update(
+        recent_count=len(rl),
+        recent_latency_mean=rl.mean(),
+        recent_latency_max=rl.max(),
+        recent_over_threshold=len(over),
+        recent_over_latency_mean=over.mean() if len(over) else np.nan,
+        recent_confidence_mean=rc.mean(),
+        recent_error_count=len(known),
+        recent_error_mean=known.mean() if len(known) else np.nan,
+    )
+    if n >= min_baseline:
+        b = slice(0, n // 2)
+        be = error[b][~np.isnan(error[b])]
+        out.update(
+            baseline_count=n // 2,
+            baseline_latency_mean=latency[b].mean(),
+            baseline_confidence_mean=confidence[b].mean(),
+            baseline_error_count=len(be),
+            baseline_error_mean=be.mean() if len(be) else np.nan,
+        )
+    else:
+        out.update(baseline_count=0, baseline_latency_mean=np.nan,
+                   baseline_confidence_mean=np.nan, baseline_error_count=0,
+                   baseline_error_mean=np.nan)
+    return out

@@ -113,14 +113,18 @@ cdef class SampleRingWriter:
     def __cinit__(self, *args, **kwargs):
         self._ring = NULL
 
-    def _attach(self, owner, bint float_labels):
+    def _attach(self, owner):
         """Drive the C++ ring of `owner` (a vortex._core.SampleRing), keeping it alive."""
+        from ._native import _core
+
+        if type(owner) is not _core.SampleRing:
+            raise TypeError(f"expected a vortex._core.SampleRing, got {type(owner).__name__}")
         cdef uintptr_t address = owner._address()
         self._owner = owner
         self._ring = <SampleRing*>address
         self._dim = <Py_ssize_t>self._ring.feature_dim()
-        self._float_labels = float_labels
-        self._label_dtype = _F32 if float_labels else _I64
+        self._float_labels = owner.label_kind == 1
+        self._label_dtype = _F32 if self._float_labels else _I64
 
     cdef inline SampleRing* _checked(self) except NULL:
         if self._ring == NULL:
@@ -165,13 +169,10 @@ cdef class SampleRingWriter:
                 raise ValueError(f"label={label!r} is not a number") from None
             plabel = &flabel
         else:
-            if type(label) is int:
-                ilabel = label
-            else:
-                try:
-                    ilabel = label.__index__()
-                except (AttributeError, TypeError):
-                    raise ValueError(f"label={label!r} is not an integer (label_dtype='int64')") from None
+            try:
+                ilabel = label if type(label) is int else label.__index__()
+            except (AttributeError, TypeError, OverflowError):
+                raise ValueError(f"label={label!r} is not an int64 integer (label_dtype='int64')") from None
             plabel = &ilabel
         if not _view_as(features, &view, b'f', 4, 1, 0):
             features = _coerce(features, _F32, "features", 1, -1, 0)

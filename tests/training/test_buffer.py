@@ -146,6 +146,7 @@ BAD_PUSH = [
     (dict(features=np.array([1, 2, 3], dtype=object)), "object"),
     (dict(features=[1.0, 2.0, 3.0], label=1.5), "label=1.5"),
     (dict(features=[1.0, 2.0, 3.0], label="x"), "label='x'"),
+    (dict(features=[1.0, 2.0, 3.0], label=2**70), "label=1180591620717411303424"),
     (dict(features=[1.0, 2.0, 3.0], confidence=1.5), "confidence=1.5"),
     (dict(features=[1.0, 2.0, 3.0], confidence=-0.1), "confidence=-0.1"),
     (dict(features=[1.0, 2.0, 3.0], confidence=float("nan")), "confidence=nan"),
@@ -551,3 +552,20 @@ def test_concurrent_producers_never_tear_a_row():
     for t in range(n_push_threads + n_ext_threads):
         mine = final.labels[final.labels // 10_000_000 == (t if t < n_push_threads else t - n_push_threads + 10)]
         assert (np.diff(mine) > 0).all()
+
+
+def test_tampered_metadata_is_detected(tmp_path):
+    buf = SampleBuffer(2, capacity=8)
+    buf.extend(rows(3, 2), np.arange(3))
+    path = tmp_path / "b.arrow"
+    buf.save(path)
+    table = pa.ipc.open_file(pa.OSFile(str(path), "rb")).read_all()
+    meta = dict(table.schema.metadata)
+    assert meta[b"vortex.next_seq"] == b"3" and meta[b"vortex.capacity"] == b"8"
+    for key, value in ((b"vortex.capacity", b"800"), (b"vortex.next_seq", b"4")):
+        forged = tmp_path / "forged.arrow"
+        schema = table.schema.with_metadata({**meta, key: value})
+        with pa.OSFile(str(forged), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+            w.write_table(table.replace_schema_metadata(schema.metadata))
+        with pytest.raises(SnapshotFormatError, match="checksum"):
+            SampleBuffer.load(forged)

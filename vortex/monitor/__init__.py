@@ -1,0 +1,35 @@
+"""Runtime monitoring: the weakness detector, the performance tracker, Prometheus exposition.
+
+Names are resolved lazily (PEP 562), so importing this package does not load the compiled core
+or NumPy until a detector or tracker is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .weaknesses import RSITriggerEvent, Weakness, WeaknessType
+
+_LAZY: dict[str, str] = {
+    "RuntimeDetector": "vortex.monitor.detector",
+    "DetectorStats": "vortex.monitor.detector",
+    "PerformanceTracker": "vortex.monitor.tracker",
+    "ProcessMemoryProbe": "vortex.monitor.memory",
+    "VortexCollector": "vortex.monitor.prometheus",
+}
+
+__all__ = ["RSITriggerEvent", "Weakness", "WeaknessType", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vortex.monitor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

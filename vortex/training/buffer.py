@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Value of the ``vortex.format`` schema metadata key in every file written here.
 FORMAT_TAG = "vortex.samples/1"
+_CRC_KEY = "vortex.crc32"
 
 _LABEL_KINDS = {"int64": 0, "float32": 1}
 _COLUMNS = ("labels", "confidence", "error", "timestamp", "seq", "episode")
@@ -51,8 +52,9 @@ _DTYPES = {"confidence": np.float32, "error": np.float32, "timestamp": np.float6
            "seq": np.int64, "episode": np.int64}
 
 
-def _checksum(arrays: list[np.ndarray]) -> str:
-    crc = 0
+def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
+    """CRC-32 of the columns' bytes and of the schema metadata (except the checksum itself)."""
+    crc = zlib.crc32(repr(sorted((k, v) for k, v in metadata.items() if k != _CRC_KEY)).encode())
     for a in arrays:
         if a.size:
             crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
@@ -98,8 +100,6 @@ class Snapshot:
         if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 2:
             raise ValueError("Snapshot.features must be a 2-D float32 array")
         n = f.shape[0]
-        if self.labels.dtype not in (np.int64, np.float32):
-            raise ValueError(f"Snapshot.labels dtype {self.labels.dtype} is not int64 or float32")
         for name in _COLUMNS:
             a = getattr(self, name)
             if not isinstance(a, np.ndarray) or a.shape != (n,):
@@ -107,6 +107,8 @@ class Snapshot:
             if name in _DTYPES and a.dtype != _DTYPES[name]:
                 raise ValueError(f"Snapshot.{name} dtype {a.dtype} should be "
                                  f"{np.dtype(_DTYPES[name])}")
+        if self.labels.dtype not in (np.int64, np.float32):
+            raise ValueError(f"Snapshot.labels dtype {self.labels.dtype} is not int64 or float32")
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -174,8 +176,8 @@ class Snapshot:
 
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
-        meta = {**(metadata or {}), "vortex.crc32": _checksum(self._arrays())}
-        batch = self.to_arrow(meta)
+        full = {k.decode(): v.decode() for k, v in self.schema(metadata).metadata.items()}
+        batch = self.to_arrow({**full, _CRC_KEY: _checksum(self._arrays(), full)})
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".arrow", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -225,7 +227,7 @@ class Snapshot:
         try:
             dim = int(meta["vortex.feature_dim"])
             label_dtype = meta["vortex.label_dtype"]
-            crc = meta["vortex.crc32"]
+            crc = meta[_CRC_KEY]
         except (KeyError, ValueError) as exc:
             raise SnapshotFormatError(f"{path}: schema metadata incomplete ({exc})") from exc
         if label_dtype not in _LABEL_KINDS or dim < 1:
@@ -251,7 +253,7 @@ class Snapshot:
             snap = cls(**arrays)
         except (pa.ArrowException, ValueError) as exc:
             raise SnapshotFormatError(f"{path}: unreadable columns ({exc})") from exc
-        if _checksum(snap._arrays()) != crc:
+        if _checksum(snap._arrays(), meta) != crc:
             raise SnapshotFormatError(f"{path}: data does not match its checksum (corrupted)")
         return snap, meta
 
@@ -290,7 +292,7 @@ class SampleBuffer(SampleRingWriter):
         self._label_dtype = label_dtype
         self._rng: np.random.Generator | None = None
         self._rng_lock = threading.Lock()
-        self._attach(ring, label_dtype == "float32")
+        self._attach(ring)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -391,6 +393,8 @@ class SampleBuffer(SampleRingWriter):
                                       f"next_seq - 1 = {next_seq - 1} that a saved buffer has")
         if next_seq < n:
             raise SnapshotFormatError(f"{path}: next_seq={next_seq} is smaller than the row count")
+        if saved_capacity is not None and saved_capacity < 1:
+            raise SnapshotFormatError(f"{path}: capacity={saved_capacity} in the metadata")
         return snap, next_seq, saved_capacity
 
     def _replace_from(self, snap: Snapshot, next_seq: int, path: str | os.PathLike[str]) -> None:

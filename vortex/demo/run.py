@@ -1,0 +1,395 @@
+"""``vortex demo``: the whole autonomous loop on scikit-learn's bundled digits.
+
+A small MLP is trained on clean digits and served through the digits service (whose
+serving code and tunables Vortex may change). Requests stream in with their labels as
+delayed feedback. Part-way, the input distribution drifts: images are displaced by a pixel
+and noised. The runtime detector sees confidence and error degrade and triggers the RSI
+engine, which proposes a change of the service's tunables, tests it in the sandbox against
+the service's own tests and benchmark and applies it; the applied change triggers a
+background training run on the buffered (now mostly drifted) samples, the candidate is
+validated against the active model on held-out samples and swapped in, and accuracy
+recovers. The run prints a timeline and writes ``report.json`` and ``timeline.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DemoSettings", "run_demo", "main"]
+
+SERVICE_TEMPLATE = Path(__file__).with_name("digits_service")
+MODEL_FACTORY = "vortex.training.models:mlp"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and pacing of the demo (``quick`` shrinks it for tests)."""
+
+    home: Path
+    out_dir: Path
+    clean_requests: int = 600
+    max_drift_requests: int = 6000
+    after_swap_requests: int = 500
+    requests_per_sec: float = 400.0
+    time_budget_secs: float = 100.0
+    initial_epochs: int = 60
+    seed: int = 0
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
+        return cls(home=home, out_dir=out_dir, clean_requests=300, max_drift_requests=4000,
+                   after_swap_requests=200, requests_per_sec=600.0, time_budget_secs=80.0,
+                   initial_epochs=40, quick=True)
+
+
+@dataclass
+class _Timeline:
+    start: float = field(default_factory=time.monotonic)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    quiet: bool = False
+
+    def add(self, request: int, kind: str, text: str, **extra: Any) -> None:
+        t = time.monotonic() - self.start
+        self.events.append({"t": round(t, 3), "request": request, "kind": kind, "text": text, **extra})
+        if not self.quiet:
+            _clear_bar()
+            print(f"[{t:6.1f}s] #{request:<5d} {kind:<10} {text}", flush=True)
+
+
+def _clear_bar() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+
+
+def _bar(done: int, total: int, phase: str, acc: float, t: float) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * min(1.0, done / max(total, 1)))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done} requests  {phase:<9} "
+                     f"rolling accuracy {acc:5.1%}  {t:5.1f}s")
+    sys.stderr.flush()
+
+
+def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Digits scaled to [0, 1]: a clean training split and a stream pool."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    return x[:700], y[:700], x[700:], y[700:]
+
+
+def drift(images: np.ndarray, rng: np.random.Generator, shift_fn) -> np.ndarray:
+    """Displace each image by one pixel in a random direction and add pixel noise."""
+    out = images.copy()
+    directions = ((0, 1), (0, -1), (1, 0), (-1, 0))
+    for i, k in enumerate(rng.integers(0, len(directions), size=len(out))):
+        out[i] = shift_fn(out[i:i + 1], *directions[k])[0]
+    out += rng.normal(0.0, 0.1, size=out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.5)
+
+
+def train_initial_model(x: np.ndarray, y: np.ndarray, epochs: int, seed: int):
+    """The model that serves first: the MLP factory's architecture trained on clean digits."""
+    import torch
+
+    from ..training.models import mlp
+
+    model = mlp(64, 64, 10, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def _import_service(tree: Path):
+    """Import the service copy under ``home`` (its tunables file is the one RSI patches)."""
+    init = tree / "digits_service" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("vortex_demo_digits_service", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _service_mode(service):
+    """The serving mode: the digits service's predict around the active torch model."""
+    import torch
+
+    def fast(model, x):
+        def logits_fn(batch):
+            with torch.inference_mode():
+                return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+        return service.predict(logits_fn, x.numpy())
+
+    return fast
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Run the demo; returns the report (also written to ``out_dir/report.json``)."""
+    import torch
+
+    from .. import (BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig,
+                    RuntimeDetectorConfig)
+
+    torch.set_num_threads(1)  # leave the other core to the sandbox and the trainer
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    home = settings.home
+    tree = home / "service"
+    if not tree.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(SERVICE_TEMPLATE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    service = _import_service(tree)
+    timeline = _Timeline()
+    rng = np.random.default_rng(settings.seed)
+
+    x_train, y_train, x_pool, y_pool = load_data(settings.seed)
+    model = train_initial_model(x_train, y_train, settings.initial_epochs, settings.seed)
+    timeline.add(0, "model", f"initial MLP trained on {len(x_train)} clean digits")
+
+    orch = (Orchestrator(model, MODEL_FACTORY, home, feature_dim=64,
+                         modes={"fast": _service_mode(service)},
+                         factory_kwargs={"in_features": 64, "hidden": 64, "out_features": 10,
+                                         "seed": settings.seed})
+            .with_runtime_detector(RuntimeDetectorConfig(
+                monitor_interval_ms=200, window_size=200, confidence_drop_threshold=0.1,
+                confidence_low_threshold=0.6, prediction_error_spike_threshold=0.35,
+                trigger_cooldown_secs=20.0, latency_spike_threshold_ms=250.0))
+            .with_self_modification(tree)
+            .with_background_trainer(BackgroundTrainingConfig(
+                min_samples_for_training=1000 if settings.quick else 1500,
+                training_interval_secs=3600, num_epochs=30, batch_size=64, learning_rate=3e-3,
+                max_samples_per_batch=3000, buffer_capacity=10_000, min_improvement_threshold=2.0,
+                flux=FluxConfig(half_life=800.0), watch_requests=150, run_timeout_secs=120)))
+    orch.enable_rsi(RSIConfig(enabled=True, auto_apply_low_risk=True, min_inferences_before_rsi=100,
+                              max_weaknesses_per_cycle=2, benchmark_repeats=3,
+                              cycle_interval_secs=3600, watch_requests=100,
+                              watch_regression_threshold=0.5))
+
+    def on_trigger(event) -> None:
+        timeline.add(served, "weakness", event.reason + ": " + "; ".join(
+            w.description for w in event.weaknesses))
+
+    served = 0
+    orch.detector.subscribe(on_trigger)
+    orch.start_runtime_monitoring()
+    orch.start_background_training()
+
+    records: list[dict[str, float]] = []
+    seen_status: dict[str, str] = {}
+    seen_runs: set[int] = set()
+    swapped_at: int | None = None
+    drift_started = settings.clean_requests
+    deadline = time.monotonic() + settings.time_budget_secs
+    total_target = settings.clean_requests + settings.max_drift_requests
+    pace = 1.0 / settings.requests_per_sec
+    try:
+        while served < total_target and time.monotonic() < deadline:
+            if swapped_at is not None and served >= swapped_at + settings.after_swap_requests:
+                break
+            i = int(rng.integers(0, len(x_pool)))
+            x, label = x_pool[i], int(y_pool[i])
+            drifted = served >= drift_started
+            if served == drift_started:
+                timeline.add(served, "drift", "inputs now displaced by one pixel and noised")
+            if drifted:
+                x = drift(x[None], rng, service.shift)[0]
+            pred = orch.infer(x)
+            orch.feedback(pred.request_id, label)
+            served += 1
+            records.append({"request": served, "correct": float(pred.output == label),
+                            "confidence": pred.confidence, "latency_ms": pred.latency_ms,
+                            "version": -1 if pred.model_version is None else pred.model_version,
+                            "drifted": float(drifted)})
+            if served % 25 == 0:
+                swapped_at = _poll(orch, timeline, served, seen_status, seen_runs, swapped_at)
+                acc = float(np.mean([r["correct"] for r in records[-200:]]))
+                _bar(served, total_target, "drift" if drifted else "clean", acc,
+                     time.monotonic() - timeline.start)
+            time.sleep(pace)
+        _poll(orch, timeline, served, seen_status, seen_runs, swapped_at)
+    finally:
+        _clear_bar()
+        status = orch.system_status()
+        orch.close()
+
+    report = _report(settings, records, timeline, status, drift_started, swapped_at)
+    (settings.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    _plot(records, timeline, drift_started, settings.out_dir / "timeline.png")
+    return report
+
+
+def _poll(orch, timeline: _Timeline, served: int, seen_status: dict[str, str],
+          seen_runs: set[int], swapped_at: int | None) -> int | None:
+    """Turn changes of proposals and training runs into timeline events."""
+    for p in orch.get_proposals():
+        status = p.status.value if hasattr(p.status, "value") else str(p.status)
+        if seen_status.get(p.id) != status:
+            seen_status[p.id] = status
+            risk = p.risk.value if hasattr(p.risk, "value") else p.risk
+            text = f"{p.id} [{risk} risk] {status}: {p.description}"
+            if status in ("applied", "rejected") and p.test_result is not None:
+                text += f" ({_test_summary(p.test_result)})"
+            timeline.add(served, "proposal", text)
+    for run in orch.trainer.runs():
+        key = (run.run_id, run.status)
+        if key in seen_runs:
+            continue
+        seen_runs.add(key)
+        if run.status == "running":
+            timeline.add(served, "training", f"run {run.run_id} started ({run.trigger.value}"
+                         f"{': ' + run.reason if run.reason else ''})")
+        else:
+            v = run.validation or {}
+            text = (f"run {run.run_id} {run.status}: version {run.version}, "
+                    f"candidate accuracy {_pct(v.get('candidate_accuracy'))} vs active "
+                    f"{_pct(v.get('active_accuracy'))}, improvement {_num(v.get('improvement_pct'))}% "
+                    f"CI [{_num(v.get('ci_low_pct'))}, {_num(v.get('ci_high_pct'))}]")
+            if run.error:
+                text += f" error: {run.error}"
+            timeline.add(served, "training", text)
+            if run.swapped and swapped_at is None:
+                timeline.add(served, "swap", f"version {run.version} now serving")
+                swapped_at = served
+    return swapped_at
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:+.1f}"
+
+
+def _test_summary(result: Any) -> str:
+    d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    parts = [f"tests {d.get('tests_passed')}/{d.get('tests_run')} passed"]
+    delta = d.get("performance_delta")
+    if delta is not None:
+        parts.append(f"benchmark delta {delta:+.3g}")
+    return ", ".join(parts)
+
+
+def _window_accuracy(records: list[dict[str, float]], lo: int, hi: int) -> float | None:
+    chunk = [r["correct"] for r in records[lo:hi]]
+    return float(np.mean(chunk)) if chunk else None
+
+
+def _report(settings: DemoSettings, records, timeline: _Timeline, status, drift_started: int,
+            swapped_at: int | None) -> dict[str, Any]:
+    first_apply = next((e["request"] for e in timeline.events
+                        if e["kind"] == "proposal" and " applied" in e["text"]), None)
+    phases = {
+        "clean": _window_accuracy(records, 0, drift_started),
+        "drift_before_fixes": _window_accuracy(records, drift_started,
+                                               first_apply or swapped_at or len(records)),
+        "after_rsi_apply": _window_accuracy(records, first_apply, swapped_at or len(records))
+        if first_apply else None,
+        "after_swap": _window_accuracy(records, swapped_at, len(records)) if swapped_at else None,
+    }
+    return {
+        "settings": {k: str(v) for k, v in settings.__dict__.items()},
+        "requests": len(records),
+        "accuracy": phases,
+        "drift_started_at_request": drift_started,
+        "first_apply_at_request": first_apply,
+        "swap_at_request": swapped_at,
+        "duration_secs": round(time.monotonic() - timeline.start, 2),
+        "timeline": timeline.events,
+        "status": status.to_dict(),
+    }
+
+
+def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = np.array([r["request"] for r in records])
+    k = 50
+
+    def rolling(key: str) -> np.ndarray:
+        v = np.array([r[key] for r in records], dtype=float)
+        return np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
+
+    x = n[k - 1:] if len(n) >= k else n
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    for ax, key, label in zip(axes, ("correct", "confidence", "latency_ms"),
+                              ("accuracy (rolling 50)", "confidence (rolling 50)",
+                               "latency ms (rolling 50)")):
+        ax.plot(x, rolling(key), lw=1.2)
+        ax.set_ylabel(label)
+        ax.axvspan(drift_started, n[-1] if len(n) else drift_started, color="orange", alpha=0.08)
+        ax.grid(alpha=0.3)
+    colors = {"weakness": "red", "proposal": "green", "swap": "blue"}
+    for e in timeline.events:
+        if e["kind"] in colors and (e["kind"] != "proposal" or " applied" in e["text"]):
+            for ax in axes:
+                ax.axvline(e["request"], color=colors[e["kind"]], ls="--", lw=0.8, alpha=0.7)
+    handles = [plt.Line2D([], [], color=c, ls="--", label=lbl) for lbl, c in
+               (("weakness", "red"), ("proposal applied", "green"), ("model swap", "blue"))]
+    axes[0].legend(handles=handles, loc="lower left")
+    axes[0].set_title("Vortex demo: drift at the shaded region; detection, RSI and retraining")
+    axes[-1].set_xlabel("request")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vortex demo", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", default="vortex-demo/.vortex",
+                        help="state directory (registry, proposals, audit log, service copy)")
+    parser.add_argument("--out", default="vortex-demo", help="where report.json and timeline.png go")
+    parser.add_argument("--quick", action="store_true", help="a shorter run (used by the tests)")
+    parser.add_argument("--fresh", action="store_true", help="delete --home first")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    home, out = Path(args.home), Path(args.out)
+    if args.fresh and home.exists():
+        shutil.rmtree(home)
+    settings = (DemoSettings.quick_settings(home, out) if args.quick
+                else DemoSettings(home=home, out_dir=out))
+    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed})
+    report = run_demo(settings)
+    acc = report["accuracy"]
+    print("\naccuracy: " + ", ".join(f"{k.replace('_', ' ')} {_pct(v)}" for k, v in acc.items()))
+    print(f"{report['requests']} requests in {report['duration_secs']} s; "
+          f"report: {out / 'report.json'}, plot: {out / 'timeline.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

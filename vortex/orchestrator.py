@@ -1,0 +1,579 @@
+"""The orchestrator: one object that serves a model and wires detection, RSI and training.
+
+::
+
+    orch = (vortex.Orchestrator(model=net, model_factory="pkg.models:make", home=".vortex",
+                                feature_dim=64)
+            .with_runtime_detector(vortex.RuntimeDetectorConfig(monitor_interval_ms=1000))
+            .with_self_modification("service/")
+            .with_background_trainer(vortex.BackgroundTrainingConfig(min_samples_for_training=500)))
+    orch.enable_rsi(vortex.RSIConfig(enabled=True))
+    orch.start_runtime_monitoring()
+    orch.start_background_training()
+    pred = orch.infer(x, mode="fast")
+    orch.feedback(pred.request_id, label)
+
+The request path (:meth:`Orchestrator.infer`, :meth:`Orchestrator.feedback`) only reads the
+model slot, calls the model and records into the compiled metric window, tracker and sample
+ring. Everything slow (analysis, sandboxed tests, training) runs on background threads and
+processes, and is wired here through callbacks:
+
+* detector trigger -> RSI engine cycle (on the orchestrator's RSI thread, not the monitor's),
+* applied proposal -> training run with ``TrainingTrigger.RSI_TRIGGERED`` and its reason,
+* feedback -> error metric, training sample, flux-position outcome, post-swap/apply watches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .config import BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
+from .errors import ConfigError, UnknownRequestError, VortexError
+
+__all__ = ["Orchestrator", "Prediction", "SystemStatus"]
+
+log = logging.getLogger(__name__)
+
+ModeFn = Callable[[Any, Any], Any]
+"""A serving mode: ``fn(model, x_batch) -> logits (classification) or values (regression)``."""
+
+
+def _fast(model: Any, x: Any) -> Any:
+    return model(x)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to one :meth:`Orchestrator.infer` call.
+
+    Attributes
+    ----------
+    request_id
+        Pass it to :meth:`Orchestrator.feedback` when the ground truth arrives.
+    output
+        Predicted class (classification) or value (regression).
+    confidence
+        Max softmax probability (classification); 1.0 for regression.
+    probabilities
+        Class probabilities (classification) as a tuple, else None.
+    mode
+        The serving mode that answered.
+    model_version
+        Registry version of the model that answered (None before the first registration).
+    latency_ms
+        Wall time of the model call and its bookkeeping.
+    """
+
+    request_id: int
+    output: Any
+    confidence: float
+    probabilities: tuple[float, ...] | None
+    mode: str
+    model_version: int | None
+    latency_ms: float
+
+
+@dataclass
+class _Pending:
+    features: Any
+    probabilities: Any
+    output: Any
+    confidence: float
+    mode: str
+    model_version: int | None
+    created: float
+
+
+class _PendingTable:
+    """Bounded, expiring map of request id -> what feedback needs. Thread-safe."""
+
+    def __init__(self, capacity: int, ttl_secs: float) -> None:
+        self._items: OrderedDict[int, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.capacity = capacity
+        self.ttl_secs = ttl_secs
+        self.evicted = 0
+
+    def put(self, request_id: int, item: _Pending) -> None:
+        with self._lock:
+            self._items[request_id] = item
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+                self.evicted += 1
+
+    def pop(self, request_id: int) -> _Pending:
+        with self._lock:
+            item = self._items.pop(request_id, None)
+        if item is None:
+            raise UnknownRequestError(
+                f"request_id {request_id!r} is unknown, already answered, or was evicted from the "
+                f"pending table (capacity {self.capacity})")
+        if time.monotonic() - item.created > self.ttl_secs:
+            raise UnknownRequestError(
+                f"request_id {request_id!r} expired: feedback came more than {self.ttl_secs:g} s "
+                "after the request")
+        return item
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+@dataclass(frozen=True)
+class SystemStatus:
+    """Everything the orchestrator knows, as one value (see :meth:`to_json`)."""
+
+    timestamp: float
+    home: str
+    current_model_version: int | None
+    performance: dict[str, Any]
+    runtime: dict[str, Any] | None
+    weaknesses: list[dict[str, Any]]
+    rsi: dict[str, Any] | None
+    proposals: list[dict[str, Any]]
+    training: dict[str, Any] | None
+    model_versions: list[dict[str, Any]]
+    pending_feedback: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, **kwargs)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "value"):
+        return value.value
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A stats object (dataclass with to_dict, or a dict) as plain JSON-ready data."""
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+class Orchestrator:
+    """Serve a model while Vortex watches, patches and retrains it.
+
+    Parameters
+    ----------
+    model
+        The initial ``torch.nn.Module``; it serves until a better version is swapped in.
+    model_factory
+        ``"package.module:function"`` that builds an untrained module of the same architecture;
+        the training worker processes import it.
+    home
+        Directory for everything that survives a restart: model registry, proposals, audit
+        log, buffered samples.
+    feature_dim
+        Length of one input vector.
+    modes
+        Named serving modes, each ``fn(model, x_batch) -> output``; ``"fast"`` (the plain model
+        call) is always present unless overridden.
+    task
+        ``"classification"`` or ``"regression"``.
+    factory_kwargs
+        Keyword arguments for ``model_factory``.
+    pending_capacity, pending_ttl_secs
+        Bounds of the table of requests awaiting feedback.
+    """
+
+    def __init__(self, model: Any, model_factory: str | None = None, home: str | os.PathLike = ".vortex",
+                 *, feature_dim: int, modes: Mapping[str, ModeFn] | None = None,
+                 task: str = "classification", factory_kwargs: Mapping[str, Any] | None = None,
+                 pending_capacity: int = 100_000, pending_ttl_secs: float = 3600.0) -> None:
+        if task not in ("classification", "regression"):
+            raise ConfigError(f"Orchestrator.task={task!r}: must be 'classification' or 'regression'")
+        if not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ConfigError(f"Orchestrator.feature_dim={feature_dim!r}: must be a positive integer")
+        if not isinstance(pending_capacity, int) or pending_capacity < 1:
+            raise ConfigError(f"Orchestrator.pending_capacity={pending_capacity!r}: must be >= 1")
+        if not pending_ttl_secs > 0:
+            raise ConfigError(f"Orchestrator.pending_ttl_secs={pending_ttl_secs!r}: must be > 0")
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.feature_dim = feature_dim
+        self.task = task
+        self.model_factory = model_factory
+        self.factory_kwargs = dict(factory_kwargs or {})
+        self._modes: dict[str, ModeFn] = {"fast": _fast, **(modes or {})}
+        for name, fn in self._modes.items():
+            if not callable(fn):
+                raise ConfigError(f"Orchestrator.modes[{name!r}]={fn!r}: must be callable")
+        self._pending = _PendingTable(pending_capacity, pending_ttl_secs)
+        self._ids = itertools.count(1)
+
+        from .monitor import PerformanceTracker
+
+        self.tracker = PerformanceTracker()
+        self.detector: Any = None
+        self.rsi: Any = None
+        self.trainer: Any = None
+        self._rsi_target: Path | None = None
+        self._rsi_config = RSIConfig()
+        self._slot = self._own_slot(model)
+        self._rsi_queue: queue.Queue[Any] = queue.Queue()
+        self._rsi_thread: threading.Thread | None = None
+        self._maintenance_stop = threading.Event()
+        self._maintenance_thread: threading.Thread | None = None
+        self._closed = False
+        self._buffer_path = self.home / "buffer.arrow"
+
+    # ------------------------------------------------------------------ wiring
+    @staticmethod
+    def _own_slot(model: Any) -> Any:
+        from .training.slot import ModelSlot
+
+        return ModelSlot(model, None)
+
+    def with_runtime_detector(self, config: RuntimeDetectorConfig | None = None) -> "Orchestrator":
+        """Attach the runtime detector (its weaknesses trigger RSI cycles when RSI is enabled)."""
+        from .monitor import RuntimeDetector
+
+        self.detector = RuntimeDetector(config or RuntimeDetectorConfig())
+        self.detector.subscribe(self._on_trigger)
+        return self
+
+    def with_self_modification(self, target: str | os.PathLike, config: RSIConfig | None = None,
+                               **engine_kwargs: Any) -> "Orchestrator":
+        """Attach the RSI engine to a source tree with ``[tool.vortex]`` settings."""
+        from .rsi import RSIEngine
+
+        self._rsi_target = Path(target)
+        if config is not None:
+            self._rsi_config = config
+        self.rsi = RSIEngine(self._rsi_target, home=self.home / "rsi", config=self._rsi_config,
+                             metrics=self.rsi_metrics, calibration_data=self._calibration_data,
+                             on_applied=self._on_proposal_applied, **engine_kwargs)
+        return self
+
+    def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> "Orchestrator":
+        """Attach background training; buffered samples saved by a previous run are reloaded."""
+        from .training import BackgroundTrainingCoordinator
+
+        if self.model_factory is None:
+            raise ConfigError("Orchestrator.model_factory=None: background training needs "
+                              "'package.module:function' that builds the model")
+        from .training import SampleBuffer
+
+        config = config or BackgroundTrainingConfig(task=self.task)
+        label_dtype = "int64" if self.task == "classification" else "float32"
+        buffer = None
+        if self._buffer_path.exists():
+            buffer = SampleBuffer.load(self._buffer_path, capacity=config.buffer_capacity)
+            log.info("reloaded %d buffered samples from %s", len(buffer), self._buffer_path)
+        _, model = self._slot.get()
+        self.trainer = BackgroundTrainingCoordinator(
+            config, model=model, model_factory=self.model_factory, home=self.home,
+            feature_dim=self.feature_dim, label_dtype=label_dtype, buffer=buffer,
+            factory_kwargs=self.factory_kwargs)
+        self._slot = self.trainer.slot
+        return self
+
+    def enable_rsi(self, config: RSIConfig) -> "Orchestrator":
+        """Set the RSI configuration (``enabled=True`` lets triggers and schedules run cycles)."""
+        if not isinstance(config, RSIConfig):
+            raise ConfigError(f"Orchestrator.enable_rsi(config={config!r}): must be an RSIConfig")
+        self._rsi_config = config
+        if self.rsi is not None:
+            self.rsi.update_config(config)
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_runtime_monitoring(self) -> None:
+        """Start the detector's monitor thread and the RSI worker thread."""
+        if self.detector is None:
+            raise VortexError("no runtime detector: call with_runtime_detector() first")
+        self.detector.start()
+        self._ensure_rsi_thread()
+        if self.rsi is not None and self._rsi_config.enabled:
+            self.rsi.start()
+        self._ensure_maintenance_thread()
+
+    def stop_runtime_monitoring(self) -> None:
+        if self.detector is not None:
+            self.detector.stop()
+
+    def start_background_training(self) -> None:
+        if self.trainer is None:
+            raise VortexError("no background trainer: call with_background_trainer() first")
+        self.trainer.start()
+        self._ensure_maintenance_thread()
+
+    def close(self) -> None:
+        """Stop every thread and process and save the buffered samples. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._maintenance_stop.set()
+        if self.detector is not None:
+            self.detector.stop()
+        if self._rsi_thread is not None:
+            self._rsi_queue.put(None)
+            self._rsi_thread.join(timeout=120)
+        if self.rsi is not None:
+            self.rsi.stop()
+        if self.trainer is not None:
+            self.trainer.stop(cancel=True)
+            self.trainer.buffer.save(self._buffer_path)
+        if self._maintenance_thread is not None:
+            self._maintenance_thread.join(timeout=5)
+
+    def __enter__(self) -> "Orchestrator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ request path
+    def infer(self, x: Any, mode: str = "fast") -> Prediction:
+        """Run the active model on one input vector and record latency and confidence.
+
+        Parameters
+        ----------
+        x
+            One input of ``feature_dim`` numbers (NumPy array, sequence or torch tensor).
+        mode
+            Name of a serving mode.
+        """
+        import numpy as np
+        import torch
+
+        fn = self._modes.get(mode)
+        if fn is None:
+            raise ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
+        features = np.asarray(x, dtype=np.float32).reshape(-1)
+        if features.shape[0] != self.feature_dim:
+            raise ValueError(f"x has {features.shape[0]} features; this model takes {self.feature_dim}")
+        if not np.isfinite(features).all():
+            raise ValueError("x contains NaN or infinite values")
+        start = time.perf_counter()
+        version, model = self._slot.get()
+        with torch.inference_mode():
+            raw = fn(model, torch.from_numpy(features).unsqueeze(0))
+        out = raw.detach().numpy().reshape(-1).astype(np.float64)
+        if self.task == "classification":
+            shifted = np.exp(out - out.max())
+            probs = shifted / shifted.sum()
+            cls = int(probs.argmax())
+            confidence = float(probs[cls])
+            output: Any = cls
+        else:
+            probs = None
+            confidence = 1.0
+            output = float(out[0])
+        latency_ms = (time.perf_counter() - start) * 1e3
+        if self.detector is not None:
+            self.detector.record_sample(latency_ms, confidence)
+        self.tracker.record(mode, latency_ms, confidence)
+        request_id = next(self._ids)
+        self._pending.put(request_id, _Pending(features, probs, output, confidence, mode, version,
+                                               time.monotonic()))
+        return Prediction(request_id, output, confidence,
+                          None if probs is None else tuple(float(p) for p in probs),
+                          mode, version, latency_ms)
+
+    def feedback(self, request_id: int, label: Any, *, episode: int = 0) -> float:
+        """Report the ground truth of an earlier request; returns its prediction error.
+
+        The error (``1 - p(label)`` for classification, ``min(1, |y - label|)`` for
+        regression) feeds the detector, the sample becomes training data and its flux
+        position's outcome feeds the tracker.
+
+        Raises
+        ------
+        UnknownRequestError
+            The id is unknown, answered already, evicted or expired.
+        """
+        pending = self._pending.pop(request_id)
+        if self.task == "classification":
+            label = int(label)
+            if not 0 <= label < len(pending.probabilities):
+                raise ValueError(f"label={label} is not a class of this model "
+                                 f"(0..{len(pending.probabilities) - 1})")
+            error = float(1.0 - pending.probabilities[label])
+            correct = pending.output == label
+        else:
+            label = float(label)
+            if not math.isfinite(label):
+                raise ValueError(f"label={label!r} must be finite")
+            error = min(1.0, abs(pending.output - label))
+            correct = error < 0.5
+        if self.detector is not None:
+            self.detector.record_error(error)
+        seq = None
+        if self.trainer is not None:
+            seq = self.trainer.add_sample(pending.features, label, confidence=pending.confidence,
+                                          error=error, episode=episode)
+            self.trainer.observe_live(pending.model_version, error=error,
+                                      confidence=pending.confidence)
+        self.tracker.record_outcome(seq if seq is not None else request_id, correct)
+        if self.rsi is not None:
+            self.rsi.observe(error=error, confidence=pending.confidence, correct=correct)
+        return error
+
+    # ------------------------------------------------------------------ RSI wiring
+    def _on_trigger(self, event: Any) -> None:
+        # Called on the detector's monitor thread: hand over and return at once.
+        if self.rsi is not None and self._rsi_config.enabled:
+            self._ensure_rsi_thread()
+            self._rsi_queue.put(event)
+
+    def _ensure_rsi_thread(self) -> None:
+        if self._rsi_thread is None or not self._rsi_thread.is_alive():
+            self._rsi_thread = threading.Thread(target=self._rsi_loop, name="vortex-rsi-trigger",
+                                                daemon=True)
+            self._rsi_thread.start()
+
+    def _rsi_loop(self) -> None:
+        while True:
+            event = self._rsi_queue.get()
+            if event is None:
+                return
+            try:
+                self.rsi.on_trigger(event)
+            except Exception:  # a failed cycle must not stop later triggers
+                log.exception("RSI cycle triggered by %s failed", getattr(event, "reason", event))
+
+    def _on_proposal_applied(self, proposal: Any) -> None:
+        if self.trainer is not None:
+            from .training import TrainingTrigger
+
+            self.trainer.trigger_training(TrainingTrigger.RSI_TRIGGERED,
+                                          reason=f"proposal {proposal.id}: {proposal.description}")
+
+    def rsi_metrics(self) -> dict[str, Any]:
+        """The tracker's figures in the form the RSI engine reads."""
+        return self.tracker.summary()
+
+    def _calibration_data(self) -> tuple[Any, Any] | None:
+        """Logits and labels of buffered samples, for temperature fitting (classification)."""
+        if self.trainer is None or self.task != "classification":
+            return None
+        import numpy as np
+        import torch
+
+        snap = self.trainer.buffer.snapshot(max_rows=2000)
+        if len(snap) == 0:
+            return None
+        _, model = self._slot.get()
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(snap.features)).numpy()
+        return logits.astype(np.float64), snap.labels.astype(np.int64)
+
+    def _ensure_maintenance_thread(self) -> None:
+        if self._maintenance_thread is None:
+            self._maintenance_thread = threading.Thread(target=self._maintenance, daemon=True,
+                                                        name="vortex-maintenance")
+            self._maintenance_thread.start()
+
+    def _maintenance(self) -> None:
+        """Daily checkpoint cleanup (the RSI engine schedules its own cycles)."""
+        while not self._maintenance_stop.wait(24 * 3600):
+            if self.trainer is not None:
+                try:
+                    self.trainer.cleanup()
+                except Exception:
+                    log.exception("scheduled checkpoint cleanup failed")
+
+    # ------------------------------------------------------------------ facade
+    def rsi_cycle(self) -> Any:
+        """Run one RSI cycle now (detect from the tracker, propose, test, apply or queue)."""
+        self._require(self.rsi, "with_self_modification")
+        return self.rsi.rsi_cycle()
+
+    def get_metrics(self) -> dict[str, Any]:
+        return self.tracker.summary()
+
+    def runtime_stats(self) -> Any:
+        return self._require(self.detector, "with_runtime_detector").stats()
+
+    def get_runtime_weaknesses(self, n: int = 10) -> list[Any]:
+        return self._require(self.detector, "with_runtime_detector").get_recent_weaknesses(n)
+
+    def rsi_stats(self) -> Any:
+        return self._require(self.rsi, "with_self_modification").stats()
+
+    def get_proposals(self, status: Any = None) -> list[Any]:
+        return self._require(self.rsi, "with_self_modification").list_proposals(status)
+
+    def approve_proposal(self, proposal_id: str, approver: str) -> Any:
+        return self._require(self.rsi, "with_self_modification").approve_proposal(proposal_id,
+                                                                                  approver=approver)
+
+    def rollback_proposal(self, proposal_id: str, reason: str = "requested") -> Any:
+        return self._require(self.rsi, "with_self_modification").rollback_proposal(proposal_id,
+                                                                                   reason=reason)
+
+    def trigger_training(self, reason: str | None = None) -> bool:
+        from .training import TrainingTrigger
+
+        return self._require(self.trainer, "with_background_trainer").trigger_training(
+            TrainingTrigger.MANUAL, reason=reason)
+
+    def training_stats(self) -> Any:
+        return self._require(self.trainer, "with_background_trainer").stats()
+
+    def get_model_versions(self) -> list[dict[str, Any]]:
+        return self._require(self.trainer, "with_background_trainer").get_model_versions()
+
+    def current_model_version(self) -> int | None:
+        return self._slot.get()[0]
+
+    def swap_to_version(self, version: int, reason: str = "manual") -> None:
+        self._require(self.trainer, "with_background_trainer").swap_to_version(version, reason=reason)
+
+    @staticmethod
+    def _require(component: Any, how: str) -> Any:
+        if component is None:
+            raise VortexError(f"that component is not attached: call {how}() first")
+        return component
+
+    def system_status(self) -> SystemStatus:
+        """Performance, runtime stats and weaknesses, RSI stats and proposals, training stats,
+        model versions and the current model, as one :class:`SystemStatus`."""
+        return SystemStatus(
+            timestamp=time.time(),
+            home=str(self.home),
+            current_model_version=self.current_model_version(),
+            performance=_plain(self.tracker.summary()),
+            runtime=_plain(self.detector.stats()) if self.detector is not None else None,
+            weaknesses=[w.to_dict() for w in self.detector.get_recent_weaknesses(50)]
+            if self.detector is not None else [],
+            rsi=_plain(self.rsi.stats()) if self.rsi is not None else None,
+            proposals=[_plain(p) for p in self.rsi.list_proposals()] if self.rsi is not None else [],
+            training=_plain(self.trainer.stats()) if self.trainer is not None else None,
+            model_versions=_plain(self.trainer.get_model_versions()) if self.trainer is not None else [],
+            pending_feedback=len(self._pending),
+            config={
+                "task": self.task,
+                "feature_dim": self.feature_dim,
+                "modes": sorted(self._modes),
+                "runtime_detector": as_dict(self.detector.config) if self.detector is not None else None,
+                "rsi": as_dict(self._rsi_config),
+                "training": as_dict(self.trainer.config) if self.trainer is not None else None,
+            },
+        )
