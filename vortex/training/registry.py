@@ -133,7 +133,8 @@ class ModelRegistry:
         self._rows()  # fail now if the registry is unreadable
 
     # ------------------------------------------------------------------ reading
-    def _table(self, path: str, schema):
+    def _load(self, path: str, schema) -> tuple[Any, list[dict[str, Any]]]:
+        """The table at ``path`` and its rows as dicts, re-read only when the file changed."""
         try:
             st = os.stat(path)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -143,24 +144,30 @@ class ModelRegistry:
         if cached is not None and cached[0] == key:
             return cached[1]
         table = _read_table(path, schema)
-        self._cache[path] = (key, table)
-        return table
+        value = (table, table.to_pylist())
+        self._cache[path] = (key, value)
+        return value
+
+    def _table(self, path: str, schema):
+        return self._load(path, schema)[0]
 
     def _rows(self) -> list[dict[str, Any]]:
         with self._lock:
-            return self._table(self._meta_path, _schema()).to_pylist()
+            return [dict(r) for r in self._load(self._meta_path, _schema())[1]]
+
+    def _log_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._load(self._log_path, _log_schema())[1]
 
     def serving_log(self) -> list[dict[str, Any]]:
         """Every swap and rollback, oldest first: dicts with time, from_version, to_version, reason."""
-        with self._lock:
-            return self._table(self._log_path, _log_schema()).to_pylist()
+        return [dict(e) for e in self._log_rows()]
 
     @property
     def active_version(self) -> int | None:
         """The version being served (last serving-log entry), or None before the first."""
-        with self._lock:
-            table = self._table(self._log_path, _log_schema())
-            return table["to_version"][-1].as_py() if table.num_rows else None
+        entries = self._log_rows()
+        return entries[-1]["to_version"] if entries else None
 
     def _derive_status(self, row: dict[str, Any], active: int | None, served: set[int]) -> dict[str, Any]:
         if row["version"] == active:
@@ -172,7 +179,7 @@ class ModelRegistry:
     def version_at(self, t: float) -> int | None:
         """The version that was serving at unix time ``t`` (None if none was yet)."""
         served = None
-        for entry in self.serving_log():
+        for entry in self._log_rows():
             if entry["time"] > t:
                 break
             served = entry["to_version"]
@@ -180,8 +187,7 @@ class ModelRegistry:
 
     def list_versions(self) -> list[dict[str, Any]]:
         """Metadata of every stored version, oldest first (the active one has status "active")."""
-        with self._lock:
-            served = set(self._table(self._log_path, _log_schema())["to_version"].to_pylist())
+        served = {e["to_version"] for e in self._log_rows()}
         active = self.active_version
         return [self._derive_status(row, active, served) for row in self._rows()]
 
@@ -192,19 +198,16 @@ class ModelRegistry:
     def _row(self, version: int) -> dict[str, Any]:
         """Stored metadata row of ``version`` (status as stored)."""
         with self._lock:
-            table = self._table(self._meta_path, _schema())
-            import pyarrow.compute as pc
-
-            hit = table.filter(pc.equal(table["version"], int(version)))
-        if hit.num_rows == 0:
-            raise VersionNotFoundError(f"model version {version} is not in the registry {self.root} "
-                                       f"(stored: {self.versions()})")
-        return hit.to_pylist()[0]
+            rows = self._load(self._meta_path, _schema())[1]
+        for row in reversed(rows):  # the newest versions are the ones asked for most
+            if row["version"] == version:
+                return dict(row)
+        raise VersionNotFoundError(f"model version {version} is not in the registry {self.root} "
+                                   f"(stored: {self.versions()})")
 
     def get(self, version: int) -> dict[str, Any]:
         """Metadata row of ``version``; :class:`VersionNotFoundError` if it is not stored."""
-        with self._lock:
-            served = set(self._table(self._log_path, _log_schema())["to_version"].to_pylist())
+        served = {e["to_version"] for e in self._log_rows()}
         return self._derive_status(self._row(version), self.active_version, served)
 
     def weights_path(self, version: int) -> str:
