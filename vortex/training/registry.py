@@ -151,6 +151,12 @@ class ModelRegistry:
     def _table(self, path: str, schema):
         return self._load(path, schema)[0]
 
+    def _write(self, path: str, table) -> None:
+        """Write ``table`` atomically and keep it as the cached content (no re-read)."""
+        _write_table(path, table)
+        st = os.stat(path)
+        self._cache[path] = ((st.st_ino, st.st_mtime_ns, st.st_size), (table, table.to_pylist()))
+
     def _rows(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(r) for r in self._load(self._meta_path, _schema())[1]]
@@ -279,7 +285,7 @@ class ModelRegistry:
         if next_version is None:
             next_version = self._next_version()
         schema = _schema().with_metadata({"next_version": str(next_version)})
-        _write_table(self._meta_path, pa.Table.from_pylist(rows, schema=schema))
+        self._write(self._meta_path, pa.Table.from_pylist(rows, schema=schema))
 
     def register(self, state: Any, metadata: Mapping[str, Any] | None = None) -> int:
         """Store a new version and return its number.
@@ -365,9 +371,11 @@ class ModelRegistry:
             previous = self.active_version
             entry = {"time": float(time.time() if at is None else at),
                      "from_version": previous, "to_version": int(version), "reason": reason}
-            table = self._table(self._log_path, _log_schema())
-            _write_table(self._log_path, pa.concat_tables(
-                [table, pa.Table.from_pylist([entry], schema=_log_schema())]).combine_chunks())
+            table, rows = self._load(self._log_path, _log_schema())
+            new = pa.concat_tables([table, pa.Table.from_pylist([entry], schema=_log_schema())])
+            _write_table(self._log_path, new)
+            st = os.stat(self._log_path)
+            self._cache[self._log_path] = ((st.st_ino, st.st_mtime_ns, st.st_size), (new, rows + [entry]))
         log.info("model version %s -> %d (%s)", previous, version, reason)
 
     def remove(self, version: int) -> None:
