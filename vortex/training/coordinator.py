@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _HISTORY = 200  # runs kept in memory and in <home>/runs.json
 _SYNC_SECS = 1.0  # how often the background thread checks the registry for an outside swap
+_POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
 
 
 class TrainingTrigger(enum.Enum):
@@ -519,7 +520,7 @@ class BackgroundTrainingCoordinator:
                     raise TrainingError(f"worker rank {bad} failed ({how}): {_tail(logs[bad])}")
                 if all(c == 0 for c in codes):
                     return
-                if self._cancel.wait(0.02):
+                if self._cancel.wait(_POLL_SECS):
                     raise TrainingError("run cancelled (cancel_run() or stop(cancel=True))")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"run exceeded run_timeout_secs={cfg.run_timeout_secs}")
