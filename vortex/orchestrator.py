@@ -86,6 +86,7 @@ class Prediction:
 
 @dataclass
 class _Pending:
+    detector_id: int | None
     features: Any
     probabilities: Any
     output: Any
@@ -386,11 +387,11 @@ class Orchestrator:
             confidence = 1.0
             output = float(out[0])
         latency_ms = (time.perf_counter() - start) * 1e3
-        if self.detector is not None:
-            self.detector.record_sample(latency_ms, confidence)
+        detector_id = (self.detector.record_request(latency_ms, confidence)
+                       if self.detector is not None else None)
         self.tracker.record(mode, latency_ms, confidence)
         request_id = next(self._ids)
-        self._pending.put(request_id, _Pending(features, probs, output, confidence, mode, version,
+        self._pending.put(request_id, _Pending(detector_id, features, probs, output, confidence, mode, version,
                                                time.monotonic()))
         return Prediction(request_id, output, confidence,
                           None if probs is None else tuple(float(p) for p in probs),
@@ -422,8 +423,8 @@ class Orchestrator:
                 raise ValueError(f"label={label!r} must be finite")
             error = min(1.0, abs(pending.output - label))
             correct = error < 0.5
-        if self.detector is not None:
-            self.detector.record_error(error)
+        if pending.detector_id is not None:
+            self.detector.record_error(pending.detector_id, error)
         seq = None
         if self.trainer is not None:
             seq = self.trainer.add_sample(pending.features, label, confidence=pending.confidence,

@@ -1,0 +1,231 @@
+"""The orchestrator: the seed system's scenarios, asserted strictly."""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vortex
+from vortex import (BackgroundTrainingConfig, Orchestrator, RSIConfig, RuntimeDetectorConfig,
+                    WeaknessType)
+from vortex.errors import ConfigError, UnknownRequestError, VortexError
+from vortex.training.models import mlp
+
+FACTORY = "vortex.training.models:mlp"
+KW = {"in_features": 4, "hidden": 8, "out_features": 3, "seed": 0}
+DIGITS_SERVICE = Path(vortex.__file__).parent / "demo" / "digits_service"
+
+
+def make_orch(tmp_path, **kwargs):
+    return Orchestrator(mlp(**KW), FACTORY, tmp_path / "home", feature_dim=4, factory_kwargs=KW,
+                        **kwargs)
+
+
+def wait_for(predicate, timeout=60.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_constructor_validates(tmp_path):
+    with pytest.raises(ConfigError, match="feature_dim"):
+        Orchestrator(mlp(**KW), FACTORY, tmp_path, feature_dim=0)
+    with pytest.raises(ConfigError, match="task"):
+        Orchestrator(mlp(**KW), FACTORY, tmp_path, feature_dim=4, task="ranking")
+    with pytest.raises(ConfigError, match="modes"):
+        Orchestrator(mlp(**KW), FACTORY, tmp_path, feature_dim=4, modes={"slow": 3})
+
+
+def test_detector_creation_start_and_stop(tmp_path):
+    with make_orch(tmp_path).with_runtime_detector(RuntimeDetectorConfig(monitor_interval_ms=10)) as o:
+        assert o.detector is not None and not o.detector.is_running
+        o.start_runtime_monitoring()
+        assert o.detector.is_running
+        o.stop_runtime_monitoring()
+        assert not o.detector.is_running
+
+
+def test_infer_records_metrics_and_samples_are_counted(tmp_path):
+    with make_orch(tmp_path).with_runtime_detector() as o:
+        preds = [o.infer(np.ones(4, np.float32) * i) for i in range(25)]
+        assert [p.request_id for p in preds] == list(range(1, 26))
+        p = preds[0]
+        assert p.output in (0, 1, 2) and 0 < p.confidence <= 1 and p.mode == "fast"
+        assert math.isclose(sum(p.probabilities), 1.0, rel_tol=1e-6)
+        assert p.confidence == max(p.probabilities)
+        assert o.runtime_stats().total_samples == 25
+        metrics = o.get_metrics()
+        assert metrics["modes"]["fast"]["count"] == 25
+        assert metrics["total"] == 25
+
+
+def test_infer_rejects_bad_input_and_unknown_mode(tmp_path):
+    with make_orch(tmp_path) as o:
+        with pytest.raises(ValueError, match="features"):
+            o.infer(np.ones(5))
+        with pytest.raises(ValueError, match="NaN"):
+            o.infer([1.0, math.nan, 0.0, 0.0])
+        with pytest.raises(ValueError, match="'turbo'"):
+            o.infer(np.ones(4), mode="turbo")
+
+
+def test_named_modes_each_map_to_their_callable(tmp_path):
+    calls = []
+
+    def thorough(model, x):
+        calls.append(x.shape)
+        return (model(x) + model(x * 0.99)) / 2
+
+    with make_orch(tmp_path, modes={"thorough": thorough}) as o:
+        assert o.infer(np.ones(4), mode="thorough").mode == "thorough"
+        assert calls == [torch.Size([1, 4])]
+        assert set(o.get_metrics()["modes"]) == {"thorough"}
+
+
+def test_feedback_error_and_unknown_or_repeated_ids(tmp_path):
+    with make_orch(tmp_path).with_runtime_detector() as o:
+        p = o.infer(np.zeros(4))
+        err = o.feedback(p.request_id, p.output)
+        assert err == pytest.approx(1 - p.confidence)
+        with pytest.raises(UnknownRequestError, match=str(p.request_id)):
+            o.feedback(p.request_id, 0)
+        with pytest.raises(UnknownRequestError, match="999"):
+            o.feedback(999, 0)
+        q = o.infer(np.zeros(4))
+        with pytest.raises(ValueError, match="label=7"):
+            o.feedback(q.request_id, 7)
+
+
+def test_pending_table_is_bounded_and_expires(tmp_path):
+    with make_orch(tmp_path, pending_capacity=3, pending_ttl_secs=0.05) as o:
+        ids = [o.infer(np.zeros(4)).request_id for _ in range(5)]
+        with pytest.raises(UnknownRequestError, match="evicted"):
+            o.feedback(ids[0], 0)
+        time.sleep(0.1)
+        with pytest.raises(UnknownRequestError, match="expired"):
+            o.feedback(ids[-1], 0)
+
+
+def _confidence_model(level):
+    """A 3-class model whose confidence is about `level` on any input."""
+    model = mlp(**KW)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        # logits (a, 0, 0) -> confidence e^a / (e^a + 2)
+        a = math.log(2 * level / (1 - level)) if level > 1 / 3 else 0.0
+        model[-1].bias.copy_(torch.tensor([a, 0.0, 0.0]))
+    return model
+
+
+@pytest.mark.parametrize(("levels", "expected"), [
+    ((0.95, 0.62), WeaknessType.CONFIDENCE_DROP),
+    ((0.5, 0.5), WeaknessType.CONFIDENCE_LOW),
+])
+def test_confidence_weaknesses_detected_through_infer(tmp_path, levels, expected):
+    with make_orch(tmp_path).with_runtime_detector(RuntimeDetectorConfig(window_size=60)) as o:
+        for level, n in zip(levels, (40, 20)):
+            o._slot.swap(_confidence_model(level), None)
+            for _ in range(n):
+                o.infer(np.zeros(4))
+        found = {w.type for w in o.detector.analyze()}
+        assert expected in found
+
+
+def test_latency_spike_detected_through_infer(tmp_path):
+    def slow_sometimes(model, x):
+        if slow_sometimes.slow:
+            time.sleep(0.03)
+        return model(x)
+
+    slow_sometimes.slow = False
+    cfg = RuntimeDetectorConfig(latency_spike_threshold_ms=20, latency_spike_count=3)
+    with make_orch(tmp_path, modes={"fast": slow_sometimes}).with_runtime_detector(cfg) as o:
+        for _ in range(15):
+            o.infer(np.zeros(4))
+        slow_sometimes.slow = True
+        for _ in range(5):
+            o.infer(np.zeros(4))
+        assert WeaknessType.LATENCY_SPIKE in {w.type for w in o.detector.analyze()}
+
+
+def test_system_status_is_complete_with_no_samples(tmp_path):
+    with make_orch(tmp_path).with_runtime_detector().with_background_trainer(
+            BackgroundTrainingConfig(task="classification")) as o:
+        status = o.system_status()
+        d = json.loads(status.to_json())
+        for key in ("performance", "runtime", "weaknesses", "training", "model_versions",
+                    "current_model_version", "pending_feedback", "config"):
+            assert key in d
+        assert d["runtime"]["total_samples"] == 0
+        assert d["weaknesses"] == [] and d["pending_feedback"] == 0
+        assert d["current_model_version"] == 1
+        assert [v["version"] for v in d["model_versions"]] == [1]
+
+
+def test_components_must_be_attached(tmp_path):
+    with make_orch(tmp_path) as o:
+        with pytest.raises(VortexError, match="with_runtime_detector"):
+            o.runtime_stats()
+        with pytest.raises(VortexError, match="with_background_trainer"):
+            o.trigger_training()
+        with pytest.raises(VortexError, match="with_self_modification"):
+            o.rsi_cycle()
+
+
+def _separable(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 4)).astype(np.float32)
+    x[np.arange(n), y] += 2.0
+    return x, y
+
+
+@pytest.mark.slow
+def test_training_trigger_versions_swap_and_rollback(tmp_path):
+    cfg = BackgroundTrainingConfig(min_samples_for_training=60, num_epochs=15, batch_size=16,
+                                   learning_rate=1e-2, min_improvement_threshold=1.0,
+                                   training_interval_secs=3600, watch_requests=0)
+    with make_orch(tmp_path).with_background_trainer(cfg) as o:
+        o.start_background_training()
+        x, y = _separable(300)
+        for xi, yi in zip(x, y):
+            o.feedback(o.infer(xi).request_id, int(yi))
+        assert o.trigger_training("test") in (True, False)
+        assert wait_for(lambda: len(o.get_model_versions()) >= 2, timeout=120)
+        assert o.trainer.wait_idle(120)
+        versions = [v["version"] for v in o.get_model_versions()]
+        assert versions[0] == 1 and len(versions) >= 2
+        assert o.current_model_version() == max(versions)  # the trained model beat the random one
+        o.swap_to_version(1, reason="rollback test")
+        assert o.current_model_version() == 1
+        assert o.infer(x[0]).model_version == 1
+
+
+@pytest.mark.slow
+def test_low_confidence_auto_trigger_runs_an_rsi_cycle_that_produces_a_proposal(tmp_path):
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    o = (Orchestrator(_confidence_model(0.4), FACTORY, tmp_path / "home", feature_dim=4,
+                      factory_kwargs=KW)
+         .with_runtime_detector(RuntimeDetectorConfig(monitor_interval_ms=20,
+                                                      trigger_cooldown_secs=600))
+         .with_self_modification(tree))
+    o.enable_rsi(RSIConfig(enabled=True, min_inferences_before_rsi=10, benchmark_repeats=2))
+    with o:
+        o.start_runtime_monitoring()
+        for _ in range(40):
+            o.infer(np.zeros(4))
+        assert wait_for(lambda: len(o.get_proposals()) >= 1, timeout=120)
+        proposal = o.get_proposals()[0]
+        assert proposal.weakness.type in (WeaknessType.CONFIDENCE_LOW, WeaknessType.CONFIDENCE_DROP)
+        assert proposal.diff.strip()
+        assert o.rsi_stats()["proposals"] >= 1
