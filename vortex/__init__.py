@@ -35,6 +35,13 @@ _LAZY: dict[str, str] = {
     "TestResult": "vortex.rsi",
     "AuditLog": "vortex.rsi",
     "Tunables": "vortex.tunables",
+    "BackgroundTrainingCoordinator": "vortex.training.coordinator",
+    "TrainingTrigger": "vortex.training.coordinator",
+    "ModelRegistry": "vortex.training.registry",
+    "ModelSlot": "vortex.training.slot",
+    "Orchestrator": "vortex.orchestrator",
+    "Prediction": "vortex.orchestrator",
+    "SystemStatus": "vortex.orchestrator",
 }
 
 __all__ = [

@@ -1,4 +1,14 @@
-"""The ``vortex`` command."""
+"""vortex: watch, patch and retrain an ML inference service (see the subcommands).
+
+::
+
+    vortex --version
+    vortex demo [--quick]                      the end-to-end autonomous demo
+    vortex status [--home .vortex] [--json]    what a home directory holds
+    vortex proposals list|show|approve|reject|rollback ...
+    vortex models list|log|at|swap|cleanup|verify ...
+    vortex audit verify
+"""
 
 from __future__ import annotations
 
@@ -6,14 +16,22 @@ import argparse
 import sys
 
 from . import __version__
-from .rsi.cli import register as _register_rsi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vortex", description=__doc__)
+    from .demo.cli import register as register_demo
+    from .rsi.cli import register as register_rsi
+    from .status import register as register_status
+    from .training.cli import register as register_models
+
+    parser = argparse.ArgumentParser(prog="vortex", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register_rsi(sub)
+    register_demo(sub)
+    register_status(sub)
+    register_rsi(sub)
+    register_models(sub)
     return parser
 
 

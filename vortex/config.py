@@ -224,6 +224,17 @@ class BackgroundTrainingConfig:
         Cleanup also removes versions older than this many days (never the active one).
     confidence_level
         Confidence level of the improvement interval.
+    seed
+        Base seed of the worker's initialisation and shuffling (run ``k`` uses ``seed + k``).
+    worker_nice
+        Niceness added to worker processes so the serving process keeps CPU priority.
+    worker_sched_idle
+        Run workers under the Linux SCHED_IDLE policy: they get CPU only when a core would
+        otherwise idle, so serving is never preempted by training (on a saturated machine
+        training then waits, up to ``run_timeout_secs``).
+    model_cache_size
+        Prepared (loaded, eval'd, warmed-up) models kept in memory, newest first, so a swap
+        back to a recent version is instant; 0 rebuilds every time.
     """
 
     enabled: bool = True
@@ -248,9 +259,16 @@ class BackgroundTrainingConfig:
     watch_regression_threshold: float = 0.05
     max_version_age_days: float | None = None
     confidence_level: float = 0.95
+    seed: int = 0
+    worker_nice: int = 10
+    worker_sched_idle: bool = False
+    model_cache_size: int = 3
 
     def __post_init__(self) -> None:
-        _boolean(self, "enabled", "enable_versioning", "auto_swap_models")
+        _boolean(self, "enabled", "enable_versioning", "auto_swap_models", "worker_sched_idle")
+        _number(self, "seed", lo=0, integer=True)
+        _number(self, "worker_nice", lo=0, hi=19, integer=True)
+        _number(self, "model_cache_size", lo=0, integer=True)
         _number(self, "training_interval_secs", lo=0, lo_open=True)
         _number(self, "min_samples_for_training", lo=1, integer=True)
         _number(self, "max_samples_per_batch", lo=1, integer=True)

@@ -361,24 +361,17 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vortex demo", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    from .cli import register
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", default="vortex-demo/.vortex",
-                        help="state directory (registry, proposals, audit log, service copy)")
-    parser.add_argument("--out", default="vortex-demo", help="where report.json and timeline.png go")
-    parser.add_argument("--quick", action="store_true", help="a shorter run (used by the tests)")
-    parser.add_argument("--fresh", action="store_true", help="delete --home first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="vortex")
+    register(parser.add_subparsers(dest="command", required=True))
+    return run_from_args(parser.parse_args(["demo", *(argv or [])]))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     home, out = Path(args.home), Path(args.out)
-    if args.fresh and home.exists():
+    if not args.keep and home.exists():
         shutil.rmtree(home)
     settings = (DemoSettings.quick_settings(home, out) if args.quick
                 else DemoSettings(home=home, out_dir=out))
@@ -392,4 +385,4 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

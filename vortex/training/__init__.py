@@ -1,4 +1,5 @@
-"""Background training: the sample ring, flux weighting, the data pipeline and the trainer.
+"""Background training: the sample ring, flux weighting, the data pipeline, the DDP trainer
+worker, the model registry, the model slot and the coordinator.
 
 Importing this package is light; each public name loads its module (and NumPy, torch,
 pyarrow, Numba as needed) on first use.
@@ -18,6 +19,16 @@ _LAZY: dict[str, str] = {
     "TrainingPipeline": "vortex.training.pipeline",
     "PipelineData": "vortex.training.pipeline",
     "weighted_loss": "vortex.training.pipeline",
+    "ModelRegistry": "vortex.training.registry",
+    "ModelSlot": "vortex.training.slot",
+    "SlotEntry": "vortex.training.slot",
+    "BackgroundTrainingCoordinator": "vortex.training.coordinator",
+    "TrainingTrigger": "vortex.training.coordinator",
+    "TrainingRun": "vortex.training.coordinator",
+    "TrainingStats": "vortex.training.coordinator",
+    "ValidationResult": "vortex.training.validation",
+    "compare_models": "vortex.training.validation",
+    "mlp": "vortex.training.models",
 }
 
 __all__ = [*_LAZY]

@@ -1,0 +1,177 @@
+"""ModelRegistry: versions, checksums, serving log, cleanup, crash safety under kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vortex.errors import ChecksumMismatchError, RegistryError, VersionNotFoundError
+from vortex.training.registry import COLUMNS, ModelRegistry
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
+
+
+def test_register_load_roundtrip_and_metadata(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    assert reg.list_versions() == [] and reg.active_version is None
+    v1 = reg.register(_state(1), {"trigger": "initial", "samples": 0})
+    v2 = reg.register(torch.nn.Linear(4, 3), {"parent": v1, "trigger": "manual", "samples": 120,
+                                              "epochs": 3, "train_loss": 0.5, "val_loss": 0.6,
+                                              "val_accuracy": 0.8, "improvement_pct": 4.0})
+    assert (v1, v2) == (1, 2)
+    loaded = reg.load(v1)
+    assert torch.equal(loaded["w"], _state(1)["w"]) and torch.equal(loaded["b"], _state(1)["b"])
+    rows = reg.list_versions()
+    assert [r["version"] for r in rows] == [1, 2]
+    assert set(rows[1]) == set(COLUMNS)
+    assert rows[1]["parent"] == 1 and rows[1]["samples"] == 120 and rows[1]["val_accuracy"] == 0.8
+    assert rows[0]["status"] == "candidate" and len(rows[0]["sha256"]) == 64
+    # a second instance (another process) sees the same state
+    assert ModelRegistry(tmp_path).list_versions() == rows
+
+
+def test_numpy_state_loads_as_torch(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v = reg.register({"a": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    assert torch.equal(reg.load(v)["a"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+
+
+def test_checksum_mismatch_refused(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(_state(1))
+    reg.set_active(v, "initial")
+    path = reg.weights_path(v)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[-1] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        reg.load(v)
+    with pytest.raises(ChecksumMismatchError):
+        reg.set_active(v, "again")
+    os.unlink(path)
+    with pytest.raises(ChecksumMismatchError, match="missing"):
+        reg.load(v)
+
+
+def test_unknown_version_and_bad_input(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    with pytest.raises(VersionNotFoundError, match="7"):
+        reg.load(7)
+    with pytest.raises(VersionNotFoundError):
+        reg.load()  # no active version yet
+    with pytest.raises(ValueError, match="unknown metadata"):
+        reg.register(_state(1), {"colour": "red"})
+    with pytest.raises(ValueError, match="set_active"):
+        reg.register(_state(1), {"status": "active"})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        reg.register({})
+    assert reg.list_versions() == []
+
+
+def test_serving_log_and_version_at(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v1, v2, v3 = (reg.register(_state(i)) for i in range(3))
+    reg.set_active(v1, "initial", at=100.0)
+    reg.set_active(v2, "auto-swap", at=200.0)
+    reg.set_active(v1, "rollback: watch regression", at=300.0)
+    reg.set_active(v3, "manual", at=400.0)
+    log = reg.serving_log()
+    assert [(e["from_version"], e["to_version"], e["reason"]) for e in log] == [
+        (None, 1, "initial"), (1, 2, "auto-swap"), (2, 1, "rollback: watch regression"), (1, 3, "manual")]
+    assert [reg.version_at(t) for t in (50, 100, 150, 250, 300, 399.9, 1e12)] == [None, 1, 1, 2, 1, 1, 3]
+    statuses = {r["version"]: r["status"] for r in reg.list_versions()}
+    assert statuses == {1: "retired", 2: "retired", 3: "active"}
+    assert reg.active_version == 3
+
+
+def test_cleanup_keeps_newest_and_active(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    versions = [reg.register(_state(i), {"created_at": 1000.0 + i}) for i in range(6)]
+    reg.set_active(versions[0], "initial")
+    with open(os.path.join(tmp_path, "v000099.safetensors"), "wb") as f:
+        f.write(b"orphan of a crash")
+    removed = reg.cleanup(keep_last_n=2, now=2000.0)
+    assert removed == [2, 3, 4]
+    assert reg.versions() == [1, 5, 6]
+    assert not os.path.exists(reg.weights_path(3)) and not os.path.exists(reg.weights_path(99))
+    # age limit removes even the newest, never the active one
+    assert reg.cleanup(keep_last_n=5, max_age_days=1.0, now=1000.0 + 2 * 86400) == [5, 6]
+    assert reg.versions() == [1]
+    with pytest.raises(RegistryError, match="active"):
+        reg.remove(1)
+    # numbers are never reused, not even the number of a weights file left by a crash
+    assert reg.register(_state(9)) == 100
+
+
+def test_corrupt_metadata_file_is_a_registry_error(tmp_path):
+    ModelRegistry(tmp_path).register(_state(1))
+    with open(os.path.join(tmp_path, "versions.arrow"), "wb") as f:
+        f.write(b"not arrow")
+    with pytest.raises(RegistryError, match="unreadable"):
+        ModelRegistry(tmp_path)
+
+
+_WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from vortex.training.registry import ModelRegistry
+    reg = ModelRegistry(sys.argv[1])
+    rng = np.random.default_rng(int(sys.argv[2]))
+    print("ready", flush=True)
+    while True:
+        v = reg.register({"w": rng.standard_normal((64, 64)).astype(np.float32)},
+                         {"trigger": "crash-test", "samples": 1})
+        if v % 3 == 0:
+            reg.set_active(v, "crash-test")
+        if v % 7 == 0:
+            reg.cleanup(keep_last_n=3)
+""")
+
+
+@pytest.mark.slow
+def test_kill9_while_writing_registry_50_times(tmp_path):
+    """kill -9 a process writing registry entries at 50 random moments: the registry always
+    loads and every listed version verifies."""
+    root = tmp_path / "reg"
+    rnd = random.Random(1234)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
+    kills = 0
+    for i in range(50):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(i)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rnd.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        proc.stdout.close()
+        kills += 1
+        reg = ModelRegistry(root)
+        rows = reg.list_versions()
+        for row in rows:
+            reg.verify(row["version"])
+        if reg.active_version is not None:
+            assert reg.active_version in reg.versions()
+            reg.load()
+    final = ModelRegistry(root)
+    assert kills == 50 and len(final.versions()) > 0 and len(final.serving_log()) > 0
+
+
+def test_cleanup_keeps_n_when_more_than_n(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    for i in range(3):
+        reg.register(_state(i))
+    assert reg.cleanup(keep_last_n=5) == [] and reg.versions() == [1, 2, 3]
+    assert reg.cleanup(keep_last_n=2) == [1] and reg.versions() == [2, 3]

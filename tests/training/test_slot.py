@@ -1,0 +1,94 @@
+"""ModelSlot: lock-free reads, prepared swaps, in-flight requests keep their model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from vortex.errors import ModelSwapError
+from vortex.training.models import mlp
+from vortex.training.slot import ModelSlot
+
+
+class _Gate(torch.nn.Module):
+    """A model whose forward blocks until released, to hold a request in flight."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def forward(self, x):
+        if not torch.is_inference_mode_enabled() or x.shape[0] != 1 or x.sum() != 0:
+            self.entered.set()
+            assert self.release.wait(10)
+        return torch.full((x.shape[0], 1), self.value)
+
+
+def test_swap_prepares_and_replaces():
+    slot = ModelSlot(mlp(4, 8, 2, seed=0), version=1, example=torch.zeros(1, 4))
+    assert slot.version == 1 and not slot.model.training
+    new = mlp(4, 8, 2, seed=1).train()
+    old = slot.swap(new, 2)
+    assert old.version == 1 and slot.get() == (2, new) and not new.training and slot.swaps == 1
+
+
+def test_failed_warmup_keeps_old_model():
+    slot = ModelSlot(mlp(4, 8, 2, seed=0), version=1, example=torch.zeros(1, 4))
+    with pytest.raises(ModelSwapError, match="warm-up"):
+        slot.swap(mlp(5, 8, 2), 2)  # wrong input width
+    assert slot.version == 1 and slot.swaps == 0
+
+
+def test_request_in_flight_finishes_on_its_model():
+    first = _Gate(1.0)
+    slot = ModelSlot(first, version=1, example=torch.zeros(1, 3))
+    out = {}
+
+    def request():
+        version, model = slot.get()
+        out["version"], out["y"] = version, model(torch.ones(2, 3))
+
+    t = threading.Thread(target=request)
+    t.start()
+    assert first.entered.wait(10)
+    second = _Gate(2.0)
+    slot.swap(second, 2)  # does not wait for the running request
+    assert slot.get().version == 2
+    first.release.set()
+    t.join(10)
+    assert out["version"] == 1 and torch.all(out["y"] == 1.0)
+
+
+def test_hammer_swaps_while_reading():
+    models = [mlp(4, 8, 2, seed=i) for i in range(4)]
+    slot = ModelSlot(models[0], version=0, example=torch.zeros(1, 4))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+
+    def reader():
+        x = torch.randn(3, 4)
+        try:
+            while not stop.is_set():
+                version, model = slot.get()
+                assert model is models[version]
+                with torch.inference_mode():
+                    assert model(x).shape == (3, 2)
+                seen.add(version)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        slot.swap(models[(i + 1) % 4], (i + 1) % 4, prepared=True)
+        stop.wait(0.001)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and slot.swaps == 200 and len(seen) >= 2

@@ -1,0 +1,108 @@
+"""``vortex status``: what a Vortex home directory holds, read from disk.
+
+It works on a home whether or not a service is running on it: the model registry and its
+serving log, the proposals and their statuses, the audit log's integrity, the last training
+runs and the buffered samples saved at the last shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from typing import Any
+
+__all__ = ["home_status", "register"]
+
+
+def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything persisted under ``home``, as JSON-ready data.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``home`` is not a directory.
+    """
+    home = os.fspath(home)
+    if not os.path.isdir(home):
+        raise FileNotFoundError(f"no Vortex home at {home!r}")
+    out: dict[str, Any] = {"home": os.path.abspath(home)}
+
+    models_dir = os.path.join(home, "models")
+    if os.path.isdir(models_dir):
+        from .training.registry import ModelRegistry
+
+        reg = ModelRegistry(models_dir)
+        versions = reg.list_versions()
+        out["models"] = {"active_version": reg.active_version, "versions": len(versions),
+                         "latest": versions[-1] if versions else None,
+                         "swaps": len(reg.serving_log())}
+    else:
+        out["models"] = None
+
+    if os.path.isdir(os.path.join(home, "rsi")):
+        from .rsi.audit import AuditLog
+        from .rsi.proposal import ProposalStore
+
+        proposals = ProposalStore(home).list()
+        audit = AuditLog(os.path.join(home, "rsi", "audit.jsonl")).verify()
+        out["proposals"] = dict(Counter(p.status.value for p in proposals))
+        out["audit"] = {"ok": audit.ok, "entries": audit.entries,
+                        "first_bad_line": audit.first_bad_line, "reason": audit.reason}
+    else:
+        out["proposals"] = out["audit"] = None
+
+    runs_path = os.path.join(home, "runs.json")
+    if os.path.exists(runs_path):
+        with open(runs_path, encoding="utf-8") as f:
+            runs = json.load(f)
+        out["training"] = {"runs": len(runs), "by_status": dict(Counter(r["status"] for r in runs)),
+                           "last": runs[-1] if runs else None}
+    else:
+        out["training"] = None
+
+    buffer_path = os.path.join(home, "buffer.arrow")
+    if os.path.exists(buffer_path):
+        from .training.buffer import Snapshot
+
+        out["buffered_samples"] = len(Snapshot.read_ipc(buffer_path))
+    else:
+        out["buffered_samples"] = 0
+    return out
+
+
+def _text(s: dict[str, Any]) -> str:
+    lines = [f"home: {s['home']}"]
+    m = s["models"]
+    lines.append("models: none" if m is None else
+                 f"models: {m['versions']} versions, active v{m['active_version']}, "
+                 f"{m['swaps']} serving-log entries")
+    if s["proposals"] is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(s["proposals"].items())) or "none"
+        a = s["audit"]
+        lines.append(f"proposals: {counts}")
+        lines.append(f"audit log: {'intact' if a['ok'] else 'BROKEN at line ' + str(a['first_bad_line'])}"
+                     f", {a['entries']} entries")
+    t = s["training"]
+    if t is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(t["by_status"].items()))
+        lines.append(f"training runs: {t['runs']} ({counts})")
+    lines.append(f"buffered samples: {s['buffered_samples']}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        status = home_status(args.home)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"vortex status: {exc}") from None
+    print(json.dumps(status, indent=2, default=str) if args.json else _text(status))
+    return 0 if status["audit"] is None or status["audit"]["ok"] else 1
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="what a Vortex home directory holds")
+    p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_run)

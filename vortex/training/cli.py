@@ -1,0 +1,160 @@
+"""``vortex models``: inspect and operate the model registry from the command line.
+
+::
+
+    vortex models --home .vortex list [--json]        versions with losses, accuracy, status
+    vortex models --home .vortex log [--json]         serving log: every swap and rollback
+    vortex models --home .vortex at 2026-11-25T03:00  which version served at that time
+    vortex models --home .vortex swap 3 [--reason R]  make version 3 the active one
+    vortex models --home .vortex cleanup --keep 5 [--max-age-days 30]
+    vortex models --home .vortex verify               check every version's sha256
+
+``swap`` records the new active version in the registry; a running
+:class:`~vortex.training.BackgroundTrainingCoordinator` on the same home notices it within a
+second and serves it (its weights are verified and warmed up first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _registry(args: argparse.Namespace):
+    from .registry import ModelRegistry
+
+    root = args.registry or os.path.join(args.home, "models")
+    if not os.path.isdir(root):
+        raise SystemExit(f"vortex models: no registry at {root} (use --home or --registry)")
+    return ModelRegistry(root)
+
+
+def _iso(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    rows = reg.list_versions()
+    text = _table(
+        ["version", "status", "parent", "created (UTC)", "trigger", "samples", "epochs",
+         "train_loss", "val_loss", "val_acc", "improv_%", "CI_%"],
+        [[str(r["version"]), r["status"], _fmt(r["parent"]), _iso(r["created_at"]), r["trigger"] or "-",
+          _fmt(r["samples"]), _fmt(r["epochs"]), _fmt(r["train_loss"]), _fmt(r["val_loss"]),
+          _fmt(r["val_accuracy"]), _fmt(r["improvement_pct"], "+.2f"),
+          "-" if r["ci_low"] is None else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"] for r in rows])
+    log = reg.serving_log()
+    text += f"\n\nactive version: {reg.active_version}\n\n" + _log_text(log[-10:])
+    _print(args, {"active_version": reg.active_version, "versions": rows, "serving_log": log}, text)
+    return 0
+
+
+def _log_text(entries: list[dict[str, Any]]) -> str:
+    return "serving log:\n" + _table(["time (UTC)", "from", "to", "reason"], [
+        [_iso(e["time"]), _fmt(e["from_version"]), str(e["to_version"]), e["reason"]] for e in entries])
+
+
+def _log(args: argparse.Namespace) -> int:
+    entries = _registry(args).serving_log()
+    _print(args, entries, _log_text(entries))
+    return 0
+
+
+def _at(args: argparse.Namespace) -> int:
+    try:
+        t = float(args.time)
+    except ValueError:
+        when = _dt.datetime.fromisoformat(args.time)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        t = when.timestamp()
+    v = _registry(args).version_at(t)
+    _print(args, {"time": t, "version": v}, f"version serving at {_iso(t)}: {_fmt(v)}")
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    from ..errors import RegistryError
+
+    reg = _registry(args)
+    try:
+        previous = reg.active_version
+        reg.set_active(args.target_version, args.reason)
+    except RegistryError as exc:
+        print(f"vortex models swap: {exc}", file=sys.stderr)
+        return 1
+    _print(args, {"from_version": previous, "to_version": args.target_version, "reason": args.reason},
+           f"active version: {previous} -> {args.target_version} ({args.reason})")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    removed = _registry(args).cleanup(args.keep, args.max_age_days)
+    _print(args, {"removed": removed}, f"removed versions: {removed or 'none'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ..errors import RegistryError
+
+    reg = _registry(args)
+    report = {}
+    for v in reg.versions():
+        try:
+            reg.verify(v)
+            report[v] = "ok"
+        except RegistryError as exc:
+            report[v] = str(exc)
+    bad = {v: r for v, r in report.items() if r != "ok"}
+    _print(args, report, "\n".join(f"version {v}: {r}" for v, r in report.items()) or "no versions")
+    return 1 if bad else 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``vortex models ...`` to the ``vortex`` command's subparsers."""
+    p = subparsers.add_parser("models", help="list, swap and clean up model versions",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", default=".vortex", help="Vortex home directory (registry in <home>/models)")
+    p.add_argument("--registry", default=None, help="registry directory (overrides --home)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="versions, metrics and the recent serving log").set_defaults(handler=_list)
+    sub.add_parser("log", help="the whole serving log").set_defaults(handler=_log)
+    at = sub.add_parser("at", help="which version served at a time (ISO 8601 UTC or unix seconds)")
+    at.add_argument("time")
+    at.set_defaults(handler=_at)
+    swap = sub.add_parser("swap", help="make a version the active one (roll back or forward)")
+    swap.add_argument("target_version", type=int, metavar="VERSION")  # "version" is vortex --version
+    swap.add_argument("--reason", default="manual (vortex models swap)")
+    swap.set_defaults(handler=_swap)
+    clean = sub.add_parser("cleanup", help="remove old versions (never the active one)")
+    clean.add_argument("--keep", type=int, default=5, help="keep this many newest versions")
+    clean.add_argument("--max-age-days", type=float, default=None)
+    clean.set_defaults(handler=_cleanup)
+    sub.add_parser("verify", help="check every version's sha256").set_defaults(handler=_verify)

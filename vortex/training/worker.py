@@ -1,0 +1,347 @@
+"""Training worker: one process per rank, torch DistributedDataParallel across ranks.
+
+Run by :class:`~vortex.training.coordinator.BackgroundTrainingCoordinator` (one subprocess per
+rank on this machine), or by hand / under ``torchrun`` on several machines with the same
+arguments::
+
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m vortex.training.worker --snapshot /shared/snap.arrow --out /shared/run7 \\
+        --factory vortex.training.models:mlp --factory-kwargs '{"in_features": 64, "out_features": 10}'
+
+Every rank reads the whole Arrow IPC snapshot (so the file must be reachable from every
+machine), computes the same FluxDynamics weights and walks the same seeded sequence of
+*global* batches of ``--batch-size`` rows; rank ``r`` trains on rows ``r, r + W, ...`` of each
+global batch.  Each rank's loss is its share of the global weighted mean
+(``W * sum_local(w * l) / sum_global(w)``), so DDP's gradient averaging yields exactly the
+gradient of the weighted mean over the global batch: W ranks compute the same update as one
+rank on the same data and seed.  Global batches with fewer rows than ranks are skipped.
+
+Rank 0 then scores the candidate and the ``--init-version`` model of ``--registry`` on the
+held-out (sacred-position) rows and writes ``candidate.safetensors`` and ``result.json`` into
+``--out`` (both atomically).  The backend is NCCL when CUDA is available, else gloo.  The
+worker lowers its priority (``--nice``, optionally ``--sched-idle``) and limits torch to
+``--threads`` threads so a serving process on the same machine keeps its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Adam", "WorkerArgs", "main", "train", "evaluate", "per_sample_loss"]
+
+log = logging.getLogger("vortex.training.worker")
+
+CANDIDATE_FILE = "candidate.safetensors"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class WorkerArgs:
+    """Parsed worker arguments (see ``python -m vortex.training.worker --help``)."""
+
+    snapshot: str
+    out: str
+    factory: str
+    factory_kwargs: dict[str, Any]
+    task: str = "classification"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    threads: int = 1
+    nice: int = 10
+    sched_idle: bool = False
+    registry: str | None = None
+    init_version: int | None = None
+    flux: dict[str, Any] | None = None
+    confidence_level: float = 0.95
+
+
+def _parse(argv: list[str] | None) -> WorkerArgs:
+    p = argparse.ArgumentParser(prog="python -m vortex.training.worker", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snapshot", required=True, help="Arrow IPC snapshot file (SampleBuffer.snapshot().write_ipc)")
+    p.add_argument("--out", required=True, help="output directory (candidate.safetensors, result.json)")
+    p.add_argument("--factory", required=True, help="model factory, 'package.module:function'")
+    p.add_argument("--factory-kwargs", default="{}", type=json.loads, help="JSON object of factory kwargs")
+    p.add_argument("--task", default="classification", choices=("classification", "regression"))
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size (all ranks together)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank")
+    p.add_argument("--nice", type=int, default=10, help="added to the process niceness (0: unchanged)")
+    p.add_argument("--sched-idle", action="store_true",
+                   help="run under SCHED_IDLE (Linux): only on otherwise idle CPU time")
+    p.add_argument("--registry", default=None, help="model registry root (for --init-version)")
+    p.add_argument("--init-version", type=int, default=None,
+                   help="registry version to start from and to validate against (the active one)")
+    p.add_argument("--flux", default=None, type=json.loads, help="JSON object of FluxConfig fields")
+    p.add_argument("--confidence-level", type=float, default=0.95)
+    ns = p.parse_args(argv)
+    args = WorkerArgs(**{k: v for k, v in vars(ns).items()})
+    if args.epochs < 1 or args.batch_size < 1 or args.threads < 1 or not args.lr > 0:
+        p.error("--epochs, --batch-size, --threads must be >= 1 and --lr > 0")
+    if (args.init_version is None) != (args.registry is None):
+        p.error("--registry and --init-version go together")
+    if "holdout_positions" in (args.flux or {}):
+        args.flux["holdout_positions"] = tuple(args.flux["holdout_positions"])
+    return args
+
+
+def per_sample_loss(output, target, task: str):
+    """Per-sample loss: cross-entropy (classification) or squared error averaged over outputs."""
+    import torch.nn.functional as F
+
+    if task == "classification":
+        return F.cross_entropy(output, target, reduction="none")
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
+        output = output.squeeze(-1)
+    err = (output - target) ** 2
+    return err.reshape(err.shape[0], -1).mean(dim=1) if err.dim() > 1 else err
+
+
+class Adam:
+    """Adam with torch.optim.Adam's default update (no weight decay, no amsgrad).
+
+    The worker uses this instead of ``torch.optim.Adam`` because constructing any
+    ``torch.optim`` optimizer imports ``torch._dynamo`` on first use, about 1.3 s of every
+    run's start-up; the update is the same arithmetic as torch's single-tensor Adam (a test
+    checks the parameters match).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        import torch
+
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        self.steps += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.steps)
+        bias_correction2_sqrt = math.sqrt(1 - b2 ** self.steps)
+        with torch.no_grad():
+            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+                if p.grad is None:
+                    continue
+                g = p.grad
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
+                p.addcdiv_(m, denom, value=-step_size)
+
+
+def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int, seed: int,
+          rank: int = 0, world_size: int = 1, step_model=None) -> list[float]:
+    """Train ``model`` with Adam on the weighted mean loss; return the weighted mean loss per epoch.
+
+    ``x``, ``y``, ``w`` are the *whole* training set on every rank; rank ``rank`` of
+    ``world_size`` trains on its rows of each seeded global batch.  ``step_model`` is the
+    module used for the forward pass (the DDP wrapper of ``model``); default ``model``.
+    """
+    import torch
+
+    net = step_model if step_model is not None else model
+    dist = None
+    if world_size > 1:
+        import torch.distributed as dist
+    opt = Adam(model.parameters(), lr=lr)
+    n = x.shape[0]
+    net.train()
+    losses = []
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+        # one gather per epoch: every batch is then a contiguous slice (a view, no copy)
+        xs, ys, ws = x[order], y[order], w[order]
+        starts = range(0, n, batch_size)
+        batch_w = torch.stack([ws[i:i + batch_size].sum() for i in starts]).tolist() if n else []
+        total_wl = torch.zeros((), dtype=torch.float64)  # sum(w * l) over this rank's rows
+        total_w = 0.0
+        for start, w_global in zip(starts, batch_w):
+            stop = min(start + batch_size, n)
+            if stop - start < world_size or not w_global > 0:
+                continue
+            rows = slice(start + rank, stop, world_size)
+            wb = ws[rows]
+            wl = torch.dot(wb, per_sample_loss(net(xs[rows]), ys[rows], task))
+            loss = wl * (world_size / w_global)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_wl += wl.detach()
+            total_w += float(wb.sum()) if world_size > 1 else w_global
+        total = torch.stack([total_wl, torch.tensor(total_w, dtype=torch.float64)])
+        if dist is not None:
+            dist.all_reduce(total)
+        epoch_loss = float(total[0] / total[1]) if total[1] > 0 else math.nan
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"training diverged: epoch {epoch} loss is {epoch_loss}")
+        losses.append(epoch_loss)
+        log.info("rank %d epoch %d/%d weighted loss %.5f", rank, epoch + 1, epochs, epoch_loss)
+    model.eval()
+    return losses
+
+
+def evaluate(model, x, y, task: str, chunk: int = 4096) -> tuple[Any, float]:
+    """Per-sample scores and mean loss of ``model`` on ``(x, y)``.
+
+    Scores are correctness in {0, 1} (classification) or the squared error (regression).
+    """
+    import numpy as np
+    import torch
+
+    model.eval()
+    scores, losses = [], []
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], chunk):
+            out = model(x[start:start + chunk])
+            target = y[start:start + chunk]
+            loss = per_sample_loss(out, target, task)
+            losses.append(loss)
+            scores.append((out.argmax(dim=1) == target).to(torch.float64) if task == "classification"
+                          else loss.to(torch.float64))
+    if not scores:
+        return np.zeros(0), math.nan
+    return torch.cat(scores).numpy(), float(torch.cat(losses).mean())
+
+
+def _load_data(args: WorkerArgs):
+    """Read the snapshot; FluxDynamics weights and the train/held-out split via TrainingPipeline.
+
+    The worker batches the pipeline's tensors itself (see :func:`train`) instead of using its
+    DataLoader, because exact DDP equivalence needs seeded *global* batches sharded by rank
+    and normalised by the global batch weight.
+    """
+    from ..config import FluxConfig
+    from . import Snapshot, TrainingPipeline
+
+    data = TrainingPipeline(FluxConfig(**(args.flux or {})), batch_size=args.batch_size,
+                            task=args.task).build(Snapshot.read_ipc(args.snapshot))
+    t, h = data.train, data.holdout
+    return (t.features, t.labels, t.weights), (h.features, h.labels)
+
+
+def run(args: WorkerArgs) -> dict[str, Any]:
+    """Train, validate and write the outputs; return the result dict (rank 0) or {}."""
+    t0 = time.perf_counter()
+    import torch
+
+    from .models import build_model
+    from .registry import ModelRegistry, state_dict_bytes
+    from .validation import compare_models
+    from ._atomic import atomic_write_bytes
+
+    torch.set_num_threads(args.threads)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dist = None
+    if world_size > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    timings: dict[str, float] = {"import": time.perf_counter() - t0}
+    try:
+        t = time.perf_counter()
+        (x, y, w), (hx, hy) = _load_data(args)
+        # the active version: starting point and validation baseline (checksum-verified)
+        init_state = ModelRegistry(args.registry).load(args.init_version) if args.registry else None
+        torch.manual_seed(args.seed)
+        model = build_model(args.factory, args.factory_kwargs)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        device = torch.device("cpu")
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            model.to(device)
+            x, y, w = x.to(device), y.to(device), w.to(device)
+        step_model = None
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            step_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        timings["load"] = time.perf_counter() - t
+        t = time.perf_counter()
+        losses = train(model, x, y, w, task=args.task, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, rank=rank,
+                       world_size=world_size, step_model=step_model)
+        timings["train"] = time.perf_counter() - t
+        result: dict[str, Any] = {}
+        if rank == 0:
+            t = time.perf_counter()
+            model.to("cpu")
+            result = {"rank_count": world_size, "train_samples": int(x.shape[0]),
+                      "holdout_samples": int(hx.shape[0]), "epochs": args.epochs,
+                      "epoch_losses": losses, "train_loss": losses[-1], "validation": None}
+            if hx.shape[0] > 0:
+                c_scores, c_loss = evaluate(model, hx, hy, args.task)
+                if init_state is not None:
+                    active = build_model(args.factory, args.factory_kwargs)
+                    active.load_state_dict(init_state)
+                    a_scores, a_loss = evaluate(active, hx, hy, args.task)
+                else:
+                    a_scores, a_loss = c_scores, c_loss
+                result["validation"] = compare_models(
+                    c_scores, a_scores, task=args.task, candidate_loss=c_loss, active_loss=a_loss,
+                    confidence_level=args.confidence_level, seed=args.seed).to_dict()
+            timings["validate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            os.makedirs(args.out, exist_ok=True)
+            atomic_write_bytes(os.path.join(args.out, CANDIDATE_FILE), state_dict_bytes(model))
+            timings["save"] = time.perf_counter() - t
+            result["timings"] = timings
+            atomic_write_bytes(os.path.join(args.out, RESULT_FILE),
+                               json.dumps(result, allow_nan=True).encode())
+        if dist is not None:
+            dist.barrier()
+        return result
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m vortex.training.worker``; returns the exit status."""
+    logging.basicConfig(level=os.environ.get("VORTEX_WORKER_LOG", "WARNING"),
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    args = _parse(argv)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError as exc:  # e.g. a container forbidding it; training still works
+            log.warning("could not lower the worker's priority: %s", exc)
+    if args.sched_idle:
+        try:  # threads started later (torch, gloo) inherit the policy
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            log.warning("could not switch the worker to SCHED_IDLE: %s", exc)
+    try:
+        run(args)
+    except Exception:
+        log.exception("training worker failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests
+    sys.exit(main())
