@@ -7,4 +7,4 @@ python3 -m venv .venv
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet ".[demo]"
-python examples/runtime_detector_demo.py
+vortex demo

@@ -64,7 +64,7 @@ def test_infer_records_metrics_and_samples_are_counted(tmp_path):
         assert o.runtime_stats().total_samples == 25
         metrics = o.get_metrics()
         assert metrics["modes"]["fast"]["count"] == 25
-        assert metrics["total"] == 25
+        assert metrics["total_inferences"] == 25
 
 
 def test_infer_rejects_bad_input_and_unknown_mode(tmp_path):

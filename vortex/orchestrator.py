@@ -375,7 +375,7 @@ class Orchestrator:
         version, model = self._slot.get()
         with torch.inference_mode():
             raw = fn(model, torch.from_numpy(features).unsqueeze(0))
-        out = raw.detach().numpy().reshape(-1).astype(np.float64)
+        out = np.asarray(raw, dtype=np.float64).reshape(-1)  # a tensor or an array
         if self.task == "classification":
             shifted = np.exp(out - out.max())
             probs = shifted / shifted.sum()

@@ -39,18 +39,18 @@ class DemoSettings:
     home: Path
     out_dir: Path
     clean_requests: int = 600
-    max_drift_requests: int = 6000
-    after_swap_requests: int = 500
-    requests_per_sec: float = 400.0
-    time_budget_secs: float = 100.0
+    max_drift_requests: int = 30_000
+    after_fix_requests: int = 600
+    requests_per_sec: float = 300.0
+    time_budget_secs: float = 105.0
     initial_epochs: int = 60
     seed: int = 0
     quick: bool = False
 
     @classmethod
     def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
-        return cls(home=home, out_dir=out_dir, clean_requests=300, max_drift_requests=4000,
-                   after_swap_requests=200, requests_per_sec=600.0, time_budget_secs=80.0,
+        return cls(home=home, out_dir=out_dir, clean_requests=300, max_drift_requests=20_000,
+                   after_fix_requests=300, requests_per_sec=300.0, time_budget_secs=90.0,
                    initial_epochs=40, quick=True)
 
 
@@ -188,26 +188,28 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                               cycle_interval_secs=3600, watch_requests=100,
                               watch_regression_threshold=0.5))
 
+    served = 0
+
     def on_trigger(event) -> None:
         timeline.add(served, "weakness", event.reason + ": " + "; ".join(
             w.description for w in event.weaknesses))
 
-    served = 0
     orch.detector.subscribe(on_trigger)
     orch.start_runtime_monitoring()
     orch.start_background_training()
 
     records: list[dict[str, float]] = []
-    seen_status: dict[str, str] = {}
-    seen_runs: set[int] = set()
-    swapped_at: int | None = None
+    progress = _Progress()
     drift_started = settings.clean_requests
     deadline = time.monotonic() + settings.time_budget_secs
     total_target = settings.clean_requests + settings.max_drift_requests
     pace = 1.0 / settings.requests_per_sec
     try:
         while served < total_target and time.monotonic() < deadline:
-            if swapped_at is not None and served >= swapped_at + settings.after_swap_requests:
+            # The story is complete once the RSI patch's training run has concluded and its
+            # effect has been served for a while.
+            if progress.rsi_run_done_at is not None and \
+                    served >= progress.rsi_run_done_at + settings.after_fix_requests:
                 break
             i = int(rng.integers(0, len(x_pool)))
             x, label = x_pool[i], int(y_pool[i])
@@ -224,56 +226,60 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                             "version": -1 if pred.model_version is None else pred.model_version,
                             "drifted": float(drifted)})
             if served % 25 == 0:
-                swapped_at = _poll(orch, timeline, served, seen_status, seen_runs, swapped_at)
+                progress.poll(orch, timeline, served)
                 acc = float(np.mean([r["correct"] for r in records[-200:]]))
                 _bar(served, total_target, "drift" if drifted else "clean", acc,
                      time.monotonic() - timeline.start)
             time.sleep(pace)
-        _poll(orch, timeline, served, seen_status, seen_runs, swapped_at)
+        progress.poll(orch, timeline, served)
     finally:
         _clear_bar()
         status = orch.system_status()
         orch.close()
 
-    report = _report(settings, records, timeline, status, drift_started, swapped_at)
+    report = _report(settings, records, timeline, status, drift_started)
     (settings.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     _plot(records, timeline, drift_started, settings.out_dir / "timeline.png")
     return report
 
 
-def _poll(orch, timeline: _Timeline, served: int, seen_status: dict[str, str],
-          seen_runs: set[int], swapped_at: int | None) -> int | None:
-    """Turn changes of proposals and training runs into timeline events."""
-    for p in orch.get_proposals():
-        status = p.status.value if hasattr(p.status, "value") else str(p.status)
-        if seen_status.get(p.id) != status:
-            seen_status[p.id] = status
-            risk = p.risk.value if hasattr(p.risk, "value") else p.risk
-            text = f"{p.id} [{risk} risk] {status}: {p.description}"
+class _Progress:
+    """Turns changes of proposals and training runs into timeline events."""
+
+    def __init__(self) -> None:
+        self.proposal_status: dict[str, str] = {}
+        self.runs_seen: set[int] = set()
+        self.rsi_run_done_at: int | None = None
+
+    def poll(self, orch, timeline: _Timeline, served: int) -> None:
+        for p in orch.get_proposals():
+            status = p.status.value
+            if self.proposal_status.get(p.id) == status:
+                continue
+            self.proposal_status[p.id] = status
+            text = f"{p.id} [{p.risk.value} risk] {status}: {p.description}"
             if status in ("applied", "rejected") and p.test_result is not None:
                 text += f" ({_test_summary(p.test_result)})"
-            timeline.add(served, "proposal", text)
-    for run in orch.trainer.runs():
-        key = (run.run_id, run.status)
-        if key in seen_runs:
-            continue
-        seen_runs.add(key)
-        if run.status == "running":
-            timeline.add(served, "training", f"run {run.run_id} started ({run.trigger.value}"
-                         f"{': ' + run.reason if run.reason else ''})")
-        else:
+            timeline.add(served, "proposal", text, status=status)
+        for run in orch.trainer.runs():
+            if run.run_id in self.runs_seen or run.status == "running":
+                continue
+            self.runs_seen.add(run.run_id)
             v = run.validation or {}
-            text = (f"run {run.run_id} {run.status}: version {run.version}, "
-                    f"candidate accuracy {_pct(v.get('candidate_accuracy'))} vs active "
-                    f"{_pct(v.get('active_accuracy'))}, improvement {_num(v.get('improvement_pct'))}% "
-                    f"CI [{_num(v.get('ci_low_pct'))}, {_num(v.get('ci_high_pct'))}]")
+            reason = f" ({run.reason})" if run.reason else ""
+            text = (f"run {run.run_id} [{run.trigger.value}{reason}] {run.status}")
+            if v:
+                text += (f": candidate v{run.version} accuracy {_pct(v.get('candidate_accuracy'))} "
+                         f"vs active {_pct(v.get('active_accuracy'))} on {v.get('n')} held-out "
+                         f"samples, improvement {_num(v.get('improvement_pct'))}% "
+                         f"[{_num(v.get('ci_low'))}, {_num(v.get('ci_high'))}]")
             if run.error:
-                text += f" error: {run.error}"
-            timeline.add(served, "training", text)
-            if run.swapped and swapped_at is None:
+                text += f" ({run.error})"
+            timeline.add(served, "training", text, trigger=run.trigger.value, status=run.status)
+            if run.swapped:
                 timeline.add(served, "swap", f"version {run.version} now serving")
-                swapped_at = served
-    return swapped_at
+            if run.trigger.value == "rsi_triggered" and self.rsi_run_done_at is None:
+                self.rsi_run_done_at = served
 
 
 def _pct(v: Any) -> str:
@@ -298,25 +304,26 @@ def _window_accuracy(records: list[dict[str, float]], lo: int, hi: int) -> float
     return float(np.mean(chunk)) if chunk else None
 
 
-def _report(settings: DemoSettings, records, timeline: _Timeline, status, drift_started: int,
-            swapped_at: int | None) -> dict[str, Any]:
-    first_apply = next((e["request"] for e in timeline.events
-                        if e["kind"] == "proposal" and " applied" in e["text"]), None)
+def _report(settings: DemoSettings, records, timeline: _Timeline, status, drift_started: int
+            ) -> dict[str, Any]:
+    applies = [e["request"] for e in timeline.events
+               if e["kind"] == "proposal" and e.get("status") == "applied"]
+    swaps = [e["request"] for e in timeline.events if e["kind"] == "swap"]
+    first_fix = min(applies[:1] + swaps[:1], default=len(records))
+    last_swap = swaps[-1] if swaps else None
     phases = {
         "clean": _window_accuracy(records, 0, drift_started),
-        "drift_before_fixes": _window_accuracy(records, drift_started,
-                                               first_apply or swapped_at or len(records)),
-        "after_rsi_apply": _window_accuracy(records, first_apply, swapped_at or len(records))
-        if first_apply else None,
-        "after_swap": _window_accuracy(records, swapped_at, len(records)) if swapped_at else None,
+        "drift_before_fixes": _window_accuracy(records, drift_started, first_fix),
+        "after_last_swap": _window_accuracy(records, last_swap, len(records))
+        if last_swap is not None else None,
     }
     return {
         "settings": {k: str(v) for k, v in settings.__dict__.items()},
         "requests": len(records),
         "accuracy": phases,
         "drift_started_at_request": drift_started,
-        "first_apply_at_request": first_apply,
-        "swap_at_request": swapped_at,
+        "proposals_applied_at_requests": applies,
+        "swaps_at_requests": swaps,
         "duration_secs": round(time.monotonic() - timeline.start, 2),
         "timeline": timeline.events,
         "status": status.to_dict(),
@@ -347,7 +354,7 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
         ax.grid(alpha=0.3)
     colors = {"weakness": "red", "proposal": "green", "swap": "blue"}
     for e in timeline.events:
-        if e["kind"] in colors and (e["kind"] != "proposal" or " applied" in e["text"]):
+        if e["kind"] in colors and (e["kind"] != "proposal" or e.get("status") == "applied"):
             for ax in axes:
                 ax.axvline(e["request"], color=colors[e["kind"]], ls="--", lw=0.8, alpha=0.7)
     handles = [plt.Line2D([], [], color=c, ls="--", label=lbl) for lbl, c in
