@@ -229,3 +229,43 @@ def test_low_confidence_auto_trigger_runs_an_rsi_cycle_that_produces_a_proposal(
         assert proposal.weakness.type in (WeaknessType.CONFIDENCE_LOW, WeaknessType.CONFIDENCE_DROP)
         assert proposal.diff.strip()
         assert o.rsi_stats()["proposals"] >= 1
+
+
+@pytest.mark.slow
+def test_restart_with_the_same_home_recovers_everything(tmp_path):
+    from vortex.monitor.weaknesses import Weakness
+
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = BackgroundTrainingConfig(min_samples_for_training=50, num_epochs=5, batch_size=16,
+                                   training_interval_secs=3600, watch_requests=0)
+
+    def build():
+        return (make_orch(tmp_path).with_self_modification(tree).with_background_trainer(cfg))
+
+    with build() as o:
+        x, y = _separable(120)
+        for xi, yi in zip(x, y):
+            o.feedback(o.infer(xi).request_id, int(yi))
+        run = o.trainer.run_once("manual")
+        assert run.version == 2
+        o.swap_to_version(2, reason="test")
+        weakness = Weakness(WeaknessType.PREDICTION_ERROR_SPIKE, 0.5, "test", time.time(), 0.6, 0.3, 50)
+        proposal = o.rsi.propose(weakness)
+        audit_entries = o.rsi.audit.verify().entries
+        buffered = len(o.trainer.buffer)
+        first_seq = o.trainer.buffer.snapshot().seq[0]
+    assert buffered == 120
+
+    with build() as again:
+        assert again.current_model_version() == 2
+        assert [v["version"] for v in again.get_model_versions()] == [1, 2]
+        assert len(again.trainer.buffer) == buffered
+        assert again.trainer.buffer.snapshot().seq[0] == first_seq
+        assert again.trainer.buffer.next_seq == first_seq + buffered
+        assert [p.id for p in again.get_proposals()] == [proposal.id]
+        assert again.get_proposals()[0].diff == proposal.diff
+        verified = again.rsi.audit.verify()
+        assert verified.ok and verified.entries >= audit_entries
+        status = again.system_status()
+        assert status.current_model_version == 2 and len(status.proposals) == 1
