@@ -269,3 +269,19 @@ def test_restart_with_the_same_home_recovers_everything(tmp_path):
         assert verified.ok and verified.entries >= audit_entries
         status = again.system_status()
         assert status.current_model_version == 2 and len(status.proposals) == 1
+
+
+@pytest.mark.slow
+def test_scheduled_cleanup_removes_old_versions_but_never_the_active_one(tmp_path):
+    cfg = BackgroundTrainingConfig(min_samples_for_training=50, num_epochs=2, batch_size=16,
+                                   training_interval_secs=3600, watch_requests=0,
+                                   auto_swap_models=False, max_version_age_days=2 / 86400)
+    with make_orch(tmp_path, cleanup_interval_secs=0.2).with_background_trainer(cfg) as o:
+        x, y = _separable(80)
+        o.trainer.add_samples(x, y)
+        run = o.trainer.run_once("manual")
+        assert [v["version"] for v in o.get_model_versions()] == [1, run.version]
+        o.start_background_training()  # starts the scheduled cleanup
+        assert wait_for(lambda: len(o.get_model_versions()) == 1, timeout=30)
+        assert [v["version"] for v in o.get_model_versions()] == [1]  # the active one stays
+        assert o.current_model_version() == 1
