@@ -237,7 +237,7 @@ def test_worker_throughput_vs_plain_loop(benchmark, tmp_path, request):
     buf.extend(x, y)
     snap = str(tmp_path / "snap.arrow")
     buf.snapshot().write_ipc(snap)
-    cmd = [sys.executable, "-m", "vortex.training.worker", "--snapshot", snap, "--out",
+    cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", snap, "--out",
            str(tmp_path / "out"), "--factory", FACTORY, "--factory-kwargs", json.dumps(KW),
            "--epochs", str(epochs), "--batch-size", "64", "--threads", "1", "--nice", "0"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS="1")

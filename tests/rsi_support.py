@@ -54,3 +54,13 @@ def tree_digest(root: str) -> dict[str, str]:
     return out
 
 
+
+
+def append_many(path: str, n: int) -> None:
+    """Append n entries to an audit log (a multiprocessing target: it must live in a module
+    that child processes can import by name)."""
+    from vortex.rsi.audit import AuditLog
+
+    log = AuditLog(path)
+    for i in range(n):
+        log.append("proc", i=i)

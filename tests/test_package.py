@@ -16,7 +16,7 @@ def test_import_is_light():
 
 
 def test_version_command():
-    out = subprocess.run([sys.executable, "-m", "vortex.cli", "--version"], capture_output=True,
+    out = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.startswith(f"vortex {vortex.__version__} (compiled core {vortex.__version__}")
 

@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.slow
 def test_vortex_demo_detects_patches_retrains_and_recovers(tmp_path):
     home, out = tmp_path / "home", tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "vortex.cli", "demo", "--quick", "--home", str(home),
+    proc = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "demo", "--quick", "--home", str(home),
                            "--out", str(out)], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -38,7 +38,7 @@ def test_vortex_demo_detects_patches_retrains_and_recovers(tmp_path):
     assert "accuracy: clean" in proc.stdout
 
     # The state survives the process: `vortex status` reads it back from disk.
-    status = subprocess.run([sys.executable, "-m", "vortex.cli", "status", "--home", str(home),
+    status = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "status", "--home", str(home),
                              "--json"], capture_output=True, text=True, check=True)
     s = json.loads(status.stdout)
     assert s["models"]["versions"] >= 2 and s["models"]["active_version"] >= 2
@@ -49,7 +49,7 @@ def test_vortex_demo_detects_patches_retrains_and_recovers(tmp_path):
 
 
 def test_status_of_a_missing_home_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vortex.cli", "status", "--home",
+    proc = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "status", "--home",
                            str(tmp_path / "nope")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "no Vortex home at" in proc.stderr and "nope" in proc.stderr

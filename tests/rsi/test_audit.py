@@ -6,11 +6,7 @@ import pytest
 from vortex.errors import AuditLogError
 from vortex.rsi.audit import AuditLog
 
-
-def _append_many(path, n):
-    log = AuditLog(path)
-    for i in range(n):
-        log.append("proc", i=i)
+from rsi_support import append_many
 
 
 def test_chain_and_verify(tmp_path):
@@ -48,7 +44,7 @@ def test_concurrent_appends_keep_the_chain(tmp_path):
     log = AuditLog(path)
     threads = [threading.Thread(target=lambda: [log.append("t", i=i) for i in range(30)]) for _ in range(4)]
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(path, 30)) for _ in range(2)]
+    procs = [ctx.Process(target=append_many, args=(path, 30)) for _ in range(2)]
     for x in threads + procs:
         x.start()
     for t in threads:

@@ -64,6 +64,6 @@ def test_proposals_commands(sample_tree, tmp_path, capsys):
 
 
 def test_cli_as_a_process(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "vortex.cli", "proposals", "list", "--home", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "proposals", "list", "--home", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "no proposals"

@@ -44,7 +44,7 @@ def _free_port():
 
 def _run_worker(tmp_path, world, out, extra=(), batch_size=24):
     port = _free_port()
-    cmd = [sys.executable, "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
+    cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
            "--out", str(out), "--factory", "vortex.training.models:mlp", "--factory-kwargs",
            json.dumps(KW), "--epochs", "3", "--batch-size", str(batch_size), "--seed", "11",
            "--lr", "0.01", "--nice", "0", *extra]
@@ -100,7 +100,7 @@ def test_worker_validates_against_registry_version_and_fails_cleanly(tmp_path):
         f.seek(-1, os.SEEK_END)
         f.write(b"\x00")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    p = subprocess.run([sys.executable, "-m", "vortex.training.worker", "--snapshot",
+    p = subprocess.run([sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot",
                         str(tmp_path / "snap.arrow"), "--out", str(tmp_path / "bad"), "--factory",
                         "vortex.training.models:mlp", "--factory-kwargs", json.dumps(KW),
                         "--registry", str(reg.root), "--init-version", str(v)],

@@ -490,7 +490,9 @@ class BackgroundTrainingCoordinator:
     def _run_workers(self, run: TrainingRun, run_dir: str, snap_path: str, parent: int | None) -> None:
         cfg = self.config
         flux = as_dict(cfg.flux)
-        cmd = [sys.executable, "-m", "vortex.training.worker", "--snapshot", snap_path,
+        # -P: the worker must import the vortex this process runs, never a source checkout
+        # that happens to be the current directory.
+        cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", snap_path,
                "--out", run_dir, "--factory", self.model_factory,
                "--factory-kwargs", json.dumps(self.factory_kwargs), "--task", cfg.task,
                "--epochs", str(cfg.num_epochs), "--lr", repr(cfg.learning_rate),
