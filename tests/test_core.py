@@ -346,3 +346,67 @@ def test_fast_ring_writer_drives_the_pybind_object():
     del r  # the writer keeps the owner alive
     assert w.push(np.array([1, 2], np.float32), 0.5) == 0
     assert w.extend(np.ones((2, 2), np.float32), np.array([1.5, 2.5], np.float32)) == 1
+
+
+# ------------------------------------------------------------------------------ type stubs
+def _stub_members(module_name):
+    """{name: member names} of a compiled module's .pyi (module level under key None)."""
+    import ast
+    from pathlib import Path
+
+    import vortex
+
+    tree = ast.parse((Path(vortex.__file__).parent / f"{module_name}.pyi").read_text())
+    out = {None: set()}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            out[None].add(node.name)
+            out[node.name] = {n.name if not isinstance(n, ast.AnnAssign) else n.target.id
+                              for n in node.body if isinstance(n, (ast.FunctionDef, ast.AnnAssign))}
+        elif isinstance(node, ast.FunctionDef):
+            out[None].add(node.name)
+        elif isinstance(node, ast.AnnAssign):
+            out[None].add(node.target.id)
+    return out
+
+
+def _runtime_names(obj):
+    return {n for n in vars(obj) if not n.startswith("__") or n in ("__len__", "__version__")} - {
+        "_pybind11_conduit_v1_"}
+
+
+@pytest.mark.parametrize("module_name", ["_core", "_fast_metrics", "_fast_ring"])
+def test_type_stub_lists_exactly_what_the_module_exposes(module_name):
+    import importlib
+
+    module = importlib.import_module(f"vortex.{module_name}")
+    stub = _stub_members(module_name)
+    public = {n for n in _runtime_names(module) if (not n.startswith("_") or n == "__version__")
+              and not isinstance(getattr(module, n), type(importlib))}  # not imported modules
+    assert {n for n in stub[None] if not n.startswith("_") or n == "__version__"} == public
+    for cls, members in stub.items():
+        if cls is not None:
+            assert members - {"__init__"} == _runtime_names(getattr(module, cls)), cls
+
+
+def test_core_stub_parameter_names_match_the_bindings():
+    import ast
+    import re
+    from pathlib import Path
+
+    import vortex
+
+    tree = ast.parse((Path(vortex.__file__).parent / "_core.pyi").read_text())
+    checked = 0
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+            member = vars(getattr(_core, cls.name))[fn.name]
+            if isinstance(member, property):
+                continue
+            doc = member.__doc__
+            sig = re.match(rf"{fn.name}\(self: [\w.]+(?:, )?(.*)\) -> ", doc.lstrip().splitlines()[0])
+            assert sig, (cls.name, fn.name, doc)
+            bound = [p.split(":")[0] for p in re.split(r", (?=\w+:)", sig.group(1)) if p]
+            assert bound == [a.arg for a in fn.args.args[1:]], (cls.name, fn.name)
+            checked += 1
+    assert checked >= 15

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -6,7 +7,8 @@ import textwrap
 
 import pytest
 
-from vortex._io import atomic_write, atomic_write_bytes, atomic_write_text
+from vortex._io import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                        is_temp_name)
 
 
 def test_replaces_content_and_leaves_no_temp_files(tmp_path):
@@ -55,3 +57,34 @@ def test_kill_9_while_writing_leaves_old_or_new(tmp_path):
                 proc.wait()
             assert proc.returncode == -signal.SIGKILL
         assert p.read_bytes() in (old, new)
+
+
+def test_mode_is_given_to_the_new_file(tmp_path):
+    p = tmp_path / "script.py"
+    atomic_write_bytes(p, b"x = 1\n", mode=0o754)
+    assert p.stat().st_mode & 0o7777 == 0o754
+    atomic_write_bytes(p, b"x = 2\n")
+    assert p.stat().st_mode & 0o7777 == 0o600
+
+
+def test_temp_file_of_a_killed_write_is_recognised(tmp_path):
+    p = tmp_path / "state.json"
+
+    def killed(f):
+        f.write(b"half")
+        (left,) = os.listdir(tmp_path)
+        assert is_temp_name(left)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(p, killed)
+    assert os.listdir(tmp_path) == []
+    assert not is_temp_name("state.json") and not is_temp_name(".state.json")
+    assert not is_temp_name(".vtx-state.json") and not is_temp_name("x.tmp")
+
+
+def test_json_layout(tmp_path):
+    p = tmp_path / "j.json"
+    atomic_write_json(p, {"b": [1], "a": "é"})
+    assert json.loads(p.read_text("utf-8")) == {"a": "é", "b": [1]}
+    assert p.read_text("utf-8") == '{\n "a": "\\u00e9",\n "b": [\n  1\n ]\n}'

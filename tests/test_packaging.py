@@ -6,6 +6,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ def test_wheel_installs_into_a_fresh_environment_and_passes_a_smoke_test(tmp_pat
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(wheels), str(src)], check=True)
     (wheel,) = wheels.glob("vortex-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    typing_files = {f"vortex/{p.name}" for p in (ROOT / "vortex").glob("*.pyi")} | {"vortex/py.typed"}
+    assert "vortex/_core.pyi" in typing_files and typing_files <= names, sorted(typing_files - names)
 
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)

@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from vortex.tunables import Tunables, format_value, replace_value
-from vortex.rsi._fs import atomic_write
+from vortex._io import atomic_write_bytes
 
 
 def test_format_and_replace():
@@ -24,7 +24,7 @@ def test_hot_reload(tmp_path):
     path.write_text("a = 1\nb = true\n")
     t = Tunables(path, check_interval=0)
     assert t["a"] == 1 and t.get("b") is True and t.get("c", 7) == 7 and t.version == 1
-    atomic_write(str(path), b"a = 2\nb = false\n")
+    atomic_write_bytes(path, b"a = 2\nb = false\n")
     assert t["a"] == 2 and t.get("b") is False and t.version == 2
 
 
@@ -32,7 +32,7 @@ def test_interval_caches_and_reload_forces(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text("a = 1\n")
     t = Tunables(path, check_interval=3600)
-    atomic_write(str(path), b"a = 2\n")
+    atomic_write_bytes(path, b"a = 2\n")
     assert t["a"] == 1          # within the interval: no stat at all
     assert t.reload() and t["a"] == 2
 
@@ -41,7 +41,7 @@ def test_same_content_rewritten_does_not_bump_version(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text("a = 1\n")
     t = Tunables(path, check_interval=0)
-    atomic_write(str(path), b"a = 1\n")
+    atomic_write_bytes(path, b"a = 1\n")
     assert t["a"] == 1 and t.version == 1
 
 
@@ -49,7 +49,7 @@ def test_bad_file_keeps_previous_values(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text("a = 1\n")
     t = Tunables(path, check_interval=0)
-    atomic_write(str(path), b"a = = 2\n")
+    atomic_write_bytes(path, b"a = = 2\n")
     assert t["a"] == 1 and "TOMLDecodeError" in t.last_error
     os.unlink(path)
     assert t["a"] == 1 and "FileNotFoundError" in t.last_error
@@ -76,7 +76,7 @@ def test_readers_see_whole_versions_while_a_writer_replaces(tmp_path):
     for r in readers:
         r.start()
     for i in range(1, 200):
-        atomic_write(str(path), f"a = {i}\nb = {i}\n".encode())
+        atomic_write_bytes(path, f"a = {i}\nb = {i}\n".encode())
     stop.set()
     for r in readers:
         r.join()

@@ -3,21 +3,32 @@
 A write goes to a temporary file in the destination's directory, is fsynced, renamed over
 the destination with :func:`os.replace` (atomic on POSIX), and the directory is fsynced so
 the rename itself survives a power cut. A crash at any moment leaves the old file or the new
-one, never a mix.
+one, never a mix. A ``kill -9`` mid-write can leave the temporary file behind: its name is
+recognised by :func:`is_temp_name`, so recovery and clean-up code can delete it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, BinaryIO
+from typing import Any, BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "fsync_dir", "is_temp_name"]
+
+_TEMP_PREFIX = ".vtx-"
+_TEMP_SUFFIX = ".tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    """True if ``name`` (a file name, not a path) is an atomic write's temporary file."""
+    return name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
-    """Flush a directory's entries (renames, creations) to disk."""
+    """Flush a directory's entries (renames, creations, unlinks) to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -25,15 +36,30 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Atomically replace ``path`` with what ``write(file)`` writes to a binary file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *,
+                 mode: int | None = None) -> None:
+    """Atomically replace ``path`` with what ``write(file)`` writes to a binary file.
+
+    Parameters
+    ----------
+    path
+        Destination; its directory must exist.
+    write
+        Called once with the temporary file open for binary writing (it may stream into it).
+    mode
+        Permission bits given to the new file before the rename (e.g. those of the file it
+        replaces); ``None`` leaves :func:`tempfile.mkstemp`'s ``0o600``.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX,
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -44,11 +70,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``."""
-    atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+    """Atomically replace ``path`` with ``data`` (``mode`` as in :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data), mode=mode)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically replace ``path`` with ``text``."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON (indent 1, sorted keys, UTF-8)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())

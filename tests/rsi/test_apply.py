@@ -91,7 +91,7 @@ def test_recover_undoes_an_uncommitted_journal(tmp_path):
     original = ap._transaction
 
     def crash(pid, op, files, record):
-        from vortex.rsi._fs import atomic_write_json
+        from vortex._io import atomic_write_json
         atomic_write_json(os.path.join(ap.journal_dir, f"{pid}.{op}.json"),
                           {"id": pid, "op": op, "state": "pending", "files": files, "record": record})
         ap._write_files(files[:1], "after")

@@ -175,3 +175,17 @@ def test_cleanup_keeps_n_when_more_than_n(tmp_path):
         reg.register(_state(i))
     assert reg.cleanup(keep_last_n=5) == [] and reg.versions() == [1, 2, 3]
     assert reg.cleanup(keep_last_n=2) == [1] and reg.versions() == [2, 3]
+
+
+def test_cleanup_removes_temp_files_of_killed_writes_only(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    reg.register(_state(1))
+    # what a kill -9 mid-write leaves: the shared helper's temp name, and the earlier prefix
+    for name in (".vtx-versions.arrow.k2j4x9_q.tmp", ".tmp-v000002.safetensors.ab12cd"):
+        with open(os.path.join(tmp_path, name), "wb") as f:
+            f.write(b"half")
+    with open(os.path.join(tmp_path, ".keep"), "wb") as f:
+        f.write(b"not ours")
+    assert reg.cleanup(keep_last_n=5) == []
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == [".keep", ".lock"]
+    assert reg.versions() == [1]

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..errors import PatchError, RollbackConflictError
-from ._fs import atomic_write, atomic_write_json, fsync_dir
+from .._io import atomic_write_bytes, atomic_write_json, fsync_dir, is_temp_name
 from .diffs import check_paths, parse_diff
 
 __all__ = ["Applier"]
@@ -128,7 +128,7 @@ class Applier:
                     fsync_dir(os.path.dirname(full))
             elif _read(full) != data:
                 os.makedirs(os.path.dirname(full), exist_ok=True)
-                atomic_write(full, data, mode=f.get("mode"))
+                atomic_write_bytes(full, data, mode=f.get("mode"))
 
     def _transaction(self, pid: str, op: str, files: list[dict[str, Any]],
                      record: dict[str, Any] | None) -> None:
@@ -155,7 +155,7 @@ class Applier:
         for d in {os.path.dirname(os.path.join(self.root, f["path"])) for f in files}:
             if os.path.isdir(d):
                 for name in os.listdir(d):
-                    if name.startswith(".vtx-") and name.endswith(".tmp"):
+                    if is_temp_name(name):
                         os.unlink(os.path.join(d, name))
 
     def recover(self) -> list[str]:
@@ -164,7 +164,7 @@ class Applier:
         with self._locked():
             for d in (self.journal_dir, self.applied_dir):  # temp files of killed state writes
                 for name in os.listdir(d):
-                    if name.startswith(".vtx-") and name.endswith(".tmp"):
+                    if is_temp_name(name):
                         os.unlink(os.path.join(d, name))
             for name in sorted(os.listdir(self.journal_dir)):
                 if not name.endswith(".json") or name.startswith("."):

@@ -58,7 +58,7 @@ class AuditLog:
                 entry["hash"] = _digest(entry)
                 fh.seek(0, os.SEEK_END)
                 fh.write(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n")
-                fh.flush()
+                fh.flush()  # appended in place under the flock, not replaced: not a vortex._io write
                 os.fsync(fh.fileno())
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)

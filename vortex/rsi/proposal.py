@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ProposalNotFoundError, ProposalStateError
 from ..monitor.weaknesses import Weakness
-from ._fs import atomic_write_json
+from .._io import atomic_write_json
 
 __all__ = ["ProposalStatus", "RiskLevel", "TunableMove", "ImprovementProposal", "ProposalStore"]
 

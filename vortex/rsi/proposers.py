@@ -35,7 +35,7 @@ from typing import Any, Callable, Protocol
 from ..errors import PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from ._fs import atomic_write_json
+from .._io import atomic_write_json
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from .._io import atomic_write
 from .._native import _core
 from .._fast_ring import SampleRingWriter
 from ..errors import SnapshotFormatError
@@ -59,14 +59,6 @@ def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
         if a.size:
             crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
     return f"{crc:08x}"
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,25 +166,14 @@ class Snapshot:
         """
         import pyarrow as pa
 
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         full = {k.decode(): v.decode() for k, v in self.schema(metadata).metadata.items()}
         batch = self.to_arrow({**full, _CRC_KEY: _checksum(self._arrays(), full)})
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".arrow", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                with pa.ipc.new_file(fh, batch.schema) as writer:
-                    writer.write_batch(batch)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(directory)
+
+        def write(fh: BinaryIO) -> None:
+            with pa.ipc.new_file(fh, batch.schema) as writer:
+                writer.write_batch(batch)
+
+        atomic_write(path, write)
 
     @classmethod
     def read_ipc(cls, path: str | os.PathLike[str]) -> "Snapshot":

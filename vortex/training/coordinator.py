@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import BackgroundTrainingConfig, as_dict
 from ..errors import ModelSwapError, RegistryError, TrainingError
-from ._atomic import atomic_write_bytes
+from .._io import atomic_write_bytes
 from .models import build_model
 from .registry import ModelRegistry
 from .slot import ModelSlot, prepare_model

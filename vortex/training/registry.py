@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ChecksumMismatchError, RegistryError, VersionNotFoundError
-from ._atomic import atomic_write, fsync_dir
+from .._io import atomic_write, atomic_write_bytes, fsync_dir, is_temp_name
 
 __all__ = ["ModelRegistry", "COLUMNS", "LOG_COLUMNS", "state_dict_bytes"]
 
@@ -317,7 +317,7 @@ class ModelRegistry:
             rows = self._rows()
             version = self._next_version()
             path = self.weights_path(version)
-            atomic_write(path, lambda f: f.write(data))
+            atomic_write_bytes(path, data)
             row = {c: None for c in COLUMNS}
             row.update(meta)
             row.update(version=version, created_at=float(meta.get("created_at") or time.time()),
@@ -427,7 +427,7 @@ class ModelRegistry:
                 m = _WEIGHTS_RE.match(name)
                 if m and int(m.group(1)) not in listed:
                     self._unlink(os.path.join(self.root, name))
-                elif name.startswith(".tmp-"):
+                elif is_temp_name(name) or name.startswith(".tmp-"):  # .tmp-: older versions' prefix
                     self._unlink(os.path.join(self.root, name))
         if removed:
             log.info("registry cleanup removed versions %s", removed)

@@ -249,7 +249,7 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     from .models import build_model
     from .registry import ModelRegistry, state_dict_bytes
     from .validation import compare_models
-    from ._atomic import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     torch.set_num_threads(args.threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
