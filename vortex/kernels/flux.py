@@ -185,6 +185,46 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
 
 
 @numba.njit(**_JIT)
+def _tables(block, held9, half_life):  # pragma: no cover - compiled
+    """Per-call tables of :func:`_flux_blocks` for consecutive seqs from a multiple of 9.
+
+    Index j (0 <= j < block + 9) stands for seq % 9 == j % 9: keep_weight (1.0 / 0.0),
+    held_pattern, keep_pattern, pos_pattern (``1 + j % 9``), keep_count[j] (trained among the
+    first j). powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
+    t places into a full block relative to its last sample, as a product of two powers from
+    256-entry tables (2 roundings instead of 1; ~500 pow calls instead of one per entry).
+    Built here rather than with NumPy, whose array-wide %, isin and pow took ~3 ms a call.
+    """
+    size = block + 9
+    keep_weight = np.empty(size)
+    held_pattern = np.empty(size, np.bool_)
+    keep_pattern = np.empty(size, np.bool_)
+    pos_pattern = np.empty(size, np.int8)
+    keep_count = np.empty(size + 1, np.int64)
+    keep_count[0] = 0
+    r = 0
+    for j in range(size):
+        held = held9[r]
+        held_pattern[j] = held
+        keep_pattern[j] = not held
+        keep_weight[j] = 0.0 if held else 1.0
+        pos_pattern[j] = r + 1
+        keep_count[j + 1] = keep_count[j] + (0 if held else 1)
+        r = 0 if r == 8 else r + 1
+    low = np.empty(256)
+    for j in range(256):
+        low[j] = 0.5 ** (j / half_life)
+    high = np.empty((block >> 8) + 1)
+    for j in range(high.shape[0]):
+        high[j] = 0.5 ** ((j << 8) / half_life)
+    powrev = np.empty(block)
+    for t in range(block):
+        k = block - 1 - t
+        powrev[t] = high[k >> 8] * low[k & 255]
+    return keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count, powrev
+
+
+@numba.njit(**_JIT)
 def _scale(weights, train_mask, scale, uniform):  # pragma: no cover - compiled
     """Trained weights times `scale` (or 1 when `uniform`); held-out weights stay 0."""
     if uniform:
@@ -254,15 +294,10 @@ def flux_weights(seq: np.ndarray, episode: np.ndarray, error: np.ndarray, *, hal
     if n == 0:
         return weights, positions, train_mask, holdout_mask
     block = min(n, _BLOCK)
-    pattern = np.arange(block + 9) % 9  # seq % 9 of consecutive seqs from a multiple of 9
-    held_pattern = np.isin(pattern + 1, holdout_positions)
-    keep_pattern = ~held_pattern
-    keep_weight = keep_pattern.astype(np.float64)
-    keep_count = np.concatenate(([0], np.cumsum(keep_pattern)))
-    pos_pattern = (pattern + 1).astype(np.int8)
-    # powrev[t] = 0.5 ** ((block - 1 - t) / half_life): forward factor of the sample t places
-    # into a full block relative to the block's last sample
-    powrev = 0.5 ** (np.arange(block - 1, -1, -1, dtype=np.float64) / float(half_life))
+    held9 = np.zeros(9, np.bool_)
+    held9[[p - 1 for p in holdout_positions]] = True
+    keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count, powrev = _tables(
+        block, held9, float(half_life))
     anchor = seq_a[-1]
     while True:
         status, total, n_trained, seq_max = _flux_blocks(
