@@ -87,7 +87,7 @@ def _block_outputs(chain, powers, f_last, lam, w_max, keep_weight, pos_pattern, 
         f = f if f >= _TINY else 0.0
         w = f * (1.0 + lam * chain[t])
         w = w if w < w_max else w_max
-        w *= keep_weight[t]
+        w = w if keep_pattern[t] else 0.0  # a byte per sample rather than a float64 factor
         total += w
         weights[t] = w
         positions[t] = pos_pattern[t]
