@@ -73,12 +73,12 @@ def _prefetch(typingctx, array, index):
 
 
 @numba.njit(**_JIT)
-def _block_outputs(chain, powers, f_last, lam, w_max, keep_weight, pos_pattern, held_pattern,
+def _block_outputs(chain, powers, f_last, lam, w_max, pos_pattern, held_pattern,
                    keep_pattern, weights, positions, holdout_mask, train_mask, m):  # pragma: no cover
     """Outputs of a block of consecutive seqs; returns the sum of its weights.
 
-    weights[t] = keep_weight[t] * min(f_last * powers[t] * (1 + lam * chain[t]), w_max); positions
-    and masks copied from the patterns. A separate function with one simple loop, which LLVM
+    weights[t] = min(f_last * powers[t] * (1 + lam * chain[t]), w_max), or 0 where not
+    keep_pattern[t]; positions and masks copied from the patterns. A separate function with one simple loop, which LLVM
     vectorises (Numba's slice assignment would go through its generic broadcasting path).
     """
     total = 0.0
@@ -116,7 +116,7 @@ def _prepare(error, episode, seq, episode_after, gamma, chain, coef, m):  # prag
 
 
 @numba.njit(**_JIT)
-def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, pos_pattern,
+def _flux_blocks(seq, episode, error, held_pattern, keep_pattern, pos_pattern,
                  keep_count, powrev, inv_hl, gamma, lam, w_max, anchor, weights, positions,
                  train_mask, holdout_mask):  # pragma: no cover - compiled
     """Raw clipped weights (0 for held out), positions and masks, block by block from the end.
@@ -195,7 +195,7 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
             seq_max = max(seq_max, sq[m - 1])
             q = sq[0] % 9
             total += _block_outputs(chain, powrev[block - m:], 0.5 ** ((anchor - sq[m - 1]) * inv_hl),
-                                    lam, w_max, keep_weight[q:], pos_pattern[q:], held_pattern[q:],
+                                    lam, w_max, pos_pattern[q:], held_pattern[q:],
                                     keep_pattern[q:], wb, positions[lo:hi], holdout_mask[lo:hi],
                                     train_mask[lo:hi], m)
             n_trained += keep_count[q + m] - keep_count[q]
@@ -210,7 +210,7 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
                 w = f * (1.0 + lam * chain[t])
                 w = w if w < w_max else w_max
                 r = s % 9
-                w *= keep_weight[r]
+                w = w if keep_pattern[r] else 0.0
                 total += w
                 wb[t] = w
                 positions[lo + t] = pos_pattern[r]
@@ -225,15 +225,13 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
 def _tables(block, held9, half_life):  # pragma: no cover - compiled
     """Per-call tables of :func:`_flux_blocks` for consecutive seqs from a multiple of 9.
 
-    Index j (0 <= j < block + 9) stands for seq % 9 == j % 9: keep_weight (1.0 / 0.0),
-    held_pattern, keep_pattern, pos_pattern (``1 + j % 9``), keep_count[j] (trained among the
-    first j). powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
+    Index j (0 <= j < block + 9) stands for seq % 9 == j % 9: held_pattern, keep_pattern,
+    pos_pattern (``1 + j % 9``), keep_count[j] (trained among the first j). powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
     t places into a full block relative to its last sample, as a product of two powers from
     256-entry tables (2 roundings instead of 1; ~500 pow calls instead of one per entry).
     Built here rather than with NumPy, whose array-wide %, isin and pow took ~3 ms a call.
     """
     size = block + 9
-    keep_weight = np.empty(size)
     held_pattern = np.empty(size, np.bool_)
     keep_pattern = np.empty(size, np.bool_)
     pos_pattern = np.empty(size, np.int8)
@@ -244,7 +242,6 @@ def _tables(block, held9, half_life):  # pragma: no cover - compiled
         held = held9[r]
         held_pattern[j] = held
         keep_pattern[j] = not held
-        keep_weight[j] = 0.0 if held else 1.0
         pos_pattern[j] = r + 1
         keep_count[j + 1] = keep_count[j] + (0 if held else 1)
         r = 0 if r == 8 else r + 1
@@ -258,7 +255,7 @@ def _tables(block, held9, half_life):  # pragma: no cover - compiled
     for t in range(block):
         k = block - 1 - t
         powrev[t] = high[k >> 8] * low[k & 255]
-    return keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count, powrev
+    return held_pattern, keep_pattern, pos_pattern, keep_count, powrev
 
 
 @numba.njit(**_JIT)
@@ -333,12 +330,12 @@ def flux_weights(seq: np.ndarray, episode: np.ndarray, error: np.ndarray, *, hal
     block = min(n, _BLOCK)
     held9 = np.zeros(9, np.bool_)
     held9[[p - 1 for p in holdout_positions]] = True
-    keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count, powrev = _tables(
+    held_pattern, keep_pattern, pos_pattern, keep_count, powrev = _tables(
         block, held9, float(half_life))
     anchor = seq_a[-1]
     while True:
         status, total, n_trained, seq_max = _flux_blocks(
-            seq_a, ep_a, err_a, keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count,
+            seq_a, ep_a, err_a, held_pattern, keep_pattern, pos_pattern, keep_count,
             powrev, 1.0 / float(half_life), float(gamma), float(lam), float(w_max), anchor,
             weights, positions, train_mask, holdout_mask)
         if status == 1:
