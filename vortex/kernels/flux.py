@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from llvmlite import binding as _llvm
+from numba.extending import intrinsic
 
 __all__ = ["flux_weights", "warmup"]
 
@@ -37,18 +41,44 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy",
             fastmath={"contract", "reassoc"})
 
 
-_BLOCK = 65536  # samples per block: its two float64 scratch columns (1 MiB) mostly stay in L2;
-#                 measured here: 4096 -> 2.6x, 16384 -> 2.2x, 65536 -> 1.9x the bandwidth bound
+_BLOCK = 65536  # samples per block (two float64 scratch columns of 512 KiB): best measured here,
+#                 10M samples, min of 15 rounds: 16384 -> 21.2 ms, 32768 -> 17.7, 65536 -> 16.7
+_PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = keep in every cache level
+_OPAQUE_POINTERS = _llvm.llvm_version_info >= (15,)  # intrinsic name mangling changed
 _TINY = 2.2250738585072014e-308  # smallest normal double: smaller forward factors are 0
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to start loading ``array[index]``'s cache line (LLVM ``llvm.prefetch``:
+    read, keep in all levels); no effect on results, and an address out of range is harmless
+    (a prefetch never faults), though callers stay in range."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, [args[1]],
+                                       wraparound=False, boundscheck=False)
+        ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+            "llvm.prefetch.p0" if _OPAQUE_POINTERS else "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, _PREFETCH_LOCALITY),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @numba.njit(**_JIT)
-def _block_outputs(chain, powers, f_last, lam, w_max, keep_weight, pos_pattern, held_pattern,
+def _block_outputs(chain, powers, f_last, lam, w_max, pos_pattern, held_pattern,
                    keep_pattern, weights, positions, holdout_mask, train_mask, m):  # pragma: no cover
     """Outputs of a block of consecutive seqs; returns the sum of its weights.
 
-    weights[t] = keep_weight[t] * min(f_last * powers[t] * (1 + lam * chain[t]), w_max); positions
-    and masks copied from the patterns. A separate function with one simple loop, which LLVM
+    weights[t] = min(f_last * powers[t] * (1 + lam * chain[t]), w_max), or 0 where not
+    keep_pattern[t]; positions and masks copied from the patterns. A separate function with one simple loop, which LLVM
     vectorises (Numba's slice assignment would go through its generic broadcasting path).
     """
     total = 0.0
@@ -57,7 +87,7 @@ def _block_outputs(chain, powers, f_last, lam, w_max, keep_weight, pos_pattern, 
         f = f if f >= _TINY else 0.0
         w = f * (1.0 + lam * chain[t])
         w = w if w < w_max else w_max
-        w *= keep_weight[t]
+        w = w if keep_pattern[t] else 0.0  # a byte per sample rather than a float64 factor
         total += w
         weights[t] = w
         positions[t] = pos_pattern[t]
@@ -86,7 +116,7 @@ def _prepare(error, episode, seq, episode_after, gamma, chain, coef, m):  # prag
 
 
 @numba.njit(**_JIT)
-def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, pos_pattern,
+def _flux_blocks(seq, episode, error, held_pattern, keep_pattern, pos_pattern,
                  keep_count, powrev, inv_hl, gamma, lam, w_max, anchor, weights, positions,
                  train_mask, holdout_mask):  # pragma: no cover - compiled
     """Raw clipped weights (0 for held out), positions and masks, block by block from the end.
@@ -124,7 +154,14 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
         irregular = (flags & 2) != 0
         # ---- pass A: serial, four samples per step (see above)
         t = m - 1
+        # Prefetch the next (older) block's inputs while this serial loop computes, so its
+        # _prepare reads them from cache: ~5% faster over 10M samples (min 16.7 -> 15.9 ms).
+        ahead = lo - block
         while t >= 3:
+            if ahead + t >= 0:
+                _prefetch(seq, ahead + t)
+                _prefetch(episode, ahead + t)
+                _prefetch(error, ahead + t)
             e0 = chain[t]
             e1 = chain[t - 1]
             e2 = chain[t - 2]
@@ -158,7 +195,7 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
             seq_max = max(seq_max, sq[m - 1])
             q = sq[0] % 9
             total += _block_outputs(chain, powrev[block - m:], 0.5 ** ((anchor - sq[m - 1]) * inv_hl),
-                                    lam, w_max, keep_weight[q:], pos_pattern[q:], held_pattern[q:],
+                                    lam, w_max, pos_pattern[q:], held_pattern[q:],
                                     keep_pattern[q:], wb, positions[lo:hi], holdout_mask[lo:hi],
                                     train_mask[lo:hi], m)
             n_trained += keep_count[q + m] - keep_count[q]
@@ -173,7 +210,7 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
                 w = f * (1.0 + lam * chain[t])
                 w = w if w < w_max else w_max
                 r = s % 9
-                w *= keep_weight[r]
+                w = w if keep_pattern[r] else 0.0
                 total += w
                 wb[t] = w
                 positions[lo + t] = pos_pattern[r]
@@ -182,6 +219,43 @@ def _flux_blocks(seq, episode, error, keep_weight, held_pattern, keep_pattern, p
                 n_trained += keep_pattern[r]
         hi = lo
     return (1 if bad else 0), total, n_trained, seq_max
+
+
+@numba.njit(**_JIT)
+def _tables(block, held9, half_life):  # pragma: no cover - compiled
+    """Per-call tables of :func:`_flux_blocks` for consecutive seqs from a multiple of 9.
+
+    Index j (0 <= j < block + 9) stands for seq % 9 == j % 9: held_pattern, keep_pattern,
+    pos_pattern (``1 + j % 9``), keep_count[j] (trained among the first j). powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
+    t places into a full block relative to its last sample, as a product of two powers from
+    256-entry tables (2 roundings instead of 1; ~500 pow calls instead of one per entry).
+    Built here rather than with NumPy, whose array-wide %, isin and pow took ~3 ms a call.
+    """
+    size = block + 9
+    held_pattern = np.empty(size, np.bool_)
+    keep_pattern = np.empty(size, np.bool_)
+    pos_pattern = np.empty(size, np.int8)
+    keep_count = np.empty(size + 1, np.int64)
+    keep_count[0] = 0
+    r = 0
+    for j in range(size):
+        held = held9[r]
+        held_pattern[j] = held
+        keep_pattern[j] = not held
+        pos_pattern[j] = r + 1
+        keep_count[j + 1] = keep_count[j] + (0 if held else 1)
+        r = 0 if r == 8 else r + 1
+    low = np.empty(256)
+    for j in range(256):
+        low[j] = 0.5 ** (j / half_life)
+    high = np.empty((block >> 8) + 1)
+    for j in range(high.shape[0]):
+        high[j] = 0.5 ** ((j << 8) / half_life)
+    powrev = np.empty(block)
+    for t in range(block):
+        k = block - 1 - t
+        powrev[t] = high[k >> 8] * low[k & 255]
+    return held_pattern, keep_pattern, pos_pattern, keep_count, powrev
 
 
 @numba.njit(**_JIT)
@@ -254,19 +328,14 @@ def flux_weights(seq: np.ndarray, episode: np.ndarray, error: np.ndarray, *, hal
     if n == 0:
         return weights, positions, train_mask, holdout_mask
     block = min(n, _BLOCK)
-    pattern = np.arange(block + 9) % 9  # seq % 9 of consecutive seqs from a multiple of 9
-    held_pattern = np.isin(pattern + 1, holdout_positions)
-    keep_pattern = ~held_pattern
-    keep_weight = keep_pattern.astype(np.float64)
-    keep_count = np.concatenate(([0], np.cumsum(keep_pattern)))
-    pos_pattern = (pattern + 1).astype(np.int8)
-    # powrev[t] = 0.5 ** ((block - 1 - t) / half_life): forward factor of the sample t places
-    # into a full block relative to the block's last sample
-    powrev = 0.5 ** (np.arange(block - 1, -1, -1, dtype=np.float64) / float(half_life))
+    held9 = np.zeros(9, np.bool_)
+    held9[[p - 1 for p in holdout_positions]] = True
+    held_pattern, keep_pattern, pos_pattern, keep_count, powrev = _tables(
+        block, held9, float(half_life))
     anchor = seq_a[-1]
     while True:
         status, total, n_trained, seq_max = _flux_blocks(
-            seq_a, ep_a, err_a, keep_weight, held_pattern, keep_pattern, pos_pattern, keep_count,
+            seq_a, ep_a, err_a, held_pattern, keep_pattern, pos_pattern, keep_count,
             powrev, 1.0 / float(half_life), float(gamma), float(lam), float(w_max), anchor,
             weights, positions, train_mask, holdout_mask)
         if status == 1:
