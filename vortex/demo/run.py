@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import logging
 import shutil
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._io import atomic_write_bytes
 
 __all__ = ["DemoSettings", "run_demo", "main"]
 
@@ -238,7 +241,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         orch.close()
 
     report = _report(settings, records, timeline, status, drift_started)
-    (settings.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_bytes(settings.out_dir / "report.json",
+                       json.dumps(report, indent=2, default=str).encode(), mode=0o644)
     _plot(records, timeline, drift_started, settings.out_dir / "timeline.png")
     return report
 
@@ -363,8 +367,10 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     axes[0].set_title("Vortex demo: drift at the shaded region; detection, RSI and retraining")
     axes[-1].set_xlabel("request")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    atomic_write_bytes(path, png.getvalue(), mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:
