@@ -1,11 +1,15 @@
 """Orchestrator request-path benchmarks: what ``infer`` and ``feedback`` add around a model call.
 
-The model is a small MLP (``vortex.training.models.mlp(64, 64, 10)``) so that its own call
-is only a few microseconds and the bookkeeping around it is visible. Group
-``infer (per call)``, side by side in one run:
+Two models, one group each: a small MLP (``vortex.training.models.mlp(64, 64, 10)``), and a
+module returning constant logits, whose own call costs next to nothing: on this shared,
+noisy machine the MLP's call varies by more than the overhead being measured, the constant
+model's does not. Entries, side by side in one run:
 
-* ``bare``: the same model on the same NumPy input, the least a caller must do
-  (``torch.from_numpy``, ``inference_mode``, the forward pass);
+* ``bare``: the same model on the same NumPy input as a user writes it
+  (``with torch.inference_mode(): model(torch.from_numpy(x).unsqueeze(0))``);
+* ``bare_lean``: the same with the cheaper entry ``infer`` itself uses (the inference-mode
+  guard entered directly, the input as an ``x[None]`` view), so ``vortex - bare_lean`` is the
+  bookkeeping alone;
 * ``vortex``: ``Orchestrator.infer`` with the runtime detector, the performance tracker and
   sample capture (pending-feedback table; background trainer attached so ``feedback`` pushes
   into the SampleBuffer) enabled;
@@ -13,8 +17,9 @@ is only a few microseconds and the bookkeeping around it is visible. Group
   prometheus_client Histogram for latency and one for confidence, a Gauge for the last
   confidence and river's ``drift.ADWIN`` on confidence.
 
-Overhead per call = entry - bare (fastest rounds); the Vortex entry prints both overheads and their ratio as
-extra figures (``overhead_us``, ``peer_overhead_us``). Group ``feedback (per call)`` times
+Overhead per call = entry - bare (fastest rounds); the Vortex entry prints its overhead, the
+peer's and their ratio (``overhead_us``, ``peer_overhead_us``, ``peer_overhead_x``) and its
+bookkeeping alone (``over_lean_us``). Group ``feedback (per call)`` times
 ``Orchestrator.feedback`` against the peer's equivalent (error histogram, ADWIN on the
 error, the sample appended to a deque).
 
@@ -46,12 +51,32 @@ LABELS = [int(v) for v in np.random.default_rng(1).integers(0, CLASSES, CALLS)]
 _MINIMA: dict[str, float] = {}
 
 
-def _model() -> torch.nn.Module:
-    return mlp(**FACTORY_KW).eval()
+class _ConstantLogits(torch.nn.Module):
+    """The MLP's answer to the first input, returned for any input: a model call of almost
+    no cost, so that only the bookkeeping around it differs between the entries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.inference_mode():
+            self.register_buffer("logits", mlp(**FACTORY_KW)(torch.from_numpy(INPUTS[0][None])).clone())
+
+    def forward(self, x):
+        return self.logits
 
 
-def _orchestrator(tmp_path) -> Orchestrator:
-    return (Orchestrator(_model(), "vortex.training.models:mlp", tmp_path / "home", feature_dim=DIM,
+KINDS = ["mlp", "constant"]
+
+
+def _model(kind: str = "mlp") -> torch.nn.Module:
+    return (mlp(**FACTORY_KW) if kind == "mlp" else _ConstantLogits()).eval()
+
+
+def _group(benchmark, kind: str) -> None:
+    benchmark.group = f"infer, {'mlp(64, 64, 10)' if kind == 'mlp' else 'constant-logits model'} (per call)"
+
+
+def _orchestrator(tmp_path, kind: str = "mlp") -> Orchestrator:
+    return (Orchestrator(_model(kind), "vortex.training.models:mlp", tmp_path / "home", feature_dim=DIM,
                          factory_kwargs=FACTORY_KW)
             .with_runtime_detector(RuntimeDetectorConfig(monitor_interval_ms=1000))
             .with_background_trainer(BackgroundTrainingConfig()))  # not started: no training runs
@@ -59,10 +84,10 @@ def _orchestrator(tmp_path) -> Orchestrator:
 
 def _expected_classes(model) -> list[int]:
     with torch.inference_mode():
-        return model(torch.from_numpy(np.stack(INPUTS))).argmax(1).tolist()
+        return [int(model(torch.from_numpy(x[None])).argmax()) for x in INPUTS]
 
 
-def _record(benchmark, key: str) -> None:
+def _record(benchmark, key: tuple[str, str]) -> None:
     if benchmark.stats is not None and benchmark.stats.stats.rounds:
         _MINIMA[key] = benchmark.stats.stats.min / CALLS
 
@@ -107,9 +132,10 @@ class _Instrumented:
 
 # -- infer ------------------------------------------------------------------------------------
 
-@pytest.mark.benchmark(group="infer (per call)")
-def test_infer_bare_model(benchmark):
-    model = _model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_infer_bare_model(benchmark, kind):
+    _group(benchmark, kind)
+    model = _model(kind)
 
     def run():
         out = None
@@ -121,12 +147,32 @@ def test_infer_bare_model(benchmark):
     benchmark.extra_info["calls_per_round"] = CALLS
     out = benchmark(run)
     assert out.shape == (1, CLASSES)
-    _record(benchmark, "bare")
+    _record(benchmark, (kind, "bare"))
 
 
-@pytest.mark.benchmark(group="infer (per call)")
-def test_infer_prometheus_river(benchmark):
-    served = _Instrumented(_model())
+@pytest.mark.parametrize("kind", KINDS)
+def test_infer_bare_model_lean(benchmark, kind):
+    _group(benchmark, kind)
+    model = _model(kind)
+    guard = torch._C._InferenceMode
+
+    def run():
+        out = None
+        for x in INPUTS:
+            with guard(True):
+                out = model(torch.from_numpy(x[None]))
+        return out
+
+    benchmark.extra_info["calls_per_round"] = CALLS
+    out = benchmark(run)
+    assert out.shape == (1, CLASSES)
+    _record(benchmark, (kind, "lean"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_infer_prometheus_river(benchmark, kind):
+    _group(benchmark, kind)
+    served = _Instrumented(_model(kind))
 
     def run():
         return [served.infer(x)[0] for x in INPUTS]
@@ -134,14 +180,15 @@ def test_infer_prometheus_river(benchmark):
     benchmark.extra_info["calls_per_round"] = CALLS
     classes = benchmark(run)
     assert classes == _expected_classes(served.model)
-    _record(benchmark, "peer")
-    if "bare" in _MINIMA:
-        benchmark.extra_info["overhead_us"] = (_MINIMA["peer"] - _MINIMA["bare"]) * 1e6
+    _record(benchmark, (kind, "peer"))
+    if (kind, "bare") in _MINIMA:
+        benchmark.extra_info["overhead_us"] = (_MINIMA[kind, "peer"] - _MINIMA[kind, "bare"]) * 1e6
 
 
-@pytest.mark.benchmark(group="infer (per call)")
-def test_infer_vortex(benchmark, tmp_path):
-    with _orchestrator(tmp_path) as orch:
+@pytest.mark.parametrize("kind", KINDS)
+def test_infer_vortex(benchmark, tmp_path, kind):
+    _group(benchmark, kind)
+    with _orchestrator(tmp_path, kind) as orch:
         infer = orch.infer
 
         def run():
@@ -152,13 +199,15 @@ def test_infer_vortex(benchmark, tmp_path):
         assert classes == _expected_classes(orch._slot.get()[1])
         assert orch.runtime_stats().total_samples % CALLS == 0
         assert orch.get_metrics()["modes"]["fast"]["count"] == orch.runtime_stats().total_samples
-        _record(benchmark, "vortex")
-        if {"bare", "peer"} <= _MINIMA.keys():
-            mine = _MINIMA["vortex"] - _MINIMA["bare"]
-            peer = _MINIMA["peer"] - _MINIMA["bare"]
+        _record(benchmark, (kind, "vortex"))
+        if {(kind, "bare"), (kind, "peer")} <= _MINIMA.keys():
+            mine = _MINIMA[kind, "vortex"] - _MINIMA[kind, "bare"]
+            peer = _MINIMA[kind, "peer"] - _MINIMA[kind, "bare"]
             benchmark.extra_info["overhead_us"] = mine * 1e6
             benchmark.extra_info["peer_overhead_us"] = peer * 1e6
             benchmark.extra_info["peer_overhead_x"] = peer / mine if mine > 0 else float("inf")
+        if (kind, "lean") in _MINIMA:
+            benchmark.extra_info["over_lean_us"] = (_MINIMA[kind, "vortex"] - _MINIMA[kind, "lean"]) * 1e6
 
 
 # -- feedback ---------------------------------------------------------------------------------
