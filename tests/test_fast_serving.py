@@ -78,3 +78,21 @@ def test_build_makes_an_equal_frozen_dataclass():
     assert repr(fast) == repr(Prediction(*values))
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.confidence = 1.0
+
+
+def test_softmax_top_many_classes_beyond_the_stack_buffer():
+    z = np.random.default_rng(3).normal(size=1000).astype(np.float32)
+    cls, conf, probs = softmax_top(z)
+    k, p_max, p = naive.softmax_top(z)
+    assert cls == k and conf == pytest.approx(p_max, rel=1e-12)
+    np.testing.assert_allclose(probs, p, rtol=1e-12)
+
+
+def test_prediction_built_fast_pickles_and_converts_like_a_dataclass():
+    import pickle
+
+    values = (7, 2, 0.5, (0.25, 0.25, 0.5), "fast", 3, 0.125)
+    fast = build(Prediction, tuple(f.name for f in dataclasses.fields(Prediction)), values)
+    assert pickle.loads(pickle.dumps(fast)) == fast
+    assert dataclasses.astuple(fast) == values
+    assert dataclasses.replace(fast, mode="thorough").mode == "thorough"

@@ -13,6 +13,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from libc.math cimport exp, isfinite
 from libc.stdint cimport uintptr_t
+from libc.stdlib cimport free, malloc
 
 
 cdef inline char _code(const char* fmt):
@@ -70,11 +71,17 @@ cdef inline double _at(const char* buf, Py_ssize_t i, bint f32) noexcept nogil:
     return (<const float*>buf)[i] if f32 else (<const double*>buf)[i]
 
 
+cdef enum:
+    _STACK_LOGITS = 256  # up to this many classes the exponentials live on the stack
+
+
 cdef object _softmax_top(const char* buf, Py_ssize_t n, bint f32):
     """The result of :func:`softmax_top` over ``n`` values at ``buf``; None if any is not
     finite."""
     cdef Py_ssize_t i, best = 0
     cdef double top = _at(buf, 0, f32), z, total = 0.0, p, best_p = -1.0
+    cdef double stack[_STACK_LOGITS]
+    cdef double* e = stack
     cdef object probs, item
     for i in range(n):
         z = _at(buf, i, f32)
@@ -82,17 +89,26 @@ cdef object _softmax_top(const char* buf, Py_ssize_t n, bint f32):
             return None
         if z > top:
             top = z
-    for i in range(n):
-        total += exp(_at(buf, i, f32) - top)
-    probs = PyTuple_New(n)
-    for i in range(n):
-        p = exp(_at(buf, i, f32) - top) / total
-        if p > best_p:  # first maximum, as numpy's argmax
-            best, best_p = i, p
-        item = p
-        Py_INCREF(item)
-        PyTuple_SET_ITEM(probs, i, item)
-    return best, probs[best], probs
+    if n > _STACK_LOGITS:
+        e = <double*>malloc(n * sizeof(double))
+        if e == NULL:
+            raise MemoryError()
+    try:
+        for i in range(n):
+            e[i] = exp(_at(buf, i, f32) - top)
+            total += e[i]
+        probs = PyTuple_New(n)
+        for i in range(n):
+            p = e[i] / total
+            if p > best_p:  # first maximum, as numpy's argmax
+                best, best_p = i, p
+            item = p
+            Py_INCREF(item)
+            PyTuple_SET_ITEM(probs, i, item)
+        return best, probs[best], probs
+    finally:
+        if e != stack:
+            free(e)
 
 
 def softmax_top(logits):
