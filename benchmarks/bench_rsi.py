@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -71,7 +72,7 @@ def _naive(root, diff, work, bench_runs):
     s = load_settings(root)
     ok = subprocess.run(s.expand(s.test_command), cwd=work, capture_output=True).returncode == 0
     outs = [subprocess.run(s.expand(s.benchmark_command), cwd=t, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": f"{t}:{REPO}"}).stdout
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join([t, *filter(None, sys.path)])}).stdout
             for _ in range(bench_runs) for t in (base, work)]
     return ok, outs
 

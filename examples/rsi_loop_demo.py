@@ -21,7 +21,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the vortex source tree, when not installed
 
 
 def serve(service, engine, x, y, n: int):  # type: ignore[no-untyped-def]

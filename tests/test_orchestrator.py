@@ -349,3 +349,59 @@ def test_rsi_engine_observations_are_skipped_only_without_a_watch(tmp_path):
         assert o.rsi.needs_observations
         o.feedback(o.infer(np.zeros(4)).request_id, 0)
         assert [len(o.rsi._recent[m]) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
+
+
+@pytest.mark.slow
+def test_restart_with_the_same_home_recovers_everything(tmp_path):
+    from vortex.monitor.weaknesses import Weakness
+
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = BackgroundTrainingConfig(min_samples_for_training=50, num_epochs=5, batch_size=16,
+                                   training_interval_secs=3600, watch_requests=0)
+
+    def build():
+        return (make_orch(tmp_path).with_self_modification(tree).with_background_trainer(cfg))
+
+    with build() as o:
+        x, y = _separable(120)
+        for xi, yi in zip(x, y):
+            o.feedback(o.infer(xi).request_id, int(yi))
+        run = o.trainer.run_once("manual")
+        assert run.version == 2
+        o.swap_to_version(2, reason="test")
+        weakness = Weakness(WeaknessType.PREDICTION_ERROR_SPIKE, 0.5, "test", time.time(), 0.6, 0.3, 50)
+        proposal = o.rsi.propose(weakness)
+        audit_entries = o.rsi.audit.verify().entries
+        buffered = len(o.trainer.buffer)
+        first_seq = o.trainer.buffer.snapshot().seq[0]
+    assert buffered == 120
+
+    with build() as again:
+        assert again.current_model_version() == 2
+        assert [v["version"] for v in again.get_model_versions()] == [1, 2]
+        assert len(again.trainer.buffer) == buffered
+        assert again.trainer.buffer.snapshot().seq[0] == first_seq
+        assert again.trainer.buffer.next_seq == first_seq + buffered
+        assert [p.id for p in again.get_proposals()] == [proposal.id]
+        assert again.get_proposals()[0].diff == proposal.diff
+        verified = again.rsi.audit.verify()
+        assert verified.ok and verified.entries >= audit_entries
+        status = again.system_status()
+        assert status.current_model_version == 2 and len(status.proposals) == 1
+
+
+@pytest.mark.slow
+def test_scheduled_cleanup_removes_old_versions_but_never_the_active_one(tmp_path):
+    cfg = BackgroundTrainingConfig(min_samples_for_training=50, num_epochs=2, batch_size=16,
+                                   training_interval_secs=3600, watch_requests=0,
+                                   auto_swap_models=False, max_version_age_days=2 / 86400)
+    with make_orch(tmp_path, cleanup_interval_secs=0.2).with_background_trainer(cfg) as o:
+        x, y = _separable(80)
+        o.trainer.add_samples(x, y)
+        run = o.trainer.run_once("manual")
+        assert [v["version"] for v in o.get_model_versions()] == [1, run.version]
+        o.start_background_training()  # starts the scheduled cleanup
+        assert wait_for(lambda: len(o.get_model_versions()) == 1, timeout=30)
+        assert [v["version"] for v in o.get_model_versions()] == [1]  # the active one stays
+        assert o.current_model_version() == 1

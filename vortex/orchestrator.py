@@ -228,12 +228,16 @@ class Orchestrator:
         Keyword arguments for ``model_factory``.
     pending_capacity, pending_ttl_secs
         Bounds of the table of requests awaiting feedback.
+    cleanup_interval_secs
+        Period of the registry cleanup (``keep_last_n_versions``, ``max_version_age_days``)
+        once background training is started; daily by default.
     """
 
     def __init__(self, model: Any, model_factory: str | None = None, home: str | os.PathLike = ".vortex",
                  *, feature_dim: int, modes: Mapping[str, ModeFn] | None = None,
                  task: str = "classification", factory_kwargs: Mapping[str, Any] | None = None,
-                 pending_capacity: int = 100_000, pending_ttl_secs: float = 3600.0) -> None:
+                 pending_capacity: int = 100_000, pending_ttl_secs: float = 3600.0,
+                 cleanup_interval_secs: float = 24 * 3600.0) -> None:
         if task not in ("classification", "regression"):
             raise ConfigError(f"Orchestrator.task={task!r}: must be 'classification' or 'regression'")
         if not isinstance(feature_dim, int) or feature_dim < 1:
@@ -242,6 +246,10 @@ class Orchestrator:
             raise ConfigError(f"Orchestrator.pending_capacity={pending_capacity!r}: must be >= 1")
         if not pending_ttl_secs > 0:
             raise ConfigError(f"Orchestrator.pending_ttl_secs={pending_ttl_secs!r}: must be > 0")
+        if not cleanup_interval_secs > 0:
+            raise ConfigError(
+                f"Orchestrator.cleanup_interval_secs={cleanup_interval_secs!r}: must be > 0")
+        self.cleanup_interval_secs = cleanup_interval_secs
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.feature_dim = feature_dim
@@ -542,8 +550,8 @@ class Orchestrator:
             self._maintenance_thread.start()
 
     def _maintenance(self) -> None:
-        """Daily checkpoint cleanup (the RSI engine schedules its own cycles)."""
-        while not self._maintenance_stop.wait(24 * 3600):
+        """Periodic checkpoint cleanup (the RSI engine schedules its own cycles)."""
+        while not self._maintenance_stop.wait(self.cleanup_interval_secs):
             if self.trainer is not None:
                 try:
                     self.trainer.cleanup()

@@ -8,8 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_rsi_loop_demo_makes_the_service_better(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(REPO, "examples", "rsi_loop_demo.py"), "--quick",
-                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": REPO})
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["applied"] >= 1 and summary["audit_ok"]

@@ -6,9 +6,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_demo_detects_every_scenario():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "runtime_detector_demo.py"),
-                          "--quick"], capture_output=True, text=True, timeout=300, env=env)
+                          "--quick"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for kind in ("latency_spike", "recurring_pattern", "confidence_drop", "confidence_low",

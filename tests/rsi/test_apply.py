@@ -16,7 +16,6 @@ from vortex.errors import PatchError, RollbackConflictError
 from vortex.rsi.apply import Applier
 from vortex.rsi.diffs import make_diff
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tree(root, n=3, size=100):
@@ -109,7 +108,7 @@ def test_recover_undoes_an_uncommitted_journal(tmp_path):
 
 APPLY_LOOP = r"""
 import sys
-sys.path.insert(0, {repo!r})
+sys.path[:0] = {paths!r}  # the vortex the tests import (installed or built in place)
 from vortex.rsi.apply import Applier
 ap = Applier({root!r}, {state!r})
 diff = open({diff!r}).read()
@@ -136,7 +135,7 @@ def test_kill_9_during_apply_leaves_before_or_after(tmp_path):
     diff_path = tmp_path / "d.diff"
     diff_path.write_text(diff)
     script = tmp_path / "loop.py"
-    script.write_text(APPLY_LOOP.format(repo=REPO, root=root, state=str(tmp_path / "state"),
+    script.write_text(APPLY_LOOP.format(paths=[p for p in sys.path if p], root=root, state=str(tmp_path / "state"),
                                         diff=str(diff_path)))
     rng = random.Random(1234)
     outcomes = {"before": 0, "after": 0}

@@ -9,7 +9,6 @@ from vortex.config import RSIConfig
 from vortex.monitor.weaknesses import Weakness, WeaknessType
 from vortex.rsi.engine import RSIEngine
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def W(kind):
@@ -66,5 +65,5 @@ def test_proposals_commands(sample_tree, tmp_path, capsys):
 
 def test_cli_as_a_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vortex.cli", "proposals", "list", "--home", str(tmp_path)],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+                         capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "no proposals"
