@@ -419,7 +419,6 @@ class Orchestrator:
         with self._inference_mode():
             raw = fn(model, self._from_numpy(features[None]))  # a (1, dim) view, no copy
         if self._classification:
-            top = None
             if type(raw) is self._tensor_type:
                 top = _softmax_top_tensor(raw, self._float32, self._strided)
             else:
