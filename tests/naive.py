@@ -86,3 +86,12 @@ def window_stats(latency: np.ndarray, confidence: np.ndarray, error: np.ndarray,
                    baseline_confidence_mean=np.nan, baseline_error_count=0,
                    baseline_error_mean=np.nan)
     return out
+
+
+def softmax_top(logits):
+    """(argmax, max probability, probabilities) of softmax(logits) in float64 with NumPy."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    e = np.exp(z - z.max())
+    p = e / e.sum()
+    k = int(p.argmax())
+    return k, float(p[k]), p

@@ -231,6 +231,126 @@ def test_low_confidence_auto_trigger_runs_an_rsi_cycle_that_produces_a_proposal(
         assert o.rsi_stats()["proposals"] >= 1
 
 
+def _numpy_answer(model, x):
+    with torch.inference_mode():
+        z = model(torch.as_tensor(np.asarray(x, np.float32)).reshape(1, -1)).double().numpy()[0]
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return int(p.argmax()), p
+
+
+@pytest.mark.parametrize("as_input", [
+    lambda v: v, lambda v: v.astype(np.float64), lambda v: v.tolist(), torch.from_numpy,
+    lambda v: v.reshape(1, 4), lambda v: np.repeat(v, 2)[::2],
+])
+def test_infer_accepts_every_input_form_with_the_same_answer(tmp_path, as_input):
+    x = np.array([0.3, -1.2, 2.0, 0.1], np.float32)
+    with make_orch(tmp_path) as o:
+        cls, p = _numpy_answer(o._slot.get()[1], x)
+        pred = o.infer(as_input(x))
+        assert pred.output == cls and type(pred.output) is int
+        np.testing.assert_allclose(pred.probabilities, p, rtol=1e-12)
+        assert type(pred.probabilities) is tuple and pred.confidence == max(pred.probabilities)
+        assert o.feedback(pred.request_id, cls) == pytest.approx(1 - p[cls], rel=1e-12)
+
+
+@pytest.mark.parametrize("output", [
+    lambda z: z.double(), lambda z: z.numpy(), lambda z: z.numpy().astype(np.float64).tolist(),
+    lambda z: z.t(), lambda z: z.to(torch.bfloat16).float() + 0 * z,
+])
+def test_infer_answers_any_form_of_logits_like_numpy(tmp_path, output):
+    def mode(model, x):
+        return output(model(x))
+
+    x = np.array([0.3, -1.2, 2.0, 0.1], np.float32)
+    with make_orch(tmp_path, modes={"fast": mode}) as o:
+        with torch.inference_mode():
+            z = np.asarray(output(o._slot.get()[1](torch.from_numpy(x[None]))), np.float64).reshape(-1)
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        pred = o.infer(x)
+        assert pred.output == int(p.argmax())
+        np.testing.assert_allclose(pred.probabilities, p, rtol=1e-12)
+
+
+def test_infer_runs_the_mode_in_inference_mode_and_rejects_nan_logits(tmp_path):
+    seen = []
+
+    def mode(model, x):
+        seen.append((torch.is_inference_mode_enabled(), x.shape, x.dtype))
+        return model(x) * math.nan if len(seen) > 1 else model(x)
+
+    with make_orch(tmp_path, modes={"fast": mode}).with_runtime_detector() as o:
+        o.infer(np.zeros(4, np.float32))
+        with pytest.raises(ValueError, match="confidence"):
+            o.infer(np.zeros(4, np.float32))
+        assert seen == [(True, torch.Size([1, 4]), torch.float32)] * 2
+        assert o.runtime_stats().total_samples == 1 and len(o._pending) == 1
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_pending_table_under_threads_answers_each_request_exactly_once(tmp_path):
+    import threading
+
+    n_threads, per_thread = 4, 300
+    with make_orch(tmp_path, pending_capacity=50).with_runtime_detector() as o:
+        ids: list[list[int]] = [[] for _ in range(n_threads)]
+        outcomes: list[list[str]] = [[] for _ in range(n_threads)]
+        barrier = threading.Barrier(n_threads)
+
+        def serve(k):
+            barrier.wait()
+            for i in range(per_thread):
+                ids[k].append(o.infer(np.full(4, i, np.float32)).request_id)
+                # every thread also answers the newest ids of all threads, racing the others
+                for rid in (ids[k][-1], ids[(k + 1) % n_threads][-1] if ids[(k + 1) % n_threads] else -1):
+                    try:
+                        o.feedback(rid, 0)
+                        outcomes[k].append(("ok", rid))
+                    except UnknownRequestError:
+                        outcomes[k].append(("gone", rid))
+
+        threads = [threading.Thread(target=serve, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        all_ids = sorted(i for part in ids for i in part)
+        assert all_ids == list(range(1, n_threads * per_thread + 1))
+        answered = [rid for part in outcomes for status, rid in part if status == "ok"]
+        assert len(answered) == len(set(answered))  # never twice
+        assert len(o._pending) <= 50
+        assert o.runtime_stats().total_samples == n_threads * per_thread
+
+
+def test_pending_table_stays_bounded_when_ids_are_stored_after_their_eviction():
+    from vortex.orchestrator import _PendingTable
+
+    table = _PendingTable(capacity=4, ttl_secs=60)
+    item = (None, None, (1.0,), 0, 1.0, "fast", None, time.perf_counter())
+    # threads that took ids 1..100 and were preempted before storing them ...
+    late = [next(table._ids) for _ in range(100)]
+    for _ in range(10):
+        table.add(item)
+    for request_id in late:  # ... store them after they were due for eviction
+        table._items[request_id] = ("late",)
+    newest = table.add(item)  # the table is over its slack: the next add sweeps
+    assert sorted(table._items) == list(range(newest - 3, newest + 1))
+    assert table.pop(newest) is item
+
+
+def test_rsi_engine_observations_are_skipped_only_without_a_watch(tmp_path):
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    with make_orch(tmp_path).with_self_modification(tree, RSIConfig(watch_requests=0)) as o:
+        assert not o.rsi.needs_observations
+        o.feedback(o.infer(np.zeros(4)).request_id, 0)
+        assert all(len(d) == 0 for d in o.rsi._recent.values())
+        o.enable_rsi(RSIConfig(watch_requests=5))
+        assert o.rsi.needs_observations
+        o.feedback(o.infer(np.zeros(4)).request_id, 0)
+        assert [len(o.rsi._recent[m]) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
+
+
 @pytest.mark.slow
 def test_restart_with_the_same_home_recovers_everything(tmp_path):
     from vortex.monitor.weaknesses import Weakness

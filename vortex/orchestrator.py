@@ -25,6 +25,7 @@ processes, and is wired here through callbacks:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -33,13 +34,14 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .config import BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
+from ._fast_serving import (build as _build, features_f32 as _features_f32, softmax_top as _softmax_top,
+                            softmax_top_tensor as _softmax_top_tensor)
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
@@ -84,51 +86,77 @@ class Prediction:
     latency_ms: float
 
 
-@dataclass
-class _Pending:
-    detector_id: int | None
-    features: Any
-    probabilities: Any
-    output: Any
-    confidence: float
-    mode: str
-    model_version: int | None
-    created: float
-
-
 class _PendingTable:
-    """Bounded, expiring map of request id -> what feedback needs. Thread-safe."""
+    """Bounded, expiring map of request id -> what feedback needs; it hands out the ids.
+
+    Lock-free, and safe from any number of threads, because every mutation is one call that the
+    GIL makes atomic (and that free-threaded CPython guards with the dict's own lock):
+    ``next()`` on an ``itertools.count``, ``dict.__setitem__`` and ``dict.pop`` with int keys
+    (their hash and equality run no Python code). Ids are consecutive, so storing id ``k``
+    evicts id ``k - capacity``: the table keeps the newest ``capacity`` requests, and a
+    feedback either pops its entry or finds nothing (answered, evicted or never issued), never
+    both for two threads. A thread preempted between taking an id and storing it can store
+    an id that was already due for eviction; :meth:`_sweep` (rare, under a lock) drops those
+    once the table has grown ``capacity // 8 + 64`` beyond its bound.
+
+    An entry is the tuple ``(detector_id, features, probabilities, output, confidence, mode,
+    model_version, created)``, ``created`` from ``time.perf_counter``.
+    """
 
     def __init__(self, capacity: int, ttl_secs: float) -> None:
-        self._items: OrderedDict[int, _Pending] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: dict[int, tuple] = {}
+        self._ids = itertools.count(1)
+        self._sweep_lock = threading.Lock()
+        self._sweep_above = capacity + capacity // 8 + 64
         self.capacity = capacity
         self.ttl_secs = ttl_secs
-        self.evicted = 0
 
-    def put(self, request_id: int, item: _Pending) -> None:
-        with self._lock:
-            self._items[request_id] = item
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-                self.evicted += 1
+    def add(self, item: tuple) -> int:
+        """Store ``item`` under the next request id and return that id."""
+        request_id = next(self._ids)
+        items = self._items
+        items[request_id] = item
+        items.pop(request_id - self.capacity, None)
+        if len(items) > self._sweep_above:
+            self._sweep(request_id)
+        return request_id
 
-    def pop(self, request_id: int) -> _Pending:
-        with self._lock:
-            item = self._items.pop(request_id, None)
+    def _sweep(self, newest: int) -> None:
+        with self._sweep_lock:
+            items = self._items
+            for request_id in [k for k in list(items) if k <= newest - self.capacity]:
+                items.pop(request_id, None)
+
+    def pop(self, request_id: int) -> tuple:
+        item = self._items.pop(request_id, None)
         if item is None:
             raise UnknownRequestError(
                 f"request_id {request_id!r} is unknown, already answered, or was evicted from the "
                 f"pending table (capacity {self.capacity})")
-        if time.monotonic() - item.created > self.ttl_secs:
+        if time.perf_counter() - item[7] > self.ttl_secs:
             raise UnknownRequestError(
                 f"request_id {request_id!r} expired: feedback came more than {self.ttl_secs:g} s "
                 "after the request")
         return item
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        return len(self._items)
+
+
+_PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
+_perf_counter = time.perf_counter
+
+
+def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
+    """``(class, confidence, probabilities)`` of any logits NumPy can read (the general path
+    behind ``_fast_serving.softmax_top``)."""
+    import numpy as np
+
+    out = np.asarray(raw, dtype=np.float64).reshape(-1)  # a tensor or an array
+    shifted = np.exp(out - out.max())
+    probs = shifted / shifted.sum()
+    cls = int(probs.argmax())
+    return cls, float(probs[cls]), tuple(probs.tolist())
 
 
 @dataclass(frozen=True)
@@ -233,7 +261,6 @@ class Orchestrator:
             if not callable(fn):
                 raise ConfigError(f"Orchestrator.modes[{name!r}]={fn!r}: must be callable")
         self._pending = _PendingTable(pending_capacity, pending_ttl_secs)
-        self._ids = itertools.count(1)
 
         from .monitor import PerformanceTracker
 
@@ -244,6 +271,17 @@ class Orchestrator:
         self._rsi_target: Path | None = None
         self._rsi_config = RSIConfig()
         self._slot = self._own_slot(model)
+        import torch  # already loaded by the model slot
+
+        self._classification = task == "classification"
+        # torch.inference_mode() enters exactly this guard, through two Python-level calls
+        # that cost ~1 us per request; use it directly where this torch has it.
+        guard = getattr(torch._C, "_InferenceMode", None)
+        self._inference_mode = (functools.partial(guard, True) if guard is not None
+                                else torch.inference_mode)
+        self._from_numpy = torch.from_numpy
+        self._tensor_type = torch.Tensor
+        self._float32, self._strided = torch.float32, torch.strided
         self._rsi_queue: queue.Queue[Any] = queue.Queue()
         self._rsi_thread: threading.Thread | None = None
         self._maintenance_stop = threading.Event()
@@ -364,48 +402,57 @@ class Orchestrator:
         Parameters
         ----------
         x
-            One input of ``feature_dim`` numbers (NumPy array, sequence or torch tensor).
+            One input of ``feature_dim`` numbers (NumPy array, sequence or torch tensor). A
+            contiguous float32 NumPy array (or a CPU float32 tensor) is used without a copy,
+            and is kept by reference until the request's feedback: do not modify it meanwhile.
         mode
             Name of a serving mode.
         """
-        import numpy as np
-        import torch
-
         fn = self._modes.get(mode)
         if fn is None:
             raise ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
+        features = _features_f32(x, self.feature_dim)
+        if features is None:
+            features = self._features(x)
+        start = _perf_counter()
+        version, model = self._slot.get()
+        with self._inference_mode():
+            raw = fn(model, self._from_numpy(features[None]))  # a (1, dim) view, no copy
+        if self._classification:
+            if type(raw) is self._tensor_type:
+                top = _softmax_top_tensor(raw, self._float32, self._strided)
+            else:
+                top = _softmax_top(raw)  # any float32/float64 buffer (NumPy)
+            output, confidence, probs = top if top is not None else _softmax_top_numpy(raw)
+        else:
+            import numpy as np
+
+            probs = None
+            confidence = 1.0
+            output = float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
+        end = _perf_counter()
+        latency_ms = (end - start) * 1e3
+        detector = self.detector
+        detector_id = detector.record_request(latency_ms, confidence) if detector is not None else None
+        self.tracker.record(mode, latency_ms, confidence)
+        rsi = self.rsi
+        if rsi is not None and rsi.needs_observations:
+            rsi.observe(latency_ms=latency_ms, confidence=confidence)
+        request_id = self._pending.add(
+            (detector_id, features, probs, output, confidence, mode, version, end))
+        return _build(Prediction, _PREDICTION_FIELDS,
+                      (request_id, output, confidence, probs, mode, version, latency_ms))
+
+    def _features(self, x: Any) -> Any:
+        """``x`` as a validated 1-D float32 array (the general path of :meth:`infer`)."""
+        import numpy as np
+
         features = np.asarray(x, dtype=np.float32).reshape(-1)
         if features.shape[0] != self.feature_dim:
             raise ValueError(f"x has {features.shape[0]} features; this model takes {self.feature_dim}")
         if not np.isfinite(features).all():
             raise ValueError("x contains NaN or infinite values")
-        start = time.perf_counter()
-        version, model = self._slot.get()
-        with torch.inference_mode():
-            raw = fn(model, torch.from_numpy(features).unsqueeze(0))
-        out = np.asarray(raw, dtype=np.float64).reshape(-1)  # a tensor or an array
-        if self.task == "classification":
-            shifted = np.exp(out - out.max())
-            probs = shifted / shifted.sum()
-            cls = int(probs.argmax())
-            confidence = float(probs[cls])
-            output: Any = cls
-        else:
-            probs = None
-            confidence = 1.0
-            output = float(out[0])
-        latency_ms = (time.perf_counter() - start) * 1e3
-        detector_id = (self.detector.record_request(latency_ms, confidence)
-                       if self.detector is not None else None)
-        self.tracker.record(mode, latency_ms, confidence)
-        if self.rsi is not None:
-            self.rsi.observe(latency_ms=latency_ms, confidence=confidence)
-        request_id = next(self._ids)
-        self._pending.put(request_id, _Pending(detector_id, features, probs, output, confidence, mode, version,
-                                               time.monotonic()))
-        return Prediction(request_id, output, confidence,
-                          None if probs is None else tuple(float(p) for p in probs),
-                          mode, version, latency_ms)
+        return np.ascontiguousarray(features)
 
     def feedback(self, request_id: int, label: Any, *, episode: int = 0) -> float:
         """Report the ground truth of an earlier request; returns its prediction error.
@@ -419,31 +466,31 @@ class Orchestrator:
         UnknownRequestError
             The id is unknown, answered already, evicted or expired.
         """
-        pending = self._pending.pop(request_id)
-        if self.task == "classification":
+        detector_id, features, probs, output, confidence, _, version, _ = self._pending.pop(request_id)
+        if self._classification:
             label = int(label)
-            if not 0 <= label < len(pending.probabilities):
-                raise ValueError(f"label={label} is not a class of this model "
-                                 f"(0..{len(pending.probabilities) - 1})")
-            error = float(1.0 - pending.probabilities[label])
-            correct = pending.output == label
+            if not 0 <= label < len(probs):
+                raise ValueError(f"label={label} is not a class of this model (0..{len(probs) - 1})")
+            error = 1.0 - probs[label]
+            correct = output == label
         else:
             label = float(label)
             if not math.isfinite(label):
                 raise ValueError(f"label={label!r} must be finite")
-            error = min(1.0, abs(pending.output - label))
+            error = min(1.0, abs(output - label))
             correct = error < 0.5
-        if pending.detector_id is not None:
-            self.detector.record_error(pending.detector_id, error)
+        if detector_id is not None:
+            self.detector.record_error(detector_id, error)
         seq = None
-        if self.trainer is not None:
-            seq = self.trainer.add_sample(pending.features, label, confidence=pending.confidence,
-                                          error=error, episode=episode)
-            self.trainer.observe_live(pending.model_version, error=error,
-                                      confidence=pending.confidence)
+        trainer = self.trainer
+        if trainer is not None:
+            seq = trainer.add_sample(features, label, confidence=confidence, error=error,
+                                     episode=episode)
+            trainer.observe_live(version, error=error, confidence=confidence)
         self.tracker.record_outcome(seq if seq is not None else request_id, correct)
-        if self.rsi is not None:
-            self.rsi.observe(error=error)
+        rsi = self.rsi
+        if rsi is not None and rsi.needs_observations:
+            rsi.observe(error=error)
         return error
 
     # ------------------------------------------------------------------ RSI wiring

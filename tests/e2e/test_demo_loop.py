@@ -22,8 +22,6 @@ def test_vortex_demo_detects_patches_retrains_and_recovers(tmp_path):
     assert weaknesses and weaknesses[0]["request"] >= report["drift_started_at_request"]
     # the RSI engine tested and applied a patch of the service's tunables
     assert report["proposals_applied_at_requests"], kinds
-    service_tunables = (home / "service" / "digits_service" / "tunables.toml").read_text()
-    assert "views = 1 " not in service_tunables or "temperature = 1.0 " not in service_tunables
     # the applied patch triggered a training run with its reason
     rsi_runs = [e for e in report["timeline"] if e["kind"] == "training"
                 and e.get("trigger") == "rsi_triggered"]
@@ -42,7 +40,11 @@ def test_vortex_demo_detects_patches_retrains_and_recovers(tmp_path):
                              "--json"], capture_output=True, text=True, check=True)
     s = json.loads(status.stdout)
     assert s["models"]["versions"] >= 2 and s["models"]["active_version"] >= 2
-    assert s["proposals"].get("applied", 0) >= 1
+    # applied, unless the post-apply watch saw a regression and rolled it back (load-dependent)
+    assert s["proposals"].get("applied", 0) + s["proposals"].get("rolled_back", 0) >= 1
+    tunables = (home / "service" / "digits_service" / "tunables.toml").read_text()
+    changed = "views = 1 " not in tunables or "temperature = 1.0 " not in tunables
+    assert changed == (s["proposals"].get("applied", 0) >= 1)
     assert s["audit"]["ok"] and s["audit"]["entries"] > 0
     assert s["buffered_samples"] > 0
     assert s["training"]["runs"] >= 1

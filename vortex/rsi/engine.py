@@ -352,6 +352,13 @@ class RSIEngine:
         with self._lock:
             self.config = config
 
+    @property
+    def needs_observations(self) -> bool:
+        """Whether :meth:`observe` has any use: False while no watch runs and
+        ``watch_requests`` is 0 (no post-apply watch, so no pre-apply baseline either); the
+        request path then skips the call."""
+        return self._watch is not None or self.config.watch_requests > 0
+
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
                 error: float | None = None, correct: bool | None = None) -> None:
         """Feed one served request's figures (cheap; called on the request path or by the

@@ -272,12 +272,17 @@ class BackgroundTrainingCoordinator:
                    error: float = math.nan, episode: int = 0) -> int:
         """Append one labelled sample; returns its sequence number (see :meth:`add_samples`)."""
         seq = self._buffer.push(features, label, confidence=confidence, error=error, episode=episode)
-        self._check_threshold()
+        self._check_threshold(seq + 1)
         return seq
 
-    def _check_threshold(self) -> None:
-        if (self.config.enabled and self._buffer.next_seq - self._seq_at_last_run
-                >= self.config.min_samples_for_training):
+    def _check_threshold(self, next_seq: int | None = None) -> None:
+        # Unlocked read first: while a trigger is pending, every new sample is coalesced into it
+        # anyway, and the request path should not take the lock for that.
+        if not self.config.enabled or self._pending is not None:
+            return
+        if next_seq is None:
+            next_seq = self._buffer.next_seq
+        if next_seq - self._seq_at_last_run >= self.config.min_samples_for_training:
             with self._cond:
                 if self._pending is None:  # otherwise coalesced into the pending request
                     self._pending = (TrainingTrigger.SAMPLE_THRESHOLD, None)
@@ -670,7 +675,10 @@ class BackgroundTrainingCoordinator:
         n = max(self.config.watch_requests, 1)
         rollback = None
         with self._live_lock:
-            self._live.setdefault(version, deque(maxlen=n)).append((float(error), float(confidence)))
+            live = self._live.get(version)
+            if live is None:
+                live = self._live[version] = deque(maxlen=n)
+            live.append((float(error), float(confidence)))
             w = self._watch
             if w is not None and version == w.new_version:
                 w.errors.append(float(error))
