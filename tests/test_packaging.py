@@ -52,6 +52,15 @@ def test_wheel_installs_into_a_fresh_environment_and_passes_a_smoke_test(tmp_pat
         assert vortex._core.__file__.startswith(SITE), vortex._core.__file__
         from vortex.cli import main
         assert main(["--version"]) == 0
+        import numpy as np
+        det = vortex.RuntimeDetector(vortex.RuntimeDetectorConfig(latency_spike_threshold_ms=300))
+        for ms in [200.0] * 15 + [800.0] * 5:
+            det.record_sample(ms, 0.9)
+        assert [w.type.value for w in det.analyze()] == ["latency_spike"]
+        buf = vortex.SampleBuffer(4, capacity=8)
+        assert buf.push(np.ones(4, np.float32), 1) == 0 and len(buf.snapshot()) == 1
+        w = vortex.FluxDynamics().compute(buf.snapshot()).weights
+        assert w.shape == (1,)
     """).replace("SITE", repr(site))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([python, "-c", smoke], check=True, capture_output=True, text=True,
