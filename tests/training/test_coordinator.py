@@ -137,6 +137,25 @@ def test_watch_rolls_back_a_live_regression(tmp_path, digits):
     assert c.registry.get(2)["status"] == "rejected" and c.stats().rollbacks == 1
 
 
+def test_watch_judges_confidence_only_when_the_error_did_not_improve(tmp_path, digits):
+    c = _coordinator(tmp_path, digits)
+    for _ in range(10):
+        c.observe_live(1, error=0.4, confidence=0.9)
+    assert c.run_once("manual").status == "swapped"
+    for _ in range(10):  # far fewer errors, lower confidence: kept
+        c.observe_live(2, error=0.1, confidence=0.6)
+    assert c.current_model_version() == 2 and c.stats().rollbacks == 0
+
+    c2 = _coordinator(tmp_path / "b", digits)
+    for _ in range(10):
+        c2.observe_live(1, error=0.4, confidence=0.9)
+    assert c2.run_once("manual").status == "swapped"
+    for _ in range(10):  # same error, much lower confidence: rolled back
+        c2.observe_live(2, error=0.4, confidence=0.6)
+    assert c2.current_model_version() == 1 and c2.stats().rollbacks == 1
+    assert "live confidence" in c2.registry.serving_log()[-1]["reason"]
+
+
 def test_watch_passes_when_live_error_holds(tmp_path, digits):
     c = _coordinator(tmp_path, digits)
     for _ in range(10):

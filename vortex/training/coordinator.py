@@ -667,8 +667,10 @@ class BackgroundTrainingCoordinator:
         misclassification, or absolute error), ``confidence`` the model's confidence.  Feeds
         the post-swap watch: after ``watch_requests`` observations of a freshly auto-swapped
         version, a mean error above the old version's by more than
-        ``watch_regression_threshold`` (or a mean confidence below it by more than that) swaps
-        the old version back and records the rollback in the registry's serving log.
+        ``watch_regression_threshold`` swaps the old version back and records the rollback in
+        the registry's serving log. So does a mean confidence below the old version's by more
+        than the threshold, unless the live error improved: the error is the ground truth, and a
+        more accurate model that is less confident is better calibrated, not worse.
         """
         if version is None or math.isnan(error):
             return
@@ -692,7 +694,7 @@ class BackgroundTrainingCoordinator:
                     if err - w.baseline_error > thr:
                         rollback = (w, f"live error {err:.4f} vs {w.baseline_error:.4f}")
                     elif not math.isnan(conf) and not math.isnan(w.baseline_confidence) \
-                            and w.baseline_confidence - conf > thr:
+                            and err >= w.baseline_error and w.baseline_confidence - conf > thr:
                         rollback = (w, f"live confidence {conf:.4f} vs {w.baseline_confidence:.4f}")
                     else:
                         log.info("version %d passed the post-swap watch (error %.4f vs %.4f)",
