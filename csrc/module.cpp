@@ -5,6 +5,7 @@
 
 void bind_sample_ring(py::module_& m);
 void bind_metrics(py::module_& m);
+void bind_io(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
 #endif
     bind_sample_ring(m);
     bind_metrics(m);
+    bind_io(m);
 }

@@ -88,3 +88,24 @@ def test_json_layout(tmp_path):
     atomic_write_json(p, {"b": [1], "a": "é"})
     assert json.loads(p.read_text("utf-8")) == {"a": "é", "b": [1]}
     assert p.read_text("utf-8") == '{\n "a": "\\u00e9",\n "b": [\n  1\n ]\n}'
+
+
+def test_atomic_write_bytes_reports_the_errno_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "missing-dir" / "state.bin"
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write_bytes(target, b"x")
+    assert str(target) in str(info.value)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "f").write_bytes(b"old")
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        if os.geteuid() != 0:  # root ignores directory permissions
+            with pytest.raises(PermissionError):
+                atomic_write_bytes(tmp_path / "ro" / "f", b"new")
+            assert (tmp_path / "ro" / "f").read_bytes() == b"old"
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+    atomic_write_bytes(tmp_path / "ro" / "f", b"new", mode=0o644)
+    assert (tmp_path / "ro" / "f").read_bytes() == b"new"
+    assert (os.stat(tmp_path / "ro" / "f").st_mode & 0o777) == 0o644
+    assert os.listdir(tmp_path / "ro") == ["f"]

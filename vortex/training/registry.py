@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ChecksumMismatchError, RegistryError, VersionNotFoundError
-from .._io import atomic_write, atomic_write_bytes, fsync_dir, is_temp_name
+from .._io import atomic_write_bytes, fsync_dir, is_temp_name
 
 __all__ = ["ModelRegistry", "COLUMNS", "LOG_COLUMNS", "state_dict_bytes"]
 
@@ -90,11 +90,12 @@ def state_dict_bytes(state: Any) -> bytes:
 def _write_table(path: str, table) -> None:
     import pyarrow as pa
 
-    def write(f):
-        with pa.ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
-
-    atomic_write(path, write)
+    # Serialised in memory first so the file is written by one native call (see
+    # vortex._io.atomic_write_bytes): this runs on every swap, next to the serving threads.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def _read_table(path: str, schema):
