@@ -126,7 +126,6 @@ def test_propose_test_apply_sample_service(benchmark, tmp_path, impl):
         print(f"\npropose -> test -> apply: {res.duration_secs:.2f} s")
     else:
         def naive_cycle(root):
-            s = load_settings(root)
             path = os.path.join(root, "sample_service", "tunables.toml")
             with open(path) as fh:
                 old = fh.read()

@@ -21,7 +21,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from vortex.config import BackgroundTrainingConfig

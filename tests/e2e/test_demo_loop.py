@@ -1,7 +1,6 @@
 """The whole loop on the digits data, through the `vortex demo` command (its quick mode)."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vortex.training.validation import compare_models, relative_improvement, should_swap
+from vortex.training.validation import compare_models, should_swap
 
 
 def _cls(c, a, **kw):
