@@ -47,7 +47,7 @@ def test_kill_9_while_writing_leaves_old_or_new(tmp_path):
             atomic_write_bytes({str(p)!r}, {old[:1]!r} * 4_000_000)
     """)
     for delay in (0.05, 0.11, 0.17, 0.23, 0.31):
-        with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+        with subprocess.Popen([sys.executable, "-P", "-c", code], stdout=subprocess.PIPE,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}) as proc:
             proc.stdout.readline()
             try:

@@ -11,7 +11,7 @@ import vortex
 def test_import_is_light():
     code = ("import sys, vortex; heavy = [m for m in ('torch', 'numba', 'pyarrow', 'numpy') "
             "if m in sys.modules]; print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 

@@ -150,7 +150,7 @@ def test_kill9_while_writing_registry_50_times(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
     kills = 0
     for i in range(50):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(i)], env=env,
+        proc = subprocess.Popen([sys.executable, "-P", "-c", _WRITER, str(root), str(i)], env=env,
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rnd.uniform(0.0, 0.15))
