@@ -199,7 +199,9 @@ def test_training_trigger_versions_swap_and_rollback(tmp_path):
         x, y = _separable(300)
         for xi, yi in zip(x, y):
             o.feedback(o.infer(xi).request_id, int(yi))
-        assert o.trigger_training("test") in (True, False)
+        # True when it starts a run, False when coalesced into the sample-threshold run that
+        # may already be going: either way a run happens, which the versions below check.
+        o.trigger_training("test")
         assert wait_for(lambda: len(o.get_model_versions()) >= 2, timeout=120)
         assert o.trainer.wait_idle(120)
         versions = [v["version"] for v in o.get_model_versions()]
