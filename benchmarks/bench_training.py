@@ -135,11 +135,15 @@ def test_serving_p99_during_training(benchmark, tmp_path, request):
 
 
 def test_swaps_while_serving(benchmark, tmp_path, request):
-    """4 serving threads; 100 swaps between two versions vs steady serving."""
+    """4 serving threads; 100 swaps between two versions vs steady serving.
+
+    The threads serve throughout; the main thread alternates short steady and swapping phases
+    (20 pairs of 0.25 s, the order flipped every pair) and each request is counted in the phase
+    it started in, so machine noise hits both sides alike.
+    """
     benchmark.group = "training: 100 swaps while 4 threads serve"
     benchmark.extra_info["subject"] = "vortex"
-    swaps = 20 if _quick(request) else 100
-    phase_secs = 0.2 if _quick(request) else 1.0
+    swaps, pairs, phase_secs = (20, 4, 0.05) if _quick(request) else (100, 20, 0.25)
     torch.set_num_threads(1)
     c = _coordinator(tmp_path, 600, num_epochs=2, min_improvement_threshold=0.0)
     c.run_once("manual")
@@ -153,9 +157,12 @@ def test_swaps_while_serving(benchmark, tmp_path, request):
         with torch.inference_mode():
             refs[v] = m.eval()(probe)
     failures: list[str] = []
+    phase = ["warm-up"]  # the phase requests starting now are counted in
+    stop = threading.Event()
 
-    def server(lat, stop):
+    def server(lat: dict[str, list[int]]):
         while not stop.is_set():
+            counted_in = phase[0]
             t = time.perf_counter_ns()
             try:
                 version, model = c.slot.get()
@@ -165,42 +172,41 @@ def test_swaps_while_serving(benchmark, tmp_path, request):
                     failures.append(f"version {version} answered with another model's output")
             except Exception as exc:  # a failed request
                 failures.append(repr(exc))
-            lat.append(time.perf_counter_ns() - t)
+            lat[counted_in].append(time.perf_counter_ns() - t)
 
-    def phase(swapping: bool, count: int, seconds: float):
-        stop = threading.Event()
-        lats = [[] for _ in range(4)]
-        threads = [threading.Thread(target=server, args=(lat, stop)) for lat in lats]
-        for t in threads:
-            t.start()
+    def run_phase(name: str, count: int) -> float:
+        phase[0] = name
         t0 = time.perf_counter()
         busy = 0.0
         for i in range(count):  # swaps evenly spread over the phase
             s0 = time.perf_counter()
-            c.swap_to_version(1 if i % 2 == 0 else v_new, reason="bench")
+            c.swap_to_version(1 if c.current_model_version() != 1 else v_new, reason="bench")
             busy += time.perf_counter() - s0
-            time.sleep(max(0.0, t0 + (i + 1) * seconds / count - time.perf_counter()))
-        time.sleep(max(0.0, seconds - (time.perf_counter() - t0)))
-        stop.set()
-        for t in threads:
-            t.join()
-        return [x for lat in lats for x in lat], busy
+            time.sleep(max(0.0, t0 + (i + 1) * phase_secs / count - time.perf_counter()))
+        time.sleep(max(0.0, t0 + phase_secs - time.perf_counter()))
+        return busy
 
     def measure():
-        # interleave steady and swapping phases of equal length so machine noise hits both
-        steady, during, secs = [], [], 0.0
-        for _ in range(5):  # 5 x (1 s steady, 1 s with swaps // 5 swaps: 20 swaps/s)
-            lat, _ = phase(False, 0, phase_secs)
-            steady += lat
-            lat, took = phase(True, swaps // 5, phase_secs)
-            during += lat
-            secs += took
-        return steady, during, secs
+        lats = [{"warm-up": [], "steady": [], "swaps": []} for _ in range(4)]
+        threads = [threading.Thread(target=server, args=(lat,)) for lat in lats]
+        for t in threads:
+            t.start()
+        secs = 0.0
+        try:
+            time.sleep(phase_secs)
+            for p in range(pairs):
+                for name in (("steady", "swaps") if p % 2 == 0 else ("swaps", "steady")):
+                    secs += run_phase(name, swaps // pairs if name == "swaps" else 0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        return [x for lat in lats for x in lat["steady"]], [x for lat in lats for x in lat["swaps"]], secs
 
     steady, during, secs = benchmark.pedantic(measure, rounds=1, iterations=1)
     assert not failures, failures[:3]
     assert sum(e["reason"] == "bench" for e in c.registry.serving_log()) == swaps
-    info = {"swaps": swaps, "swaps_per_s": swaps / (5 * phase_secs), "swap_ms": 1e3 * secs / swaps,
+    info = {"swaps": swaps, "swaps_per_s": swaps / (pairs * phase_secs), "swap_ms": 1e3 * secs / swaps,
             "failed_requests": len(failures),
             "requests_during_swaps": len(during), "steady_p99_us": _p99(steady),
             "swaps_p99_us": _p99(during), "ratio": _p99(during) / _p99(steady), "goal": "<= 1.2"}

@@ -1,6 +1,7 @@
-// Crash-safe replacement of a file's contents (plain C++17 + POSIX).
+// Crash-safe file writes (plain C++17 + POSIX): replacing a file's contents, and appending a
+// record to a log under a lock.
 //
-// The same protocol as vortex/_io.py: a temporary file ".vtx-<name>.XXXXXX.tmp" in the
+// Replacement follows the same protocol as vortex/_io.py: a temporary file ".vtx-<name>.XXXXXX.tmp" in the
 // destination's directory, fully written and fsynced, renamed over the destination, then the
 // directory fsynced. Doing all of it in one native call lets the binding release the GIL once
 // instead of around each of the half-dozen syscalls: on a busy multi-threaded server every
@@ -9,10 +10,13 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,6 +65,80 @@ inline int write_file_atomic(const std::string& path, const char* data, std::siz
     const int rc = ::fsync(dfd) == 0 ? 0 : errno;
     ::close(dfd);
     return rc;
+}
+
+// What a reader remembers of a file to notice that it changed: (inode, mtime, size); all zero
+// for a missing file.
+struct FileKey {
+    std::uint64_t ino = 0;
+    std::int64_t mtime_ns = 0;
+    std::int64_t size = 0;
+    bool operator==(const FileKey& o) const noexcept {
+        return ino == o.ino && mtime_ns == o.mtime_ns && size == o.size;
+    }
+};
+
+inline FileKey key_of(const struct stat& st) noexcept {
+    return {static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+            static_cast<std::int64_t>(st.st_size)};
+}
+
+// Returned by append_if_unchanged when a watched file no longer has the caller's key.
+constexpr int kStale = -1;
+
+// Appends a record to a log file under the writers' lock, if nothing the caller read changed.
+//
+// Under an exclusive flock of `lock_fd`: if every file in `watched` still has the key the
+// caller read it with, writes `data` at `offset` of `path` (the end of its last complete
+// record: whatever follows is a torn write and is dropped), fdatasyncs it and stores its new
+// key in `out`. Returns 0, kStale (nothing written: re-read and retry), or an errno. `path`
+// must exist. This is optimistic concurrency in one GIL-free call: a writer that trusts its
+// cached view pays for one lock round trip instead of a stat per file and a lock and unlock.
+inline int append_if_unchanged(int lock_fd, const std::string& path, std::int64_t offset,
+                               const char* data, std::size_t n,
+                               const std::vector<std::pair<std::string, FileKey>>& watched,
+                               FileKey& out) noexcept {
+    while (::flock(lock_fd, LOCK_EX) != 0) {
+        if (errno != EINTR) return errno;
+    }
+    const auto unlock_with = [lock_fd](int rc) {
+        ::flock(lock_fd, LOCK_UN);
+        return rc;
+    };
+    for (const auto& [file, expected] : watched) {
+        struct stat st;
+        FileKey now;
+        if (::stat(file.c_str(), &st) == 0) {
+            now = key_of(st);
+        } else if (errno != ENOENT) {
+            return unlock_with(errno);
+        }
+        if (!(now == expected)) return unlock_with(kStale);
+    }
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return unlock_with(errno);
+    const auto close_with = [&](int rc) {
+        ::close(fd);
+        return unlock_with(rc);
+    };
+    for (std::size_t done = 0; done < n;) {
+        const ssize_t w = ::pwrite(fd, data + done, n - done, static_cast<off_t>(offset + done));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return close_with(errno);
+        }
+        done += static_cast<std::size_t>(w);
+    }
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return close_with(errno);
+    const auto end = static_cast<off_t>(offset + static_cast<std::int64_t>(n));
+    if (st.st_size > end) {  // a torn tail was longer than the record that replaced it
+        if (::ftruncate(fd, end) != 0 || ::fstat(fd, &st) != 0) return close_with(errno);
+    }
+    if (::fdatasync(fd) != 0) return close_with(errno);
+    out = key_of(st);
+    return unlock_with(::close(fd) == 0 ? 0 : errno);
 }
 
 }  // namespace vortex

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from vortex._io import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                        is_temp_name)
+from vortex._io import (MISSING, append_if_unchanged, atomic_write, atomic_write_bytes,
+                        atomic_write_json, atomic_write_text, file_key, is_temp_name)
 
 
 def test_replaces_content_and_leaves_no_temp_files(tmp_path):
@@ -109,3 +109,19 @@ def test_atomic_write_bytes_reports_the_errno_and_leaves_no_temp_file(tmp_path):
     assert (tmp_path / "ro" / "f").read_bytes() == b"new"
     assert (os.stat(tmp_path / "ro" / "f").st_mode & 0o777) == 0o644
     assert os.listdir(tmp_path / "ro") == ["f"]
+
+
+def test_append_if_unchanged_appends_checks_and_drops_a_torn_tail(tmp_path):
+    log, other = tmp_path / "log", tmp_path / "other"
+    log.write_bytes(b"one\ntorn record that is longer")
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        key = append_if_unchanged(fd, log, 4, b"two\n", [(log, file_key(log)), (other, MISSING)])
+        assert log.read_bytes() == b"one\ntwo\n" and key == file_key(log)
+        other.write_bytes(b"changed by someone else")
+        assert append_if_unchanged(fd, log, 8, b"three\n", [(log, key), (other, MISSING)]) is None
+        assert log.read_bytes() == b"one\ntwo\n"  # nothing written on a stale view
+        with pytest.raises(FileNotFoundError, match="missing"):
+            append_if_unchanged(fd, tmp_path / "missing", 0, b"x\n", [])
+    finally:
+        os.close(fd)

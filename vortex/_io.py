@@ -13,10 +13,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "fsync_dir", "is_temp_name"]
+__all__ = ["FileKey", "append_if_unchanged", "atomic_write", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_text", "file_key", "fsync_dir", "is_temp_name"]
+
+#: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
+FileKey = tuple[int, int, int]
+#: The key of a missing file.
+MISSING: FileKey = (0, 0, 0)
 
 _TEMP_PREFIX = ".vtx-"
 _TEMP_SUFFIX = ".tmp"
@@ -93,3 +98,36 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as JSON (indent 1, sorted keys, UTF-8)."""
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def file_key(path: str | os.PathLike) -> FileKey:
+    """The :data:`FileKey` of ``path`` (:data:`MISSING` if it does not exist)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return MISSING
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def append_if_unchanged(lock_fd: int, path: str | os.PathLike, offset: int, data: bytes,
+                        watched: Sequence[tuple[str | os.PathLike, FileKey]]) -> FileKey | None:
+    """Append a record to the existing log ``path`` if nothing the caller read has changed.
+
+    Under an exclusive ``flock`` of ``lock_fd`` (the lock every writer of these files takes),
+    checks that each ``(file, key)`` in ``watched`` still has that :data:`FileKey`; if so,
+    writes ``data`` at ``offset`` (the end of the last complete record: whatever follows is a
+    torn write of a killed writer and is dropped), fdatasyncs, and returns ``path``'s new key.
+    Returns None, having written nothing, if a watched file changed: re-read and retry.
+
+    The lock, the checks and the write are one compiled call that releases the GIL once, so a
+    writer that trusts its cached view costs busy request threads a single hand-over.
+    """
+    from ._native import _core
+
+    rc, key = _core.append_if_unchanged(lock_fd, os.fspath(path), offset, bytes(data),
+                                        [(os.fspath(f), k) for f, k in watched])
+    if rc == -1:
+        return None
+    if rc:
+        raise OSError(rc, os.strerror(rc), os.fspath(path))
+    return key

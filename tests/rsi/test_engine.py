@@ -55,8 +55,8 @@ def test_cycle_applies_a_low_risk_improvement_and_reloads(sample_tree, tmp_path)
                     on_applied=applied.append, tunables=[tun])
     res = eng.rsi_cycle()
     assert res.skipped_reason is None and res.errors == []
-    assert (res.proposals_created, res.tested, res.passed, res.applied) == (1, 1, 1, 1)
     (p,) = eng.list_proposals()
+    assert (res.proposals_created, res.tested, res.passed, res.applied) == (1, 1, 1, 1), p.test_result
     assert p.status == ProposalStatus.APPLIED and p.risk == RiskLevel.LOW
     assert p.approver == "auto:low" and p.approved_diff_sha256 == p.diff_sha256
     assert p.test_result["improved"] and p.test_result["delta_interval"][0] > 0

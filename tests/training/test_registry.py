@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -123,6 +124,128 @@ def test_corrupt_metadata_file_is_a_registry_error(tmp_path):
         f.write(b"not arrow")
     with pytest.raises(RegistryError, match="unreadable"):
         ModelRegistry(tmp_path)
+
+
+def _chain_ok(log) -> bool:
+    """Every entry's from_version is the previous entry's to_version (no entry lost)."""
+    return all(b["from_version"] == a["to_version"] for a, b in zip(log, log[1:]))
+
+
+def test_serving_log_is_json_lines_and_ignores_a_torn_last_line(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v1, v2 = reg.register(_state(1)), reg.register(_state(2))
+    reg.set_active(v1, "initial", at=100.0)
+    path = tmp_path / "serving_log.jsonl"
+    complete = path.read_bytes()
+    assert json.loads(complete) == {"time": 100.0, "from_version": None, "to_version": 1,
+                                    "reason": "initial"}
+    # a writer killed mid-line leaves a line without its newline: readers ignore it ...
+    with open(path, "ab") as f:
+        f.write(b'{"time":200.0,"from_version":1,"to_ver')
+    for fresh in (reg, ModelRegistry(tmp_path)):
+        assert fresh.active_version == 1 and len(fresh.serving_log()) == 1
+    # ... and the next entry replaces it
+    ModelRegistry(tmp_path).set_active(v2, "manual", at=300.0)
+    data = path.read_bytes()
+    assert data.startswith(complete) and [json.loads(line) for line in data.splitlines()] == [
+        {"time": 100.0, "from_version": None, "to_version": 1, "reason": "initial"},
+        {"time": 300.0, "from_version": 1, "to_version": 2, "reason": "manual"}]
+    assert [(e["from_version"], e["to_version"]) for e in reg.serving_log()] == [(None, 1), (1, 2)]
+
+
+def test_corrupt_serving_log_line_is_a_registry_error(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    reg.set_active(reg.register(_state(1)), "initial")
+    with open(tmp_path / "serving_log.jsonl", "ab") as f:
+        f.write(b"garbage\n")
+    with pytest.raises(RegistryError, match="line 2 is corrupt"):
+        ModelRegistry(tmp_path)
+
+
+def test_legacy_arrow_serving_log_is_read_then_folded_into_the_json_log(tmp_path):
+    import pyarrow as pa
+
+    reg = ModelRegistry(tmp_path)
+    v1, v2 = reg.register(_state(1)), reg.register(_state(2))
+    legacy = pa.table({"time": [1.0, 2.0], "from_version": pa.array([None, 1], pa.int64()),
+                       "to_version": pa.array([1, 2], pa.int64()), "reason": ["initial", "manual"]})
+    with pa.OSFile(str(tmp_path / "serving_log.arrow"), "wb") as f, pa.ipc.new_file(f, legacy.schema) as w:
+        w.write_table(legacy)
+    reg = ModelRegistry(tmp_path)
+    assert reg.active_version == 2 and reg.version_at(1.5) == 1
+    reg.set_active(v1, "rollback")
+    assert not (tmp_path / "serving_log.arrow").exists()
+    log = ModelRegistry(tmp_path).serving_log()
+    assert [(e["to_version"], e["reason"]) for e in log] == [(1, "initial"), (2, "manual"), (1, "rollback")]
+    assert _chain_ok(log)
+
+
+def test_two_registries_on_one_root_see_each_others_writes(tmp_path):
+    """Each instance trusts its cached view first; a stale view is detected and re-read."""
+    a, b = ModelRegistry(tmp_path), ModelRegistry(tmp_path)
+    v1 = a.register(_state(1))
+    a.set_active(v1, "initial")
+    v2 = b.register(_state(2))  # a's cached table does not list v2 yet
+    a.set_active(v2, "by a")
+    for i in range(20):
+        (a, b)[i % 2].set_active((v1, v2)[i % 2], f"turn {i}")
+    for reg in (a, b):
+        log = reg.serving_log()
+        assert len(log) == 22 and _chain_ok(log) and reg.active_version == v2
+    with pytest.raises(VersionNotFoundError):
+        b.set_active(99, "missing")
+
+
+_SWAPPER = textwrap.dedent("""
+    import sys
+    from vortex.training.registry import ModelRegistry
+    reg = ModelRegistry(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(int(sys.argv[3])):
+        reg.set_active(1 + i % 2, sys.argv[2])
+""")
+
+
+def test_concurrent_swaps_from_processes_lose_no_entry(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    reg.register(_state(1)), reg.register(_state(2))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    procs = [subprocess.Popen([sys.executable, "-P", "-c", _SWAPPER, str(tmp_path), f"p{i}", "60"],
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:  # start together
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for _ in range(60):  # and this process swaps too, through its own cached view
+        reg.set_active(2, "parent")
+    for p in procs:
+        assert p.wait(120) == 0
+        p.stdin.close()
+        p.stdout.close()
+    log = ModelRegistry(tmp_path).serving_log()
+    assert sorted(e["reason"] for e in log) == sorted(["parent"] * 60 + [f"p{i}" for i in range(3) for _ in range(60)])
+    assert _chain_ok(log)
+
+
+def test_forked_child_takes_its_own_writer_lock(tmp_path):
+    """flock belongs to the open file a fork shares: the child must re-open the lock file."""
+    import multiprocessing
+
+    reg = ModelRegistry(tmp_path)
+    reg.register(_state(1)), reg.register(_state(2))
+    reg.set_active(1, "initial")  # the lock file is open in this process before the fork
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=lambda: [reg.set_active(2, "child") for _ in range(100)])
+    child.start()
+    for _ in range(100):
+        reg.set_active(1, "parent")
+    child.join(120)
+    assert child.exitcode == 0
+    log = ModelRegistry(tmp_path).serving_log()
+    assert len(log) == 201 and _chain_ok(log)
 
 
 _WRITER = textwrap.dedent("""

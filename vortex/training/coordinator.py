@@ -15,7 +15,6 @@ lower by more than that), it swaps back and records the rollback in the serving 
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import logging
 import math
@@ -588,8 +587,7 @@ class BackgroundTrainingCoordinator:
         The last ``model_cache_size`` prepared models are kept, so a rollback to a recent
         version is a reference swap; the weights file is still checked against its sha256.
         """
-        data = self.registry.load_bytes(version)  # verifies the checksum
-        sha = hashlib.sha256(data).hexdigest()
+        data, sha = self.registry.load_verified(version)
         cached = self._models.get(version)
         if cached is not None and cached[0] == sha:
             self._models.move_to_end(version)
