@@ -173,7 +173,14 @@ def test_legacy_arrow_serving_log_is_read_then_folded_into_the_json_log(tmp_path
         w.write_table(legacy)
     reg = ModelRegistry(tmp_path)
     assert reg.active_version == 2 and reg.version_at(1.5) == 1
+    with open(tmp_path / "serving_log.arrow", "rb") as f:
+        legacy_bytes = f.read()
     reg.set_active(v1, "rollback")
+    assert not (tmp_path / "serving_log.arrow").exists()
+    # a crash between folding it in and removing it leaves it behind: cleanup removes it
+    (tmp_path / "serving_log.arrow").write_bytes(legacy_bytes)
+    assert len(ModelRegistry(tmp_path).serving_log()) == 3
+    reg.cleanup(keep_last_n=5)
     assert not (tmp_path / "serving_log.arrow").exists()
     log = ModelRegistry(tmp_path).serving_log()
     assert [(e["to_version"], e["reason"]) for e in log] == [(1, "initial"), (2, "manual"), (1, "rollback")]

@@ -548,6 +548,8 @@ class ModelRegistry:
                     self._unlink(os.path.join(self.root, name))
                 elif is_temp_name(name) or name.startswith(".tmp-"):  # .tmp-: older versions' prefix
                     self._unlink(os.path.join(self.root, name))
+                elif name == _LEGACY_LOG_NAME and os.path.exists(self._log_path):  # already folded in
+                    self._unlink(os.path.join(self.root, name))
         if removed:
             log.info("registry cleanup removed versions %s", removed)
         return removed
