@@ -1,9 +1,9 @@
 // Crash-safe file writes (plain C++17 + POSIX): replacing a file's contents, and appending a
 // record to a log under a lock.
 //
-// Replacement follows the same protocol as vortex/_io.py: a temporary file ".vtx-<name>.XXXXXX.tmp" in the
-// destination's directory, fully written and fsynced, renamed over the destination, then the
-// directory fsynced. Doing all of it in one native call lets the binding release the GIL once
+// Replacement follows the same protocol as src/vortex/_io.py: a temporary file
+// ".vtx-<name>.XXXXXX.tmp" in the destination's directory, fully written and fsynced, renamed
+// over the destination, then the directory fsynced. Doing all of it in one native call lets the binding release the GIL once
 // instead of around each of the half-dozen syscalls: on a busy multi-threaded server every
 // GIL re-acquisition is a forced hand-over that delays a request thread.
 #pragma once

@@ -1,5 +1,5 @@
 // pybind11 binding of vortex::MetricWindow (csrc/metric_window.hpp) as vortex._core.MetricWindow.
-// The per-request record path lives in Cython (vortex/_fast_metrics.pyx), which operates on the
+// The per-request record path lives in Cython (src/vortex/_fast_metrics.pyx), which operates on the
 // same C++ object through `_address()`.
 #include "pybind11.hpp"
 

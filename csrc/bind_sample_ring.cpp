@@ -1,5 +1,5 @@
 // pybind11 binding of vortex::SampleRing as vortex._core.SampleRing (construction, snapshots,
-// sampling, restore). The per-request push and the batch extend live in vortex/_fast_ring.pyx,
+// sampling, restore). The per-request push and the batch extend live in src/vortex/_fast_ring.pyx,
 // which drives the same C++ object through the address returned by _address().
 #include "pybind11.hpp"
 

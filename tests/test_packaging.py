@@ -21,19 +21,19 @@ def test_wheel_installs_into_a_fresh_environment_and_passes_a_smoke_test(tmp_pat
     pytest.importorskip("scikit_build_core")
     wheels = tmp_path / "wheels"
     # A clean copy of the tracked sources, so nothing built in place leaks into the wheel.
-    src = tmp_path / "src"
+    tree = tmp_path / "tree"
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"],
                            check=True, capture_output=True, text=True).stdout.split()
     for rel in files:
         if (ROOT / rel).is_file() and not rel.endswith(".so"):
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, src / rel)
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, tree / rel)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheels), str(src)], check=True)
+                    "-q", "-w", str(wheels), str(tree)], check=True)
     (wheel,) = wheels.glob("vortex-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    typing_files = {f"vortex/{p.name}" for p in (ROOT / "vortex").glob("*.pyi")} | {"vortex/py.typed"}
+    typing_files = {f"vortex/{p.name}" for p in (ROOT / "src" / "vortex").glob("*.pyi")} | {"vortex/py.typed"}
     assert "vortex/_core.pyi" in typing_files and typing_files <= names, sorted(typing_files - names)
 
     env_dir = tmp_path / "env"
