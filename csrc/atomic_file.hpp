@@ -3,9 +3,10 @@
 //
 // Replacement follows the same protocol as src/vortex/_io.py: a temporary file
 // ".vtx-<name>.XXXXXX.tmp" in the destination's directory, fully written and fsynced, renamed
-// over the destination, then the directory fsynced. Doing all of it in one native call lets the binding release the GIL once
-// instead of around each of the half-dozen syscalls: on a busy multi-threaded server every
-// GIL re-acquisition is a forced hand-over that delays a request thread.
+// over the destination, then the directory fsynced. Doing all of it in one native call lets
+// the binding release the GIL once instead of around each of the half-dozen syscalls: on a busy
+// multi-threaded server every GIL re-acquisition is a forced hand-over that delays a request
+// thread.
 #pragma once
 
 #include <cerrno>
