@@ -409,7 +409,9 @@ class BackgroundTrainingCoordinator:
                 run.status = "cancelled" if self._cancel.is_set() else (
                     "timeout" if isinstance(exc, TimeoutError) else "failed")
                 run.error = f"{type(exc).__name__}: {exc}"
-                log.warning("training run %d %s: %s", run.run_id, run.status, run.error)
+                # a cancellation was asked for (e.g. by stop()): worth a line, not a warning
+                log.log(logging.INFO if run.status == "cancelled" else logging.WARNING,
+                        "training run %d %s: %s", run.run_id, run.status, run.error)
             finally:
                 run.finished_at = time.time()
                 self._finish(run)
