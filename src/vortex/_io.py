@@ -5,6 +5,9 @@ the destination with :func:`os.replace` (atomic on POSIX), and the directory is 
 the rename itself survives a power cut. A crash at any moment leaves the old file or the new
 one, never a mix. A ``kill -9`` mid-write can leave the temporary file behind: its name is
 recognised by :func:`is_temp_name`, so recovery and clean-up code can delete it.
+
+Append-only logs use :func:`append_if_unchanged` instead: one record per write, appended
+under the writers' lock if the files the caller read are unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-__all__ = ["FileKey", "append_if_unchanged", "atomic_write", "atomic_write_bytes",
+__all__ = ["FileKey", "MISSING", "append_if_unchanged", "atomic_write", "atomic_write_bytes",
            "atomic_write_json", "atomic_write_text", "file_key", "fsync_dir", "is_temp_name"]
 
 #: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
