@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = RSIEngine(
         target, os.path.join(work, "home"),
         vortex.RSIConfig(enabled=True, min_inferences_before_rsi=50, watch_requests=n // 2,
-                         benchmark_repeats=4 if args.quick else 6),
+                         benchmark_repeats=6 if args.quick else 9),
         metrics=lambda: {k: v for k, v in figures.items() if not k.startswith("_")},
         calibration_data=lambda: (figures["_logits"], figures["_labels"]),
         tunables=[tunables])

@@ -42,7 +42,7 @@ def test_audit_verify_reports_first_bad_line(tmp_path, capsys):
 
 def test_proposals_commands(sample_tree, tmp_path, capsys):
     home = str(tmp_path / "home")
-    eng = RSIEngine(sample_tree, home, RSIConfig(enabled=True, benchmark_repeats=5))
+    eng = RSIEngine(sample_tree, home, RSIConfig(enabled=True, benchmark_repeats=9))  # see test_engine.CFG
     eng.rsi_cycle([W("prediction_error_spike")])  # medium risk: queued
     rejected = eng.propose(W("memory_pressure"))
     (queued,) = [p for p in eng.list_proposals() if p.test_result]
