@@ -216,7 +216,7 @@ _SWAPPER = textwrap.dedent("""
 
 def test_concurrent_swaps_from_processes_lose_no_entry(tmp_path):
     reg = ModelRegistry(tmp_path)
-    reg.register(_state(1)), reg.register(_state(2))
+    assert [reg.register(_state(i)) for i in (1, 2)] == [1, 2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     procs = [subprocess.Popen([sys.executable, "-P", "-c", _SWAPPER, str(tmp_path), f"p{i}", "60"],
                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -242,7 +242,7 @@ def test_forked_child_takes_its_own_writer_lock(tmp_path):
     import multiprocessing
 
     reg = ModelRegistry(tmp_path)
-    reg.register(_state(1)), reg.register(_state(2))
+    assert [reg.register(_state(i)) for i in (1, 2)] == [1, 2]
     reg.set_active(1, "initial")  # the lock file is open in this process before the fork
     ctx = multiprocessing.get_context("fork")
     child = ctx.Process(target=lambda: [reg.set_active(2, "child") for _ in range(100)])
