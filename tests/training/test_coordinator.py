@@ -336,3 +336,27 @@ def test_cli_models_list_log_swap_cleanup_and_outside_swap(tmp_path, digits, cap
     assert main(["models", "--home", home, "--json", "cleanup", "--keep", "0"]) == 0
     assert json.loads(capsys.readouterr().out) == {"removed": [2]}  # never the active one
     assert c.registry.versions() == [1]
+
+
+def test_a_failed_run_blames_the_rank_that_died_not_the_peers_that_followed(tmp_path):
+    """Rank 1 is killed; rank 0 then exits with an error, as gloo's peers do ("connection reset")."""
+    import signal
+    import subprocess
+    import sys
+
+    from vortex.training.coordinator import _failure
+
+    logs = [str(tmp_path / f"worker-{r}.log") for r in range(2)]
+    for rank, text in enumerate(["rank 0: Connection reset by peer", "rank 1: epoch 2/400"]):
+        with open(logs[rank], "w") as f:
+            f.write(text)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.kill()
+    victim.wait()
+    follower = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])
+    follower.wait()
+    why = _failure([follower, victim], logs)
+    assert why == (f"worker rank 1 failed (killed by signal {int(signal.SIGKILL)}); then rank 0 "
+                   "(exit status 1): rank 1: epoch 2/400")
+    # with no rank killed, the lowest failed rank is named
+    assert _failure([follower, follower], logs).startswith("worker rank 0 failed (exit status 1); then rank 1")

@@ -146,6 +146,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _failure(procs: list[subprocess.Popen], logs: list[str], settle_secs: float = 1.0) -> str:
+    """Why a run's workers failed, naming the rank that caused it first.
+
+    When one rank dies, its peers fail in turn (gloo: "connection reset by peer"), and whichever
+    the poll sees first is luck. So the others get ``settle_secs`` to exit, then a rank killed by
+    a signal is blamed before ranks that exited with an error, lowest rank first.
+    """
+    deadline = time.monotonic() + settle_secs
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
+    rank, code = min(failed, key=lambda rc: (rc[1] > 0, rc[0]))
+    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    then = "".join(f"; then rank {r} ({'signal ' + str(-c) if c < 0 else 'exit status ' + str(c)})"
+                   for r, c in failed if r != rank)
+    return f"worker rank {rank} failed ({how}){then}: {_tail(logs[rank])}"
+
+
 def _tail(path: str, n: int = 2000) -> str:
     try:
         with open(path, "rb") as f:
@@ -523,9 +541,7 @@ class BackgroundTrainingCoordinator:
             while True:
                 codes = [p.poll() for p in procs]
                 if any(c not in (None, 0) for c in codes):
-                    bad = next(r for r, c in enumerate(codes) if c not in (None, 0))
-                    how = (f"killed by signal {-codes[bad]}" if codes[bad] < 0 else f"exit status {codes[bad]}")
-                    raise TrainingError(f"worker rank {bad} failed ({how}): {_tail(logs[bad])}")
+                    raise TrainingError(_failure(procs, logs))
                 if all(c == 0 for c in codes):
                     return
                 if self._cancel.wait(_POLL_SECS):
