@@ -158,10 +158,12 @@ def _failure(procs: list[subprocess.Popen], logs: list[str], settle_secs: float 
         time.sleep(0.02)
     failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
     rank, code = min(failed, key=lambda rc: (rc[1] > 0, rc[0]))
-    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-    then = "".join(f"; then rank {r} ({'signal ' + str(-c) if c < 0 else 'exit status ' + str(c)})"
-                   for r, c in failed if r != rank)
-    return f"worker rank {rank} failed ({how}){then}: {_tail(logs[rank])}"
+    then = "".join(f"; then rank {r} ({_ended(c)})" for r, c in failed if r != rank)
+    return f"worker rank {rank} failed ({_ended(code)}){then}: {_tail(logs[rank])}"
+
+
+def _ended(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
 
 def _tail(path: str, n: int = 2000) -> str:
