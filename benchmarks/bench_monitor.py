@@ -8,7 +8,7 @@
   same statistics computed with NumPy.
 * memory of a window_size=60 detector beyond its Python object.
 
-Run: ``PYTHONPATH=. pytest benchmarks/bench_monitor.py --benchmark-only``; the ratios are
+Run: ``PYTHONPATH=$PWD/src pytest benchmarks/bench_monitor.py --benchmark-only``; the ratios are
 printed at the end (benchmarks/conftest.py).
 """
 

@@ -23,7 +23,7 @@ bookkeeping alone (``over_lean_us``). Group ``feedback (per call)`` times
 ``Orchestrator.feedback`` against the peer's equivalent (error histogram, ADWIN on the
 error, the sample appended to a deque).
 
-Run: ``PYTHONPATH=. pytest benchmarks/bench_orchestrator.py --benchmark-only``.
+Run: ``PYTHONPATH=$PWD/src pytest benchmarks/bench_orchestrator.py --benchmark-only``.
 """
 
 from __future__ import annotations
