@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "VortexError",
     "ConfigError",
+    "CorruptFileError",
     "CoreNotBuiltError",
     "SnapshotFormatError",
     "TrainingError",
@@ -38,6 +39,48 @@ class ConfigError(VortexError, ValueError):
 
     The message names the field (``RuntimeDetectorConfig.window_size``) and the value.
     """
+
+
+class CorruptFileError(VortexError):
+    """A file Vortex wrote does not hold what Vortex wrote (bit rot, truncation, tampering).
+
+    Every corruption error derives from this class. The message names the file, the position
+    where it is known, and what to do about it (restore from where, or which command repairs
+    it); the same facts are kept as attributes for programs.
+
+    Parameters
+    ----------
+    path
+        The damaged file.
+    problem
+        What is wrong, in a few words ("line 7 fails its checksum").
+    position
+        Byte offset or 1-based line number of the damage, when known.
+    remedy
+        What the user can do about it.
+    """
+
+    def __init__(self, path: object, problem: str, *, position: int | None = None,
+                 remedy: str | None = None) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.position = position
+        self.remedy = remedy
+        where = f" (at {position})" if position is not None else ""
+        msg = f"{self.path}: {problem}{where}"
+        if remedy:
+            msg += f"; {remedy}"
+        super().__init__(msg)
+
+    def __reduce__(self) -> tuple:  # keyword-only fields: pickle through the full constructor
+        return (_rebuild_corrupt, (type(self), self.path, self.problem, self.position, self.remedy))
+
+
+def _rebuild_corrupt(cls: type, path: str, problem: str, position: int | None,
+                     remedy: str | None) -> CorruptFileError:
+    err = cls.__new__(cls)
+    CorruptFileError.__init__(err, path, problem, position=position, remedy=remedy)
+    return err
 
 
 class CoreNotBuiltError(VortexError, ImportError):
