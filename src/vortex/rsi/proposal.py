@@ -21,7 +21,10 @@ __all__ = ["ProposalStatus", "RiskLevel", "TunableMove", "ImprovementProposal", 
 
 class ProposalStatus(str, enum.Enum):
     """Life cycle: proposed → testing → (proposed, queued for approval | approved → applied |
-    rejected); applied → rolled_back."""
+    rejected | errored); applied → rolled_back; errored → testing again on a later cycle.
+
+    ``errored`` is not a verdict: the judge could not run (no test runner, no git, the jail
+    could not start, a timeout on a busy host). It blocks no move and is retried."""
 
     PROPOSED = "proposed"
     TESTING = "testing"
@@ -29,6 +32,7 @@ class ProposalStatus(str, enum.Enum):
     APPLIED = "applied"
     REJECTED = "rejected"
     ROLLED_BACK = "rolled_back"
+    ERRORED = "errored"
 
 
 class RiskLevel(str, enum.Enum):
@@ -47,11 +51,13 @@ class RiskLevel(str, enum.Enum):
 # allowed status transitions
 _NEXT = {
     ProposalStatus.PROPOSED: {ProposalStatus.TESTING, ProposalStatus.APPROVED, ProposalStatus.REJECTED},
-    ProposalStatus.TESTING: {ProposalStatus.PROPOSED, ProposalStatus.APPROVED, ProposalStatus.REJECTED},
+    ProposalStatus.TESTING: {ProposalStatus.PROPOSED, ProposalStatus.APPROVED, ProposalStatus.REJECTED,
+                             ProposalStatus.ERRORED},
     ProposalStatus.APPROVED: {ProposalStatus.APPLIED, ProposalStatus.REJECTED},
     ProposalStatus.APPLIED: {ProposalStatus.ROLLED_BACK},
     ProposalStatus.REJECTED: set(),
     ProposalStatus.ROLLED_BACK: set(),
+    ProposalStatus.ERRORED: {ProposalStatus.TESTING, ProposalStatus.REJECTED},
 }
 
 

@@ -61,14 +61,13 @@ from typing import Any, Sequence
 from ..errors import PatchError, SandboxError
 from .diffs import check_paths, parse_diff
 from .settings import SandboxLimits, VortexSettings
+from .trees import SKIP_NAMES
 
 __all__ = ["TestResult", "CommandRun", "Sandbox", "t_quantile", "paired_interval",
            "parse_pytest_summary", "run_limited", "isolation_support", "overlay_support"]
 
 log = logging.getLogger(__name__)
 
-SKIP_NAMES = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-                        ".venv", ".vortex", ".hypothesis"})
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 
@@ -389,6 +388,14 @@ class TestResult:
     ``performance_delta`` is the relative change of the judged metric, signed so that positive
     is better (0.25 = 25 % better), with its ``delta_interval`` at ``confidence_level``;
     ``improved`` is True only when the whole interval is above zero (None: nothing judged).
+
+    ``errored`` means there is no verdict: the judge itself could not run (runner or git
+    missing, jail setup failed, timeout); ``errors`` then holds the cause in the runner's own
+    words, and ``passed`` is False without the candidate being at fault. ``tree_sha256`` is
+    :func:`vortex.rsi.trees.tree_sha256` of the original tree the candidate was built from, so
+    an approval on a changed tree re-tests first; ``candidate_files`` maps each path the diff
+    touched to the sha256 of its bytes in the tested candidate (None: deleted), so the real
+    apply can check that it writes exactly what was tested.
     """
 
     __test__ = False  # not a pytest class
@@ -413,6 +420,9 @@ class TestResult:
     command_secs: float = 0.0
     network_isolated: bool = False
     timed_out: bool = False
+    errored: bool = False
+    tree_sha256: str | None = None
+    candidate_files: dict[str, str | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
