@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from vortex.errors import SnapshotFormatError
+from vortex.errors import CorruptFileError, SnapshotFormatError
 from vortex.training import SampleBuffer, Snapshot
 
 
@@ -315,13 +315,15 @@ def test_read_ipc_rejects_corrupted_and_foreign_files(tmp_path):
     flipped = tmp_path / "flipped.arrow"
     flipped.write_bytes(good.read_bytes())
     _corrupt_middle(flipped)
-    with pytest.raises(SnapshotFormatError, match="checksum|not a readable"):
+    with pytest.raises(SnapshotFormatError, match="flipped.arrow: contents do not match their sha256 seal"):
         Snapshot.read_ipc(flipped)
 
     truncated = tmp_path / "truncated.arrow"
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(SnapshotFormatError, match="not a readable Arrow IPC"):
+    with pytest.raises(SnapshotFormatError, match="truncated.arrow: no valid sha256 seal") as info:
         Snapshot.read_ipc(truncated)
+    assert isinstance(info.value, CorruptFileError) and isinstance(info.value, ValueError)
+    assert info.value.path == str(truncated) and "restore it from a backup" in str(info.value)
 
     garbage = tmp_path / "garbage.arrow"
     garbage.write_bytes(b"hello world" * 10)
@@ -439,7 +441,7 @@ def test_bad_files_leave_buffer_untouched(tmp_path):
     sampled = tmp_path / "sampled.arrow"  # not a contiguous run of seqs: not a saved buffer
     src.sample(10, 0).write_ipc(sampled)
 
-    for path, needle in ((bad, "checksum|readable"), (other_dim, "feature_dim=4"), (other_label, "float32"),
+    for path, needle in ((bad, "sha256 seal"), (other_dim, "feature_dim=4"), (other_label, "float32"),
                          (sampled, "contiguous")):
         with pytest.raises(SnapshotFormatError, match=needle):
             dst.load_into(path)
@@ -462,21 +464,34 @@ def test_load_rejects_invalid_values_written_behind_our_back(tmp_path):
         SampleBuffer.load(path)
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+_SAVE_PAST_THE_SIZE_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from vortex.training import SampleBuffer
+buf = SampleBuffer.load(sys.argv[1])
+buf.extend(np.ones((500, 2), np.float32), np.arange(500))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+try:
+    buf.save(sys.argv[1])
+except OSError as exc:
+    print("failed:", exc)
+"""
+
+
+def test_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path):
+    """A save that fails half-way for real (the file-size limit) keeps the old file."""
+    import subprocess
+    import sys
+
     buf = SampleBuffer(2)
     buf.extend(rows(3, 2), np.arange(3))
     path = tmp_path / "b.arrow"
     buf.save(path)
     old = path.read_bytes()
-
-    def boom(*_a, **_k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fsync", boom)
-    buf.push([1, 1], 1)
-    with pytest.raises(OSError, match="disk full"):
-        buf.save(path)
-    monkeypatch.undo()
+    out = subprocess.run([sys.executable, "-c", _SAVE_PAST_THE_SIZE_LIMIT, str(path)], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=60)
+    assert "failed:" in out.stdout and "File too large" in out.stdout, out
     assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.arrow"]
 
@@ -555,11 +570,14 @@ def test_concurrent_producers_never_tear_a_row():
 
 
 def test_tampered_metadata_is_detected(tmp_path):
+    """A file rewritten without the seal (as files were before it) still has its CRC checked."""
+    from vortex._io import SEAL_SIZE
+
     buf = SampleBuffer(2, capacity=8)
     buf.extend(rows(3, 2), np.arange(3))
     path = tmp_path / "b.arrow"
     buf.save(path)
-    table = pa.ipc.open_file(pa.OSFile(str(path), "rb")).read_all()
+    table = pa.ipc.open_file(pa.py_buffer(path.read_bytes()[:-SEAL_SIZE])).read_all()
     meta = dict(table.schema.metadata)
     assert meta[b"vortex.next_seq"] == b"3" and meta[b"vortex.capacity"] == b"8"
     for key, value in ((b"vortex.capacity", b"800"), (b"vortex.next_seq", b"4")):
@@ -567,5 +585,9 @@ def test_tampered_metadata_is_detected(tmp_path):
         schema = table.schema.with_metadata({**meta, key: value})
         with pa.OSFile(str(forged), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
             w.write_table(table.replace_schema_metadata(schema.metadata))
-        with pytest.raises(SnapshotFormatError, match="checksum"):
+        with pytest.raises(SnapshotFormatError, match="forged.arrow: data does not match its checksum"):
             SampleBuffer.load(forged)
+    # the unsealed original loads: files written before the seal existed stay readable
+    legacy = tmp_path / "legacy.arrow"
+    legacy.write_bytes(path.read_bytes()[:-SEAL_SIZE])
+    assert SampleBuffer.load(legacy).next_seq == 3
