@@ -279,7 +279,8 @@ def test_batch_limit_checkpoint_dir_cleanup_and_flux_holdout(tmp_path, digits):
     run = c.run_once("manual")
     assert run.status == "swapped", run.error
     assert run.samples == 450 and run.holdout_samples == 50 and run.train_samples == 400
-    assert c.registry.root == str(ckpt) and c.registry.versions() == [2]  # keep_last_n_versions=1
+    # keep_last_n_versions=1 keeps the newest, and 1: the version a rollback of 2 returns to
+    assert c.registry.root == str(ckpt) and c.registry.versions() == [1, 2]
 
 
 def test_config_fields_of_this_area_are_validated():
@@ -334,8 +335,9 @@ def test_cli_models_list_log_swap_cleanup_and_outside_swap(tmp_path, digits, cap
     assert main(["models", "--home", home, "--json", "cleanup", "--keep", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {"removed": []}  # 2 is the newest, 1 is active
     assert main(["models", "--home", home, "--json", "cleanup", "--keep", "0"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"removed": [2]}  # never the active one
-    assert c.registry.versions() == [1]
+    # never the active one, nor the one it replaced (where a rollback returns to)
+    assert json.loads(capsys.readouterr().out) == {"removed": []}
+    assert c.registry.versions() == [1, 2]
 
 
 def test_a_failed_run_blames_the_rank_that_died_not_the_peers_that_followed(tmp_path):
