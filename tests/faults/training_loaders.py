@@ -115,6 +115,18 @@ def load_snapshot(directory: str) -> dict[str, Any]:
     return _summary(Snapshot.read_ipc(os.path.join(directory, SNAPSHOT)))
 
 
+def make_unsealed_registry(directory: str) -> None:
+    """A registry whose versions.arrow was written before files were sealed (plain Arrow IPC)."""
+    from vortex._io import SEAL_SIZE
+
+    make_registry(directory)
+    path = os.path.join(directory, "versions.arrow")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-SEAL_SIZE])
+
+
 #: name -> (make the pristine directory, the damaged file, loader, acceptable recovery or None)
 KINDS: dict[str, tuple[Any, str, str, Any]] = {
     "versions.arrow": (make_registry, "versions.arrow", "training_loaders:load_registry", None),
@@ -123,4 +135,10 @@ KINDS: dict[str, tuple[Any, str, str, Any]] = {
     "weights": (make_registry, "v000002.safetensors", "training_loaders:load_weights", None),
     "buffer.arrow": (make_buffer, BUFFER, "training_loaders:load_buffer", None),
     "snapshot.arrow": (make_snapshot, SNAPSHOT, "training_loaders:load_snapshot", None),
+}
+#: Files in the format written before sealing: Vortex validates them fully, so damage never
+#: crashes it or raises an unrelated error, but a changed value can pass (no checksum existed).
+UNSEALED_KINDS: dict[str, tuple[Any, str, str, Any]] = {
+    "versions.arrow (unsealed, older format)": (make_unsealed_registry, "versions.arrow",
+                                                "training_loaders:load_registry", None),
 }

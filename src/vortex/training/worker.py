@@ -211,8 +211,9 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
           rank: int = 0, world_size: int = 1, step_model=None) -> list[float]:
     """Train ``model`` with Adam on the weighted mean loss; return the weighted mean loss per epoch.
 
-    ``x``, ``y``, ``w`` are the *whole* training set on every rank, on the model's device;
-    rank ``rank`` of ``world_size`` trains on its rows of each seeded global batch.
+    ``x``, ``y``, ``w`` are the *whole* training set on every rank; ``x`` and ``y`` on the
+    model's device, ``w`` there or on the host (it is read on the host and copied to the
+    device); rank ``rank`` of ``world_size`` trains on its rows of each seeded global batch.
     ``step_model`` is the module used for the forward pass (the DDP wrapper of ``model``);
     default ``model``. The loss totals stay on that device (one host sync per epoch) and are
     all-reduced there, as NCCL requires.
@@ -227,7 +228,8 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
     n = x.shape[0]
     device = x.device
     # which global batches count is decided on the host: the same on every rank, no sync per batch
-    w_host = w.detach().to("cpu")
+    w_host = w.detach().cpu()
+    w = w.to(device)
     net.train()
     losses = []
     for epoch in range(epochs):
@@ -358,7 +360,7 @@ def run(args: WorkerArgs) -> dict[str, Any]:
             if init_state is not None:
                 model.load_state_dict(init_state)
             model.to(device)
-            x, y, w = x.to(device), y.to(device), w.to(device)
+            x, y = x.to(device), y.to(device)  # train() moves w itself, it also reads it on the host
             step_model = None
             if dist is not None:
                 from torch.nn.parallel import DistributedDataParallel
