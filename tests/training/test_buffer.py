@@ -569,25 +569,37 @@ def test_concurrent_producers_never_tear_a_row():
         assert (np.diff(mine) > 0).all()
 
 
-def test_tampered_metadata_is_detected(tmp_path):
-    """A file rewritten without the seal (as files were before it) still has its CRC checked."""
-    from vortex._io import SEAL_SIZE
+def _write_unsealed(path, snap, metadata):
+    """A file as Vortex wrote it before the sha256 seal: Arrow IPC, a CRC-32 in its metadata."""
+    from vortex.training.buffer import _checksum
 
+    full = {k.decode(): v.decode() for k, v in snap.schema(metadata).metadata.items()}
+    batch = snap.to_arrow({**full, "vortex.crc32": _checksum(snap._arrays(), full)})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return batch
+
+
+def test_files_written_before_the_seal_load_and_their_crc_is_checked(tmp_path):
     buf = SampleBuffer(2, capacity=8)
     buf.extend(rows(3, 2), np.arange(3))
-    path = tmp_path / "b.arrow"
-    buf.save(path)
-    table = pa.ipc.open_file(pa.py_buffer(path.read_bytes()[:-SEAL_SIZE])).read_all()
-    meta = dict(table.schema.metadata)
-    assert meta[b"vortex.next_seq"] == b"3" and meta[b"vortex.capacity"] == b"8"
+    legacy = tmp_path / "legacy.arrow"
+    batch = _write_unsealed(legacy, buf.snapshot(), {"vortex.next_seq": "3", "vortex.capacity": "8"})
+    loaded = SampleBuffer.load(legacy)
+    assert loaded.next_seq == 3 and loaded.capacity == 8
+    assert_same(loaded.snapshot(), buf.snapshot())
+    meta = dict(batch.schema.metadata)
     for key, value in ((b"vortex.capacity", b"800"), (b"vortex.next_seq", b"4")):
         forged = tmp_path / "forged.arrow"
-        schema = table.schema.with_metadata({**meta, key: value})
+        schema = batch.schema.with_metadata({**meta, key: value})
         with pa.OSFile(str(forged), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-            w.write_table(table.replace_schema_metadata(schema.metadata))
+            w.write_batch(batch.replace_schema_metadata(schema.metadata))
         with pytest.raises(SnapshotFormatError, match="forged.arrow: data does not match its checksum"):
             SampleBuffer.load(forged)
-    # the unsealed original loads: files written before the seal existed stay readable
-    legacy = tmp_path / "legacy.arrow"
-    legacy.write_bytes(path.read_bytes()[:-SEAL_SIZE])
-    assert SampleBuffer.load(legacy).next_seq == 3
+    # an unsealed file must carry the older format's CRC: without it, nothing vouches for it
+    bare = tmp_path / "bare.arrow"
+    del meta[b"vortex.crc32"]
+    with pa.OSFile(str(bare), "wb") as sink, pa.ipc.new_file(sink, batch.schema.with_metadata(meta)) as w:
+        w.write_batch(batch.replace_schema_metadata(meta))
+    with pytest.raises(SnapshotFormatError, match="bare.arrow: schema metadata incomplete"):
+        SampleBuffer.load(bare)

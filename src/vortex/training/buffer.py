@@ -55,7 +55,11 @@ _DTYPES = {"confidence": np.float32, "error": np.float32, "timestamp": np.float6
 
 
 def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
-    """CRC-32 of the columns' bytes and of the schema metadata (except the checksum itself)."""
+    """CRC-32 of the columns' bytes and of the schema metadata (except the checksum itself).
+
+    Files written before the sha256 seal carry it in their metadata; sealed files do not need
+    it (the seal covers every byte, and is checked before parsing).
+    """
     crc = zlib.crc32(repr(sorted((k, v) for k, v in metadata.items() if k != _CRC_KEY)).encode())
     for a in arrays:
         if a.size:
@@ -165,12 +169,11 @@ class Snapshot:
         """Write the snapshot as an Arrow IPC file, atomically (temp file, fsync, rename).
 
         The file ends with a sha256 seal of its contents, checked by :meth:`read_ipc` before
-        anything parses it; the schema metadata also carries a CRC-32 of the data.
+        anything parses it.
         """
         import pyarrow as pa
 
-        full = {k.decode(): v.decode() for k, v in self.schema(metadata).metadata.items()}
-        batch = self.to_arrow({**full, _CRC_KEY: _checksum(self._arrays(), full)})
+        batch = self.to_arrow(metadata)
         # In memory, then one native write: Arrow serialises, hashlib hashes and the write
         # runs with the GIL released, so a periodic save next to serving threads barely
         # touches them.
@@ -204,7 +207,7 @@ class Snapshot:
         def bad(problem: str) -> SnapshotFormatError:
             return SnapshotFormatError(path, problem, remedy=_REMEDY)
 
-        body, _ = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file, remedy=_REMEDY)
+        body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file, remedy=_REMEDY)
         try:
             table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
             table.validate(full=True)
@@ -217,7 +220,7 @@ class Snapshot:
         try:
             dim = int(meta["vortex.feature_dim"])
             label_dtype = meta["vortex.label_dtype"]
-            crc = meta[_CRC_KEY]
+            crc = None if sealed else meta[_CRC_KEY]  # the older format's own checksum
         except (KeyError, ValueError) as exc:
             raise bad(f"schema metadata incomplete ({exc!r})") from exc
         if label_dtype not in _LABEL_KINDS or dim < 1:
@@ -243,7 +246,7 @@ class Snapshot:
             snap = cls(**arrays)
         except Exception as exc:  # nulls, wrong lengths: whatever Arrow or NumPy refuse
             raise bad(f"unreadable columns ({type(exc).__name__}: {exc})") from exc
-        if _checksum(snap._arrays(), meta) != crc:
+        if crc is not None and _checksum(snap._arrays(), meta) != crc:
             raise bad("data does not match its checksum (corrupted)")
         return snap, meta
 

@@ -733,7 +733,8 @@ class ModelRegistry:
                                               sep + _log_line(entry),
                                               [(self._meta_path, meta_key), (self._log_path, log_key)])
                     if key is not None:
-                        self._log = (key, entries + [entry], key[2], b"")
+                        entries.append(entry)  # in place: a swap stays O(1) however long the log
+                        self._log = (key, entries, key[2], b"")
                         break
                 fresh = True
         log.info("model version %s -> %d (%s)", entry["from_version"], version, reason)
