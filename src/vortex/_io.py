@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 __all__ = ["FileKey", "MISSING", "SEAL_SIZE", "append_if_unchanged", "atomic_write",
            "atomic_write_bytes", "atomic_write_json", "atomic_write_sealed", "atomic_write_text",
-           "file_key", "fsync_dir", "is_arrow_ipc_file", "is_temp_name", "read_sealed",
+           "file_key", "fsync_dir", "is_arrow_ipc_file", "is_temp_name", "pid_alive", "read_sealed",
            "remove_orphan_temps", "seal"]
 
 #: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
@@ -51,7 +51,8 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine (a zombie counts: not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def remove_orphan_temps(directory: str | os.PathLike, target: str | None = None)
         m = _TEMP_RE.match(name)
         if m is None or (target is not None and m["target"] != target):
             continue
-        if m["pid"] is not None and _pid_alive(int(m["pid"])):
+        if m["pid"] is not None and pid_alive(int(m["pid"])):
             continue
         path = os.path.join(directory, name)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -268,14 +269,25 @@ def test_batch_limit_checkpoint_dir_cleanup_and_flux_holdout(tmp_path, digits):
     ckpt = tmp_path / "elsewhere"
     c = _coordinator(tmp_path, digits, max_samples_per_batch=450, checkpoint_dir=str(ckpt),
                      keep_last_n_versions=1, flux=FluxConfig(holdout_positions=(9,)))
-    # a snapshot/candidate left by a coordinator that died mid-run is dropped at start-up
-    leftover = tmp_path / "home" / "runs" / "run-000009-1"
-    leftover.mkdir(parents=True)
-    (leftover / "snapshot.arrow").write_bytes(b"x")
-    (leftover / "worker-0.log").write_text("crash")
+    # a snapshot/candidate left by a coordinator that died mid-run is dropped at start-up;
+    # the run directory of a live coordinator (here: this process) is left alone
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftover = tmp_path / "home" / "runs" / f"run-000009-{dead}"
+    live = tmp_path / "home" / "runs" / f"run-000010-{os.getpid()}"
+    for d in (leftover, live, leftover / "against-v3"):
+        d.mkdir(parents=True)
+        (d / "snapshot.arrow").write_bytes(b"x")
+        (d / "worker-0.log").write_text("crash")
     c = BackgroundTrainingCoordinator(c.config, mlp(**KW), FACTORY, tmp_path / "home", 64,
                                       buffer=c.buffer, factory_kwargs=KW)
-    assert sorted(os.listdir(leftover)) == ["worker-0.log"]
+    assert sorted(os.listdir(leftover)) == ["against-v3", "worker-0.log"]
+    assert sorted(os.listdir(leftover / "against-v3")) == ["worker-0.log"]
+    assert sorted(os.listdir(live)) == ["snapshot.arrow", "worker-0.log"]
+    shutil.rmtree(live)
     run = c.run_once("manual")
     assert run.status == "swapped", run.error
     assert run.samples == 450 and run.holdout_samples == 50 and run.train_samples == 400

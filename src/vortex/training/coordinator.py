@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,7 +47,7 @@ from typing import Any
 from ..config import BackgroundTrainingConfig, as_dict
 from ..errors import (ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError,
                       VersionNotFoundError)
-from .._io import atomic_write_bytes, remove_orphan_temps
+from .._io import atomic_write_bytes, pid_alive, remove_orphan_temps
 from .models import build_model
 from .registry import ModelRegistry
 from .slot import ModelSlot, prepare_model
@@ -61,6 +62,7 @@ _HISTORY = 200  # runs kept in memory and in <home>/runs.json
 _SYNC_SECS = 1.0  # how often the housekeeping thread checks the registry for an outside swap
 _MAX_REVALIDATIONS = 3  # swaps during one run's conclusion after which it gives up swapping
 BUFFER_FILE = "buffer.arrow"  # the persisted sample buffer, under the home
+_RUN_DIR_RE = re.compile(r"^run-\d+-(\d+)$")  # run-<run id>-<pid of the coordinator>
 _POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
 
 
@@ -933,12 +935,18 @@ class BackgroundTrainingCoordinator:
         return list(self._history)
 
     def _drop_leftovers(self) -> None:
-        """Delete snapshots and candidates left by a process that died mid-run (keep its logs)."""
+        """Delete snapshots and candidates left by a process that died mid-run (keep its logs).
+
+        A run directory is named after the process running it; one whose process is alive
+        (this one included) is left alone.
+        """
         runs = os.path.join(self.home, "runs")
         if not os.path.isdir(runs):
             return
         for d in os.listdir(runs):
-            _drop_bulky(os.path.join(runs, d))
+            m = _RUN_DIR_RE.match(d)
+            if m is None or not pid_alive(int(m.group(1))):
+                _drop_bulky(os.path.join(runs, d))
 
     def _load_history(self) -> None:
         path = os.path.join(self.home, "runs.json")
