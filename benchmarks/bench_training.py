@@ -135,85 +135,6 @@ def test_serving_p99_during_training(benchmark, tmp_path, request):
     _report(benchmark, "serving p99 during training", info)
 
 
-def test_swaps_while_serving(benchmark, tmp_path, request):
-    """4 serving threads; 100 swaps between two versions vs steady serving.
-
-    The threads serve throughout; the main thread alternates short steady and swapping phases
-    (20 pairs of 0.25 s, the order flipped every pair) and each request is counted in the phase
-    it started in, so machine noise hits both sides alike.
-    """
-    benchmark.group = "training: 100 swaps while 4 threads serve"
-    benchmark.extra_info["subject"] = "vortex"
-    swaps, pairs, phase_secs = (20, 4, 0.05) if _quick(request) else (100, 20, 0.25)
-    torch.set_num_threads(1)
-    c = _coordinator(tmp_path, 600, num_epochs=2, min_improvement_threshold=0.0)
-    c.run_once("manual")
-    v_new = c.registry.versions()[-1]
-    # reference outputs per version: every request must get exactly one version's output
-    probe = torch.from_numpy(_data(1, 2)[0])
-    refs = {}
-    for v in (1, v_new):
-        m = mlp(**KW)
-        m.load_state_dict(c.registry.load(v))
-        with torch.inference_mode():
-            refs[v] = m.eval()(probe)
-    failures: list[str] = []
-    phase = ["warm-up"]  # the phase requests starting now are counted in
-    stop = threading.Event()
-
-    def server(lat: dict[str, list[int]]):
-        while not stop.is_set():
-            counted_in = phase[0]
-            t = time.perf_counter_ns()
-            try:
-                version, model = c.slot.get()
-                with torch.inference_mode():
-                    y = model(probe)
-                if not torch.allclose(y, refs[version]):
-                    failures.append(f"version {version} answered with another model's output")
-            except Exception as exc:  # a failed request
-                failures.append(repr(exc))
-            lat[counted_in].append(time.perf_counter_ns() - t)
-
-    def run_phase(name: str, count: int) -> float:
-        phase[0] = name
-        t0 = time.perf_counter()
-        busy = 0.0
-        for i in range(count):  # swaps evenly spread over the phase
-            s0 = time.perf_counter()
-            c.swap_to_version(1 if c.current_model_version() != 1 else v_new, reason="bench")
-            busy += time.perf_counter() - s0
-            time.sleep(max(0.0, t0 + (i + 1) * phase_secs / count - time.perf_counter()))
-        time.sleep(max(0.0, t0 + phase_secs - time.perf_counter()))
-        return busy
-
-    def measure():
-        lats = [{"warm-up": [], "steady": [], "swaps": []} for _ in range(4)]
-        threads = [threading.Thread(target=server, args=(lat,)) for lat in lats]
-        for t in threads:
-            t.start()
-        secs = 0.0
-        try:
-            time.sleep(phase_secs)
-            for p in range(pairs):
-                for name in (("steady", "swaps") if p % 2 == 0 else ("swaps", "steady")):
-                    secs += run_phase(name, swaps // pairs if name == "swaps" else 0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        return [x for lat in lats for x in lat["steady"]], [x for lat in lats for x in lat["swaps"]], secs
-
-    steady, during, secs = benchmark.pedantic(measure, rounds=1, iterations=1)
-    assert not failures, failures[:3]
-    assert sum(e["reason"] == "bench" for e in c.registry.serving_log()) == swaps
-    info = {"swaps": swaps, "swaps_per_s": swaps / (pairs * phase_secs), "swap_ms": 1e3 * secs / swaps,
-            "failed_requests": len(failures),
-            "requests_during_swaps": len(during), "steady_p99_us": _p99(steady),
-            "swaps_p99_us": _p99(during), "ratio": _p99(during) / _p99(steady), "goal": "<= 1.2"}
-    _report(benchmark, "100 swaps while 4 threads serve", info)
-
-
 def _phased(serve_step, pairs, phase_secs, busy_phase):
     """Latencies (ns) of 4 threads calling ``serve_step`` throughout, counted in the phase each
     request started in: "steady" and "busy" phases alternate (order flipped every pair) while
@@ -247,6 +168,62 @@ def _phased(serve_step, pairs, phase_secs, busy_phase):
         for t in threads:
             t.join()
     return [x for lat in lats for x in lat["steady"]], [x for lat in lats for x in lat["busy"]], busy
+
+
+def test_swaps_while_serving(benchmark, tmp_path, request):
+    """4 serving threads; 100 swaps between two versions vs steady serving.
+
+    The threads serve throughout; the main thread alternates short steady and swapping phases
+    (20 pairs of 0.25 s, the order flipped every pair) and each request is counted in the phase
+    it started in, so machine noise hits both sides alike.
+    """
+    benchmark.group = "training: 100 swaps while 4 threads serve"
+    benchmark.extra_info["subject"] = "vortex"
+    swaps, pairs, phase_secs = (20, 4, 0.05) if _quick(request) else (100, 20, 0.25)
+    torch.set_num_threads(1)
+    c = _coordinator(tmp_path, 600, num_epochs=2, min_improvement_threshold=0.0)
+    c.run_once("manual")
+    v_new = c.registry.versions()[-1]
+    # reference outputs per version: every request must get exactly one version's output
+    probe = torch.from_numpy(_data(1, 2)[0])
+    refs = {}
+    for v in (1, v_new):
+        m = mlp(**KW)
+        m.load_state_dict(c.registry.load(v))
+        with torch.inference_mode():
+            refs[v] = m.eval()(probe)
+    failures: list[str] = []
+
+    def serve_step():
+        try:
+            version, model = c.slot.get()
+            with torch.inference_mode():
+                y = model(probe)
+            if not torch.allclose(y, refs[version]):
+                failures.append(f"version {version} answered with another model's output")
+        except Exception as exc:  # a failed request
+            failures.append(repr(exc))
+
+    def swapping(secs: float) -> float:
+        t0 = time.perf_counter()
+        busy = 0.0
+        count = swaps // pairs
+        for i in range(count):  # swaps evenly spread over the phase
+            s0 = time.perf_counter()
+            c.swap_to_version(1 if c.current_model_version() != 1 else v_new, reason="bench")
+            busy += time.perf_counter() - s0
+            time.sleep(max(0.0, t0 + (i + 1) * secs / count - time.perf_counter()))
+        return busy
+
+    steady, during, secs = benchmark.pedantic(lambda: _phased(serve_step, pairs, phase_secs, swapping),
+                                              rounds=1, iterations=1)
+    assert not failures, failures[:3]
+    assert sum(e["reason"] == "bench" for e in c.registry.serving_log()) == swaps
+    info = {"swaps": swaps, "swaps_per_s": swaps / (pairs * phase_secs), "swap_ms": 1e3 * secs / swaps,
+            "failed_requests": len(failures),
+            "requests_during_swaps": len(during), "steady_p99_us": _p99(steady),
+            "swaps_p99_us": _p99(during), "ratio": _p99(during) / _p99(steady), "goal": "<= 1.2"}
+    _report(benchmark, "100 swaps while 4 threads serve", info)
 
 
 def test_buffer_saves_while_serving(benchmark, tmp_path, request):

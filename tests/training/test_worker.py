@@ -42,13 +42,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_worker(tmp_path, world, out, extra=(), batch_size=24):
-    """Run the worker as ``world`` gloo ranks on the CPU; return its candidate and result."""
+def _run_worker(tmp_path, world, out, extra=(), batch_size=24, device="cpu"):
+    """Run the worker as ``world`` ranks (gloo on the CPU, NCCL on CUDA); return its candidate
+    (None if it wrote none) and result."""
     port = _free_port()
     cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
            "--out", str(out), "--factory", "vortex.training.models:mlp", "--factory-kwargs",
            json.dumps(KW), "--epochs", "3", "--batch-size", str(batch_size), "--seed", "11",
-           "--lr", "0.01", "--nice", "0", "--device", "cpu", *extra]
+           "--lr", "0.01", "--nice", "0", "--device", device, *extra]
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -97,6 +98,12 @@ def test_worker_validates_against_registry_version_and_fails_cleanly(tmp_path):
     scores, _ = evaluate(model, torch.from_numpy(x[hold]), torch.from_numpy(y[hold]), "classification")
     assert scores.mean() == pytest.approx(val["candidate_accuracy"])
     assert set(res["timings"]) >= {"import", "load", "train", "validate", "save"}
+    # --candidate: the same validation of a given candidate, without training or writing one
+    _, check = _run_worker(tmp_path, 1, tmp_path / "check", [
+        "--registry", str(reg.root), "--init-version", str(v),
+        "--candidate", str(tmp_path / "out" / CANDIDATE_FILE)])
+    assert check["validation"] == val and check["epochs"] == 0 and check["train_loss"] is None
+    assert not (tmp_path / "check" / CANDIDATE_FILE).exists()
     # a corrupted active version: the worker refuses it and exits non-zero
     with open(reg.weights_path(v), "r+b") as f:
         f.seek(-1, os.SEEK_END)
@@ -182,15 +189,8 @@ def test_loss_totals_live_on_the_training_device_and_are_reduced_there(monkeypat
 def test_worker_trains_on_cuda(tmp_path):
     _snapshot(tmp_path / "snap.arrow")
     cpu, r_cpu = _run_worker(tmp_path, 1, tmp_path / "cpu")
-    port = _free_port()
-    cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
-           "--out", str(tmp_path / "gpu"), "--factory", "vortex.training.models:mlp", "--factory-kwargs",
-           json.dumps(KW), "--epochs", "3", "--batch-size", "24", "--seed", "11", "--lr", "0.01",
-           "--nice", "0", "--device", "cuda"]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    subprocess.run(cmd, env=env, check=True, timeout=300)
-    gpu = load_file(str(tmp_path / "gpu" / CANDIDATE_FILE))
+    gpu, r_gpu = _run_worker(tmp_path, 1, tmp_path / "gpu", device="cuda")
+    assert r_gpu["epoch_losses"] == pytest.approx(r_cpu["epoch_losses"], rel=1e-3)
     for k in cpu:  # the same training, up to float differences between the devices
         assert torch.allclose(cpu[k], gpu[k], atol=1e-3, rtol=1e-3), k
 
@@ -199,19 +199,8 @@ def test_worker_trains_on_cuda(tmp_path):
 def test_two_nccl_ranks_match_one_rank(tmp_path):
     _snapshot(tmp_path / "snap.arrow")
     one, r1 = _run_worker(tmp_path, 1, tmp_path / "one")
-    port = _free_port()
-    cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
-           "--out", str(tmp_path / "two"), "--factory", "vortex.training.models:mlp", "--factory-kwargs",
-           json.dumps(KW), "--epochs", "3", "--batch-size", "24", "--seed", "11", "--lr", "0.01",
-           "--nice", "0", "--device", "cuda"]
-    procs = [subprocess.Popen(cmd, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
-                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                            PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
-             for r in range(2)]
-    assert [p.wait(300) for p in procs] == [0, 0]
-    two = load_file(str(tmp_path / "two" / CANDIDATE_FILE))
-    with open(tmp_path / "two" / RESULT_FILE) as f:
-        assert json.load(f)["epoch_losses"] == pytest.approx(r1["epoch_losses"], rel=1e-3)
+    two, r2 = _run_worker(tmp_path, 2, tmp_path / "two", device="cuda")
+    assert r2["rank_count"] == 2 and r2["epoch_losses"] == pytest.approx(r1["epoch_losses"], rel=1e-3)
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-3, rtol=1e-3), k
 
@@ -234,17 +223,3 @@ def test_bad_worker_arguments_are_one_line_usage_errors(tmp_path, args, needle):
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and needle in p.stderr.splitlines()[-1], p.stderr
-
-
-@pytest.mark.slow
-def test_candidate_mode_validates_without_training(tmp_path):
-    _snapshot(tmp_path / "snap.arrow")
-    reg = ModelRegistry(tmp_path / "reg")
-    v = reg.register(mlp(**KW))
-    trained, res = _run_worker(tmp_path, 1, tmp_path / "out", ["--registry", str(reg.root),
-                                                               "--init-version", str(v)])
-    _, check = _run_worker(tmp_path, 1, tmp_path / "check", [
-        "--registry", str(reg.root), "--init-version", str(v),
-        "--candidate", str(tmp_path / "out" / CANDIDATE_FILE)])
-    assert check["validation"] == res["validation"] and check["epochs"] == 0
-    assert check["train_loss"] is None and not (tmp_path / "check" / CANDIDATE_FILE).exists()
