@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 import threading
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
@@ -30,6 +31,9 @@ __all__ = [
 
 _C = TypeVar("_C", bound="_Config")
 
+_INT64_MAX = 2 ** 63 - 1
+_FLOAT_MAX = sys.float_info.max
+
 MAX_WAIT_SECS = threading.TIMEOUT_MAX
 """Longest period a background thread can wait for (``threading.TIMEOUT_MAX``); longer
 intervals would make its ``Event.wait`` raise ``OverflowError``."""
@@ -41,13 +45,16 @@ def _fail(obj: object, name: str, value: Any, why: str) -> None:
 
 def _number(obj: object, name: str, *, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
-    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds."""
+    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds.
+
+    Integers must also fit in 64 bits: they reach C code, torch and worker command lines.
+    """
     value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         _fail(obj, name, value, f"must be {'an integer' if integer else 'a number'}")
-    if integer and not isinstance(value, int):
-        _fail(obj, name, value, "must be an integer")
-    if not math.isfinite(value):
+    if integer:
+        hi = _INT64_MAX if hi is None else min(hi, _INT64_MAX)
+    elif not (isinstance(value, float) or -_FLOAT_MAX <= value <= _FLOAT_MAX) or not math.isfinite(value):
         _fail(obj, name, value, "must be finite")
     if lo is not None and (value <= lo if lo_open else value < lo):
         _fail(obj, name, value, f"must be {'>' if lo_open else '>='} {lo}")
@@ -381,7 +388,7 @@ class BackgroundTrainingConfig(_Config, renamed={
 
     def __post_init__(self) -> None:
         _boolean(self, "enabled", "enable_versioning", "auto_swap_models", "worker_sched_idle")
-        _number(self, "seed", lo=0, hi=2**63 - 1, integer=True)  # torch seeds are 64-bit
+        _number(self, "seed", lo=0, integer=True)
         _number(self, "worker_nice", lo=0, hi=19, integer=True)
         _number(self, "model_cache_size", lo=0, integer=True)
         _number(self, "training_interval_secs", lo=0, lo_open=True)

@@ -542,7 +542,8 @@ class Orchestrator:
         values = values.reshape(-1)
         if values.shape[0] != self.feature_dim:
             raise ValueError(f"x has {values.shape[0]} features; this model takes {self.feature_dim}")
-        features = np.ascontiguousarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+            features = np.ascontiguousarray(values, dtype=np.float32)
         finite = np.isfinite(features)
         if not finite.all():
             i = int(np.argmin(finite))

@@ -12,10 +12,10 @@ __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .run import run_from_args
-
     if not args.keep:
         _check_replaceable(args.home)
+    from .run import run_from_args
+
     return run_from_args(args)
 
 
