@@ -45,6 +45,14 @@ cdef int _reject(str name, double value, str rule) except -1:
     raise ValueError(f"{name}={value!r}: {rule}")
 
 
+cdef inline int _check_request(double lat, double conf) except -1:
+    if not (lat >= 0.0 and lat <= DBL_MAX):
+        _reject("latency_ms", lat, "latency must be finite and >= 0")
+    if not (conf >= 0.0 and conf <= 1.0):
+        _reject("confidence", conf, "confidence must be in [0, 1]")
+    return 0
+
+
 cdef class Stats:
     """One analysis pass's statistics (the fields of ``vortex._core.WindowStats``), with
     attribute access cheap enough for the detector's per-tick checks."""
@@ -116,10 +124,7 @@ cdef class MetricRecorder:
         cdef double lat = _real(latency_ms, "latency_ms")
         cdef double conf = _real(confidence, "confidence")
         cdef double err = _real(prediction_error, "prediction_error")
-        if not (lat >= 0.0 and lat <= DBL_MAX):
-            _reject("latency_ms", lat, "latency must be finite and >= 0")
-        if not (conf >= 0.0 and conf <= 1.0):
-            _reject("confidence", conf, "confidence must be in [0, 1]")
+        _check_request(lat, conf)
         if not (isnan(err) or (err >= 0.0 and err <= DBL_MAX)):
             _reject("prediction_error", err,
                     "prediction error must be NaN (unknown) or finite and >= 0")
@@ -135,10 +140,7 @@ cdef class MetricRecorder:
         """
         cdef double lat = _real(latency_ms, "latency_ms")
         cdef double conf = _real(confidence, "confidence")
-        if not (lat >= 0.0 and lat <= DBL_MAX):
-            _reject("latency_ms", lat, "latency must be finite and >= 0")
-        if not (conf >= 0.0 and conf <= 1.0):
-            _reject("confidence", conf, "confidence must be in [0, 1]")
+        _check_request(lat, conf)
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
         return self._ptr.record(lat, conf, NAN)
