@@ -55,9 +55,9 @@ def as_index(value: Any, name: str, lo: int = INT64_MIN, hi: int = INT64_MAX) ->
         index = value
     else:
         scalar = _unwrap(value)
+        if isinstance(scalar, bool):
+            raise _refuse(name, value, f"must be {_int_range(lo, hi)}, not a bool")
         try:
-            if isinstance(scalar, bool):
-                raise TypeError
             index = operator.index(scalar)
         except TypeError:
             raise _refuse(name, value, f"must be {_int_range(lo, hi)}") from None

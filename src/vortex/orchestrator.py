@@ -140,11 +140,7 @@ class _PendingTable:
         ------
         UnknownRequestError
             No such entry, or it expired (an expired entry is dropped).
-        ValueError
-            ``request_id`` is not an integer.
         """
-        if type(request_id) is not int:
-            request_id = as_index(request_id, "request_id")
         item = self._items.get(request_id)
         if item is None:
             raise self._unknown(request_id)
@@ -156,7 +152,7 @@ class _PendingTable:
         return item
 
     def pop(self, request_id: int) -> tuple:
-        """Remove and return the entry of ``request_id`` (a checked id from :meth:`peek`).
+        """Remove and return the entry of ``request_id`` (consumes it: call :meth:`peek` first).
 
         Of several threads popping the same id, exactly one gets the entry; the others get
         :class:`UnknownRequestError`.
@@ -579,6 +575,8 @@ class Orchestrator:
         pending = self._pending
         # Check every argument before the request is consumed: a refused feedback leaves the
         # request answerable by a corrected one.
+        if type(request_id) is not int:
+            request_id = as_index(request_id, "request_id")
         detector_id, features, probs, output, confidence, _, version, _ = pending.peek(request_id)
         if self._classification:
             if type(label) is not int or not 0 <= label < len(probs):
