@@ -212,8 +212,11 @@ def read_sealed(path: str | os.PathLike, error: Callable[..., Exception], *,
     FileNotFoundError
         The file does not exist.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise error(path, "is a directory, not a file", remedy=remedy) from None
     tail = data[-SEAL_SIZE:]
     if len(data) >= SEAL_SIZE and tail.startswith(_SEAL_MAGIC) and tail.endswith(b"\n"):
         body = memoryview(data)[:-SEAL_SIZE]

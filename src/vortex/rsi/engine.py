@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ..config import RSIConfig
-from ..errors import PatchError, ProposalStateError, RSIError, SandboxError
+from ..errors import ConfigError, PatchError, ProposalStateError, RSIError, SandboxError
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
 from .apply import Applier
@@ -161,6 +161,8 @@ class RSIEngine:
                  proposers: Sequence[Proposer] | None = None,
                  tunables: Iterable[Tunables] = (),
                  sandbox_dir: str | None = None) -> None:
+        if config is not None and not isinstance(config, RSIConfig):
+            raise ConfigError(f"RSIEngine(config={config!r}): must be an RSIConfig")
         self.config = config if config is not None else RSIConfig()
         self.settings: VortexSettings = load_settings(root)
         self.home = os.fspath(home)

@@ -52,7 +52,6 @@ import hashlib
 import json
 import logging
 import math
-import numbers
 import os
 import re
 import threading
@@ -82,7 +81,6 @@ LOG_COLUMNS: tuple[str, ...] = ("time", "from_version", "to_version", "reason")
 
 # Metadata columns a caller of register() may set, by the type they hold.
 _INT_COLUMNS = ("parent", "samples", "epochs")
-_METRIC_COLUMNS = ("train_loss", "val_loss", "val_accuracy", "improvement_pct", "ci_low", "ci_high")
 _STORED_STATUSES = ("candidate", "rejected")
 
 _WEIGHTS_RE = re.compile(r"^v(\d{6,})\.safetensors$")
@@ -230,40 +228,34 @@ def state_dict_bytes(state: Any) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in state.items()})
 
 
-def _validated_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``register``'s metadata, checked field by field before anything is written.
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``register``'s metadata with each value checked against its column's type, before
+    anything is written (ValueError naming the column and the value; a refusal leaves no file).
+    A non-finite metric is stored as null; the status defaults to "candidate"."""
+    from .._scalars import as_index, as_real
 
-    Raises ValueError naming the first bad field.
-    """
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ValueError(f"metadata={metadata!r}: must be a mapping of column names to values")
     meta = dict(metadata or {})
     unknown = [k for k in meta if k not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown metadata columns {sorted(map(str, unknown))}; known: {COLUMNS}")
-    for key in ("version", "sha256"):
-        if key in meta:
-            raise ValueError(f"metadata[{key!r}] is set by the registry, got {meta[key]!r}")
     for key, value in meta.items():
+        name = f"metadata[{key!r}]"
+        if key in ("version", "sha256"):
+            raise ValueError(f"{name} is set by the registry, got {value!r}")
         if value is None:
             continue
         if key in _INT_COLUMNS:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or not 0 <= int(value) < 2 ** 63:
-                raise ValueError(f"metadata[{key!r}]={value!r}: must be an integer in [0, 2**63) or None")
-            meta[key] = int(value)
-        elif key == "created_at" or key in _METRIC_COLUMNS:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"metadata[{key!r}]={value!r}: must be a number or None")
-            value = float(value)
-            if not math.isfinite(value):
-                if key == "created_at":
-                    raise ValueError(f"metadata['created_at']={value!r}: must be a finite time")
-                value = None  # an undefined metric (no held-out samples, say) is stored as null
-            meta[key] = value
+            meta[key] = as_index(value, name, 0)
         elif key in ("trigger", "status"):
             if not isinstance(value, str) or not _encodable(value):
-                raise ValueError(f"metadata[{key!r}]={value!r}: must be a (UTF-8 encodable) string or None")
+                raise ValueError(f"{name}={value!r}: must be a (UTF-8 encodable) string")
+        else:  # float columns; a non-finite metric is stored as null, a time must be finite
+            real = as_real(value, name)
+            if key == "created_at" and not math.isfinite(real):
+                raise ValueError(f"{name}={value!r}: must be a finite unix time")
+            meta[key] = real if math.isfinite(real) else None
     status = meta.get("status") or "candidate"
     if status not in _STORED_STATUSES:
         raise ValueError(f"metadata['status']={status!r}: must be 'candidate' or 'rejected' "
@@ -618,7 +610,7 @@ class ModelRegistry:
             A metadata field is unknown or holds a value of the wrong type (the message names
             it); nothing is written.
         """
-        meta = _validated_metadata(metadata)
+        meta = _checked_metadata(metadata)
         data = bytes(state) if isinstance(state, (bytes, bytearray, memoryview)) else state_dict_bytes(state)
         with self._writing():
             rows = self._rows()
@@ -671,9 +663,9 @@ class ModelRegistry:
         self._set_pinned(version, False)
 
     def _set_pinned(self, version: int, pinned: bool) -> None:
-        if isinstance(version, bool) or not isinstance(version, numbers.Integral):
-            raise ValueError(f"version={version!r}: must be an integer")
-        version = int(version)
+        from .._scalars import as_index
+
+        version = as_index(version, "version", 1)
         with self._writing():
             rows = self._rows()
             pins = set(self._meta_state(fresh=False)[2])
@@ -808,9 +800,12 @@ class ModelRegistry:
         """
         if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 0:
             raise ValueError(f"keep_last_n={keep_last_n!r}: must be an integer >= 0")
-        if max_age_days is not None and (isinstance(max_age_days, bool) or not isinstance(
-                max_age_days, numbers.Real) or not max_age_days > 0 or not math.isfinite(max_age_days)):
-            raise ValueError(f"max_age_days={max_age_days!r}: must be a number > 0 or None")
+        if max_age_days is not None:
+            from .._scalars import as_real
+
+            rule = "must be a number > 0 or None"
+            if not 0 < as_real(max_age_days, "max_age_days", rule) < math.inf:
+                raise ValueError(f"max_age_days={max_age_days!r}: {rule}")
         now = time.time() if now is None else now
         with self._writing():
             rows = self._rows()
