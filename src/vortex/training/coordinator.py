@@ -708,7 +708,7 @@ class BackgroundTrainingCoordinator:
         run.validation = result["validation"]
         run.validated_against = parent
         self._sync_external()  # serve what the registry says before comparing with it
-        for attempt in range(_MAX_REVALIDATIONS + 1):
+        for _ in range(_MAX_REVALIDATIONS + 1):
             serving = self.registry.active_version
             if serving != run.validated_against and run.validation is not None and serving is not None:
                 log.info("run %d: version %s was made active during the run; validating the "

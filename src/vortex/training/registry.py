@@ -94,8 +94,7 @@ _LEGACY_LOG_NAME = "serving_log.arrow"
 # A checksummed serving-log line is its entry's JSON with this field added last.
 _LOG_CRC = re.compile(rb',"crc32":"([0-9a-f]{8})"\}')
 _LOG_LINE_START = b'{"time":'
-_META_REMEDY = ("restore it from a backup; `vortex models verify` checks the other registry files "
-                "and every version's weights")
+_META_REMEDY = "restore it from a backup (the registry cannot be opened until then)"
 
 
 def _schema():
@@ -161,17 +160,22 @@ def _parse_log_line(line: bytes, path: str, number: int, offset: int,
         body = line
     try:
         raw = json.loads(body)
-        ok = isinstance(raw, dict) and set(raw) == set(LOG_COLUMNS)
-        t, previous, version, reason = (raw[k] for k in LOG_COLUMNS) if ok else (0, 0, 0, 0)
     except ValueError as exc:
         raise _log_corrupt(path, number, offset, f"is not JSON ({exc})") from exc
-    ints_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (version,) + (
-        () if previous is None else (previous,)))
-    if not (ok and isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
-            and ints_ok and isinstance(reason, str)):
+    if not _is_entry(raw):
         raise _log_corrupt(path, number, offset, f"is not a serving-log entry: {line[:120]!r}")
-    return {"time": float(t), "from_version": previous, "to_version": version,
-            "reason": reason}, has_crc
+    return {**raw, "time": float(raw["time"])}, has_crc
+
+
+def _is_entry(raw: Any) -> bool:
+    """True if ``raw`` (parsed JSON) has exactly the fields and types of a serving-log entry."""
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return (isinstance(raw, dict) and raw.keys() == set(LOG_COLUMNS)
+            and (integer(raw["time"]) or isinstance(raw["time"], float)) and math.isfinite(raw["time"])
+            and (raw["from_version"] is None or integer(raw["from_version"]))
+            and integer(raw["to_version"]) and isinstance(raw["reason"], str))
 
 
 def _parse_log(data: bytes, path: str) -> tuple[list[dict[str, Any]], int, bytes, bool]:
@@ -185,6 +189,10 @@ def _parse_log(data: bytes, path: str) -> tuple[list[dict[str, Any]], int, bytes
     offset = 0
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or a line without its newline
+    m = _LOG_CRC.search(tail)
+    whole = m is not None and m.end() == len(tail)
+    if whole:  # a whole checksummed entry whose newline alone is missing: parsed as a line
+        lines.append(tail)
     for number, line in enumerate(lines, 1):
         entry, has_crc = _parse_log_line(line, path, number, offset, checked)
         if has_crc and entries and entry["from_version"] != entries[-1]["to_version"]:
@@ -195,19 +203,14 @@ def _parse_log(data: bytes, path: str) -> tuple[list[dict[str, Any]], int, bytes
         checked |= has_crc
         entries.append(entry)
         offset += len(line) + 1
+    if whole:
+        return entries, len(data), b"\n", False  # the next append restores the newline first
     if not tail:
         return entries, offset, b"", False
-    number = len(lines) + 1
-    m = _LOG_CRC.search(tail)
-    if m is not None and m.end() == len(tail):  # a whole checksummed entry, newline missing
-        entry, _ = _parse_log_line(tail, path, number, offset, checked)
-        if entries and entry["from_version"] != entries[-1]["to_version"]:
-            raise _log_corrupt(path, number, offset, "does not follow the line before it")
-        return entries + [entry], len(data), b"\n", False
     # A writer killed mid-line leaves a prefix of a line: no checksum field yet, and it starts
     # like every line. Anything else in the tail is damage, not a torn write.
     if m is not None or not (tail.startswith(_LOG_LINE_START) or _LOG_LINE_START.startswith(tail)):
-        raise _log_corrupt(path, number, offset, f"is damaged: {tail[:120]!r}")
+        raise _log_corrupt(path, len(lines) + 1, offset, f"is damaged: {tail[:120]!r}")
     return entries, offset, b"", True
 
 
@@ -756,7 +759,7 @@ class ModelRegistry:
             self._unlink(os.path.join(self.root, _LEGACY_LOG_NAME))
         return entries[-1]
 
-    def _protected(self, rows: list[dict[str, Any]]) -> set[int]:
+    def _protected(self) -> set[int]:
         """Versions cleanup never removes: the active one, the one it replaced, pinned ones."""
         entries = self._log_state()[1]
         keep = set(self._meta_state(fresh=False)[2])
@@ -809,7 +812,7 @@ class ModelRegistry:
         now = time.time() if now is None else now
         with self._writing():
             rows = self._rows()
-            protected = self._protected(rows)
+            protected = self._protected()
             keep_newest = {r["version"] for r in rows[max(0, len(rows) - keep_last_n):]}
             removed = []
             for row in rows:
