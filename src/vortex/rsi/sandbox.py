@@ -9,8 +9,8 @@ How a proposal is tested (:meth:`Sandbox.test`):
    kept, symlinks kept as links, caches skipped) with the diff applied by ``git apply``; the
    sha256 of every touched file right after that is ``TestResult.candidate_files``. Judge paths
    (``[tool.vortex] judge``: tests, benchmark script) the diff touched are put back to the
-   original's, and a diff that changes a ``conftest.py`` is not judged. The *baseline* tree is
-   a second copy of the original.
+   original's, and a diff that changes a ``conftest.py`` is not judged. The *baseline* is the
+   real tree itself (a copy when commands run unjailed).
 3. Every command runs in its own jail (:mod:`vortex.rsi.jail`) that binds exactly one tree,
    read-only, at ``/vortex/tree``: the two trees cannot see or change each other, and the only
    writable places are the jail's size-capped ``/tmp`` and ``/dev/shm``. The judge's files
@@ -48,7 +48,6 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -345,8 +344,14 @@ class Sandbox:
         with _BASELINES_LOCK:
             original = _BASELINES.get(key)
         if original is None or (s.benchmark_command and res.metric is not None):
-            trial.trees["baseline"] = os.path.join(work, "baseline")
-            copy_tree(s.root, trial.trees["baseline"])
+            if self.isolation.isolated:
+                # the original code runs on the real tree itself, bound read-only into a jail of
+                # its own (the candidate's jail never sees it); the final digest check proves it
+                # unchanged. Unjailed, a command could write there: it gets a copy.
+                trial.trees["baseline"] = s.root
+            else:
+                trial.trees["baseline"] = os.path.join(work, "baseline")
+                copy_tree(s.root, trial.trees["baseline"])
         res.setup_secs = time.monotonic() - t0
         if original is None:
             original = self._baseline_tests(res, trial)

@@ -5,13 +5,12 @@ printed into its output, which the assertions read where it helps to show *how* 
 """
 
 import os
-import shutil
 import socket
 import threading
 
 import pytest
 
-from redteam_support import GOOD, new_file
+from redteam_support import GOOD
 
 
 def _try(label, code):
@@ -218,4 +217,3 @@ def test_leak_is_contained(attack, host_servers, tmp_path, name):
         assert res.passed and f"cannot kill {os.getpid()}" in out
     if name == "SysV shared memory outliving the run":
         assert "SEGMENT" in out  # made inside; the fixture checked the host has no new segment
-    assert shutil.which("bwrap")
