@@ -125,6 +125,22 @@ def test_judge_comes_from_the_original_tree(check, tiny_tree):
 
 
 @needs_jail
+def test_a_skip_decided_by_the_original_tests_is_accepted(check, tiny_tree):
+    """The original's own test skips when the module changes (like the demo service's test of
+    the default tunables): the candidate passes; the same skip raised by the code under test
+    does not."""
+    Path(tiny_tree, "tests", "test_default.py").write_text(
+        "import pytest\n\nimport mod\n\n\ndef test_default_value():\n    if mod.VALUE != 1:\n"
+        "        pytest.skip('changed from the default')\n    assert mod.VALUE == 1\n")
+    res = check(make_diff("mod.py", MOD, "# the module under test\nVALUE = 2\n"))
+    assert res.passed and res.tests_run == res.baseline_tests == 3
+    res = check(make_diff("mod.py", MOD, "import pytest\n\n\nclass Value:\n    def __ge__(self, other):\n"
+                                         "        pytest.skip('by the module')\n\n    __ne__ = __ge__\n\n\n"
+                                         "VALUE = Value()\n"))
+    assert not res.passed and "by mod.py" in res.errors[-1]
+
+
+@needs_jail
 def test_changed_conftest_is_not_judged(check):
     d = ("diff --git a/conftest.py b/conftest.py\nnew file mode 100644\n--- /dev/null\n"
          "+++ b/conftest.py\n@@ -0,0 +1 @@\n+import pytest\n")

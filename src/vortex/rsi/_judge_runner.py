@@ -4,8 +4,9 @@ Standard library only, and run as a script (not imported from the package), so n
 tree under test is loaded before it has set things up. It reads its order (JSON) from stdin,
 which it then replaces by ``/dev/null``:
 
-``{"nonce": str, "mode": "pytest" | "script", "lib": dir of the vortex package or null,
-"paths": [tree dirs for sys.path], "args": [...], "script": path (mode "script")}``
+``{"nonce": str, "mode": "pytest" | "script", "root": the tree, "lib": dir of the vortex
+package or null, "paths": [tree dirs for sys.path], "args": [...], "script": path (mode
+"script")}``
 
 and reports on the descriptor named by ``$VORTEX_RESULT_FD`` (never on its printed output), one
 JSON line per record, each carrying the nonce, which exists only in this process's memory:
@@ -81,14 +82,38 @@ def _tampered(before):
     return changed
 
 
-class _Recorder:
-    """A pytest plugin: every test's outcome by node id, collection errors, loaded conftests."""
+def _origin(tb, root, tool_dirs):
+    """Where a skip or xfail was raised: the innermost frame of the traceback outside pytest and
+    this runner (``__tracebackhide__`` is not honoured here), relative to the tree; None when
+    pytest itself raised it (a ``skip``/``skipif``/``xfail`` mark of the test)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    for name in reversed(frames):
+        path = os.path.abspath(name)
+        if not any(path.startswith(d) for d in tool_dirs) and path != os.path.abspath(__file__):
+            return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+    return None
 
-    def __init__(self):
+
+class _Recorder:
+    """A pytest plugin: every test's outcome by node id, where each skip came from, collection
+    errors, loaded conftests."""
+
+    def __init__(self, root, tool_dirs):
+        self.root, self.tool_dirs = root, tool_dirs
         self.outcomes = {}
+        self.origins = {}
         self.collect_errors = []
         self.conftests = []
         self.before = None
+
+    def pytest_runtest_makereport(self, item, call):  # a wrapper, see main()
+        rep = yield
+        if rep.skipped and call.excinfo is not None:
+            self.origins[rep.nodeid] = _origin(call.excinfo.tb, self.root, self.tool_dirs)
+        return rep
 
     def pytest_load_initial_conftests(self, early_config, parser, args):
         self.before = _snapshot(_WATCHED["pytest"])
@@ -179,11 +204,17 @@ def main():
         # conftests and test modules load
         _Recorder.pytest_load_initial_conftests = pytest.hookimpl(tryfirst=True)(
             _Recorder.pytest_load_initial_conftests)
-        recorder = _Recorder()
+        _Recorder.pytest_runtest_makereport = pytest.hookimpl(wrapper=True)(
+            _Recorder.pytest_runtest_makereport)
+        import _pytest
+        import pluggy
+
+        tools = [os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (pytest, _pytest, pluggy)]
+        recorder = _Recorder(order["root"], tools)
         emit("ready", pytest=pytest.__version__)
         sys.path.extend(order["paths"])
         exit_code = int(pytest.main(order["args"], plugins=[recorder]))
-        emit("result", exit=exit_code, outcomes=recorder.outcomes,
+        emit("result", exit=exit_code, outcomes=recorder.outcomes, origins=recorder.origins,
              collect_errors=recorder.collect_errors, conftests=recorder.conftests,
              tampered=_tampered(recorder.before or {}))
         return 0

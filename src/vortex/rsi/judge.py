@@ -34,7 +34,7 @@ import shutil
 import statistics
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .settings import VortexSettings
 
@@ -232,14 +232,17 @@ class TestOutcomes:
     outcomes: dict[str, str]
     collect_errors: list[str] = field(default_factory=list)
     exit: int = 0
+    origins: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> "TestOutcomes":
         outcomes = rec.get("outcomes")
         if not isinstance(outcomes, dict):
             raise ValueError("result record without outcomes")
+        origins = rec.get("origins") or {}
         return cls({str(k): str(v) for k, v in outcomes.items()},
-                   [str(e) for e in rec.get("collect_errors") or []], int(rec.get("exit", 0)))
+                   [str(e) for e in rec.get("collect_errors") or []], int(rec.get("exit", 0)),
+                   {str(k): None if v is None else str(v) for k, v in origins.items()})
 
     def count(self, *kinds: str) -> int:
         return sum(1 for v in self.outcomes.values() if v in kinds)
@@ -248,8 +251,18 @@ class TestOutcomes:
         return {nid.split("::")[0] for nid in self.outcomes}
 
 
-def compare_outcomes(original: TestOutcomes, candidate: TestOutcomes) -> list[str]:
-    """Why the candidate's run does not pass against the original's (empty: it passes)."""
+def _judge_decided(origin: str | None, in_judge: Callable[[str], bool]) -> bool:
+    return origin is None or (not os.path.isabs(origin) and in_judge(origin))
+
+
+def compare_outcomes(original: TestOutcomes, candidate: TestOutcomes,
+                     in_judge: Callable[[str], bool]) -> list[str]:
+    """Why the candidate's run does not pass against the original's (empty: it passes).
+
+    A test skipped or xfailed on the candidate only is accepted when the judge decided so: a
+    mark of the test, or a ``pytest.skip``/``xfail`` in a file of the judge paths (``in_judge``)
+    (a test that skips when the tunables differ from their defaults); raised from anywhere
+    else, from the code under test say, it is a problem."""
     problems = []
     if candidate.collect_errors:
         problems.append(f"collection errors in {', '.join(candidate.collect_errors[:5])}")
@@ -264,10 +277,12 @@ def compare_outcomes(original: TestOutcomes, candidate: TestOutcomes) -> list[st
     if failed:
         problems.append(f"{len(failed)} failed: {', '.join(failed[:5])}")
     changed = sorted(k for k, v in candidate.outcomes.items()
-                     if v in _OK_ONLY_IF_ORIGINAL and original.outcomes.get(k) != v)
+                     if v in _OK_ONLY_IF_ORIGINAL and original.outcomes.get(k) != v
+                     and not _judge_decided(candidate.origins.get(k), in_judge))
     if changed:
+        where = candidate.origins.get(changed[0])
         problems.append(f"{len(changed)} {candidate.outcomes[changed[0]]} on the candidate but "
-                        f"not on the original: {', '.join(changed[:5])}")
+                        f"not on the original, by {where or 'pytest'}: {', '.join(changed[:5])}")
     return problems
 
 

@@ -374,7 +374,7 @@ class Sandbox:
         res.tests_run = len(got.outcomes)
         res.tests_passed = got.count("passed")
         res.tests_failed = got.count("failed", "error")
-        problems = compare_outcomes(original, got)
+        problems = compare_outcomes(original, got, s.in_judge)
         if rec.get("tampered"):
             problems.append("the code under test replaced parts of the judge: "
                             + ", ".join(rec["tampered"][:8]))
@@ -441,7 +441,7 @@ class Sandbox:
         tree_in = jail.inside(tree_b)
         nonce = secrets.token_hex(16)
         order: dict[str, Any] = {
-            "nonce": nonce, "lib": os.path.dirname(jail.inside(lib)),
+            "nonce": nonce, "root": tree_in, "lib": os.path.dirname(jail.inside(lib)),
             "paths": [os.path.normpath(os.path.join(tree_in, p)) for p in self.settings.pythonpath]}
         if script is None:
             order.update(mode="pytest", args=pytest_argv(

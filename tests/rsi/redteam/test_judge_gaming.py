@@ -87,6 +87,17 @@ def add(a, b):
     import pytest
     pytest.skip("not today")
 ''', "skipped on the candidate but not on the original"),
+    "pytest.skip hidden from the traceback": ({}, '''
+def add(a, b):
+    __tracebackhide__ = True
+    import pytest
+    pytest.skip("not today")
+''', "by mod.py"),
+    "pytest.xfail from the code under test": ({}, '''
+def add(a, b):
+    import pytest
+    pytest.xfail("known")
+''', "xfailed on the candidate but not on the original"),
     "pytest.exit with status 0": ({}, '''
 def add(a, b):
     import pytest
