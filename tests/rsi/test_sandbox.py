@@ -231,6 +231,14 @@ def test_errored_when_the_jail_cannot_be_set_up(check, tiny_tree, tmp_path):
     assert res.errored and "jail setup failed" in res.errors[-1] and "no-such-dir" in res.errors[-1]
 
 
+def test_errored_when_the_sandbox_cannot_make_its_files(tiny_tree, tmp_path):
+    sandbox = Sandbox(load_settings(tiny_tree), base_dir=str(tmp_path / "sbx"))
+    (tmp_path / "not-a-dir").write_text("")
+    sandbox.base_dir = str(tmp_path / "not-a-dir")
+    res = sandbox.test(make_diff("mod.py", MOD, "VALUE = 2\n"))
+    assert res.errored and res.errors[-1].startswith("sandbox error:") and "not-a-dir" in res.errors[-1]
+
+
 @pytest.mark.parametrize("isolate", [True, False])
 def test_timeout_is_errored_and_kills_everything(check, tiny_tree, tmp_path, isolate):
     if isolate and not probe_isolation().isolated:

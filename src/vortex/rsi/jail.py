@@ -27,8 +27,10 @@ sandbox Flatpak uses), not by namespace code of our own. What a command sees and
 * **A scrubbed environment** (``--clearenv`` then an explicit list), a new session (no
   controlling terminal: no ``TIOCSTI`` into ours), stdin from ``/dev/null`` or a pipe.
 * **Limits** (rlimits set before bwrap starts, inherited by everything in the jail): address
-  space, CPU seconds, processes (threads count), file size, open descriptors, no core dumps; the
-  captured output is kept to ``max_output_kb`` (its head and tail); a wall-clock timeout.
+  space and CPU seconds per process, processes and threads (``max_processes`` more than its host
+  uid has when the command starts: the kernel counts per uid), file size, open descriptors, no
+  core dumps; the captured output is kept to ``max_output_kb`` (its head and tail); a
+  wall-clock timeout.
 * **Nothing outlives a run.** bwrap's first process is PID 1 of the jail's PID namespace; when
   the command ends or times out, Vortex sends SIGKILL to it through a pidfd (no PID reuse
   race), the kernel kills every process of the namespace with it (daemons that left the
@@ -232,12 +234,13 @@ def _with_marker(token: bytes) -> list[int]:
     return [p for p in out if p != os.getpid() and _alive(p)]
 
 
-def _processes_of_uid(uid: int) -> int:
+def _tasks_of_uid(uid: int) -> int:
+    """Processes and threads of ``uid`` on the host: what RLIMIT_NPROC counts."""
     n = 0
     for p in _live_pids():
         try:
             if os.stat(f"/proc/{p}").st_uid == uid:
-                n += 1
+                n += len(os.listdir(f"/proc/{p}/task"))
         except OSError:
             pass
     return n
@@ -441,15 +444,15 @@ class Jail:
                 pass_fds.append(info_w)
                 stage, drop, stage_dir, shown = self._plan_binds(binds)
                 cmd = self._bwrap_argv(shown, full_env, cwd_inside, info_w) + list(argv)
-                host_uid = self.isolation.host_uid
-                base = _processes_of_uid(host_uid) if drop is not None else _processes_of_uid(os.getuid())
-                nproc = base + lim.max_processes + 3  # + bwrap's two processes and the command
+                # RLIMIT_NPROC counts every task of the host uid: those it has already, then
+                # bwrap's two processes, the command and what the command may start
+                nproc = _tasks_of_uid(drop[0] if drop else os.getuid()) + 3 + lim.max_processes
                 popen_env = {"PATH": full_env["PATH"]}  # bwrap's own environment: visible as /proc/1/environ
                 popen_cwd = "/"
             else:
                 stage, drop = None, None
                 cmd = list(argv)
-                nproc = lim.max_processes + (_processes_of_uid(os.getuid()) if not self._root else 0)
+                nproc = lim.max_processes + (0 if self._root else _tasks_of_uid(os.getuid()))
                 popen_env, popen_cwd = full_env, cwd_inside
             try:
                 proc = subprocess.Popen(cmd, cwd=popen_cwd, env=popen_env, stdin=in_r, stdout=out_w,
@@ -476,8 +479,8 @@ class Jail:
                         pidfd = None
                 except (ValueError, KeyError, TypeError, OSError):
                     pass
-            run = self._wait(proc, argv, t0, timeout, out_r, err_r, in_w, stdin, res_r, ns, pidfd,
-                             token, jailed)
+            run = self._wait(proc, argv, t0, timeout, out_r, err_r, (in_w, pipes), stdin, res_r, ns,
+                             pidfd, token, jailed)
             if jailed and ns is None and run.setup_error is None:
                 run.setup_error = (run.stderr.strip().splitlines() or ["bwrap exited during setup"])[-1]
             return run
@@ -509,9 +512,16 @@ class Jail:
         return stage, (self.limits.uid, self.limits.gid), stage_dir, shown
 
     def _wait(self, proc: subprocess.Popen, argv: Sequence[str], t0: float, timeout: float,
-              out_r: int, err_r: int, in_w: int, stdin: bytes, res_r: int, ns: str | None,
-              pidfd: int | None, token: str, jailed: bool) -> JailRun:
+              out_r: int, err_r: int, stdin_pipe: tuple[int, list[int]], stdin: bytes, res_r: int,
+              ns: str | None, pidfd: int | None, token: str, jailed: bool) -> JailRun:
         lim = self.limits
+        in_w, open_fds = stdin_pipe
+
+        def close_stdin() -> None:  # EOF for the command; the caller closes every other pipe
+            if in_w in open_fds:
+                open_fds.remove(in_w)
+                os.close(in_w)
+
         out, err = _Capped(lim.max_output_kb << 10), _Capped(lim.max_output_kb << 10)
         chan = bytearray()
         chan_limit = 16 << 20
@@ -527,7 +537,7 @@ class Jail:
             os.set_blocking(in_w, False)
             sel.register(in_w, selectors.EVENT_WRITE)
         else:
-            os.close(in_w)
+            close_stdin()
         deadline = t0 + timeout
         timed_out = over_limit = False
         exited_at = None
@@ -555,7 +565,7 @@ class Jail:
                         pending = pending[n:]
                         if not pending:
                             sel.unregister(in_w)
-                            os.close(in_w)
+                            close_stdin()
                         continue
                     try:
                         data = os.read(fd, 65536)
@@ -575,8 +585,6 @@ class Jail:
                         over_limit = True
                         break
         finally:
-            if in_w in sel.get_map():
-                os.close(in_w)
             sel.close()
             survivors = self._finish(proc, ns, pidfd, token, jailed)
         return JailRun(list(argv), proc.returncode if not timed_out else None, timed_out,

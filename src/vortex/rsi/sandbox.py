@@ -294,6 +294,9 @@ class Sandbox:
             except _Rejected as exc:
                 res.passed = False
                 res.errors.append(str(exc))
+            except (OSError, SandboxError) as exc:  # the sandbox's own files: disk full, ...
+                res.passed, res.errored = False, True
+                res.errors.append(f"sandbox error: {exc}")
             res.duration_secs = time.monotonic() - t0
             return res
 

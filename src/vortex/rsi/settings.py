@@ -17,7 +17,8 @@ Example::
     timeout_secs = 60
     memory_mb = 2048          # RLIMIT_AS, per process
     cpu_secs = 60             # RLIMIT_CPU, per process
-    max_processes = 64        # RLIMIT_NPROC: processes and threads of the jailed uid
+    max_processes = 64        # RLIMIT_NPROC: processes and threads the command may add to
+                              # those its host uid has when it starts
     max_file_mb = 64          # RLIMIT_FSIZE
     max_open_files = 256      # RLIMIT_NOFILE
     tmp_mb = 256              # byte quota of the writable /tmp (a size-capped tmpfs)
