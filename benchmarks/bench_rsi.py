@@ -140,9 +140,11 @@ def test_jail_start(benchmark, what, tmp_path):
         run = lambda: subprocess.run(argv, check=True)  # noqa: E731
     else:
         jail = Jail(load_settings(SAMPLE).sandbox, iso)
-        (tmp_path / "tree").mkdir()
+        (tmp_path / "tree").mkdir(mode=0o755)
         bind = Bind(str(tmp_path / "tree"), "/vortex/tree")
-        run = lambda: jail.run(["/usr/bin/true"], binds=[bind], cwd=bind)  # noqa: E731
+
+        def run():
+            assert jail.run(["/usr/bin/true"], binds=[bind], cwd=bind).ok
     benchmark.pedantic(run, rounds=20, iterations=1)
     benchmark.extra_info["median_secs"] = statistics.median(benchmark.stats.stats.data)
 

@@ -41,8 +41,8 @@ sandbox Flatpak uses), not by namespace code of our own. What a command sees and
 When Vortex runs as root, the bind sources may lie where the unprivileged uid cannot reach
 them (a pyenv interpreter under ``/root``, a test's temporary directory): the launcher then
 enters a private mount namespace, bind-mounts each source under a staging directory the uid can
-traverse, drops to the uid and starts bwrap there. The staging mounts exist only in that
-namespace; on the host the staging directory stays empty and is removed after the run.
+traverse (``/tmp/vortex-jail-<euid>``), drops to the uid and starts bwrap there. The staging
+mounts exist only in that namespace; on the host the staging directory's entries stay empty.
 
 What is *not* isolated: the jail shares the host kernel (a kernel exploit escapes any
 namespace sandbox), CPU time and memory bandwidth (benchmarks in the jail feel other load), the
@@ -68,6 +68,7 @@ import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -435,14 +436,13 @@ class Jail:
             res_r, res_w = pipe()
             pass_fds.append(res_w)
             full_env["VORTEX_RESULT_FD"] = str(res_w)
-        stage_dir = None
         info_r = -1
         t0 = time.monotonic()
         try:
             if jailed:
                 info_r, info_w = pipe()
                 pass_fds.append(info_w)
-                stage, drop, stage_dir, shown = self._plan_binds(binds)
+                stage, drop, shown = self._plan_binds(binds)
                 cmd = self._bwrap_argv(shown, full_env, cwd_inside, info_w) + list(argv)
                 # RLIMIT_NPROC counts every task of the host uid: those it has already, then
                 # bwrap's two processes, the command and what the command may start
@@ -486,30 +486,26 @@ class Jail:
             return run
         finally:
             for fd in pipes:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            if stage_dir is not None:
-                shutil.rmtree(stage_dir, ignore_errors=True)
+                os.close(fd)
 
     def _plan_binds(self, binds: Sequence[Bind]):  # type: ignore[no-untyped-def]
-        """(staging mounts, uid/gid to drop to, staging dir, binds as bwrap sees them)."""
+        """(staging mounts, uid/gid to drop to, binds as bwrap sees them)."""
         binds = [*interpreter_binds(self.python), *binds]
         if not self._root:
-            return None, None, None, binds
-        stage_dir = tempfile.mkdtemp(prefix="vortex-jail-", dir="/tmp")
-        os.chmod(stage_dir, 0o755)
+            return None, None, binds
+        root = _staging_root()
         stage, shown = [], []
         for i, b in enumerate(binds):
-            point = os.path.join(stage_dir, str(i))
-            if os.path.isdir(b.host):
-                os.mkdir(point)
-            else:
-                open(point, "wb").close()
+            is_dir = os.path.isdir(b.host)
+            point = os.path.join(root, f"{'d' if is_dir else 'f'}{i}")
+            if is_dir:
+                os.makedirs(point, exist_ok=True)
+            elif not os.path.lexists(point):
+                with open(point, "ab"):
+                    pass
             stage.append((b.host.encode(), point.encode()))
             shown.append(Bind(point, b.inside, b.writable))
-        return stage, (self.limits.uid, self.limits.gid), stage_dir, shown
+        return stage, (self.limits.uid, self.limits.gid), shown
 
     def _wait(self, proc: subprocess.Popen, argv: Sequence[str], t0: float, timeout: float,
               out_r: int, err_r: int, stdin_pipe: tuple[int, list[int]], stdin: bytes, res_r: int,
@@ -644,6 +640,25 @@ class Jail:
         if left:
             log.error("processes %s of a sandboxed run could not be killed", left)
         return first if jailed else left
+
+
+@functools.lru_cache(maxsize=1)
+def _staging_root() -> str:
+    """Where the launcher (as root, in its private mount namespace) mounts the bind sources, so
+    that bwrap, running as the unprivileged uid, can reach them: ``/tmp/vortex-jail-<euid>``,
+    kept for the life of the machine's /tmp. On the host its entries stay empty (the mounts exist
+    only in each launcher's namespace), so concurrent jails share it. Only used when it is a
+    directory of ours that nobody else can write; else a fresh one is made."""
+    path = f"/tmp/vortex-jail-{os.geteuid()}"
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        path = tempfile.mkdtemp(prefix="vortex-jail-")
+    os.chmod(path, 0o755)
+    return path
 
 
 def _drain_bytes(fd: int, timeout: float) -> bytes:
