@@ -1,9 +1,10 @@
 """Checks from outside the RSI sandbox, shared by tests/rsi/test_sandbox.py and the red-team
 suite (tests/rsi/redteam/): what the host's process table, kernel settings and file system show.
 
-Hostile candidates tag what they start with a per-test token, in their environment (which
-children inherit) or on their command line, so leftovers are found by that token and not by
-guesses about uids or namespaces (other sandboxes may run on a shared machine at the same time).
+Hostile candidates tag what they start with a per-test token: as their process name (``comm``,
+which forked children inherit), in their environment (which executed children inherit) or on
+their command line, so leftovers are found by that token and not by guesses about uids or
+namespaces (other sandboxes may run on a shared machine at the same time).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import time
 
 
 def new_token() -> str:
-    return "vxrt" + secrets.token_hex(8)
+    """14 characters: it fits a process name (15)."""
+    return "vx" + secrets.token_hex(6)
 
 
 def processes_with(token: str) -> list[int]:
-    """Live (non-zombie) processes whose command line or environment contains ``token``."""
+    """Live (non-zombie) processes whose name, command line or environment contains ``token``."""
     found = []
     needle = token.encode()
     for name in os.listdir("/proc"):
@@ -31,6 +33,8 @@ def processes_with(token: str) -> list[int]:
                 continue
             with open(f"/proc/{name}/cmdline", "rb") as fh:
                 seen = fh.read()
+            with open(f"/proc/{name}/comm", "rb") as fh:
+                seen += fh.read()
             try:
                 with open(f"/proc/{name}/environ", "rb") as fh:
                     seen += fh.read()

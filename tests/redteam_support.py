@@ -105,7 +105,11 @@ class Attack:
     results: list[TestResult] = field(default_factory=list)
 
     def mod_diff(self, code: str) -> str:
-        return make_diff("mod.py", GOOD, f"import os\nos.environ['VXRT'] = {self.token!r}\n{code}")
+        """A diff replacing mod.py by ``code``, which first names its process after the token
+        (forked children keep the name) and puts it in its environment (executed ones keep it)."""
+        tag = (f"import ctypes, os\nos.environ['VXRT'] = {self.token!r}\n"
+               f"ctypes.CDLL(None).prctl(15, {self.token.encode()!r}, 0, 0, 0)\n")
+        return make_diff("mod.py", GOOD, tag + code)
 
     def run(self, diff: str, *, bench: bool = False, repeats: int = 2, **kw) -> TestResult:
         before_tree = tree_digest(self.tree)

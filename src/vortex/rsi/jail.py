@@ -373,7 +373,6 @@ class Jail:
             raise OSError(err, what)
 
         def apply() -> None:  # in the child between fork and exec: no imports, no locks
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if stage is not None:
                 if libc.unshare(_CLONE_NEWNS) != 0:
                     fail("private mount namespace")
@@ -392,6 +391,8 @@ class Jail:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_NOFILE, (lim.max_open_files, lim.max_open_files))
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            # last: a change of credentials clears it. bwrap and its jail die with this thread
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
         return apply
 

@@ -55,3 +55,35 @@ def test_nothing_outlives_a_benchmark_run(attack):
                                      + "\n".join("    " + line for line in DAEMON.strip().split("\n"))
                                      + "\n" + GOOD), bench=True, repeats=2)
     assert not res.errored and res.benchmark_runs == 2, res.errors
+
+
+def test_nothing_outlives_a_killed_vortex(attack, tmp_path):
+    """SIGKILL the process running Sandbox.test while the candidate's daemon and its hanging
+    tests run: the jail dies with it (parent-death signals on bwrap and its init)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jail_support import processes_with
+
+    diff = attack.mod_diff(DAEMON + HANGS)
+    (tmp_path / "p.diff").write_text(diff)
+    code = ("import sys\nfrom vortex.rsi.sandbox import Sandbox\nfrom vortex.rsi.settings import load_settings\n"
+            f"Sandbox(load_settings({attack.tree!r}), base_dir={str(tmp_path / 'sbx2')!r})"
+            f".test(open({str(tmp_path / 'p.diff')!r}).read())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(processes_with(attack.token)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if len(processes_with(attack.token)) < 2:
+        proc.kill()
+        pytest.fail(f"the candidate did not start: {proc.communicate()[1][-2000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 5
+    while processes_with(attack.token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(attack.token) == []
