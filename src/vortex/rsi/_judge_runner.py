@@ -22,12 +22,14 @@ nothing (``-I`` also ignores ``PYTHON*`` variables and the user site). The proce
 non-dumpable, so other processes of the run cannot read its memory (the nonce) or open its
 descriptors through ``/proc``.
 
-Tampering: every function and class (and class attribute) of the modules loaded before tree
-code runs (the standard library, pytest, its plugins, this runner) is recorded by identity, its
-code object too, and compared after the run; what the code under test replaced is reported in
-``result["tampered"]``. Code that sets out to defeat this in memory can (it runs in the same
-process); the point is that gaming the verdict needs such deliberate code, which a reviewer sees,
-and that such a change is never low risk.
+Tampering: every function and class (and class attribute) of the machinery that produces the
+verdict (pytest, ``_pytest``, pluggy for the tests; ``builtins``, ``time``, ``json`` and
+``sys.stdout`` for a benchmark) is recorded by identity, its code object too, before tree code
+runs, and compared after the run; what the code under test replaced is reported in
+``result["tampered"]``. Each skip and xfail is recorded with the file that raised it (the real
+traceback, ``__tracebackhide__`` ignored). Code that sets out to defeat this in memory can (it
+runs in the same process); the point is that gaming the verdict needs such deliberate code,
+which a reviewer sees, and that such a change is never low risk.
 """
 
 import ctypes

@@ -17,8 +17,9 @@ sandbox Flatpak uses), not by namespace code of our own. What a command sees and
   links; ``/etc/ld.so.cache`` and ``/etc/alternatives``; Vortex's own ``/etc/passwd``,
   ``/etc/group`` and ``/etc/hosts``; the interpreter's prefixes (``sys.prefix``,
   ``sys.base_prefix``: the interpreter and its site-packages); and the binds the caller asks for
-  (the tree under test, the Vortex package, the judge's files), read-only unless asked
-  otherwise. Not bound: ``/root``, ``/home``, other repositories, the real tree, ``/sys``.
+  (one tree, the Vortex package, the judge's files), read-only unless asked otherwise. Not
+  bound: ``/root``, ``/home``, other repositories, ``/sys`` (the sandbox binds the real tree
+  only into the jails of the original's own runs, read-only, never into a candidate's).
   A fresh ``/proc`` for the PID namespace (bwrap keeps ``/proc/sys`` and the other
   kernel knobs read-only), a minimal ``/dev`` (read-only after setup), and the only writable
   places: ``/tmp`` and ``/dev/shm``, private tmpfs mounts of ``tmp_mb``/``shm_mb`` bytes. That
