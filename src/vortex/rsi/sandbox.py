@@ -343,7 +343,8 @@ class Sandbox:
         self._verify_judge(trial, when="after the patch")
 
         key = (res.tree_sha256, tuple(s.pytest_args), _file_sha256(os.path.join(trial.judge_dir, trial.ini)),
-               self.jail.python, self.isolation.isolated)
+               self.jail.python, self.isolation.isolated, s.pythonpath, s.sandbox,
+               tuple(os.environ.get(k) for k in s.sandbox.env_allow))
         with _BASELINES_LOCK:
             original = _BASELINES.get(key)
         if original is None or (s.benchmark_command and res.metric is not None):
