@@ -328,7 +328,9 @@ class Orchestrator:
 
         from .monitor import PerformanceTracker
 
-        self.tracker = PerformanceTracker()
+        # request ids are 1, 2, 3, ...: the tracker counts each request at its flux position
+        # from that numbering, at no cost per request (outcomes use the request id too)
+        self.tracker = PerformanceTracker(arrival_positions=True)
         self.detector: Any = None
         self.rsi: Any = None
         self.trainer: Any = None
@@ -351,7 +353,6 @@ class Orchestrator:
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._closed = False
-        self._buffer_path = self.home / "buffer.arrow"
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -382,24 +383,19 @@ class Orchestrator:
         return self
 
     def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> "Orchestrator":
-        """Attach background training; buffered samples saved by a previous run are reloaded."""
+        """Attach background training; the samples a previous run saved in
+        ``<home>/buffer.arrow`` are reloaded (by the coordinator)."""
         from .training import BackgroundTrainingCoordinator
 
         if self.model_factory is None:
             raise ConfigError("Orchestrator.model_factory=None: background training needs "
                               "'package.module:function' that builds the model")
-        from .training import SampleBuffer
-
         config = config or BackgroundTrainingConfig(task=self.task)
         label_dtype = "int64" if self.task == "classification" else "float32"
-        buffer = None
-        if self._buffer_path.exists():
-            buffer = SampleBuffer.load(self._buffer_path, capacity=config.buffer_capacity)
-            log.info("reloaded %d buffered samples from %s", len(buffer), self._buffer_path)
         _, model = self._slot.get()
         self.trainer = BackgroundTrainingCoordinator(
             config, model=model, model_factory=self.model_factory, home=self.home,
-            feature_dim=self.feature_dim, label_dtype=label_dtype, buffer=buffer,
+            feature_dim=self.feature_dim, label_dtype=label_dtype,
             factory_kwargs=self.factory_kwargs)
         self._slot = self.trainer.slot
         return self
@@ -448,8 +444,7 @@ class Orchestrator:
         if self.rsi is not None:
             self.rsi.stop()
         if self.trainer is not None:
-            self.trainer.stop(cancel=True)
-            self.trainer.buffer.save(self._buffer_path)
+            self.trainer.stop(cancel=True)  # saves the buffer a last time
         if self._maintenance_thread is not None:
             self._maintenance_thread.join(timeout=5)
 
@@ -594,13 +589,11 @@ class Orchestrator:
         pending.pop(request_id)  # the one consuming step: a concurrent duplicate fails here
         if detector_id is not None:
             self.detector.record_error(detector_id, error)
-        seq = None
         trainer = self.trainer
         if trainer is not None:
-            seq = trainer.add_sample(features, label, confidence=confidence, error=error,
-                                     episode=episode)
+            trainer.add_sample(features, label, confidence=confidence, error=error, episode=episode)
             trainer.observe_live(version, error=error, confidence=confidence)
-        self.tracker.record_outcome(seq if seq is not None else request_id, correct)
+        self.tracker.record_outcome(request_id, correct)
         rsi = self.rsi
         if rsi is not None and rsi.needs_observations:
             rsi.observe(error=error)

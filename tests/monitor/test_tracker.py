@@ -48,6 +48,22 @@ def test_positions_and_sacred_rate():
     assert s["total_outcomes"] == 90
 
 
+def test_arrival_positions_count_each_inference_at_its_number():
+    t = PerformanceTracker(arrival_positions=True)
+    for k in range(1, 101):  # inference k is number k
+        t.record("fast" if k % 2 else "slow", 1.0, 0.9)
+        if k % 5 == 0:
+            t.record_outcome(k, correct=True)
+    s = t.summary()
+    expected = [sum(1 for k in range(1, 101) if flux_position(k) == p) for p in range(1, 10)]
+    assert [s["positions"][p]["inferences"] for p in range(1, 10)] == expected
+    assert sum(s["positions"][p]["outcomes"] for p in range(1, 10)) == 20
+    with pytest.raises(ValueError, match="arrival"):  # one numbering, not two
+        t.record("fast", 1.0, 0.9, seq=7)
+    with pytest.raises(ValueError, match="arrival_positions=1"):
+        PerformanceTracker(arrival_positions=1)
+
+
 def test_empty_tracker():
     t = PerformanceTracker()
     s = t.summary()

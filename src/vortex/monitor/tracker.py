@@ -6,9 +6,12 @@ all-time totals (count, mean latency, mean confidence) and a C++ ring of the new
 exact over the most recent ``latency_window`` requests of that mode (NumPy's linear
 interpolation), not over all time; memory per mode is fixed (32 bytes per kept request).
 
-Outcomes (``record_outcome(seq, correct)``) are counted per flux position
-``p = 1 + seq % 9`` (DESIGN.md, FluxDynamics); the sacred positions 3, 6 and 9 are the
-held-out checkpoints, and their pooled success rate is the sacred-position success rate.
+Inferences (``record(..., seq=)``) and outcomes (``record_outcome(seq, correct)``) are
+counted per flux position ``p = 1 + seq % 9`` (DESIGN.md, FluxDynamics); the sacred positions
+3, 6 and 9 are the held-out checkpoints, and their pooled success rate is the sacred-position
+success rate. With ``arrival_positions=True`` (what the orchestrator uses: its request ids are
+1, 2, 3, ...), an inference recorded without a ``seq`` is numbered by its arrival, so its
+position costs nothing on the request path: the per-position counts follow from the total.
 """
 
 from __future__ import annotations
@@ -46,13 +49,21 @@ class PerformanceTracker:
         Requests per mode kept for the latency percentiles.
     max_modes
         Distinct modes allowed (bounds memory: each mode keeps ``32 * latency_window`` bytes).
+    arrival_positions
+        Number the inferences recorded without a ``seq`` 1, 2, 3, ... in arrival order and
+        count them at their flux positions (their outcomes must then be recorded under those
+        numbers). Off: such inferences have no position.
     """
 
-    def __init__(self, latency_window: int = 10_000, max_modes: int = 64) -> None:
+    def __init__(self, latency_window: int = 10_000, max_modes: int = 64, *,
+                 arrival_positions: bool = False) -> None:
         for name, value in (("latency_window", latency_window), ("max_modes", max_modes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: must be an integer >= 1")
+        if not isinstance(arrival_positions, bool):
+            raise ValueError(f"arrival_positions={arrival_positions!r}: must be True or False")
         self._capacity = latency_window
+        self._arrival_positions = arrival_positions
         self._max_modes = max_modes
         self._modes: dict[str, _ModeRecorder] = {}
         self._lock = threading.Lock()
@@ -69,6 +80,9 @@ class PerformanceTracker:
         and nothing is recorded.
         """
         p = None if seq is None else 1 + _check_seq(seq) % 9
+        if p is not None and self._arrival_positions:
+            raise ValueError(f"seq={seq!r}: this tracker numbers inferences by arrival "
+                             "(arrival_positions=True)")
         try:
             rec = self._modes.get(mode)
         except TypeError:  # unhashable: refused by _record_new_mode
@@ -147,6 +161,8 @@ class PerformanceTracker:
             }
         with self._lock:
             inferences = list(self._position_inferences)
+            if self._arrival_positions:
+                inferences = _arrival_counts(sum(m["count"] for m in modes.values()))
             outcomes = list(self._position_outcomes)
             successes = list(self._position_successes)
         positions = {
@@ -165,6 +181,15 @@ class PerformanceTracker:
             "total_inferences": sum(m["count"] for m in modes.values()),
             "total_outcomes": total_outcomes,
         }
+
+
+def _arrival_counts(n: int) -> list[int]:
+    """Inferences per flux position (index 1..9) of the numbers 1..n."""
+    counts = [0] * 10
+    for p in range(1, 10):
+        r = p - 1  # 1 + k % 9 == p  <=>  k % 9 == r
+        counts[p] = n // 9 + (1 if 0 < r <= n % 9 else 0)
+    return counts
 
 
 def _check_seq(seq: int) -> int:
