@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import degraded
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
@@ -189,7 +190,10 @@ def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class SystemStatus:
-    """Everything the orchestrator knows, as one value (see :meth:`to_json`)."""
+    """Everything the orchestrator knows, as one value (see :meth:`to_json`).
+
+    ``degraded`` lists the fallbacks this process took because its environment lacks
+    something (component, fallback, cause; see :mod:`vortex.degraded`)."""
 
     timestamp: float
     home: str
@@ -202,6 +206,7 @@ class SystemStatus:
     training: dict[str, Any] | None
     model_versions: list[dict[str, Any]]
     pending_feedback: int
+    degraded: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +235,13 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     return json.loads(json.dumps(value, default=_json_default))
+
+
+def _record_degraded(home: Path, *_: Any) -> None:
+    try:
+        degraded.write_record(home)
+    except OSError as exc:  # the fallback itself is logged and in system_status() regardless
+        log.warning("could not record the fallbacks in %s: %s", home, exc)
 
 
 def _check_arguments(model: Any, home: Any, model_factory: Any, feature_dim: Any, modes: Any, task: Any,
@@ -353,6 +365,11 @@ class Orchestrator:
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._closed = False
+        # this process's fallbacks, recorded under the home for `vortex status` (now, which
+        # replaces an earlier process's record, and on each new one)
+        self._record_degraded = functools.partial(_record_degraded, self.home)
+        degraded.subscribe(self._record_degraded)
+        _record_degraded(self.home)
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -435,6 +452,7 @@ class Orchestrator:
         if self._closed:
             return
         self._closed = True
+        degraded.unsubscribe(self._record_degraded)
         self._maintenance_stop.set()
         if self.detector is not None:
             self.detector.stop()
@@ -732,6 +750,7 @@ class Orchestrator:
             training=_plain(self.trainer.stats()) if self.trainer is not None else None,
             model_versions=_plain(self.trainer.get_model_versions()) if self.trainer is not None else [],
             pending_feedback=len(self._pending),
+            degraded=[f.to_dict() for f in degraded.active()],
             config={
                 "task": self.task,
                 "feature_dim": self.feature_dim,
