@@ -43,8 +43,7 @@ from . import degraded
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
-from ._fast_serving import (build as _build, features_f32 as _features_f32, softmax_top as _softmax_top,
-                            softmax_top_tensor as _softmax_top_tensor)
+from ._fast_serving import RequestPath, pending_add
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
@@ -118,14 +117,9 @@ class _PendingTable:
         self.ttl_secs = ttl_secs
 
     def add(self, item: tuple) -> int:
-        """Store ``item`` under the next request id and return that id."""
-        request_id = next(self._ids)
-        items = self._items
-        items[request_id] = item
-        items.pop(request_id - self.capacity, None)
-        if len(items) > self._sweep_above:
-            self._sweep(request_id)
-        return request_id
+        """Store ``item`` under the next request id and return that id (compiled: the request
+        path calls the same code directly)."""
+        return pending_add(self, item)
 
     def _sweep(self, newest: int) -> None:
         with self._sweep_lock:
@@ -173,7 +167,6 @@ class _PendingTable:
 
 
 _PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
-_perf_counter = time.perf_counter
 
 
 def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
@@ -355,11 +348,13 @@ class Orchestrator:
         # torch.inference_mode() enters exactly this guard, through two Python-level calls
         # that cost ~1 us per request; use it directly where this torch has it.
         guard = getattr(torch._C, "_InferenceMode", None)
-        self._inference_mode = (functools.partial(guard, True) if guard is not None
-                                else torch.inference_mode)
-        self._from_numpy = torch.from_numpy
         self._tensor_type = torch.Tensor
-        self._float32, self._strided = torch.float32, torch.strided
+        self._float32 = torch.float32
+        self._path = RequestPath(
+            self, self._pending, Prediction, _PREDICTION_FIELDS, self._modes, feature_dim,
+            self._classification, functools.partial(guard, True) if guard is not None
+            else torch.inference_mode, torch.from_numpy, torch.Tensor, torch.float32,
+            torch.strided, time.perf_counter)
         self._rsi_queue: queue.Queue[Any] = queue.Queue()
         self._rsi_thread: threading.Thread | None = None
         self._maintenance_stop = threading.Event()
@@ -370,6 +365,11 @@ class Orchestrator:
         self._record_degraded = functools.partial(_record_degraded, self.home)
         degraded.subscribe(self._record_degraded)
         _record_degraded(self.home)
+        self._wire()
+
+    def _wire(self) -> None:
+        """Point the request path at the current components (after each is attached)."""
+        self._path.wire(self._slot, self.detector, self.tracker, self.rsi)
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -384,6 +384,7 @@ class Orchestrator:
 
         self.detector = RuntimeDetector(config or RuntimeDetectorConfig())
         self.detector.subscribe(self._on_trigger)
+        self._wire()
         return self
 
     def with_self_modification(self, target: str | os.PathLike, config: RSIConfig | None = None,
@@ -397,6 +398,7 @@ class Orchestrator:
         self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
                              metrics=self.rsi_metrics, calibration_data=self._calibration_data,
                              on_applied=self._on_proposal_applied, **engine_kwargs)
+        self._wire()
         return self
 
     def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> "Orchestrator":
@@ -415,6 +417,7 @@ class Orchestrator:
             feature_dim=self.feature_dim, label_dtype=label_dtype,
             factory_kwargs=self.factory_kwargs)
         self._slot = self.trainer.slot
+        self._wire()
         return self
 
     def enable_rsi(self, config: RSIConfig) -> "Orchestrator":
@@ -494,43 +497,19 @@ class Orchestrator:
             ``x`` has the wrong length, a non-real dtype (complex, string, object) or a
             non-finite value, or ``mode`` is unknown; nothing is recorded.
         """
-        try:
-            fn = self._modes.get(mode)
-        except TypeError:  # unhashable
-            fn = None
-        if fn is None:
-            raise ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
-        features = _features_f32(x, self.feature_dim)
-        if features is None:
-            features = self._features(x)
-        start = _perf_counter()
-        version, model = self._slot.get()
-        with self._inference_mode():
-            raw = fn(model, self._from_numpy(features[None]))  # a (1, dim) view, no copy
-        if self._classification:
-            if type(raw) is self._tensor_type:
-                top = _softmax_top_tensor(raw, self._float32, self._strided)
-            else:
-                top = _softmax_top(raw)  # any float32/float64 buffer (NumPy)
-            output, confidence, probs = top if top is not None else _softmax_top_numpy(raw)
-        else:
-            import numpy as np
+        return self._path.infer(x, mode)
 
-            probs = None
-            confidence = 1.0
-            output = float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
-        end = _perf_counter()
-        latency_ms = (end - start) * 1e3
-        detector = self.detector
-        detector_id = detector.record_request(latency_ms, confidence) if detector is not None else None
-        self.tracker.record(mode, latency_ms, confidence)
-        rsi = self.rsi
-        if rsi is not None and rsi.needs_observations:
-            rsi.observe(latency_ms=latency_ms, confidence=confidence)
-        request_id = self._pending.add(
-            (detector_id, features, probs, output, confidence, mode, version, end))
-        return _build(Prediction, _PREDICTION_FIELDS,
-                      (request_id, output, confidence, probs, mode, version, latency_ms))
+    # the general cases of the request path (see _fast_serving.RequestPath)
+    def _unknown_mode(self, mode: Any) -> ValueError:
+        return ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
+
+    _softmax_general = staticmethod(_softmax_top_numpy)
+
+    @staticmethod
+    def _regression_output(raw: Any) -> float:
+        import numpy as np
+
+        return float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
 
     def _features(self, x: Any) -> Any:
         """``x`` as a validated 1-D float32 array (the general path of :meth:`infer`)."""

@@ -85,17 +85,26 @@ class PerformanceTracker:
                              "(arrival_positions=True)")
         try:
             rec = self._modes.get(mode)
-        except TypeError:  # unhashable: refused by _record_new_mode
+        except TypeError:  # unhashable: refused by _new_mode
             rec = None
         if rec is not None:
             rec.record_sample(latency_ms, confidence)
         else:
-            self._record_new_mode(mode, latency_ms, confidence)
+            self._new_mode(mode, (latency_ms, confidence))
         if p is not None:
             with self._lock:
                 self._position_inferences[p] += 1
 
-    def _record_new_mode(self, mode: str, latency_ms: float, confidence: float) -> None:
+    def recorder(self, mode: str) -> Any:
+        """``record_sample(latency_ms, confidence)`` of ``mode`` (created if new): what
+        :meth:`record` does without a ``seq``, minus finding the mode (the orchestrator's
+        request path keeps one per serving mode)."""
+        rec = self._modes.get(mode) if isinstance(mode, str) else None
+        return (rec if rec is not None else self._new_mode(mode)).record_sample
+
+    def _new_mode(self, mode: str, first: tuple[float, float] | None = None) -> _ModeRecorder:
+        """The recorder of ``mode``, created (with its ``first`` sample, validated before the
+        mode appears) if it is new."""
         if not isinstance(mode, str) or not mode:
             raise ValueError(f"mode={mode!r}: must be a non-empty string")
         with self._lock:
@@ -105,10 +114,13 @@ class PerformanceTracker:
                     raise ValueError(f"mode={mode!r}: already tracking {self._max_modes} modes "
                                      f"({sorted(self._modes)}); raise max_modes")
                 rec = _ModeRecorder(self._capacity)
-                rec.record_sample(latency_ms, confidence)  # validates before the mode appears
+                if first is not None:
+                    rec.record_sample(*first)
                 self._modes = {**self._modes, mode: rec}  # readers use the dict without a lock
-                return
-        rec.record_sample(latency_ms, confidence)
+                return rec
+        if first is not None:
+            rec.record_sample(*first)
+        return rec
 
     def record_outcome(self, seq: int, correct: bool) -> None:
         """Record whether the inference with sequence number ``seq`` turned out correct
