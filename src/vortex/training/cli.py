@@ -151,33 +151,44 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--home``, ``--registry`` and ``--json``: on ``models`` and on each action, so they are
+    accepted before or after it (an action's copy defaults to nothing, keeping ``models``'s)."""
+    home, registry = (".vortex", None) if default is None else (default, default)
+    parser.add_argument("--home", default=home, help="Vortex home directory (registry in <home>/models)")
+    parser.add_argument("--registry", default=registry, help="registry directory (overrides --home)")
+    parser.add_argument("--json", action="store_true", default=default or False,
+                        help="machine-readable output")
+
+
 def register(subparsers: Any) -> None:
     """Add ``vortex models ...`` to the ``vortex`` command's subparsers."""
     p = subparsers.add_parser("models", help="list, swap and clean up model versions",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--home", default=".vortex", help="Vortex home directory (registry in <home>/models)")
-    p.add_argument("--registry", default=None, help="registry directory (overrides --home)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _options(p, None)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    command(sub.add_parser("list", help="versions, metrics and the recent serving log"), _list)
-    command(sub.add_parser("log", help="the whole serving log"), _log)
-    at = sub.add_parser("at", help="which version served at a time (ISO 8601 UTC or unix seconds)")
+
+    def action(name: str, handler: Any, help: str, **defaults: Any) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help)
+        _options(parser, argparse.SUPPRESS)
+        command(parser, handler, **defaults)
+        return parser
+
+    action("list", _list, "versions, metrics and the recent serving log")
+    action("log", _log, "the whole serving log")
+    at = action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")
     at.add_argument("time", type=point_in_time)
-    command(at, _at)
-    swap = sub.add_parser("swap", help="make a version the active one (roll back or forward)")
+    swap = action("swap", _swap, "make a version the active one (roll back or forward)")
     # "version" would clash with vortex --version
     swap.add_argument("target_version", type=positive_int, metavar="VERSION")
     swap.add_argument("--reason", default="manual (vortex models swap)")
-    command(swap, _swap)
-    clean = sub.add_parser("cleanup", help="remove old versions (never the active one)")
+    clean = action("cleanup", _cleanup, "remove old versions (never the active one)")
     clean.add_argument("--keep", type=non_negative_int, default=5,
                        help="keep this many newest versions")
     clean.add_argument("--max-age-days", type=positive_float, default=None)
-    command(clean, _cleanup)
     for name, pin, what in (("pin", True, "keep a version whatever cleanup is asked"),
                             ("unpin", False, "let cleanup remove a pinned version again")):
-        pin_parser = sub.add_parser(name, help=what)
-        pin_parser.add_argument("target_version", type=positive_int, metavar="VERSION")
-        command(pin_parser, _pin, pin=pin)
-    command(sub.add_parser("verify", help="check every file (metadata, serving log, each "
-                                          "version's sha256) and list every problem"), _verify)
+        action(name, _pin, what, pin=pin).add_argument("target_version", type=positive_int,
+                                                       metavar="VERSION")
+    action("verify", _verify, "check every file (metadata, serving log, each version's sha256) "
+                              "and list every problem")

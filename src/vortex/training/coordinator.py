@@ -455,8 +455,11 @@ class BackgroundTrainingCoordinator:
                          reason: str | None = None) -> bool:
         """Request a run.  Returns True if it was queued, False if it was coalesced into an
         already pending request (or training is disabled).  A request made during a run
-        starts one run after it; requests are never stacked.  Runs only execute while the
-        coordinator is started (:meth:`start`); use :meth:`run_once` for a synchronous run.
+        starts one run after it; requests are never stacked: the one run answers both, and
+        carries the trigger and reason of a request with a reason (an RSI patch, a person)
+        over those of a pending one without (a sample threshold, the schedule). Runs only
+        execute while the coordinator is started (:meth:`start`); use :meth:`run_once` for a
+        synchronous run.
         """
         trig = TrainingTrigger.parse(trigger)
         if not self.config.enabled:
@@ -464,6 +467,8 @@ class BackgroundTrainingCoordinator:
         with self._cond:
             if self._pending is not None:
                 log.debug("trigger %s coalesced into pending %s", trig.value, self._pending[0].value)
+                if reason is not None and self._pending[1] is None:
+                    self._pending = (trig, reason)
                 return False
             self._pending = (trig, reason)
             self._cond.notify_all()
