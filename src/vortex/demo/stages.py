@@ -83,7 +83,9 @@ def _weakness(ev: DemoEvidence, c: Checklist) -> None:
     if first is None:
         c.not_reached(name, f"no weakness raised in {len(ev.served) - ev.drift_started} drifted requests")
         return
-    parts = [f"{w['type']} {w['metric_value']:.3f} vs threshold {w['baseline_value']:.3f}"
+    # a drop compares the recent figure with the window's baseline, the others with a threshold
+    parts = [f"{w['type']} {w['metric_value']:.3f} vs "
+             f"{'baseline' if w['type'].endswith('_drop') else 'threshold'} {w['baseline_value']:.3f}"
              for w in first["weaknesses"]]
     c.reached(name, "; ".join(parts) + f", at request {first['request']} "
               f"({first['request'] - ev.drift_started} after the drift began)",
@@ -168,18 +170,36 @@ def _effect(ev: DemoEvidence, c: Checklist, generation: int | None) -> None:
                       f"before the patch and {len(after)} with it; {MIN_EFFECT_REQUESTS} each "
                       "are needed to tell the patch's effect from a model swap's")
         return
-    nll, lo, hi = _diff_interval([s.nll for s in before], [s.nll for s in after])
-    err_before = 1 - _mean([float(s.correct) for s in before])
-    err_after = 1 - _mean([float(s.correct) for s in after])
+    metric = _tested_metric(ev, generation)
+    if metric not in ("nll", "error_rate"):  # a latency patch, say: judged by the NLL here
+        metric = "nll"
+    figures = {}
+    for name_, value in (("nll", lambda s: s.nll), ("error_rate", lambda s: float(not s.correct))):
+        a, b = [value(s) for s in before], [value(s) for s in after]
+        change, lo, hi = _diff_interval(a, b)
+        figures[name_] = {"before": _mean(a), "after": _mean(b), "change": change, "interval": [lo, hi]}
+    lo, hi = figures[metric]["interval"]
     verdict = "better" if hi < 0 else "worse" if lo > 0 else "no clear change"
-    c.reached(name, f"mean NLL {_mean([s.nll for s in before]):.3f} -> {_mean([s.nll for s in after]):.3f} "
-              f"({nll:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}), error rate {_pct(err_before)} -> "
-              f"{_pct(err_after)}, on the drifted requests model version {version} answered "
+
+    def show(name_: str, fmt: str) -> str:
+        f = figures[name_]
+        return (f"{name_} {f['before']:{fmt}} -> {f['after']:{fmt}} ({f['change']:+{fmt}} "
+                f"[{f['interval'][0]:+{fmt}}, {f['interval'][1]:+{fmt}}])")
+
+    c.reached(name, f"on the {metric} it was tested on: {verdict}; {show('error_rate', '.1%')}, "
+              f"mean {show('nll', '.3f')}; the drifted requests model version {version} answered "
               f"({len(before)} before the patch, {len(after)} with it)",
-              version=version, requests_before=len(before), requests_after=len(after),
-              nll_before=_mean([s.nll for s in before]), nll_after=_mean([s.nll for s in after]),
-              nll_change_interval=[lo, hi], error_rate_before=err_before, error_rate_after=err_after,
-              verdict=verdict)
+              version=version, metric=metric, verdict=verdict, requests_before=len(before),
+              requests_after=len(after), **figures)
+
+
+def _tested_metric(ev: DemoEvidence, generation: int) -> str | None:
+    """The benchmark metric the patch that started ``generation`` was tested on."""
+    values = ev.tunables[generation]
+    for p in ev.proposals:
+        if _applied(p) and p.get("moves") and all(values.get(m["name"]) == m["new"] for m in p["moves"]):
+            return (p.get("test_result") or {}).get("metric")
+    return None
 
 
 def _training(ev: DemoEvidence, c: Checklist, p: dict[str, Any] | None) -> None:
