@@ -80,7 +80,7 @@ class Checklist:
         """The checklist as text, one line per stage (``[x]`` reached, ``[ ]`` not reached,
         ``[!]`` errored), then the verdict."""
         width = max((len(s.name) for s in self.stages), default=0)
-        lines = [f"{self.title}: the loop, stage by stage"]
+        lines = [f"{self.title}, stage by stage:"]
         for s in self.stages:
             label = {StageStatus.REACHED: "", StageStatus.NOT_REACHED: "NOT REACHED: ",
                      StageStatus.ERRORED: "ERRORED: "}[s.status]
