@@ -627,8 +627,11 @@ class Orchestrator:
                                           reason=f"proposal {proposal.id}: {proposal.description}")
 
     def rsi_metrics(self) -> dict[str, Any]:
-        """The tracker's figures in the form the RSI engine reads."""
-        return self.tracker.summary()
+        """The tracker's figures in the form the RSI engine reads, with those of the newest
+        requests (the detector's window, else 1,000): a cycle judges what serves now, not the
+        service's lifetime averages."""
+        window = self.detector.config.window_size if self.detector is not None else 1000
+        return self.tracker.summary(recent=min(window, self.tracker.latency_window))
 
     def _calibration_data(self) -> tuple[Any, Any] | None:
         """Logits and labels of buffered samples, for temperature fitting (classification)."""
