@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import degraded
+from .changes import ChangeBoard
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
@@ -186,7 +187,8 @@ class SystemStatus:
     """Everything the orchestrator knows, as one value (see :meth:`to_json`).
 
     ``degraded`` lists the fallbacks this process took because its environment lacks
-    something (component, fallback, cause; see :mod:`vortex.degraded`)."""
+    something (component, fallback, cause; see :mod:`vortex.degraded`); ``changes`` the newest
+    changes to what serves and the watches they ended (see :mod:`vortex.changes`)."""
 
     timestamp: float
     home: str
@@ -200,6 +202,7 @@ class SystemStatus:
     model_versions: list[dict[str, Any]]
     pending_feedback: int
     degraded: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -336,6 +339,9 @@ class Orchestrator:
         # request ids are 1, 2, 3, ...: the tracker counts each request at its flux position
         # from that numbering, at no cost per request (outcomes use the request id too)
         self.tracker = PerformanceTracker(arrival_positions=True)
+        # patches and swaps are announced here: one post-change watch at a time (see
+        # vortex.changes), audited in the RSI audit log once an engine is attached
+        self.changes = ChangeBoard()
         self.detector: Any = None
         self.rsi: Any = None
         self.trainer: Any = None
@@ -415,7 +421,7 @@ class Orchestrator:
         self.trainer = BackgroundTrainingCoordinator(
             config, model=model, model_factory=self.model_factory, home=self.home,
             feature_dim=self.feature_dim, label_dtype=label_dtype,
-            factory_kwargs=self.factory_kwargs)
+            factory_kwargs=self.factory_kwargs, changes=self.changes)
         self._slot = self.trainer.slot
         self._wire()
         return self
@@ -733,6 +739,7 @@ class Orchestrator:
             model_versions=_plain(self.trainer.get_model_versions()) if self.trainer is not None else [],
             pending_feedback=len(self._pending),
             degraded=[f.to_dict() for f in degraded.active()],
+            changes=self.changes.history(),
             config={
                 "task": self.task,
                 "feature_dim": self.feature_dim,
