@@ -62,5 +62,5 @@ def test_corrupt_tail_refuses_append(tmp_path):
     log.append("x")
     with open(path, "a") as fh:
         fh.write("garbage\n")
-    with pytest.raises(AuditLogError, match="not a valid entry"):
+    with pytest.raises(AuditLogError, match="last complete line is not a valid audit entry"):
         log.append("y")

@@ -32,10 +32,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from ..errors import PatchError, RSIError
+from ..errors import CorruptFileError, PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from .._io import atomic_write_json
+from .._io import MISSING, FileKey, FileLock, atomic_write_json, file_key, remove_temp_files
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings
@@ -59,26 +59,51 @@ class ProposalDraft:
 
 
 class OutcomeMemory:
-    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (JSON)."""
+    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (JSON).
+
+    Shared by every process on the home: :meth:`block` re-reads the file and adds to it under
+    ``<path>.lock``, and reads notice a file another process changed."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._file_lock = FileLock(path + ".lock")
         self._blocked: set[tuple[str, str, str]] = set()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                self._blocked = {tuple(x) for x in json.load(fh)}  # type: ignore[misc]
+        self._key: FileKey | None = None
+        with self._file_lock:  # every writer holds it: temp files found now are orphans
+            remove_temp_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+        self._refresh()
+
+    def _refresh(self) -> set[tuple[str, str, str]]:
+        with self._lock:
+            key = file_key(self.path)
+            if key != self._key:
+                blocked: set[tuple[str, str, str]] = set()
+                if key != MISSING:
+                    try:
+                        with open(self.path, encoding="utf-8") as fh:
+                            blocked = {tuple(x) for x in json.load(fh)}  # type: ignore[misc]
+                        if not all(len(b) == 3 and all(isinstance(v, str) for v in b) for b in blocked):
+                            raise ValueError("an entry is not [weakness, tunable, direction]")
+                    except (ValueError, TypeError) as exc:
+                        raise CorruptFileError(self.path, f"is not a list of blocked moves ({exc})",
+                                               remedy="delete it: blocked directions are then "
+                                                      "proposed again") from None
+                self._blocked, self._key = blocked, key
+            return self._blocked
 
     def block(self, weakness_type: str, move: TunableMove) -> None:
-        with self._lock:
-            self._blocked.add((weakness_type, move.name, move.direction))
-            atomic_write_json(self.path, sorted(self._blocked))
+        with self._file_lock:
+            blocked = self._refresh() | {(weakness_type, move.name, move.direction)}
+            atomic_write_json(self.path, sorted(blocked))
+            with self._lock:
+                self._blocked, self._key = blocked, file_key(self.path)
 
     def is_blocked(self, weakness_type: str, name: str, direction: str) -> bool:
-        return (weakness_type, name, direction) in self._blocked
+        return (weakness_type, name, direction) in self._refresh()
 
     def blocked(self) -> list[tuple[str, str, str]]:
-        return sorted(self._blocked)
+        return sorted(self._refresh())
 
 
 @dataclass
