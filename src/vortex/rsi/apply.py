@@ -226,8 +226,12 @@ def _encode_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _named_paths(raw: bytes) -> list[str]:
-    """Tree paths a damaged journal still names, read as far as its bytes allow."""
-    return sorted({m.decode("utf-8", "replace") for m in re.findall(rb'"path": "([^"\\]{1,4096})"', raw)})
+    """Tree paths a damaged journal still names, read as far as its bytes allow: its
+    ``covers`` list (sorted first, ahead of the contents) or else its ``path`` fields."""
+    covers = re.search(rb'"covers": \[([^\]]*)', raw)
+    found = re.findall(rb'"([^"\\]{1,4096})"', covers.group(1)) if covers else []
+    found += re.findall(rb'"path": "([^"\\]{1,4096})"', raw)
+    return sorted({m.decode("utf-8", "replace") for m in found})
 
 
 class Applier:
@@ -311,7 +315,9 @@ class Applier:
         return doc
 
     def _save_journal(self, path: str, journal: dict[str, Any]) -> None:
-        doc = dict(journal, files=_encode_files(journal["files"]))
+        # "covers" sorts before the contents, so even a journal cut short names its tree files
+        doc = dict(journal, files=_encode_files(journal["files"]),
+                   covers=[f["path"] for f in journal["files"]])
         if journal["record"] is not None:
             doc["record"] = dict(journal["record"], files=_encode_files(journal["record"]["files"]))
         atomic_write_bytes(path, checked_json_bytes(doc))
