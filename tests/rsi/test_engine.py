@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ import pytest
 
 from vortex._io import owner_token
 from vortex.config import RSIConfig
-from vortex.errors import PatchError, ProposalStateError, RollbackConflictError
+from vortex.errors import PatchError, ProposalCorruptError, ProposalStateError, RollbackConflictError
 from vortex.monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from vortex.rsi.diffs import make_diff
 from vortex.rsi.engine import RSIEngine, weaknesses_from_metrics
@@ -530,3 +531,53 @@ def test_a_failing_auto_rollback_is_audited_never_raised(tmp_path):
     assert failed["id"] == p.id and failed["error"].startswith("NotADirectoryError")
     assert leaked == [] and eng.store.get(p.id).status == ProposalStatus.APPLIED
     assert tree_sha256(tree) == applied
+
+
+def test_a_damaged_queued_proposal_is_never_applied_and_blocks_nothing_else(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    bad = _manual(eng, "conf.toml", "workers = 4\n", "workers = 8\n")
+    good = _manual(eng, "batch.toml", "batch = 8\n", "batch = 16\n")
+    for p in (bad, good):
+        assert eng.test_proposal(p.id).passed
+    path = tmp_path / "home" / "rsi" / "proposals" / f"{bad.id}.json"
+    raw = path.read_bytes()
+    at = raw.index(b"+workers = 8") + len(b"+workers = ")
+    path.write_bytes(raw[:at] + b"9" + raw[at + 1:])  # the diff now says 9: never tested
+    before = tree_sha256(tree)
+    with pytest.raises(ProposalCorruptError, match=f"{bad.id}.json: fails its checksum"):
+        eng.approve_proposal(bad.id, "alice")
+    assert tree_sha256(tree) == before
+    again = RSIEngine(tree, tmp_path / "home", FAST)  # a restart does not trip over it
+    assert [p.id for p in again.list_proposals()] == [good.id]
+    assert again.stats()["corrupt_proposals"][0].startswith(str(path))
+    again.approve_proposal(good.id, "alice")
+    assert Path(tree, "batch.toml").read_text() == "batch = 16\n"
+    assert Path(tree, "conf.toml").read_text() == "workers = 4\n"
+
+
+def test_start_removes_only_provably_orphaned_temp_files(tmp_path):
+    import tempfile
+
+    tree = four_tree(tmp_path)
+    home = tmp_path / "home"
+    RSIEngine(tree, home, FAST).propose(W("latency_spike"))
+    rsi = home / "rsi"
+    orphans = [rsi / "proposals" / ".vtx-x.json.a1b2c3.tmp", rsi / "journal" / ".vtx-p.apply.json.a1b2c3.tmp",
+               rsi / "applied" / ".vtx-p.json.a1b2c3.tmp", rsi / ".vtx-memory.json.a1b2c3.tmp",
+               rsi / ".vtx-audit.head.a1b2c3.tmp"]
+    for o in orphans:
+        o.write_bytes(b"x" * 1000)
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dead = os.path.join(tempfile.gettempdir(), f"vtx-apply-{pid}.1-killed")
+    alive = os.path.join(tempfile.gettempdir(), f"vtx-apply-{owner_token()}-running")
+    for d in (dead, alive):
+        os.makedirs(os.path.join(d, "tree"))
+    try:
+        RSIEngine(tree, home, FAST)
+        assert [o for o in orphans if o.exists()] == []
+        assert not os.path.exists(dead) and os.path.exists(alive)
+    finally:
+        for d in (dead, alive):
+            shutil.rmtree(d, ignore_errors=True)

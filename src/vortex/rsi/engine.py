@@ -154,7 +154,8 @@ def _isolated(res: TestResult) -> bool:
 
 
 def _cause(res: TestResult | dict[str, Any] | None) -> str:
-    errors = (res or {}).get("errors") if isinstance(res, dict) or res is None else res.errors
+    """The errors of a test result (object or stored dict), in the runner's own words."""
+    errors = res.errors if isinstance(res, TestResult) else (res or {}).get("errors")
     return "; ".join(errors or []) or "no cause recorded"
 
 
@@ -608,10 +609,18 @@ class RSIEngine:
             try:
                 self.rollback_proposal(w.proposal_id, reason, by="watch")
             except Exception as exc:
-                log.exception("auto-rollback of %s failed", w.proposal_id)
-                self.audit.append("auto_rollback_failed", error=f"{type(exc).__name__}: {exc}", **detail)
+                self._background_failed("auto_rollback_failed", exc, **detail)
+        except Exception as exc:
+            self._background_failed("watch_failed", exc, id=w.proposal_id)
+
+    def _background_failed(self, event: str, exc: BaseException, **detail: Any) -> None:
+        """Log and audit (as ``event``) a failure of a background thread's work; never raises:
+        the thread must live on, and nothing may reach the request path."""
+        log.error("%s: %r", event, exc, exc_info=exc)
+        try:
+            self.audit.append(event, error=f"{type(exc).__name__}: {exc}", **detail)
         except Exception:
-            log.exception("judging the watch of %s failed", w.proposal_id)
+            log.exception("could not audit %s", event)
 
     # ------------------------------------------------------------------ cycles
     def detect(self) -> tuple[int, list[Weakness]]:
@@ -732,8 +741,8 @@ class RSIEngine:
                     return
             try:
                 self.rsi_cycle(batch)
-            except Exception:  # keep the worker alive; the audit log has the cycle
-                log.exception("triggered RSI cycle failed")
+            except Exception as exc:  # keep the worker alive
+                self._background_failed("cycle_failed", exc, trigger="detector")
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for triggered cycles to finish; False on timeout."""
@@ -755,8 +764,8 @@ class RSIEngine:
         while not self._stop.wait(self.config.cycle_interval_secs):
             try:
                 self.rsi_cycle()
-            except Exception:
-                log.exception("scheduled RSI cycle failed")
+            except Exception as exc:
+                self._background_failed("cycle_failed", exc, trigger="schedule")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduled cycles (a running cycle finishes) and wait for triggered ones."""

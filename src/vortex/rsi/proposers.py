@@ -35,7 +35,8 @@ from typing import Any, Callable, Protocol
 from ..errors import CorruptFileError, PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from .._io import MISSING, FileKey, FileLock, atomic_write_json, file_key, remove_temp_files
+from .._io import (MISSING, FileKey, FileLock, atomic_write_bytes, checked_json_bytes, file_key,
+                   load_checked_json, remove_temp_files)
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings
@@ -59,10 +60,13 @@ class ProposalDraft:
 
 
 class OutcomeMemory:
-    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (JSON).
+    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (checksummed
+    JSON; a plain list from older versions is read too).
 
     Shared by every process on the home: :meth:`block` re-reads the file and adds to it under
     ``<path>.lock``, and reads notice a file another process changed."""
+
+    _REMEDY = "delete it: the directions it blocked are then proposed again"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -74,28 +78,32 @@ class OutcomeMemory:
             remove_temp_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
         self._refresh()
 
+    def _read(self) -> set[tuple[str, str, str]]:
+        with open(self.path, "rb") as fh:
+            raw = fh.read()
+        try:
+            legacy = json.loads(raw)
+        except ValueError:
+            legacy = None
+        items = legacy if isinstance(legacy, list) else load_checked_json(
+            self.path, CorruptFileError, remedy=self._REMEDY, data=raw).get("blocked")
+        if not isinstance(items, list) or not all(
+                isinstance(b, list) and len(b) == 3 and all(isinstance(v, str) for v in b) for b in items):
+            raise CorruptFileError(self.path, "is not a list of [weakness, tunable, direction]",
+                                   remedy=self._REMEDY)
+        return {(a, b, c) for a, b, c in items}
+
     def _refresh(self) -> set[tuple[str, str, str]]:
         with self._lock:
             key = file_key(self.path)
             if key != self._key:
-                blocked: set[tuple[str, str, str]] = set()
-                if key != MISSING:
-                    try:
-                        with open(self.path, encoding="utf-8") as fh:
-                            blocked = {tuple(x) for x in json.load(fh)}  # type: ignore[misc]
-                        if not all(len(b) == 3 and all(isinstance(v, str) for v in b) for b in blocked):
-                            raise ValueError("an entry is not [weakness, tunable, direction]")
-                    except (ValueError, TypeError) as exc:
-                        raise CorruptFileError(self.path, f"is not a list of blocked moves ({exc})",
-                                               remedy="delete it: blocked directions are then "
-                                                      "proposed again") from None
-                self._blocked, self._key = blocked, key
+                self._blocked, self._key = (set() if key == MISSING else self._read()), key
             return self._blocked
 
     def block(self, weakness_type: str, move: TunableMove) -> None:
         with self._file_lock:
             blocked = self._refresh() | {(weakness_type, move.name, move.direction)}
-            atomic_write_json(self.path, sorted(blocked))
+            atomic_write_bytes(self.path, checked_json_bytes({"blocked": sorted(blocked)}))
             with self._lock:
                 self._blocked, self._key = blocked, file_key(self.path)
 
