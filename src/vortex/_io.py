@@ -230,11 +230,7 @@ def remove_temp_files(directory: str | os.PathLike, target: str = "") -> list[st
     """
     prefix = f"{_TEMP_PREFIX}{target}"
     removed = []
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return removed
-    for name in names:
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
         if is_temp_name(name) and name.startswith(prefix):
             try:
                 os.unlink(os.path.join(directory, name))

@@ -18,33 +18,19 @@ import pytest
 
 from harness import kill_at_random
 from rsi_loaders import make_tree, proposal, tree_diff
+from rsi_support import TINY_PYPROJECT
 from vortex.rsi.apply import Applier
 from vortex.rsi.audit import AuditLog
 from vortex.rsi.engine import RSIEngine
 from vortex.rsi.proposal import ProposalStatus
 from vortex.rsi.trees import tree_sha256
 
-PYPROJECT = """
-[tool.vortex]
-test_command = ["{python}", "-c", "pass"]
-protected = ["pyproject.toml"]
-
-[[tool.vortex.tunables]]
-name = "workers"
-file = "conf.toml"
-type = "int"
-min = 1
-max = 64
-addresses = { latency_spike = "increase" }
-"""
-
-
 def _queue(tmp_path, n):
     """A tree (12 files of ~90 KB: an apply takes a few ms) and ``n`` queued proposals of one
     diff, each with a passed test on this tree whose candidate files are known."""
     root = make_tree(str(tmp_path / "tree"), files=12, lines=4000)
     with open(os.path.join(root, "pyproject.toml"), "w") as fh:
-        fh.write(PYPROJECT)
+        fh.write(TINY_PYPROJECT)  # its tunables are make_tree's conf.toml
     diff = tree_diff(root, files=12)
     home = str(tmp_path / "home")
     eng = RSIEngine(root, home)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rsi_support import TINY_PYPROJECT
 from vortex._io import owner_token
 from vortex.config import RSIConfig
 from vortex.errors import PatchError, ProposalCorruptError, ProposalStateError, RollbackConflictError
@@ -226,53 +227,19 @@ def test_restart_finishes_interrupted_states(sample_tree, tmp_path):
 # tunables in four files, whose tests check an invariant across two of them; a candidate that
 # lowers the cache tunable is slow (SLOW seconds) and then fails
 
-FOUR_PYPROJECT = """
-[tool.vortex]
-test_command = ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
-judge = ["tests"]
-protected = ["pyproject.toml", "tests/**"]
-pythonpath = ["."]
+def _tunable(name, file, kind, weakness, direction, **bounds):
+    extra = "".join(f"{k} = {v}\n" for k, v in bounds.items())
+    return (f'\n[[tool.vortex.tunables]]\nname = "{name}"\nfile = "{file}"\ntype = "{kind}"\n{extra}'
+            f'addresses = {{ {weakness} = "{direction}" }}\n')
 
-[tool.vortex.sandbox]
-timeout_secs = 60
-memory_mb = 600
-cpu_secs = 30
-max_processes = 24
-max_file_mb = 4
 
-[[tool.vortex.tunables]]
-name = "workers"
-file = "conf.toml"
-type = "int"
-min = 1
-max = 64
-step = 4
-addresses = { latency_spike = "increase" }
-
-[[tool.vortex.tunables]]
-name = "batch"
-file = "batch.toml"
-type = "int"
-min = 1
-max = 1024
-step = 8
-addresses = { throughput_drop = "increase" }
-
-[[tool.vortex.tunables]]
-name = "strict"
-file = "flags.toml"
-type = "bool"
-addresses = { prediction_error_spike = "false" }
-
-[[tool.vortex.tunables]]
-name = "cache"
-file = "cache.toml"
-type = "int"
-min = 1
-max = 4096
-step = 64
-addresses = { memory_pressure = "decrease" }
-"""
+# the tiny tree's settings with room for a slow test, and four tunables
+FOUR_PYPROJECT = (TINY_PYPROJECT.split("[[tool.vortex.tunables]]")[0]
+                  .replace("timeout_secs = 8", "timeout_secs = 60").replace("cpu_secs = 10", "cpu_secs = 30")
+                  + _tunable("workers", "conf.toml", "int", "latency_spike", "increase", min=1, max=64, step=4)
+                  + _tunable("batch", "batch.toml", "int", "throughput_drop", "increase", min=1, max=1024, step=8)
+                  + _tunable("strict", "flags.toml", "bool", "prediction_error_spike", "false")
+                  + _tunable("cache", "cache.toml", "int", "memory_pressure", "decrease", min=1, max=4096, step=64))
 
 FOUR_TESTS = """
 import os

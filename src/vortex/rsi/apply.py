@@ -73,15 +73,9 @@ def remove_orphan_scratch(directory: str | None = None) -> list[str]:
     temp directory) whose creating process is provably dead; returns their names."""
     directory = directory or tempfile.gettempdir()
     removed = []
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(SCRATCH_PREFIX):
-            continue
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
         token = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if "." in token and not owner_alive(token):
+        if name.startswith(SCRATCH_PREFIX) and "." in token and not owner_alive(token):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             removed.append(name)
     return removed
