@@ -76,7 +76,7 @@ def main(argv=None):
     config = BackgroundTrainingConfig(
         min_samples_for_training=300 if args.quick else 400,  # SAMPLE_THRESHOLD trigger
         num_epochs=8 if args.quick else 15, batch_size=32, learning_rate=3e-3,
-        min_improvement_threshold=2.0, watch_requests=100, watch_regression_threshold=0.1,
+        min_improvement_threshold=2.0, watch_requests=100, watch_regression_margin=0.1,
         world_size=1, worker_threads=1)
     home = args.home or tempfile.mkdtemp(prefix="vortex-demo-")
     coord = BackgroundTrainingCoordinator(config, mlp(**kwargs), FACTORY, home, feature_dim=64,

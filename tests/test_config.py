@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pytest
 
@@ -10,7 +11,7 @@ from vortex.config import (
     RuntimeDetectorConfig,
     as_dict,
 )
-from vortex.errors import ConfigError
+from vortex.errors import ConfigError, ConfigKeyError
 
 
 def test_defaults_match_design():
@@ -84,3 +85,61 @@ def test_as_dict_nests_and_is_json_ready():
     d = as_dict(BackgroundTrainingConfig())
     assert d["flux"]["holdout_positions"] == [3, 6, 9]
     json.dumps(d)
+
+
+@pytest.mark.parametrize("cls", [RuntimeDetectorConfig, FluxConfig, BackgroundTrainingConfig, RSIConfig])
+def test_an_unknown_keyword_names_the_nearest_field_and_is_still_a_type_error(cls):
+    first = dataclasses.fields(cls)[0].name
+    typo = first[:-2] + first[-1] + first[-2]  # two letters swapped
+    with pytest.raises(ConfigKeyError, match=rf"{cls.__name__} has no field '{typo}'; did you mean '{first}'"):
+        cls(**{typo: 1})
+    with pytest.raises(TypeError):  # what Python raised before: callers catching it still do
+        cls(**{typo: 1})
+    with pytest.raises(ConfigError):
+        cls.from_dict({typo: 1})
+
+
+def test_detector_config_typo_from_the_issue():
+    with pytest.raises(ConfigKeyError, match="'windw_size'; did you mean 'window_size'"):
+        RuntimeDetectorConfig(windw_size=5)
+
+
+def test_from_dict_builds_nested_configs_and_tuples_from_parsed_json():
+    import json
+
+    c = BackgroundTrainingConfig.from_dict(json.loads(
+        '{"batch_size": 8, "flux": {"gamma": 0.5, "holdout_positions": [3, 9]}}'))
+    assert c.batch_size == 8 and c.flux == FluxConfig(gamma=0.5, holdout_positions=(3, 9))
+    assert BackgroundTrainingConfig.from_dict(as_dict(c)) == c
+    with pytest.raises(ConfigKeyError, match="FluxConfig has no field 'gama'; did you mean 'gamma'"):
+        BackgroundTrainingConfig.from_dict({"flux": {"gama": 0.5}})
+
+
+def test_the_absolute_watch_threshold_is_renamed_and_the_old_name_still_works_with_a_warning():
+    """RSIConfig.watch_regression_threshold is relative (a fraction of the baseline); the
+    training watch's was absolute under the same name: it is now watch_regression_margin."""
+    with pytest.warns(DeprecationWarning, match="watch_regression_threshold is deprecated: it is now "
+                                                "'watch_regression_margin'"):
+        c = BackgroundTrainingConfig(watch_regression_threshold=0.2)
+    assert c.watch_regression_margin == 0.2
+    with pytest.warns(DeprecationWarning, match="read 'watch_regression_margin'"):
+        assert c.watch_regression_threshold == 0.2
+    with pytest.raises(ConfigKeyError, match="give only 'watch_regression_margin'"):
+        BackgroundTrainingConfig(watch_regression_threshold=0.2, watch_regression_margin=0.1)
+    with pytest.raises(ConfigError, match="watch_regression_margin=-0.1"):
+        BackgroundTrainingConfig(watch_regression_margin=-0.1)
+    assert RSIConfig(watch_regression_threshold=0.2).watch_regression_threshold == 0.2  # relative: kept
+
+
+@pytest.mark.parametrize(("cls", "field"), [(BackgroundTrainingConfig, "num_epochs"),
+                                            (BackgroundTrainingConfig, "seed"),
+                                            (RSIConfig, "watch_requests")])
+def test_integers_must_fit_in_64_bits(cls, field):
+    with pytest.raises(ConfigError, match=f"{field}={2 ** 63}: must be <= {2 ** 63 - 1}"):
+        cls(**{field: 2 ** 63})
+
+
+@pytest.mark.parametrize("value", [True, 10 ** 400, 1j, "0.5", None])
+def test_a_float_field_refuses_bools_huge_ints_and_non_numbers(value):
+    with pytest.raises(ConfigError, match=re.escape(f"RSIConfig.max_error_rate={value!r}")):
+        RSIConfig(max_error_rate=value)

@@ -38,6 +38,9 @@ def wait_for(predicate, timeout=60.0, every=0.05):
 def test_constructor_validates(tmp_path):
     with pytest.raises(ConfigError, match="feature_dim"):
         Orchestrator(mlp(**KW), FACTORY, tmp_path, feature_dim=0)
+    with pytest.raises(ConfigError, match="feature_dim=True"):
+        Orchestrator(mlp(**KW), FACTORY, tmp_path / "never", feature_dim=True)
+    assert not (tmp_path / "never").exists()
     with pytest.raises(ConfigError, match="task"):
         Orchestrator(mlp(**KW), FACTORY, tmp_path, feature_dim=4, task="ranking")
     with pytest.raises(ConfigError, match="modes"):
@@ -75,6 +78,11 @@ def test_infer_rejects_bad_input_and_unknown_mode(tmp_path):
             o.infer([1.0, math.nan, 0.0, 0.0])
         with pytest.raises(ValueError, match="'turbo'"):
             o.infer(np.ones(4), mode="turbo")
+        for x, dtype in ((np.zeros(4, complex), "complex128"), (["1", "2", "3", "4"], "<U1"),
+                         (np.array([1, 2, 3, 4], dtype=object), "object")):
+            with pytest.raises(ValueError, match=f"dtype {dtype}: features must be real"):
+                o.infer(x)  # complex was silently truncated to its real part, strings parsed
+        assert o.get_metrics()["total_inferences"] == 0
 
 
 def test_named_modes_each_map_to_their_callable(tmp_path):
@@ -102,6 +110,56 @@ def test_feedback_error_and_unknown_or_repeated_ids(tmp_path):
         q = o.infer(np.zeros(4))
         with pytest.raises(ValueError, match="label=7"):
             o.feedback(q.request_id, 7)
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1.7, float("nan"), None, "1", True, np.array([1, 2])])
+def test_a_refused_feedback_leaves_the_request_for_the_right_one(tmp_path, bad):
+    with make_orch(tmp_path).with_runtime_detector() as o:
+        p = o.infer(np.zeros(4, np.float32))
+        with pytest.raises(ValueError, match="label="):
+            o.feedback(p.request_id, bad)
+        assert o.get_metrics()["total_outcomes"] == 0 and len(o._pending) == 1
+        assert o.feedback(p.request_id, np.int64(p.output)) == pytest.approx(1 - p.confidence)
+        assert o.get_metrics()["total_outcomes"] == 1
+
+
+def test_feedback_takes_integral_labels_of_any_kind_and_refuses_fractions(tmp_path):
+    with make_orch(tmp_path).with_runtime_detector() as o:
+        for label in (2, 2.0, np.int8(2), np.float32(2.0), np.array(2), torch.tensor(2)):
+            p = o.infer(np.zeros(4, np.float32))
+            assert o.feedback(p.request_id, label) == pytest.approx(1 - p.probabilities[2])
+        p = o.infer(np.zeros(4, np.float32))
+        with pytest.raises(ValueError, match=r"label=1\.7: .*not a fraction"):
+            o.feedback(p.request_id, 1.7)  # was taken as class 1
+
+
+def test_racing_feedbacks_with_bad_and_good_labels_answer_each_request_once(tmp_path):
+    import threading
+
+    with make_orch(tmp_path).with_runtime_detector() as o:
+        for _ in range(40):
+            p = o.infer(np.zeros(4, np.float32))
+            labels = [1.7, "x", None, 0, 1, 2]
+            results: list[str] = []
+            barrier = threading.Barrier(len(labels))
+
+            def answer(label):
+                barrier.wait()
+                try:
+                    o.feedback(p.request_id, label)
+                    results.append("ok")
+                except UnknownRequestError:
+                    results.append("gone")
+                except ValueError:
+                    results.append("refused")
+
+            threads = [threading.Thread(target=answer, args=(label,)) for label in labels]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert results.count("ok") == 1, results
+        assert o.get_metrics()["total_outcomes"] == 40 and len(o._pending) == 0
 
 
 def test_pending_table_is_bounded_and_expires(tmp_path):

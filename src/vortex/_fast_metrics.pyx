@@ -13,6 +13,8 @@ from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from posix.unistd cimport pread
 
+include "_scalar_args.pxi"
+
 cdef extern from "metric_window.hpp" namespace "vortex" nogil:
     cdef cppclass WindowStats:
         uint64_t total_recorded, size, capacity, recent_count, baseline_count
@@ -41,6 +43,14 @@ cdef enum:
 
 cdef int _reject(str name, double value, str rule) except -1:
     raise ValueError(f"{name}={value!r}: {rule}")
+
+
+cdef inline int _check_request(double lat, double conf) except -1:
+    if not (lat >= 0.0 and lat <= DBL_MAX):
+        _reject("latency_ms", lat, "latency must be finite and >= 0")
+    if not (conf >= 0.0 and conf <= 1.0):
+        _reject("confidence", conf, "confidence must be in [0, 1]")
+    return 0
 
 
 cdef class Stats:
@@ -103,50 +113,52 @@ cdef class MetricRecorder:
         self._window = window
         self._ptr = <MetricWindow*>address
 
-    def record_sample(self, double latency_ms, double confidence,
-                      double prediction_error=NAN):
+    def record_sample(self, latency_ms, confidence, prediction_error=NAN):
         """Record one request's latency (ms), confidence and, if known, prediction error.
 
         ``prediction_error`` NaN (the default) means no ground truth yet. A negative, NaN or
-        infinite latency, a confidence outside [0, 1] or a negative or infinite error raises
-        ``ValueError`` naming the value, and nothing is recorded.
+        infinite latency, a confidence outside [0, 1], a negative or infinite error, or a value
+        that is not a real number (a bool, a string, None) raises ``ValueError`` naming the
+        value, and nothing is recorded.
         """
-        if not (latency_ms >= 0.0 and latency_ms <= DBL_MAX):
-            _reject("latency_ms", latency_ms, "latency must be finite and >= 0")
-        if not (confidence >= 0.0 and confidence <= 1.0):
-            _reject("confidence", confidence, "confidence must be in [0, 1]")
-        if not (isnan(prediction_error) or (prediction_error >= 0.0 and prediction_error <= DBL_MAX)):
-            _reject("prediction_error", prediction_error,
+        cdef double lat = _real(latency_ms, "latency_ms")
+        cdef double conf = _real(confidence, "confidence")
+        cdef double err = _real(prediction_error, "prediction_error")
+        _check_request(lat, conf)
+        if not (isnan(err) or (err >= 0.0 and err <= DBL_MAX)):
+            _reject("prediction_error", err,
                     "prediction error must be NaN (unknown) or finite and >= 0")
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
-        self._ptr.record(latency_ms, confidence, prediction_error)
+        self._ptr.record(lat, conf, err)
 
-    def record_request(self, double latency_ms, double confidence):
+    def record_request(self, latency_ms, confidence):
         """Record a request whose ground truth comes later; returns the sample's id.
 
         Pass the id to :meth:`record_error` when the label arrives. Validation as in
         :meth:`record_sample`.
         """
-        if not (latency_ms >= 0.0 and latency_ms <= DBL_MAX):
-            _reject("latency_ms", latency_ms, "latency must be finite and >= 0")
-        if not (confidence >= 0.0 and confidence <= 1.0):
-            _reject("confidence", confidence, "confidence must be in [0, 1]")
+        cdef double lat = _real(latency_ms, "latency_ms")
+        cdef double conf = _real(confidence, "confidence")
+        _check_request(lat, conf)
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
-        return self._ptr.record(latency_ms, confidence, NAN)
+        return self._ptr.record(lat, conf, NAN)
 
-    def record_error(self, uint64_t sample_id, double prediction_error):
+    def record_error(self, sample_id, prediction_error):
         """Attach the prediction error of an earlier :meth:`record_request` sample.
 
         Returns False when that sample has already left the window (the error then no longer
-        counts in the analysis). A NaN, negative or infinite error raises ``ValueError``.
+        counts in the analysis). A NaN, negative or infinite error, or a ``sample_id`` that is
+        not an integer >= 0, raises ``ValueError`` naming it.
         """
-        if not (prediction_error >= 0.0 and prediction_error <= DBL_MAX):
-            _reject("prediction_error", prediction_error, "prediction error must be finite and >= 0")
+        cdef uint64_t sid = <uint64_t>_int64(sample_id, "sample_id", 0)
+        cdef double err = _real(prediction_error, "prediction_error")
+        if not (err >= 0.0 and err <= DBL_MAX):
+            _reject("prediction_error", err, "prediction error must be finite and >= 0")
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
-        return self._ptr.set_error(sample_id, prediction_error)
+        return self._ptr.set_error(sid, err)
 
     def _stats(self, double latency_threshold_ms):
         """One analysis pass (``MetricWindow.analyze``) as a :class:`Stats`.

@@ -14,6 +14,8 @@ from libc.math cimport NAN
 
 import numpy as np
 
+include "_scalar_args.pxi"
+
 cdef extern from "sample_ring.hpp" namespace "vortex":
     cdef cppclass SampleRing:
         size_t feature_dim()
@@ -27,6 +29,7 @@ cdef extern from "sample_ring.hpp" namespace "vortex":
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _I64 = np.dtype(np.int64)
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 cdef inline bint _format_is(const char* fmt, char code):
@@ -72,13 +75,18 @@ def _to_numpy(x, str name):
         raise ValueError(f"{name}: cannot be read as an array ({exc})") from None
 
 
-def _coerce(x, dtype, str name, int ndim, Py_ssize_t n, Py_ssize_t width):
+def _coerce(x, dtype, str name, int ndim, Py_ssize_t n, Py_ssize_t width, bint bools=False):
     """`x` as a C-contiguous array of `dtype` with the wanted shape (n < 0: any length), or
     ValueError naming `name`. Only same-kind casts are allowed (float64 -> float32, int -> float),
-    never complex, object, strings or float -> int."""
+    never complex, object, strings or float -> int; bools only where `bools` (features, not
+    the scalar columns); unsigned integers into int64 only when every value fits."""
     arr = _to_numpy(x, name)
-    if not np.can_cast(arr.dtype, dtype, casting="same_kind") or arr.dtype.kind not in "biuf":
+    kinds = "biuf" if bools else "iuf"
+    if not np.can_cast(arr.dtype, dtype, casting="same_kind") or arr.dtype.kind not in kinds:
         raise ValueError(f"{name}: dtype {arr.dtype} cannot be cast safely to {dtype}")
+    if arr.dtype.kind == "u" and dtype == _I64 and arr.size and arr.max() > _INT64_MAX:
+        i = int(np.argmax(arr > _INT64_MAX))  # vectorised: one pass to find, one to locate
+        raise ValueError(f"{name}[{i}]={int(arr.flat[i])} is outside int64")
     if arr.ndim != ndim:
         want = "(n,)" if ndim == 1 else f"(n, {width})"
         raise ValueError(f"{name}: shape {arr.shape} should be {want}")
@@ -131,8 +139,7 @@ cdef class SampleRingWriter:
             raise RuntimeError("SampleBuffer is not initialised")
         return self._ring
 
-    def push(self, features, label, double confidence=1.0, double error=NAN, int64_t episode=0,
-             timestamp=None):
+    def push(self, features, label, confidence=1.0, error=NAN, episode=0, timestamp=None):
         """Store one sample and return its seq.
 
         Parameters
@@ -141,15 +148,18 @@ cdef class SampleRingWriter:
             1-D float array-like of length ``feature_dim`` (NumPy array, list or torch tensor);
             must be finite.
         label
-            An integer (``label_dtype="int64"``) or a finite number (``"float32"``).
+            An int64 integer (``label_dtype="int64"``) or a finite number (``"float32"``).
         confidence
             The model's confidence in [0, 1].
         error
             Prediction error in [0, 1], NaN when there is no ground truth yet.
         episode
-            Episode id (the backward flux chain runs within an episode).
+            Episode id, an int64 integer (the backward flux chain runs within an episode).
         timestamp
             Seconds since the epoch; None means now.
+
+        Every scalar is a real number of any kind (Python, NumPy, a 0-d array); a bool, a
+        string or None is refused, and so is a fraction where an integer is due.
 
         Raises
         ------
@@ -161,26 +171,23 @@ cdef class SampleRingWriter:
         cdef int64_t ilabel
         cdef float flabel
         cdef const void* plabel
-        cdef double ts = wall_clock_seconds() if timestamp is None else <double>timestamp
+        cdef double c = _real(confidence, "confidence")
+        cdef double e = _real(error, "error")
+        cdef int64_t ep = _int64(episode, "episode")
+        cdef double ts = wall_clock_seconds() if timestamp is None else _real(timestamp, "timestamp")
         if self._float_labels:
-            try:
-                flabel = <float>(<double>label)
-            except TypeError:
-                raise ValueError(f"label={label!r} is not a number") from None
+            flabel = <float>_real(label, "label")
             plabel = &flabel
         else:
-            try:
-                ilabel = label if type(label) is int else label.__index__()
-            except (AttributeError, TypeError, OverflowError):
-                raise ValueError(f"label={label!r} is not an int64 integer (label_dtype='int64')") from None
+            ilabel = _int64(label, "label")
             plabel = &ilabel
         if not _view_as(features, &view, b'f', 4, 1, 0):
-            features = _coerce(features, _F32, "features", 1, -1, 0)
+            features = _coerce(features, _F32, "features", 1, -1, 0, True)
             _view_as(features, &view, b'f', 4, 1, 0)
         try:
             if view.shape[0] != self._dim:
                 raise ValueError(f"features has length {view.shape[0]}, expected feature_dim={self._dim}")
-            return ring.push(<const float*>view.buf, plabel, confidence, error, ts, episode)
+            return ring.push(<const float*>view.buf, plabel, c, e, ts, ep)
         finally:
             PyBuffer_Release(&view)
 
@@ -214,7 +221,7 @@ cdef class SampleRingWriter:
         cdef int held = 0
         try:
             if not _view_as(features, &vf, b'f', 4, 2, self._dim):
-                features = _coerce(features, _F32, "features", 2, -1, self._dim)
+                features = _coerce(features, _F32, "features", 2, -1, self._dim, True)
                 _view_as(features, &vf, b'f', 4, 2, self._dim)
             held = 1
             n = vf.shape[0]

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from . import __version__
+from ._cli_support import USAGE, Parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .status import register as register_status
     from .training.cli import register as register_models
 
-    parser = argparse.ArgumentParser(prog="vortex", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="vortex", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register_demo(sub)
@@ -42,15 +43,19 @@ def _version_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``vortex`` command; returns its exit status (0 ok, 1 state error, 2 usage error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else USAGE
     if args.version:
         print(_version_line())
         return 0
     if args.command is None:
         parser.print_help()
-        return 2
-    return int(args.handler(args) or 0)
+        return USAGE
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,17 +2,25 @@
 
 Every ``*Config`` validates itself in ``__post_init__``: a value that cannot work raises
 :class:`vortex.errors.ConfigError` naming the field and the value, so a typo fails at
-construction rather than an hour later in a background thread.  Configs are frozen;
-derive a changed one with :func:`dataclasses.replace` (which validates again).
+construction rather than an hour later in a background thread.  A keyword that is not a
+field (``RuntimeDetectorConfig(windw_size=5)``) raises :class:`vortex.errors.ConfigKeyError`
+naming it and the nearest field; it is a ``ConfigError`` and, as Python's own error for an
+unexpected keyword was, a ``TypeError``.  Configs are frozen; derive a changed one with
+:func:`dataclasses.replace` (which validates again), or build one from parsed JSON/TOML with
+``from_dict``.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any
+import sys
+import threading
+import warnings
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Mapping, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigKeyError
 
 __all__ = [
     "RuntimeDetectorConfig",
@@ -21,6 +29,15 @@ __all__ = [
     "RSIConfig",
 ]
 
+_C = TypeVar("_C", bound="_Config")
+
+_INT64_MAX = 2 ** 63 - 1
+_FLOAT_MAX = sys.float_info.max
+
+MAX_WAIT_SECS = threading.TIMEOUT_MAX
+"""Longest period a background thread can wait for (``threading.TIMEOUT_MAX``); longer
+intervals would make its ``Event.wait`` raise ``OverflowError``."""
+
 
 def _fail(obj: object, name: str, value: Any, why: str) -> None:
     raise ConfigError(f"{type(obj).__name__}.{name}={value!r}: {why}")
@@ -28,13 +45,16 @@ def _fail(obj: object, name: str, value: Any, why: str) -> None:
 
 def _number(obj: object, name: str, *, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
-    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds."""
+    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds.
+
+    Integers must also fit in 64 bits: they reach C code, torch and worker command lines.
+    """
     value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         _fail(obj, name, value, f"must be {'an integer' if integer else 'a number'}")
-    if integer and not isinstance(value, int):
-        _fail(obj, name, value, "must be an integer")
-    if not math.isfinite(value):
+    if integer:
+        hi = _INT64_MAX if hi is None else min(hi, _INT64_MAX)
+    elif not (isinstance(value, float) or -_FLOAT_MAX <= value <= _FLOAT_MAX) or not math.isfinite(value):
         _fail(obj, name, value, "must be finite")
     if lo is not None and (value <= lo if lo_open else value < lo):
         _fail(obj, name, value, f"must be {'>' if lo_open else '>='} {lo}")
@@ -59,8 +79,104 @@ def as_dict(config: object) -> dict[str, Any]:
     return out
 
 
+class _CheckedKeywords(type):
+    """Metaclass of the configs: checks the keywords of a construction against the fields.
+
+    Python itself would raise a ``TypeError`` from the generated ``__init__`` for an unknown
+    keyword, before ``__post_init__`` could say anything; this runs first and raises
+    :class:`ConfigKeyError` naming the keyword and the nearest field. A renamed field's old
+    keyword is translated with a ``DeprecationWarning``. Only a call with positional values or
+    with a keyword that is not a field takes the slow path.
+    """
+
+    def __call__(cls, *args, **kwargs):  # unannotated: type checkers keep the dataclass signature
+        known = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        if args or not kwargs.keys() <= known.keys():
+            kwargs = _checked_keywords(cls, args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+def _checked_keywords(cls: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with renamed fields translated, or ConfigKeyError."""
+    order = [f.name for f in fields(cls)]
+    name = cls.__name__
+    if len(args) > len(order):
+        raise ConfigKeyError(f"{name} takes at most {len(order)} positional values; got "
+                             f"{len(args)} (pass fields by keyword)")
+    out = dict(kwargs)
+    for key in kwargs:
+        if key in cls.__dataclass_fields__:
+            continue
+        if key in cls._renamed:
+            new, why = cls._renamed[key]
+            if new in kwargs:
+                raise ConfigKeyError(f"{name}: {key!r} is the old name of {new!r}; give only {new!r}")
+            warnings.warn(f"{name}.{key} is deprecated: it is now {new!r} ({why})",
+                          DeprecationWarning, stacklevel=3)
+            out[new] = out.pop(key)
+            continue
+        near = difflib.get_close_matches(key, order, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"the fields are {', '.join(order)}"
+        raise ConfigKeyError(f"{name} has no field {key!r}; {hint}")
+    for key in order[:len(args)]:
+        if key in out:
+            raise ConfigKeyError(f"{name}.{key} is given twice: as positional value "
+                                 f"{order.index(key) + 1} and by keyword")
+    return out
+
+
+class _Config(metaclass=_CheckedKeywords):
+    """Base of every ``*Config``: keyword checking, renamed fields and :meth:`from_dict`.
+
+    A subclass passes ``renamed={"old_name": ("new_name", "why")}`` to keep accepting a field's
+    old keyword (and reading its old attribute) with a ``DeprecationWarning``.
+    """
+
+    _renamed: dict[str, tuple[str, str]] = {}
+
+    def __init_subclass__(cls, renamed: Mapping[str, tuple[str, str]] | None = None,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._renamed = dict(renamed or {})
+        for old, (new, _) in cls._renamed.items():
+            setattr(cls, old, property(_deprecated_getter(cls.__name__, old, new),
+                                       doc=f"Deprecated name of :attr:`{new}`."))
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """A config from a mapping of field names to values (parsed JSON or TOML, say).
+
+        Nested configs may be given as mappings, tuples as lists. Unknown keys raise
+        :class:`ConfigKeyError`, bad values :class:`ConfigError`, as the constructor does.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__}.from_dict: needs a mapping of field names to "
+                              f"values, got {data!r}")
+        values = dict(data)
+        for key in values:
+            if not isinstance(key, str):
+                raise ConfigKeyError(f"{cls.__name__}.from_dict: key {key!r} is not a field name")
+        for f in fields(cls):  # type: ignore[arg-type]
+            value = values.get(f.name)
+            nested = f.default_factory if f.default_factory is not MISSING else None
+            if isinstance(value, Mapping) and isinstance(nested, type) and issubclass(nested, _Config):
+                values[f.name] = nested.from_dict(value)
+            elif isinstance(value, list) and isinstance(f.default, tuple):
+                values[f.name] = tuple(value)
+        return cls(**values)
+
+
+def _deprecated_getter(cls_name: str, old: str, new: str) -> Any:
+    def get(self: Any) -> Any:
+        warnings.warn(f"{cls_name}.{old} is deprecated: read {new!r}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(self, new)
+
+    return get
+
+
 @dataclass(frozen=True)
-class RuntimeDetectorConfig:
+class RuntimeDetectorConfig(_Config):
     """Settings of the :class:`vortex.monitor.RuntimeDetector`.
 
     Parameters
@@ -118,7 +234,7 @@ class RuntimeDetectorConfig:
 
     def __post_init__(self) -> None:
         _boolean(self, "enabled", "auto_trigger_rsi", "enable_pattern_recognition")
-        _number(self, "monitor_interval_ms", lo=1, integer=True)
+        _number(self, "monitor_interval_ms", lo=1, hi=MAX_WAIT_SECS * 1000, integer=True)
         _number(self, "window_size", lo=10, hi=1 << 30, integer=True)
         _number(self, "latency_spike_threshold_ms", lo=0, lo_open=True)
         _number(self, "latency_spike_count", lo=1, integer=True)
@@ -137,7 +253,7 @@ class RuntimeDetectorConfig:
 
 
 @dataclass(frozen=True)
-class FluxConfig:
+class FluxConfig(_Config):
     """Parameters of :class:`vortex.training.FluxDynamics` (see DESIGN.md, FluxDynamics).
 
     Parameters
@@ -176,7 +292,11 @@ class FluxConfig:
 
 
 @dataclass(frozen=True)
-class BackgroundTrainingConfig:
+class BackgroundTrainingConfig(_Config, renamed={
+        "watch_regression_threshold": (
+            "watch_regression_margin",
+            "an absolute margin of error rate and confidence, unlike the relative "
+            "RSIConfig.watch_regression_threshold")}):
     """Settings of the :class:`vortex.training.BackgroundTrainingCoordinator`.
 
     Parameters
@@ -216,10 +336,12 @@ class BackgroundTrainingConfig:
         torch intra-op threads per worker process, so the serving process keeps its cores.
     run_timeout_secs
         A run still going after this is killed and recorded as failed.
-    watch_requests, watch_regression_threshold
+    watch_requests, watch_regression_margin
         After an automatic swap, the coordinator compares the new version's live error over
-        ``watch_requests`` requests with the old one's; a regression beyond the threshold
-        (absolute error rate) swaps back.
+        ``watch_requests`` requests with the old one's; an error rate higher by more than this
+        absolute margin (0.05: five percentage points), or a mean confidence lower by more,
+        swaps back. (Formerly ``watch_regression_threshold``, a name that RSIConfig uses for a
+        *relative* threshold; the old keyword still works, with a DeprecationWarning.)
     max_version_age_days
         Cleanup also removes versions older than this many days (never the active one).
     confidence_level
@@ -256,7 +378,7 @@ class BackgroundTrainingConfig:
     worker_threads: int = 1
     run_timeout_secs: float = 600.0
     watch_requests: int = 200
-    watch_regression_threshold: float = 0.05
+    watch_regression_margin: float = 0.05
     max_version_age_days: float | None = None
     confidence_level: float = 0.95
     seed: int = 0
@@ -278,11 +400,11 @@ class BackgroundTrainingConfig:
         _number(self, "min_improvement_threshold", lo=0)
         _number(self, "keep_last_n_versions", lo=1, integer=True)
         _number(self, "world_size", lo=1, integer=True)
-        _number(self, "buffer_capacity", lo=1, integer=True)
+        _number(self, "buffer_capacity", lo=1, hi=1 << 32, integer=True)  # the C++ ring's limit
         _number(self, "worker_threads", lo=1, integer=True)
         _number(self, "run_timeout_secs", lo=0, lo_open=True)
         _number(self, "watch_requests", lo=0, integer=True)
-        _number(self, "watch_regression_threshold", lo=0)
+        _number(self, "watch_regression_margin", lo=0)
         _number(self, "confidence_level", lo=0, hi=1, lo_open=True, hi_open=True)
         if self.task not in ("classification", "regression"):
             _fail(self, "task", self.task, "must be 'classification' or 'regression'")
@@ -298,7 +420,7 @@ class BackgroundTrainingConfig:
 
 
 @dataclass(frozen=True)
-class RSIConfig:
+class RSIConfig(_Config):
     """Settings of the self-modification engine (:class:`vortex.rsi.RSIEngine`).
 
     Parameters
@@ -322,8 +444,9 @@ class RSIConfig:
     cycle_interval_secs
         Period of scheduled cycles.
     watch_requests, watch_regression_threshold
-        After an apply, the addressed metric is watched for this many requests; a relative
-        regression beyond the threshold rolls the proposal back.
+        After an apply, the addressed metric is watched for this many requests; a regression
+        beyond this fraction of its baseline (relative: 0.1 = 10 % worse) rolls the proposal
+        back.
     benchmark_repeats
         Interleaved baseline/candidate benchmark runs per sandbox test.
     confidence_level
@@ -351,7 +474,7 @@ class RSIConfig:
         _number(self, "max_error_rate", lo=0, hi=1)
         _number(self, "max_weaknesses_per_cycle", lo=1, integer=True)
         _number(self, "min_inferences_before_rsi", lo=0, integer=True)
-        _number(self, "cycle_interval_secs", lo=0, lo_open=True)
+        _number(self, "cycle_interval_secs", lo=0, lo_open=True, hi=MAX_WAIT_SECS)
         _number(self, "watch_requests", lo=0, integer=True)
         _number(self, "watch_regression_threshold", lo=0)
         _number(self, "benchmark_repeats", lo=2, integer=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "VortexError",
     "ConfigError",
+    "ConfigKeyError",
     "CorruptFileError",
     "CoreNotBuiltError",
     "SnapshotFormatError",
@@ -42,6 +43,15 @@ class ConfigError(VortexError, ValueError):
     """A configuration value is missing, of the wrong type or out of range.
 
     The message names the field (``RuntimeDetectorConfig.window_size``) and the value.
+    """
+
+
+class ConfigKeyError(ConfigError, TypeError):
+    """A configuration keyword is not a field (``RuntimeDetectorConfig(windw_size=5)``).
+
+    The message names the keyword and the nearest field. It is also a ``TypeError``, the error
+    Python raises for an unexpected keyword argument, so code written against that keeps
+    working.
     """
 
 

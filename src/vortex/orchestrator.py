@@ -32,20 +32,25 @@ import logging
 import math
 import os
 import queue
+import reprlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .config import BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
+from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
+from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
 from ._fast_serving import (build as _build, features_f32 as _features_f32, softmax_top as _softmax_top,
                             softmax_top_tensor as _softmax_top_tensor)
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
 log = logging.getLogger(__name__)
+
+MAX_FEATURE_DIM = 1 << 20
+"""Largest ``feature_dim`` (the sample ring's limit)."""
 
 ModeFn = Callable[[Any, Any], Any]
 """A serving mode: ``fn(model, x_batch) -> logits (classification) or values (regression)``."""
@@ -127,17 +132,40 @@ class _PendingTable:
             for request_id in [k for k in list(items) if k <= newest - self.capacity]:
                 items.pop(request_id, None)
 
-    def pop(self, request_id: int) -> tuple:
-        item = self._items.pop(request_id, None)
+    def peek(self, request_id: int) -> tuple:
+        """The entry of ``request_id``, left in place (so that feedback can check its
+        arguments against it before :meth:`pop` consumes it).
+
+        Raises
+        ------
+        UnknownRequestError
+            No such entry, or it expired (an expired entry is dropped).
+        """
+        item = self._items.get(request_id)
         if item is None:
-            raise UnknownRequestError(
-                f"request_id {request_id!r} is unknown, already answered, or was evicted from the "
-                f"pending table (capacity {self.capacity})")
+            raise self._unknown(request_id)
         if time.perf_counter() - item[7] > self.ttl_secs:
+            self._items.pop(request_id, None)
             raise UnknownRequestError(
                 f"request_id {request_id!r} expired: feedback came more than {self.ttl_secs:g} s "
                 "after the request")
         return item
+
+    def pop(self, request_id: int) -> tuple:
+        """Remove and return the entry of ``request_id`` (consumes it: call :meth:`peek` first).
+
+        Of several threads popping the same id, exactly one gets the entry; the others get
+        :class:`UnknownRequestError`.
+        """
+        item = self._items.pop(request_id, None)
+        if item is None:
+            raise self._unknown(request_id)
+        return item
+
+    def _unknown(self, request_id: int) -> UnknownRequestError:
+        return UnknownRequestError(
+            f"request_id {request_id!r} is unknown, already answered, or was evicted from the "
+            f"pending table (capacity {self.capacity})")
 
     def __len__(self) -> int:
         return len(self._items)
@@ -204,6 +232,54 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default))
 
 
+def _check_arguments(model: Any, home: Any, model_factory: Any, feature_dim: Any, modes: Any, task: Any,
+                     factory_kwargs: Any, pending_capacity: Any, pending_ttl_secs: Any,
+                     cleanup_interval_secs: Any) -> None:
+    """ConfigError naming the first bad :class:`Orchestrator` argument (nothing is created)."""
+
+    def fail(name: str, value: Any, why: str) -> None:
+        raise ConfigError(f"Orchestrator.{name}={value!r}: {why}")
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def seconds(name: str, value: Any, hi: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= hi:
+            fail(name, value, f"must be a number of seconds in (0, {hi:g}]")
+
+    if not (callable(model) and callable(getattr(model, "eval", None))):
+        fail("model", model, "must be a torch.nn.Module (callable, with eval())")
+    if not isinstance(home, (str, os.PathLike)) or not isinstance(os.fspath(home), str) \
+            or not os.fspath(home):
+        fail("home", home, "must be a directory path (str or os.PathLike)")
+    if model_factory is not None and (not isinstance(model_factory, str)
+                                      or ":" not in model_factory):
+        fail("model_factory", model_factory, "must be 'package.module:function' or None")
+    if not integer(feature_dim) or not 1 <= feature_dim <= MAX_FEATURE_DIM:
+        fail("feature_dim", feature_dim, f"must be an integer in 1..{MAX_FEATURE_DIM}")
+    if task not in ("classification", "regression"):
+        fail("task", task, "must be 'classification' or 'regression'")
+    if modes is not None:
+        if not isinstance(modes, Mapping):
+            fail("modes", modes, "must be a mapping of mode names to callables")
+        for name, fn in modes.items():
+            if not isinstance(name, str) or not name:
+                fail("modes", name, "mode names must be non-empty strings")
+            if not callable(fn):
+                fail(f"modes[{name!r}]", fn, "must be callable")
+    if factory_kwargs is not None:
+        if not isinstance(factory_kwargs, Mapping) or not all(isinstance(k, str) for k in factory_kwargs):
+            fail("factory_kwargs", factory_kwargs, "must be a mapping with string keys")
+        try:  # the training workers receive them as JSON
+            json.dumps(dict(factory_kwargs), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            fail("factory_kwargs", factory_kwargs, f"must be JSON-serialisable ({exc})")
+    if not integer(pending_capacity) or pending_capacity < 1:
+        fail("pending_capacity", pending_capacity, "must be an integer >= 1")
+    seconds("pending_ttl_secs", pending_ttl_secs, math.inf)
+    seconds("cleanup_interval_secs", cleanup_interval_secs, MAX_WAIT_SECS)
+
+
 class Orchestrator:
     """Serve a model while Vortex watches, patches and retrains it.
 
@@ -238,17 +314,8 @@ class Orchestrator:
                  task: str = "classification", factory_kwargs: Mapping[str, Any] | None = None,
                  pending_capacity: int = 100_000, pending_ttl_secs: float = 3600.0,
                  cleanup_interval_secs: float = 24 * 3600.0) -> None:
-        if task not in ("classification", "regression"):
-            raise ConfigError(f"Orchestrator.task={task!r}: must be 'classification' or 'regression'")
-        if not isinstance(feature_dim, int) or feature_dim < 1:
-            raise ConfigError(f"Orchestrator.feature_dim={feature_dim!r}: must be a positive integer")
-        if not isinstance(pending_capacity, int) or pending_capacity < 1:
-            raise ConfigError(f"Orchestrator.pending_capacity={pending_capacity!r}: must be >= 1")
-        if not pending_ttl_secs > 0:
-            raise ConfigError(f"Orchestrator.pending_ttl_secs={pending_ttl_secs!r}: must be > 0")
-        if not cleanup_interval_secs > 0:
-            raise ConfigError(
-                f"Orchestrator.cleanup_interval_secs={cleanup_interval_secs!r}: must be > 0")
+        _check_arguments(model, home, model_factory, feature_dim, modes, task, factory_kwargs,
+                         pending_capacity, pending_ttl_secs, cleanup_interval_secs)
         self.cleanup_interval_secs = cleanup_interval_secs
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -257,9 +324,6 @@ class Orchestrator:
         self.model_factory = model_factory
         self.factory_kwargs = dict(factory_kwargs or {})
         self._modes: dict[str, ModeFn] = {"fast": _fast, **(modes or {})}
-        for name, fn in self._modes.items():
-            if not callable(fn):
-                raise ConfigError(f"Orchestrator.modes[{name!r}]={fn!r}: must be callable")
         self._pending = _PendingTable(pending_capacity, pending_ttl_secs)
 
         from .monitor import PerformanceTracker
@@ -402,13 +466,25 @@ class Orchestrator:
         Parameters
         ----------
         x
-            One input of ``feature_dim`` numbers (NumPy array, sequence or torch tensor). A
-            contiguous float32 NumPy array (or a CPU float32 tensor) is used without a copy,
+            One input of ``feature_dim`` real numbers (NumPy array, sequence or torch tensor;
+            bool, integer or float). A contiguous float32 NumPy array is used without a copy,
             and is kept by reference until the request's feedback: do not modify it meanwhile.
+            NaN and infinite features are refused, although a model that imputes could take
+            them: the features become a training sample, and one NaN makes a training run's
+            loss NaN. Impute before calling ``infer``.
         mode
             Name of a serving mode.
+
+        Raises
+        ------
+        ValueError
+            ``x`` has the wrong length, a non-real dtype (complex, string, object) or a
+            non-finite value, or ``mode`` is unknown; nothing is recorded.
         """
-        fn = self._modes.get(mode)
+        try:
+            fn = self._modes.get(mode)
+        except TypeError:  # unhashable
+            fn = None
         if fn is None:
             raise ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
         features = _features_f32(x, self.feature_dim)
@@ -447,12 +523,29 @@ class Orchestrator:
         """``x`` as a validated 1-D float32 array (the general path of :meth:`infer`)."""
         import numpy as np
 
-        features = np.asarray(x, dtype=np.float32).reshape(-1)
-        if features.shape[0] != self.feature_dim:
-            raise ValueError(f"x has {features.shape[0]} features; this model takes {self.feature_dim}")
-        if not np.isfinite(features).all():
-            raise ValueError("x contains NaN or infinite values")
-        return np.ascontiguousarray(features)
+        values = x
+        if isinstance(values, self._tensor_type):
+            if values.is_complex():
+                raise ValueError(f"x has dtype {values.dtype}: features must be real numbers")
+            values = values.detach().to("cpu", self._float32).numpy()
+        try:
+            values = np.asarray(values)
+        except (TypeError, ValueError) as exc:  # ragged nesting, say
+            raise ValueError(f"x={reprlib.repr(x)} cannot be read as an array ({exc})") from None
+        if values.dtype.kind not in "biuf":
+            raise ValueError(f"x={reprlib.repr(x)} has dtype {values.dtype}: features must be "
+                             "real numbers (bool, integer or float)")
+        values = values.reshape(-1)
+        if values.shape[0] != self.feature_dim:
+            raise ValueError(f"x has {values.shape[0]} features; this model takes {self.feature_dim}")
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+            features = np.ascontiguousarray(values, dtype=np.float32)
+        finite = np.isfinite(features)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise ValueError(f"x[{i}]={values[i].item()!r}: features must be finite in float32 "
+                             "(no NaN or inf; impute missing values before infer)")
+        return features
 
     def feedback(self, request_id: int, label: Any, *, episode: int = 0) -> float:
         """Report the ground truth of an earlier request; returns its prediction error.
@@ -461,24 +554,44 @@ class Orchestrator:
         regression) feeds the detector, the sample becomes training data and its flux
         position's outcome feeds the tracker.
 
+        Parameters
+        ----------
+        request_id
+            :attr:`Prediction.request_id` of the request.
+        label
+            Classification: the class index (an integer of any kind, or an integral float such
+            as ``2.0``; never a fraction, a bool or a string). Regression: a finite number.
+        episode
+            Episode id of the sample (the backward flux chain runs within an episode).
+
         Raises
         ------
         UnknownRequestError
             The id is unknown, answered already, evicted or expired.
+        ValueError
+            A bad ``label``, ``episode`` or ``request_id``, naming the value. Nothing is
+            recorded and the request stays pending: a corrected feedback can follow.
         """
-        detector_id, features, probs, output, confidence, _, version, _ = self._pending.pop(request_id)
+        pending = self._pending
+        # Check every argument before the request is consumed: a refused feedback leaves the
+        # request answerable by a corrected one.
+        if type(request_id) is not int:
+            request_id = as_index(request_id, "request_id")
+        detector_id, features, probs, output, confidence, _, version, _ = pending.peek(request_id)
         if self._classification:
-            label = int(label)
-            if not 0 <= label < len(probs):
-                raise ValueError(f"label={label} is not a class of this model (0..{len(probs) - 1})")
+            if type(label) is not int or not 0 <= label < len(probs):
+                label = as_class_label(label, len(probs))
             error = 1.0 - probs[label]
             correct = output == label
         else:
-            label = float(label)
+            label = as_real(label, "label", "must be a finite number")
             if not math.isfinite(label):
-                raise ValueError(f"label={label!r} must be finite")
+                raise ValueError(f"label={label!r}: must be a finite number")
             error = min(1.0, abs(output - label))
             correct = error < 0.5
+        if type(episode) is not int or not INT64_MIN <= episode <= INT64_MAX:
+            episode = as_index(episode, "episode")
+        pending.pop(request_id)  # the one consuming step: a concurrent duplicate fails here
         if detector_id is not None:
             self.detector.record_error(detector_id, error)
         seq = None

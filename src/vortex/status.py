@@ -13,20 +13,24 @@ import os
 from collections import Counter
 from typing import Any
 
+from ._cli_support import command, existing_home
+
 __all__ = ["home_status", "register"]
 
 
 def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything persisted under ``home``, as JSON-ready data.
 
+    Reads only: nothing is created under ``home``.
+
     Raises
     ------
     FileNotFoundError
         ``home`` is not a directory.
+    vortex.errors.CorruptFileError
+        A file under ``home`` is damaged (the error names it).
     """
-    home = os.fspath(home)
-    if not os.path.isdir(home):
-        raise FileNotFoundError(f"no Vortex home at {home!r}")
+    home = existing_home(os.fspath(home))
     out: dict[str, Any] = {"home": os.path.abspath(home)}
 
     models_dir = os.path.join(home, "models")
@@ -45,7 +49,8 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
         from .rsi.audit import AuditLog
         from .rsi.proposal import ProposalStore
 
-        proposals = ProposalStore(home).list()
+        has_proposals = os.path.isdir(os.path.join(home, "rsi", "proposals"))
+        proposals = ProposalStore(home).list() if has_proposals else []
         audit = AuditLog(os.path.join(home, "rsi", "audit.jsonl")).verify()
         out["proposals"] = dict(Counter(p.status.value for p in proposals))
         out["audit"] = {"ok": audit.ok, "entries": audit.entries,
@@ -55,8 +60,7 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
 
     runs_path = os.path.join(home, "runs.json")
     if os.path.exists(runs_path):
-        with open(runs_path, encoding="utf-8") as f:
-            runs = json.load(f)
+        runs = _read_runs(runs_path)
         out["training"] = {"runs": len(runs), "by_status": dict(Counter(r["status"] for r in runs)),
                            "last": runs[-1] if runs else None}
     else:
@@ -70,6 +74,23 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         out["buffered_samples"] = 0
     return out
+
+
+def _read_runs(path: str) -> list[dict[str, Any]]:
+    """The training runs recorded in ``runs.json``: a list of objects with a ``status``."""
+    from .errors import CorruptFileError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            runs = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(path, f"not valid JSON ({exc})",
+                               remedy="it only records past runs; move it aside") from None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("status"), str)
+                                             for r in runs):
+        raise CorruptFileError(path, "not a list of training runs with a status",
+                               remedy="it only records past runs; move it aside")
+    return runs
 
 
 def _text(s: dict[str, Any]) -> str:
@@ -93,10 +114,7 @@ def _text(s: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        status = home_status(args.home)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"vortex status: {exc}") from None
+    status = home_status(args.home)
     print(json.dumps(status, indent=2, default=str) if args.json else _text(status))
     return 0 if status["audit"] is None or status["audit"]["ok"] else 1
 
@@ -105,4 +123,4 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="what a Vortex home directory holds")
     p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=_run)
+    command(p, _run)

@@ -25,6 +25,8 @@ import tomllib
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from ._scalars import as_real
+
 __all__ = ["Tunables", "format_value", "replace_value"]
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,12 @@ class Tunables:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, check_interval: float = 0.25) -> None:
-        if check_interval < 0 or not math.isfinite(check_interval):
-            raise ValueError(f"check_interval={check_interval!r} must be a finite number >= 0")
+        rule = "must be a finite number >= 0"
+        interval = as_real(check_interval, "check_interval", rule)
+        if not (math.isfinite(interval) and interval >= 0):
+            raise ValueError(f"check_interval={check_interval!r}: {rule}")
         self.path = os.fspath(path)
-        self.check_interval = float(check_interval)
+        self.check_interval = interval
         self._lock = threading.Lock()
         self._values: Mapping[str, Any] = MappingProxyType({})
         self._stat: tuple[int, int, int] | None = None

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
+
+from .._cli_support import UsageError, command, non_negative_int
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not args.keep:
+        _check_replaceable(args.home)
     from .run import run_from_args
 
     return run_from_args(args)
+
+
+def _check_replaceable(home: str) -> None:
+    """A fresh run deletes ``--home`` first: refuse unless it is absent, empty, or an earlier
+    demo's (it holds the demo service's copy), so that a mistyped ``--home ~`` deletes nothing."""
+    if not os.path.lexists(home):
+        return
+    if not os.path.isdir(home) or os.path.islink(home):
+        raise UsageError(f"--home {home!r} is not a directory")
+    if os.listdir(home) and not os.path.isdir(os.path.join(home, "service", "digits_service")):
+        raise UsageError(f"--home {home!r} exists and is not an earlier demo's home; the demo "
+                         "would delete it: pick a new directory, or pass --keep")
 
 
 def register(subparsers: Any) -> None:
@@ -26,5 +43,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="a shorter run (used by the tests)")
     p.add_argument("--keep", action="store_true",
                    help="continue from the state in --home instead of starting afresh")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_run)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    command(p, _run)

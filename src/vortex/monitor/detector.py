@@ -29,6 +29,7 @@ from .._native import _core
 from .._fast_metrics import MetricRecorder
 from ..config import RuntimeDetectorConfig
 from ..errors import ConfigError
+from .._scalars import as_index
 from .memory import ProcessMemoryProbe
 from .weaknesses import RSITriggerEvent, Weakness, WeaknessType
 
@@ -467,8 +468,7 @@ class RuntimeDetector(MetricRecorder):
 
     def get_recent_weaknesses(self, n: int = 10) -> list[Weakness]:
         """The ``n`` most recently detected weaknesses, oldest first."""
-        if n < 0:
-            raise ValueError(f"n={n!r}: must be >= 0")
+        n = as_index(n, "n", 0)
         with self._lock:
             return list(self._history)[-n:] if n else []
 

@@ -69,7 +69,10 @@ class PerformanceTracker:
         and nothing is recorded.
         """
         p = None if seq is None else 1 + _check_seq(seq) % 9
-        rec = self._modes.get(mode)
+        try:
+            rec = self._modes.get(mode)
+        except TypeError:  # unhashable: refused by _record_new_mode
+            rec = None
         if rec is not None:
             rec.record_sample(latency_ms, confidence)
         else:
@@ -94,8 +97,11 @@ class PerformanceTracker:
         rec.record_sample(latency_ms, confidence)
 
     def record_outcome(self, seq: int, correct: bool) -> None:
-        """Record whether the inference with sequence number ``seq`` turned out correct."""
+        """Record whether the inference with sequence number ``seq`` turned out correct
+        (``correct`` a bool; anything else raises ``ValueError`` and nothing is recorded)."""
         p = 1 + _check_seq(seq) % 9
+        if not isinstance(correct, bool):
+            correct = _check_flag(correct)
         with self._lock:
             self._position_outcomes[p] += 1
             self._position_successes[p] += bool(correct)
@@ -169,3 +175,10 @@ def _check_seq(seq: int) -> int:
     if isinstance(seq, bool) or value < 0:
         raise ValueError(f"seq={seq!r}: must be an integer >= 0")
     return value
+
+
+def _check_flag(value: Any) -> bool:
+    """A NumPy bool as a bool; ValueError for anything else (a truthy string is no outcome)."""
+    if type(value).__name__ == "bool_":  # numpy.bool_, without importing NumPy here
+        return bool(value)
+    raise ValueError(f"correct={value!r}: must be True or False")

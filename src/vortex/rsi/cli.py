@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any
 
+from .._cli_support import command, directory, existing_home
+
 __all__ = ["register"]
 
 
@@ -23,7 +25,18 @@ def _out(args: argparse.Namespace, obj: Any, text: str) -> None:
 def _audit_verify(args: argparse.Namespace) -> int:
     from .audit import AuditLog
 
-    path = args.log or os.path.join(args.home, "rsi", "audit.jsonl")
+    if args.log:
+        path = args.log
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no audit log at {path!r}")
+    else:
+        rsi_dir = os.path.join(existing_home(args.home), "rsi")
+        path = os.path.join(rsi_dir, "audit.jsonl")
+        if not os.path.isdir(rsi_dir):  # nothing was ever audited here; create nothing
+            _out(args, {"path": path, "ok": True, "entries": 0, "first_bad_line": None,
+                        "reason": "no RSI activity in this home"},
+                 f"{path}: no audit log (no RSI activity in this home)")
+            return 0
     v = AuditLog(path).verify()
     _out(args, {"path": path, "ok": v.ok, "entries": v.entries, "first_bad_line": v.first_bad_line,
                 "reason": v.reason},
@@ -38,84 +51,93 @@ def _summary(p: Any) -> dict[str, Any]:
             "passed": (p.test_result or {}).get("passed")}
 
 
-def _list(args: argparse.Namespace) -> int:
-    from .proposal import ProposalStatus, ProposalStore
+def _store(home: str) -> Any:
+    """The proposal store of an existing home, or None when it never held a proposal (a
+    read-only command then creates nothing)."""
+    from .proposal import ProposalStore
 
-    ps = ProposalStore(args.home).list(ProposalStatus(args.status) if args.status else None)
+    if not os.path.isdir(os.path.join(existing_home(home), "rsi", "proposals")):
+        return None
+    return ProposalStore(home)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .proposal import ProposalStatus
+
+    store = _store(args.home)
+    ps = store.list(ProposalStatus(args.status) if args.status else None) if store else []
     rows = [_summary(p) for p in ps]
     _out(args, rows, "\n".join(f"{r['id']}  {r['status']:<11} {r['risk']:<8} {r['description']}"
                                for r in rows) or "no proposals")
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from .proposal import ProposalStore
+def _get(home: str, proposal_id: str) -> Any:
+    from ..errors import ProposalNotFoundError
 
-    p = ProposalStore(args.home).get(args.id)
+    store = _store(home)
+    if store is None:
+        raise ProposalNotFoundError(f"no proposal with id {proposal_id!r} (no proposals in {home!r})")
+    return store.get(proposal_id)
+
+
+def _show(args: argparse.Namespace) -> int:
+    p = _get(args.home, args.id)
     d = p.to_dict()
     _out(args, d, "\n".join(f"{k}: {v}" for k, v in d.items() if k not in ("diff", "test_result"))
          + f"\ntest_result: {json.dumps(d['test_result'], default=str)}\n\n{p.diff}")
     return 0
 
 
-def _engine(args: argparse.Namespace) -> Any:
+def _act(args: argparse.Namespace) -> int:
     from ..config import RSIConfig
     from .engine import RSIEngine
-    from .proposal import ProposalStore
 
-    p = ProposalStore(args.home).get(args.id)
-    return RSIEngine(args.root or p.target, args.home, RSIConfig())
-
-
-def _act(args: argparse.Namespace) -> int:
-    from ..errors import RSIError
-
-    try:
-        engine = _engine(args)
-        if args.action == "approve":
-            p = engine.approve_proposal(args.id, approver=args.approver)
-        elif args.action == "reject":
-            p = engine.reject_proposal(args.id, args.reason, by=args.approver)
-        else:
-            p = engine.rollback_proposal(args.id, args.reason or "manual rollback", by=args.approver)
-    except (RSIError, ValueError) as exc:
-        _out(args, {"error": type(exc).__name__, "message": str(exc)}, f"error: {exc}")
-        return 1
+    p = _get(args.home, args.id)
+    engine = RSIEngine(args.root or p.target, args.home, RSIConfig())
+    if args.action == "approve":
+        p = engine.approve_proposal(args.id, approver=args.approver)
+    elif args.action == "reject":
+        p = engine.reject_proposal(args.id, args.reason, by=args.approver)
+    else:
+        p = engine.rollback_proposal(args.id, args.reason or "manual rollback", by=args.approver)
     _out(args, _summary(p), f"{p.id}: {p.status.value}")
     return 0
 
 
 def register(subparsers: Any) -> None:
     """Add the ``audit`` and ``proposals`` subcommands to the ``vortex`` parser."""
+    from .proposal import ProposalStatus
+
     audit = subparsers.add_parser("audit", help="audit log tools")
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = asub.add_parser("verify", help="check the audit log's hash chain")
     _home(verify)
     verify.add_argument("--log", help="audit log path (default <home>/rsi/audit.jsonl)")
-    verify.set_defaults(handler=_audit_verify)
+    command(verify, _audit_verify)
 
     props = subparsers.add_parser("proposals", help="list and act on RSI proposals")
     psub = props.add_subparsers(dest="proposals_command", metavar="ACTION", required=True)
     lst = psub.add_parser("list", help="list proposals")
     _home(lst)
-    lst.add_argument("--status", choices=[s for s in ("proposed", "testing", "approved", "applied",
-                                                      "rejected", "rolled_back")])
-    lst.set_defaults(handler=_list)
+    lst.add_argument("--status", choices=[s.value for s in ProposalStatus])
+    command(lst, _list)
     show = psub.add_parser("show", help="one proposal with its diff and test result")
     _home(show)
     show.add_argument("id")
-    show.set_defaults(handler=_show)
+    command(show, _show)
     for action, help_ in (("approve", "approve and apply (tests first if never tested)"),
                           ("reject", "reject; the direction is not proposed again"),
                           ("rollback", "restore the originals of an applied proposal")):
         p = psub.add_parser(action, help=help_)
         _home(p)
         p.add_argument("id")
-        p.add_argument("--root", help="target tree (default: the one recorded in the proposal)")
+        p.add_argument("--root", type=directory,
+                       help="target tree (default: the one recorded in the proposal)")
         p.add_argument("--by", dest="approver", default=os.environ.get("USER", "cli"),
                        help="who does it (recorded in the audit log)")
         p.add_argument("--reason", default="")
-        p.set_defaults(handler=_act, action=action)
+        command(p, _act, action=action)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ..config import RSIConfig
-from ..errors import PatchError, ProposalStateError, RSIError, SandboxError, TreeChangedError
+from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, SandboxError,
+                      TreeChangedError)
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
 from .._io import owner_alive, owner_token
@@ -203,6 +204,8 @@ class RSIEngine:
                  sandbox_dir: str | None = None,
                  max_test_attempts: int = 3,
                  retry_backoff_secs: float = 60.0) -> None:
+        if config is not None and not isinstance(config, RSIConfig):
+            raise ConfigError(f"RSIEngine(config={config!r}): must be an RSIConfig")
         if isinstance(max_test_attempts, bool) or not isinstance(max_test_attempts, int) or max_test_attempts < 1:
             raise ValueError(f"max_test_attempts={max_test_attempts!r} must be an integer >= 1")
         if isinstance(retry_backoff_secs, bool) or not isinstance(retry_backoff_secs, (int, float)) \

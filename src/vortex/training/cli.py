@@ -21,18 +21,23 @@ import datetime as _dt
 import json
 import math
 import os
-import sys
 from typing import Any
+
+from .._cli_support import (command, existing_dir, existing_home, non_negative_int, point_in_time,
+                            positive_float, positive_int)
 
 __all__ = ["register"]
 
 
 def _registry(args: argparse.Namespace):
+    """The registry the command names; it must exist (no command here creates one)."""
     from .registry import ModelRegistry
 
-    root = args.registry or os.path.join(args.home, "models")
-    if not os.path.isdir(root):
-        raise SystemExit(f"vortex models: no registry at {root} (use --home or --registry)")
+    if args.registry:
+        root = existing_dir(args.registry, "model registry")
+    else:
+        root = existing_dir(os.path.join(existing_home(args.home), "models"),
+                            "model registry")
     return ModelRegistry(root)
 
 
@@ -87,28 +92,16 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _at(args: argparse.Namespace) -> int:
-    try:
-        t = float(args.time)
-    except ValueError:
-        when = _dt.datetime.fromisoformat(args.time)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.timezone.utc)
-        t = when.timestamp()
+    t = args.time
     v = _registry(args).version_at(t)
     _print(args, {"time": t, "version": v}, f"version serving at {_iso(t)}: {_fmt(v)}")
     return 0
 
 
 def _swap(args: argparse.Namespace) -> int:
-    from ..errors import RegistryError
-
     reg = _registry(args)
-    try:
-        previous = reg.active_version
-        reg.set_active(args.target_version, args.reason)
-    except RegistryError as exc:
-        print(f"vortex models swap: {exc}", file=sys.stderr)
-        return 1
+    previous = reg.active_version
+    reg.set_active(args.target_version, args.reason)
     _print(args, {"from_version": previous, "to_version": args.target_version, "reason": args.reason},
            f"active version: {previous} -> {args.target_version} ({args.reason})")
     return 0
@@ -144,17 +137,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--registry", default=None, help="registry directory (overrides --home)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="versions, metrics and the recent serving log").set_defaults(handler=_list)
-    sub.add_parser("log", help="the whole serving log").set_defaults(handler=_log)
+    command(sub.add_parser("list", help="versions, metrics and the recent serving log"), _list)
+    command(sub.add_parser("log", help="the whole serving log"), _log)
     at = sub.add_parser("at", help="which version served at a time (ISO 8601 UTC or unix seconds)")
-    at.add_argument("time")
-    at.set_defaults(handler=_at)
+    at.add_argument("time", type=point_in_time)
+    command(at, _at)
     swap = sub.add_parser("swap", help="make a version the active one (roll back or forward)")
-    swap.add_argument("target_version", type=int, metavar="VERSION")  # "version" is vortex --version
+    # "version" would clash with vortex --version
+    swap.add_argument("target_version", type=positive_int, metavar="VERSION")
     swap.add_argument("--reason", default="manual (vortex models swap)")
-    swap.set_defaults(handler=_swap)
+    command(swap, _swap)
     clean = sub.add_parser("cleanup", help="remove old versions (never the active one)")
-    clean.add_argument("--keep", type=int, default=5, help="keep this many newest versions")
-    clean.add_argument("--max-age-days", type=float, default=None)
-    clean.set_defaults(handler=_cleanup)
-    sub.add_parser("verify", help="check every version's sha256").set_defaults(handler=_verify)
+    clean.add_argument("--keep", type=non_negative_int, default=5,
+                       help="keep this many newest versions")
+    clean.add_argument("--max-age-days", type=positive_float, default=None)
+    command(clean, _cleanup)
+    command(sub.add_parser("verify", help="check every version's sha256"), _verify)

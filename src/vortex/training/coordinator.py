@@ -8,7 +8,7 @@ improvement exceeds ``min_improvement_threshold`` with a confidence interval abo
 
 After an automatic swap the coordinator watches ``watch_requests`` live observations of the
 new version (:meth:`BackgroundTrainingCoordinator.observe_live`); if its live error is worse
-than the old version's by more than ``watch_regression_threshold`` (or its mean confidence
+than the old version's by more than ``watch_regression_margin`` (or its mean confidence
 lower by more than that), it swaps back and records the rollback in the serving log.
 """
 
@@ -685,7 +685,7 @@ class BackgroundTrainingCoordinator:
         misclassification, or absolute error), ``confidence`` the model's confidence.  Feeds
         the post-swap watch: after ``watch_requests`` observations of a freshly auto-swapped
         version, a mean error above the old version's by more than
-        ``watch_regression_threshold`` swaps the old version back and records the rollback in
+        ``watch_regression_margin`` swaps the old version back and records the rollback in
         the registry's serving log. So does a mean confidence below the old version's by more
         than the threshold, unless the live error improved: the error is the ground truth, and a
         more accurate model that is less confident is better calibrated, not worse.
@@ -708,7 +708,7 @@ class BackgroundTrainingCoordinator:
                     self._watch = None
                     err = sum(w.errors) / len(w.errors)
                     conf = sum(w.confidences) / len(w.confidences) if w.confidences else math.nan
-                    thr = self.config.watch_regression_threshold
+                    thr = self.config.watch_regression_margin
                     if err - w.baseline_error > thr:
                         rollback = (w, f"live error {err:.4f} vs {w.baseline_error:.4f}")
                     elif not math.isnan(conf) and not math.isnan(w.baseline_confidence) \

@@ -94,6 +94,35 @@ def _log_entry(entries: list[dict[str, Any]], version: int, reason: str,
             "to_version": version, "reason": reason}
 
 
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``register``'s metadata with each value checked against its column's type (ValueError
+    naming the column and the value)."""
+    from .._scalars import as_index, as_real
+
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ValueError(f"metadata={metadata!r}: must be a mapping of column names to values")
+    meta = dict(metadata or {})
+    unknown = set(meta) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown metadata columns {sorted(unknown)}; known: {COLUMNS}")
+    for key, value in meta.items():
+        name = f"metadata[{key!r}]"
+        if key in ("version", "sha256"):
+            raise ValueError(f"{name} is set by the registry, got {value!r}")
+        if value is None:
+            continue
+        if key in ("parent", "samples", "epochs"):
+            meta[key] = as_index(value, name, 0)
+        elif key in ("trigger", "status"):
+            if not isinstance(value, str):
+                raise ValueError(f"{name}={value!r}: must be a string")
+        else:  # float columns; a non-finite metric is stored as null, a time must be finite
+            meta[key] = as_real(value, name)
+            if key == "created_at" and not math.isfinite(meta[key]):
+                raise ValueError(f"{name}={value!r}: must be a finite unix time")
+    return meta
+
+
 def _log_line(entry: Mapping[str, Any]) -> bytes:
     return (json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
@@ -389,13 +418,7 @@ class ModelRegistry:
             ``ci_high``, ``status``); missing ones are null.  ``version``, ``created_at`` and
             ``sha256`` are set by the registry.
         """
-        meta = dict(metadata or {})
-        unknown = set(meta) - set(COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown metadata columns {sorted(unknown)}; known: {COLUMNS}")
-        for key in ("version", "sha256"):
-            if key in meta:
-                raise ValueError(f"metadata[{key!r}] is set by the registry, got {meta[key]!r}")
+        meta = _checked_metadata(metadata)  # before anything is written: a refusal leaves no file
         status = meta.get("status", "candidate")
         if status not in ("candidate", "rejected"):
             raise ValueError(f"metadata['status']={status!r}: must be 'candidate' or 'rejected' "

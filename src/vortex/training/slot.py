@@ -37,6 +37,8 @@ def prepare_model(model: Any, example: Any = None, warmup_runs: int = 2) -> Any:
     """
     import torch
 
+    if not (callable(model) and callable(getattr(model, "eval", None))):
+        raise ValueError(f"model={model!r}: must be a torch.nn.Module (callable, with eval())")
     model.eval()
     if example is not None:
         try:
@@ -63,6 +65,7 @@ class ModelSlot:
     """
 
     def __init__(self, model: Any, version: int | None = None, example: Any = None) -> None:
+        version = _checked_version(version)
         self._example = example
         self._swap_lock = threading.Lock()
         self.swaps = 0
@@ -90,6 +93,7 @@ class ModelSlot:
         new one.  If preparation fails, :class:`ModelSwapError` is raised and the old model
         keeps serving.
         """
+        version = _checked_version(version)
         if not prepared:
             prepare_model(model, self._example)
         with self._swap_lock:
@@ -99,3 +103,12 @@ class ModelSlot:
             self.swapped_at = time.time()
         log.info("model slot: version %s -> %s", old.version, version)
         return old
+
+
+def _checked_version(version: Any) -> int | None:
+    """A version number (an integer >= 0) or None; ValueError naming anything else."""
+    if version is None:
+        return None
+    from .._scalars import as_index
+
+    return as_index(version, "version", 0)

@@ -1,0 +1,151 @@
+"""What every ``vortex`` command shares: one-line errors, exit statuses, checked arguments.
+
+A command's error is one line on stderr, ``<command>: error: <message naming the bad value>``
+(with ``--json``, also ``{"error": ..., "message": ...}`` on stdout), and its exit status says
+whose it is:
+
+* **2, usage**: a bad argument value. argparse's own errors, the argument types below, and
+  :class:`UsageError` raised by a handler.
+* **1, state**: the command was fine but what it found was not: no home, a corrupt file, a
+  proposal or version that does not exist, a state that forbids the operation. Any
+  :class:`vortex.errors.VortexError`, ``OSError`` or other ``ValueError`` out of a handler.
+
+Anything else escaping a handler is a bug in Vortex and keeps its traceback.
+
+Read-only commands never create anything: they call :func:`existing_home` (and
+:func:`existing_dir` for what they read below it) before opening a store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+from typing import Any, Callable, NoReturn
+
+from .errors import VortexError
+
+__all__ = [
+    "USAGE", "STATE", "UsageError", "Parser", "command", "run_command", "existing_home",
+    "existing_dir", "non_negative_int", "positive_int", "positive_float", "point_in_time",
+    "directory",
+]
+
+USAGE = 2
+STATE = 1
+
+Handler = Callable[[argparse.Namespace], "int | None"]
+
+
+class UsageError(Exception):
+    """A bad command-line value found by a handler (exit status 2); the message names it."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def command(parser: argparse.ArgumentParser, handler: Handler, **defaults: Any) -> None:
+    """Make ``parser`` (a leaf subcommand) run ``handler`` through :func:`run_command`."""
+    parser.set_defaults(handler=handler, command_name=parser.prog, **defaults)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.handler(args)``; turn a usage or state error into one line and its status."""
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        return _fail(args, exc, USAGE)
+    except (VortexError, ValueError, OSError) as exc:
+        return _fail(args, exc, STATE)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, status: int) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever it held
+    if getattr(args, "json", False):
+        print(json.dumps({"error": type(exc).__name__, "message": message}))
+    print(f"{getattr(args, 'command_name', 'vortex')}: error: {message}", file=sys.stderr)
+    return status
+
+
+def existing_home(path: str) -> str:
+    """``path`` if it is a directory; else FileNotFoundError "no Vortex home at '<path>'"."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no Vortex home at {path!r}")
+    return path
+
+
+def existing_dir(path: str, what: str) -> str:
+    """``path`` if it is a directory; else FileNotFoundError naming ``what`` and the path."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no {what} at {path!r}")
+    return path
+
+
+# -- argument types: argparse reports their ArgumentTypeError as a usage error (exit 2) --------
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= {lo}")
+        return value
+
+    parse.__doc__ = f"An integer >= {lo}."
+    return parse
+
+
+non_negative_int = _int_at_least(0)
+positive_int = _int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
+def point_in_time(text: str) -> float:
+    """Unix seconds, or an ISO 8601 time (UTC unless it names its zone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither unix seconds nor an ISO 8601 time such as "
+                "2026-11-25T03:00") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return when.timestamp()
+    try:  # the times the output can print
+        _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a representable time") from None
+    return value
+
+
+def directory(text: str) -> str:
+    """An existing directory."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return text
