@@ -18,6 +18,7 @@ not be believed when damaged are written with :func:`checked_json_bytes` and rea
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -221,17 +222,26 @@ class FileLock:
         self._thread_lock.release()
 
 
-def remove_temp_files(directory: str | os.PathLike, target: str = "") -> list[str]:
+def remove_temp_files(directory: str | os.PathLike, target: str = "", *,
+                      lock: FileLock | None = None) -> list[str]:
     """Delete the temporary files of killed atomic writes in ``directory`` whose destination's
     name starts with ``target``; returns their names.
 
-    Only call it while holding the lock every writer of those destinations holds: then no
+    Call it holding the lock every writer of those destinations holds, or pass that ``lock``
+    (taken only when there is a candidate, so a clean directory gets no lock file): then no
     write is in flight and each such file is an orphan.
     """
     prefix = f"{_TEMP_PREFIX}{target}"
+
+    def candidates() -> list[str]:
+        names = os.listdir(directory) if os.path.isdir(directory) else ()
+        return [n for n in names if is_temp_name(n) and n.startswith(prefix)]
+
+    if not candidates():
+        return []
     removed = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        if is_temp_name(name) and name.startswith(prefix):
+    with lock if lock is not None else contextlib.nullcontext():
+        for name in candidates():
             try:
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)

@@ -223,8 +223,7 @@ class ProposalStore:
         self._cache: dict[str, ImprovementProposal] = {}
         self._keys: dict[str, FileKey] = {}  # file name -> key when last read or written
         self._corrupt: dict[str, ProposalCorruptError] = {}  # file name -> why
-        with self._write_lock:  # no write in flight: temp files here are orphans
-            self.removed_temp_files = remove_temp_files(self.dir)
+        self.removed_temp_files = remove_temp_files(self.dir, lock=self._write_lock)
         self.refresh()
 
     def _path(self, proposal_id: str) -> str:

@@ -74,8 +74,8 @@ class OutcomeMemory:
         self._file_lock = FileLock(path + ".lock")
         self._blocked: set[tuple[str, str, str]] = set()
         self._key: FileKey | None = None
-        with self._file_lock:  # every writer holds it: temp files found now are orphans
-            remove_temp_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+        remove_temp_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path),
+                          lock=self._file_lock)
         self._refresh()
 
     def _read(self) -> set[tuple[str, str, str]]:
