@@ -1,6 +1,5 @@
 """The engine on a copy of the sample service: cycles, approval, rollback, watch, restart."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -28,10 +28,8 @@ files a person must check) until that file is deleted. :meth:`Applier.rollback` 
 from __future__ import annotations
 
 import base64
-import binascii
 import errno
 import hashlib
-import json
 import logging
 import os
 import re
@@ -121,6 +119,8 @@ class _Tree:
         self.root = root
 
     def _dir(self, rel: str, *, create: bool = False) -> tuple[int, str]:
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            raise PatchError(f"{rel!r} is not a plain path below the tree's root")
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             head, _, name = rel.rpartition("/")
@@ -207,7 +207,7 @@ def _file_entries(files: list[dict[str, Any]], path: str, error: type, remedy: s
             mode = f["mode"]
             if not isinstance(rel, str) or not isinstance(mode, int):
                 raise TypeError("path must be a string and mode an integer")
-        except (KeyError, TypeError, binascii.Error, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # (a bad base64 is a ValueError)
             raise error(path, f"file entry {i} is malformed ({exc!r})", remedy=remedy) from None
         out.append({"path": rel, "mode": mode, **decoded})
     return out

@@ -203,9 +203,7 @@ class AuditLog:
             fh.seek(size - block)
             chunk = fh.read(block)
             nl = chunk.rfind(b"\n")
-            if nl >= 0 and (chunk.rfind(b"\n", 0, nl) >= 0 or block == size):
-                break
-            if block == size:
+            if block == size or (nl >= 0 and chunk.rfind(b"\n", 0, nl) >= 0):
                 break
             block = min(size, block * 2)
         if nl < 0:

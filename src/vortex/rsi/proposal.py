@@ -235,19 +235,20 @@ class ProposalStore:
         key = file_key(path)  # before reading: a change after it shows as a new key next time
         if self._keys.get(name) == key:
             return
-        pid = name[:-5]
-        self._keys[name] = key
-        self._corrupt.pop(name, None)
+        pid = name[:-len(".json")]
         try:
             fresh = _load(path)
         except FileNotFoundError:
             self._keys.pop(name, None)
+            self._corrupt.pop(name, None)
             self._cache.pop(pid, None)
             return
         except ProposalCorruptError as exc:
-            self._corrupt[name] = exc
+            self._keys[name], self._corrupt[name] = key, exc
             self._cache.pop(pid, None)
             return
+        self._keys[name] = key
+        self._corrupt.pop(name, None)
         cached = self._cache.get(pid)
         if cached is None:
             self._cache[pid] = fresh
@@ -336,22 +337,21 @@ class ProposalStore:
             self._read_if_changed(name)
             if name in self._corrupt:
                 raise self._corrupt[name]
-            cached = self._cache.get(p.id)
-            if cached is not None and cached is not p:  # a copy from elsewhere: adopt the file's
-                p.__dict__.update(cached.__dict__)
-            if allowed_from is not None and p.status not in set(allowed_from):
-                raise ProposalStateError(f"proposal {p.id} is {p.status.value}; cannot become "
-                                         f"{status.value} from that state")
-            if status not in _NEXT[p.status]:
-                raise ProposalStateError(
-                    f"proposal {p.id} is {p.status.value}; cannot become {status.value}")
-            for k, v in (changes or {}).items():
-                if k not in p.__dict__ or k in ("id", "status", "history"):
-                    raise ValueError(f"changes key {k!r} is not a settable proposal field")
-                setattr(p, k, v)
-            p.status = status
-            p.history.append([time.time(), status.value, note])
-            self._write(p)
-            if cached is not None and cached is not p:
-                cached.__dict__.update(p.__dict__)
-                self._cache[p.id] = cached
+            target = self._cache.get(p.id, p)  # the store's object, as the file is now
+            try:
+                if allowed_from is not None and target.status not in set(allowed_from):
+                    raise ProposalStateError(f"proposal {p.id} is {target.status.value}; cannot "
+                                             f"become {status.value} from that state")
+                if status not in _NEXT[target.status]:
+                    raise ProposalStateError(
+                        f"proposal {p.id} is {target.status.value}; cannot become {status.value}")
+                for k in changes or {}:
+                    if k not in target.__dict__ or k in ("id", "status", "history"):
+                        raise ValueError(f"changes key {k!r} is not a settable proposal field")
+                target.__dict__.update(changes or {})
+                target.status = status
+                target.history.append([time.time(), status.value, note])
+                self._write(target)
+            finally:
+                if target is not p:  # a copy read elsewhere follows the file too
+                    p.__dict__.update(target.__dict__)
