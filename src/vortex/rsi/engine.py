@@ -474,9 +474,9 @@ class RSIEngine:
                     self.audit.append("apply_failed", id=p.id, error=repr(exc))
                     raise
                 record = {"summary": f"completed by journal replay after {exc!r}"}
+            self._reload_tunables()  # first: whoever sees "applied" sees the new values
             self.store.transition(p, ProposalStatus.APPLIED, "applied")
             self.audit.append("proposal_applied", id=p.id, files=record["summary"])
-        self._reload_tunables()
         self._start_watch(p)
         if self.on_applied is not None:
             try:
@@ -518,11 +518,11 @@ class RSIEngine:
                 if self.applier.is_applied(p.id):
                     raise
                 files = ["(completed by journal replay)"]
+            self._reload_tunables()
             self.store.transition(p, ProposalStatus.ROLLED_BACK, reason,
                                   allowed_from={ProposalStatus.APPLIED})
             self._remember_failure(p)
             self.audit.append("proposal_rolled_back", id=p.id, by=by, reason=reason, files=files)
-        self._reload_tunables()
         with self._watch_lock:
             if self._watch is not None and self._watch.proposal_id == p.id:
                 self._watch = None
