@@ -2,6 +2,7 @@
 
 * serving p99 while a background run trains vs idle p99 (goal <= 1.5x)
 * 100 swaps while 4 threads serve: zero failed requests, p99 during swaps vs steady (<= 1.2x)
+* buffer saves (10,000 x 64 samples, 4/s) while 4 threads serve: p99 vs steady (<= 1.2x)
 * worker training throughput vs a plain single-process torch loop (goal >= 90 %)
 * fixed cost of one run: snapshot, worker start, load, save, validate (goal <= 3 s)
 
@@ -134,6 +135,41 @@ def test_serving_p99_during_training(benchmark, tmp_path, request):
     _report(benchmark, "serving p99 during training", info)
 
 
+def _phased(serve_step, pairs, phase_secs, busy_phase):
+    """Latencies (ns) of 4 threads calling ``serve_step`` throughout, counted in the phase each
+    request started in: "steady" and "busy" phases alternate (order flipped every pair) while
+    the calling thread runs ``busy_phase(seconds)`` during the busy ones."""
+    phase = ["warm-up"]
+    stop = threading.Event()
+    lats = [{"warm-up": [], "steady": [], "busy": []} for _ in range(4)]
+
+    def server(lat):
+        while not stop.is_set():
+            counted_in = phase[0]
+            t = time.perf_counter_ns()
+            serve_step()
+            lat[counted_in].append(time.perf_counter_ns() - t)
+
+    threads = [threading.Thread(target=server, args=(lat,)) for lat in lats]
+    for t in threads:
+        t.start()
+    busy = 0.0
+    try:
+        time.sleep(phase_secs)
+        for p in range(pairs):
+            for name in (("steady", "busy") if p % 2 == 0 else ("busy", "steady")):
+                phase[0] = name
+                t0 = time.perf_counter()
+                if name == "busy":
+                    busy += busy_phase(phase_secs)
+                time.sleep(max(0.0, t0 + phase_secs - time.perf_counter()))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return [x for lat in lats for x in lat["steady"]], [x for lat in lats for x in lat["busy"]], busy
+
+
 def test_swaps_while_serving(benchmark, tmp_path, request):
     """4 serving threads; 100 swaps between two versions vs steady serving.
 
@@ -157,53 +193,30 @@ def test_swaps_while_serving(benchmark, tmp_path, request):
         with torch.inference_mode():
             refs[v] = m.eval()(probe)
     failures: list[str] = []
-    phase = ["warm-up"]  # the phase requests starting now are counted in
-    stop = threading.Event()
 
-    def server(lat: dict[str, list[int]]):
-        while not stop.is_set():
-            counted_in = phase[0]
-            t = time.perf_counter_ns()
-            try:
-                version, model = c.slot.get()
-                with torch.inference_mode():
-                    y = model(probe)
-                if not torch.allclose(y, refs[version]):
-                    failures.append(f"version {version} answered with another model's output")
-            except Exception as exc:  # a failed request
-                failures.append(repr(exc))
-            lat[counted_in].append(time.perf_counter_ns() - t)
+    def serve_step():
+        try:
+            version, model = c.slot.get()
+            with torch.inference_mode():
+                y = model(probe)
+            if not torch.allclose(y, refs[version]):
+                failures.append(f"version {version} answered with another model's output")
+        except Exception as exc:  # a failed request
+            failures.append(repr(exc))
 
-    def run_phase(name: str, count: int) -> float:
-        phase[0] = name
+    def swapping(secs: float) -> float:
         t0 = time.perf_counter()
         busy = 0.0
+        count = swaps // pairs
         for i in range(count):  # swaps evenly spread over the phase
             s0 = time.perf_counter()
             c.swap_to_version(1 if c.current_model_version() != 1 else v_new, reason="bench")
             busy += time.perf_counter() - s0
-            time.sleep(max(0.0, t0 + (i + 1) * phase_secs / count - time.perf_counter()))
-        time.sleep(max(0.0, t0 + phase_secs - time.perf_counter()))
+            time.sleep(max(0.0, t0 + (i + 1) * secs / count - time.perf_counter()))
         return busy
 
-    def measure():
-        lats = [{"warm-up": [], "steady": [], "swaps": []} for _ in range(4)]
-        threads = [threading.Thread(target=server, args=(lat,)) for lat in lats]
-        for t in threads:
-            t.start()
-        secs = 0.0
-        try:
-            time.sleep(phase_secs)
-            for p in range(pairs):
-                for name in (("steady", "swaps") if p % 2 == 0 else ("swaps", "steady")):
-                    secs += run_phase(name, swaps // pairs if name == "swaps" else 0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        return [x for lat in lats for x in lat["steady"]], [x for lat in lats for x in lat["swaps"]], secs
-
-    steady, during, secs = benchmark.pedantic(measure, rounds=1, iterations=1)
+    steady, during, secs = benchmark.pedantic(lambda: _phased(serve_step, pairs, phase_secs, swapping),
+                                              rounds=1, iterations=1)
     assert not failures, failures[:3]
     assert sum(e["reason"] == "bench" for e in c.registry.serving_log()) == swaps
     info = {"swaps": swaps, "swaps_per_s": swaps / (pairs * phase_secs), "swap_ms": 1e3 * secs / swaps,
@@ -211,6 +224,40 @@ def test_swaps_while_serving(benchmark, tmp_path, request):
             "requests_during_swaps": len(during), "steady_p99_us": _p99(steady),
             "swaps_p99_us": _p99(during), "ratio": _p99(during) / _p99(steady), "goal": "<= 1.2"}
     _report(benchmark, "100 swaps while 4 threads serve", info)
+
+
+def test_buffer_saves_while_serving(benchmark, tmp_path, request):
+    """4 serving threads (model call + feedback push); the full buffer (10,000 x 64) saved
+    during "saving" phases vs steady ones, interleaved, one save per 0.25 s phase (20x the
+    default rate of one every 5 s)."""
+    benchmark.group = "training: buffer saves while 4 threads serve"
+    benchmark.extra_info["subject"] = "vortex"
+    pairs, phase_secs = (4, 0.05) if _quick(request) else (20, 0.25)
+    torch.set_num_threads(1)
+    c = _coordinator(tmp_path, 10_000, enabled=False)
+    probe = torch.from_numpy(_data(1, 2)[0])
+    row = _data(1, 3)[0][0]
+    saves = [0]
+
+    def serve_step():
+        _, model = c.slot.get()
+        with torch.inference_mode():
+            model(probe)
+        c.add_sample(row, 1, confidence=0.5)  # the feedback path: every save has news to write
+
+    def saving(secs):
+        s0 = time.perf_counter()
+        assert c.persist_buffer()
+        saves[0] += 1
+        return time.perf_counter() - s0
+
+    steady, during, secs = benchmark.pedantic(lambda: _phased(serve_step, pairs, phase_secs, saving),
+                                              rounds=1, iterations=1)
+    assert c.stats().background_errors == 0 and os.path.exists(c.buffer_path)
+    info = {"saves": saves[0], "save_ms": 1e3 * secs / max(1, saves[0]),
+            "requests_during_saves": len(during), "steady_p99_us": _p99(steady),
+            "saves_p99_us": _p99(during), "ratio": _p99(during) / _p99(steady), "goal": "<= 1.2"}
+    _report(benchmark, "buffer saves while 4 threads serve", info)
 
 
 def _plain_loop(x, y, epochs, batch_size, lr, seed):

@@ -2,11 +2,13 @@
 // record to a log under a lock.
 //
 // Replacement follows the same protocol as src/vortex/_io.py: a temporary file
-// ".vtx-<name>.XXXXXX.tmp" in the destination's directory, fully written and fsynced, renamed
-// over the destination, then the directory fsynced. Doing all of it in one native call lets
-// the binding release the GIL once instead of around each of the half-dozen syscalls: on a busy
-// multi-threaded server every GIL re-acquisition is a forced hand-over that delays a request
-// thread.
+// ".vtx-<name>.<pid>-XXXXXX.tmp" in the destination's directory, flock'ed by its writer for its
+// whole life, fully written and fsynced, renamed over the destination, then the directory
+// fsynced. The pid and the lock let a later process tell the temporary file of a killed writer
+// (removable) from one a live writer is filling (see remove_orphan_temps in _io.py). Doing all
+// of it in one native call lets the binding release the GIL once instead of around each of the
+// half-dozen syscalls: on a busy multi-threaded server every GIL re-acquisition is a forced
+// hand-over that delays a request thread.
 #pragma once
 
 #include <cerrno>
@@ -23,14 +25,20 @@
 
 namespace vortex {
 
+// A piece of the new contents: the file is the concatenation of the chunks, in order.
+struct Chunk {
+    const char* data;
+    std::size_t size;
+};
+
 // Returns 0 on success, else the errno of the first failing step (the temporary file is
 // removed and the destination left untouched). `mode` < 0 keeps mkstemp's 0600.
-inline int write_file_atomic(const std::string& path, const char* data, std::size_t n,
+inline int write_file_atomic(const std::string& path, const std::vector<Chunk>& chunks,
                              int mode) noexcept {
     const std::size_t slash = path.rfind('/');
     const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
     const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-    std::string tmpl = dir + "/.vtx-" + name + ".XXXXXX.tmp";
+    std::string tmpl = dir + "/.vtx-" + name + "." + std::to_string(::getpid()) + "-XXXXXX.tmp";
     std::vector<char> buf(tmpl.begin(), tmpl.end());
     buf.push_back('\0');
     const int fd = mkstemps(buf.data(), 4);
@@ -41,26 +49,25 @@ inline int write_file_atomic(const std::string& path, const char* data, std::siz
         ::unlink(tmp.c_str());
         return err;
     };
-    for (std::size_t done = 0; done < n;) {
-        const ssize_t w = ::write(fd, data + done, n - done);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return fail(errno);
+    // Held until close: marks the file as a live writer's (released by the kernel on a kill).
+    while (::flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) return fail(errno);
+    }
+    for (const Chunk& chunk : chunks) {
+        for (std::size_t done = 0; done < chunk.size;) {
+            const ssize_t w = ::write(fd, chunk.data + done, chunk.size - done);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                return fail(errno);
+            }
+            done += static_cast<std::size_t>(w);
         }
-        done += static_cast<std::size_t>(w);
     }
     if (::fsync(fd) != 0) return fail(errno);
     if (mode >= 0 && ::fchmod(fd, static_cast<mode_t>(mode)) != 0) return fail(errno);
-    if (::close(fd) != 0) {
-        const int err = errno;
-        ::unlink(tmp.c_str());
-        return err;
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        ::unlink(tmp.c_str());
-        return err;
-    }
+    // Renamed while still open (and locked), so the temporary name never exists unlocked.
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return fail(errno);
+    if (::close(fd) != 0) return errno;
     const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
     if (dfd < 0) return errno;
     const int rc = ::fsync(dfd) == 0 ? 0 : errno;

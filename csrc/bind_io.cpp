@@ -1,6 +1,7 @@
 // Binding of csrc/atomic_file.hpp.
 #include "pybind11.hpp"
 
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -26,15 +27,30 @@ std::pair<const char*, std::size_t> bytes_view(const py::bytes& data) {
 void bind_io(py::module_& m) {
     m.def(
         "write_file_atomic",
-        [](const std::string& path, const py::bytes& data, int mode) {
-            const auto [ptr, n] = bytes_view(data);
-            // Safe without the GIL: `data` is an immutable bytes object the caller holds a
-            // reference to for the whole call, and the C++ side touches no Python object.
-            py::gil_scoped_release release;
-            return vortex::write_file_atomic(path, ptr, n, mode);
+        [](const std::string& path, const std::vector<py::buffer>& pieces, int mode) {
+            std::vector<py::buffer_info> views;  // keep the exported buffers alive and pinned
+            views.reserve(pieces.size());
+            std::vector<vortex::Chunk> chunks;
+            chunks.reserve(pieces.size());
+            for (const py::buffer& piece : pieces) {
+                views.push_back(piece.request());
+                const py::buffer_info& v = views.back();
+                if (!PyBuffer_IsContiguous(v.view(), 'C'))
+                    throw std::invalid_argument("write_file_atomic: every piece must be a contiguous buffer");
+                chunks.push_back({static_cast<const char*>(v.ptr), static_cast<std::size_t>(v.size * v.itemsize)});
+            }
+            int rc;
+            {
+                // Safe without the GIL: each piece is an exported buffer held by `views` (its
+                // owner cannot resize or free it) and the C++ side touches no Python object.
+                py::gil_scoped_release release;
+                rc = vortex::write_file_atomic(path, chunks, mode);
+            }
+            return rc;  // `views` released here, with the GIL held again
         },
-        py::arg("path"), py::arg("data"), py::arg("mode") = -1,
-        "Atomically replaces `path` with `data`; returns 0 or the errno of the failed step.");
+        py::arg("path"), py::arg("pieces"), py::arg("mode") = -1,
+        "Atomically replaces `path` with the concatenation of `pieces` (buffers); returns 0 or "
+        "the errno of the failed step.");
     m.def(
         "append_if_unchanged",
         [](int lock_fd, const std::string& path, std::int64_t offset, const py::bytes& data,

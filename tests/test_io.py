@@ -125,3 +125,61 @@ def test_append_if_unchanged_appends_checks_and_drops_a_torn_tail(tmp_path):
             append_if_unchanged(fd, tmp_path / "missing", 0, b"x\n", [])
     finally:
         os.close(fd)
+
+
+def test_sealed_file_round_trip_and_every_damage_is_reported(tmp_path):
+    from vortex._io import SEAL_SIZE, atomic_write_sealed, read_sealed
+    from vortex.errors import CorruptFileError
+
+    p = tmp_path / "data.bin"
+    atomic_write_sealed(p, memoryview(b"payload" * 100))
+    body, sealed = read_sealed(p, CorruptFileError)
+    assert bytes(body) == b"payload" * 100 and sealed and p.stat().st_size == 700 + SEAL_SIZE
+    good = p.read_bytes()
+    for damaged in (good[:-1], good[:10], b"", good[:300] + bytes([good[300] ^ 1]) + good[301:],
+                    good[:-3] + b"00\n"):
+        p.write_bytes(damaged)
+        with pytest.raises(CorruptFileError, match="data.bin") as info:
+            read_sealed(p, CorruptFileError, remedy="restore it")
+        assert info.value.path == str(p) and info.value.remedy == "restore it"
+    # a file without a seal is accepted only if the caller recognises it as an older valid file
+    p.write_bytes(b"old format")
+    assert read_sealed(p, CorruptFileError, unsealed=lambda d: d.startswith(b"old"))[1] is False
+    with pytest.raises(FileNotFoundError):
+        read_sealed(tmp_path / "missing", CorruptFileError)
+
+
+def test_temp_file_carries_the_writers_pid_and_its_lock(tmp_path):
+    """While a write is in progress its temp file is locked: another process cannot take it."""
+    p = tmp_path / "state.bin"
+    seen = {}
+
+    def write(f):
+        (name,) = os.listdir(tmp_path)
+        seen["name"] = name
+        probe = subprocess.run(
+            [sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n"
+             "except BlockingIOError:\n    print('locked')", str(tmp_path / name)],
+            capture_output=True, text=True, timeout=30)
+        seen["probe"] = probe.stdout.strip()
+        f.write(b"x")
+
+    atomic_write(p, write)
+    assert is_temp_name(seen["name"]) and f".{os.getpid()}-" in seen["name"]
+    assert seen["probe"] == "locked" and os.listdir(tmp_path) == ["state.bin"]
+
+
+def test_remove_orphan_temps_respects_target_and_live_writers(tmp_path):
+    from vortex._io import remove_orphan_temps
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    names = [f".vtx-a.arrow.{gone}-abc123.tmp", f".vtx-b.arrow.{gone}-abc123.tmp",
+             f".vtx-a.arrow.{os.getpid()}-abc123.tmp", "a.arrow", ".vtx-a.arrow"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    assert remove_orphan_temps(tmp_path, target="a.arrow") == [names[0]]
+    assert remove_orphan_temps(tmp_path) == [names[1]]
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+    assert remove_orphan_temps(tmp_path / "missing") == []

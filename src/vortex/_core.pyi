@@ -1,5 +1,6 @@
 # Type stub of the pybind11 module vortex._core (private): csrc/module.cpp,
 # csrc/bind_metrics.cpp, csrc/bind_sample_ring.cpp.
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -102,6 +103,7 @@ class SampleRing:
                 error: ArrayLike, timestamp: ArrayLike, episode: ArrayLike,
                 next_seq: int) -> None: ...
 
-def write_file_atomic(path: str, data: bytes, mode: int = -1) -> int: ...
+# pieces: objects with the buffer protocol (bytes, memoryview, pyarrow.Buffer)
+def write_file_atomic(path: str, pieces: Sequence[Any], mode: int = -1) -> int: ...
 def append_if_unchanged(lock_fd: int, path: str, offset: int, data: bytes,
                         watched: list[tuple[str, tuple[int, int, int]]]) -> tuple[int, tuple[int, int, int]]: ...

@@ -357,6 +357,10 @@ class BackgroundTrainingConfig(_Config, renamed={
     model_cache_size
         Prepared (loaded, eval'd, warmed-up) models kept in memory, newest first, so a swap
         back to a recent version is instant; 0 rebuilds every time.
+    buffer_persist_interval_secs
+        While the coordinator is started, its background thread saves the sample buffer to
+        ``<home>/buffer.arrow`` this often (when it changed), so a killed process loses at
+        most this many seconds of samples; 0 saves only when the coordinator stops.
     """
 
     enabled: bool = True
@@ -385,12 +389,14 @@ class BackgroundTrainingConfig(_Config, renamed={
     worker_nice: int = 10
     worker_sched_idle: bool = False
     model_cache_size: int = 3
+    buffer_persist_interval_secs: float = 5.0
 
     def __post_init__(self) -> None:
         _boolean(self, "enabled", "enable_versioning", "auto_swap_models", "worker_sched_idle")
         _number(self, "seed", lo=0, integer=True)
         _number(self, "worker_nice", lo=0, hi=19, integer=True)
         _number(self, "model_cache_size", lo=0, integer=True)
+        _number(self, "buffer_persist_interval_secs", lo=0)
         _number(self, "training_interval_secs", lo=0, lo_open=True)
         _number(self, "min_samples_for_training", lo=1, integer=True)
         _number(self, "max_samples_per_batch", lo=1, integer=True)

@@ -17,6 +17,7 @@ __all__ = [
     "SnapshotFormatError",
     "TrainingError",
     "RegistryError",
+    "RegistryCorruptError",
     "ChecksumMismatchError",
     "VersionNotFoundError",
     "ModelSwapError",
@@ -101,7 +102,7 @@ class CoreNotBuiltError(VortexError, ImportError):
     """The compiled core ``vortex._core`` could not be imported."""
 
 
-class SnapshotFormatError(VortexError, ValueError):
+class SnapshotFormatError(CorruptFileError, ValueError):
     """A persisted buffer or snapshot file is corrupted or does not match the buffer."""
 
 
@@ -113,8 +114,12 @@ class RegistryError(VortexError):
     """The model registry is unreadable or an operation on it is not possible."""
 
 
-class ChecksumMismatchError(RegistryError):
-    """A stored model's bytes do not match the sha256 recorded for it."""
+class RegistryCorruptError(RegistryError, CorruptFileError):
+    """A registry file (``versions.arrow``, ``serving_log.jsonl``) does not hold what Vortex wrote."""
+
+
+class ChecksumMismatchError(RegistryError, CorruptFileError):
+    """A stored model's bytes do not match the sha256 recorded for it (or are missing)."""
 
 
 class VersionNotFoundError(RegistryError, KeyError):

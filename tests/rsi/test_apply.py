@@ -13,7 +13,7 @@ import pytest
 from pathlib import Path
 
 from rsi_support import tree_digest
-from vortex._io import owner_token
+from vortex._io import SEAL_SIZE, owner_token
 from vortex.errors import (AppliedRecordCorruptError, CorruptFileError, JournalCorruptError,
                            PatchError, RollbackConflictError, TreeChangedError)
 from vortex.rsi.apply import Applier, remove_orphan_scratch
@@ -248,7 +248,7 @@ def _pending_journal(tmp_path):
 def test_a_damaged_journal_is_never_replayed(tmp_path):
     root, ap, jpath, before = _pending_journal(tmp_path)
     raw = Path(jpath).read_bytes()
-    doc = json.loads(raw)
+    doc = json.loads(raw[:-SEAL_SIZE])
     b64 = doc["files"][0]["before"]
     at = raw.index(b64.encode()) + 40  # one flipped bit inside the saved original of f0.txt
     Path(jpath).write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])

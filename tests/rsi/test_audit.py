@@ -171,13 +171,3 @@ def test_verify_of_a_missing_log_creates_nothing(tmp_path):
     assert v.ok and v.entries == 0 and not v.exists
     assert log.recover() == [] and log.entries() == []
     assert not (tmp_path / "nohome").exists()
-
-
-def test_orphan_temp_files_of_head_writes_are_removed(tmp_path):
-    path, log = _log_with(tmp_path, 1)
-    orphan = tmp_path / "rsi" / ".vtx-audit.head.abc123.tmp"
-    orphan.write_text("half")
-    other = tmp_path / "rsi" / ".vtx-memory.json.abc123.tmp"  # not the log's: left alone
-    other.write_text("x")
-    log.recover()
-    assert not orphan.exists() and other.exists()

@@ -511,7 +511,7 @@ def test_a_damaged_queued_proposal_is_never_applied_and_blocks_nothing_else(tmp_
     at = raw.index(b"+workers = 8") + len(b"+workers = ")
     path.write_bytes(raw[:at] + b"9" + raw[at + 1:])  # the diff now says 9: never tested
     before = tree_sha256(tree)
-    with pytest.raises(ProposalCorruptError, match=f"{bad.id}.json: fails its checksum"):
+    with pytest.raises(ProposalCorruptError, match=f"{bad.id}.json: contents do not match their sha256 seal"):
         eng.approve_proposal(bad.id, "alice")
     assert tree_sha256(tree) == before
     again = RSIEngine(tree, tmp_path / "home", FAST)  # a restart does not trip over it
@@ -534,6 +534,14 @@ def test_start_removes_only_provably_orphaned_temp_files(tmp_path):
                rsi / ".vtx-audit.head.a1b2c3.tmp"]
     for o in orphans:
         o.write_bytes(b"x" * 1000)
+    # a write in flight in another process: its pid is in the name and it holds the file's lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "f = open(os.path.join(sys.argv[1], '.vtx-memory.json.%d-Zz9.tmp' % os.getpid()), 'w')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX)\nprint(f.name, flush=True)\nsys.stdin.read()", str(rsi)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    live = Path(holder.stdout.readline().strip())
+    assert live.exists()
     pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                          capture_output=True, text=True, check=True).stdout.strip()
     dead = os.path.join(tempfile.gettempdir(), f"vtx-apply-{pid}.1-killed")
@@ -543,7 +551,8 @@ def test_start_removes_only_provably_orphaned_temp_files(tmp_path):
     try:
         RSIEngine(tree, home, FAST)
         assert [o for o in orphans if o.exists()] == []
-        assert not os.path.exists(dead) and os.path.exists(alive)
+        assert not os.path.exists(dead) and os.path.exists(alive) and live.exists()
     finally:
+        holder.communicate("")
         for d in (dead, alive):
             shutil.rmtree(d, ignore_errors=True)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from vortex._io import SEAL_SIZE, atomic_write_sealed_json
 from vortex.errors import (CorruptFileError, ProposalCorruptError, ProposalNotFoundError,
                            ProposalStateError)
 from vortex.monitor.weaknesses import Weakness, WeaknessType
@@ -75,7 +76,7 @@ def test_missing_and_listing(tmp_path):
 def _flip_diff_digit(path):
     """Change one character of the stored diff, as a flipped bit in a digit would."""
     raw = path.read_bytes()
-    doc = json.loads(raw)
+    doc = json.loads(raw[:-SEAL_SIZE])
     at = raw.index(json.dumps(doc["diff"])[1:-1].encode()) + doc["diff"].index("8")
     path.write_bytes(raw[:at] + b"9" + raw[at + 1:])
 
@@ -91,7 +92,7 @@ def test_a_damaged_file_is_named_and_the_others_stay_readable(tmp_path):
     assert {p.id for p in again.list()} == {ps[0].id, ps[2].id}
     (err,) = again.corrupt()
     assert isinstance(err, ProposalCorruptError) and isinstance(err, CorruptFileError)
-    assert err.path == str(bad) and "checksum" in err.problem and "delete it" in err.remedy
+    assert err.path == str(bad) and "seal" in err.problem and "delete it" in err.remedy
     with pytest.raises(ProposalCorruptError, match=f"{ps[1].id}.json"):
         again.get(ps[1].id)
     # the store that wrote it notices too (the file changed under it)
@@ -103,9 +104,7 @@ def test_a_damaged_file_is_named_and_the_others_stay_readable(tmp_path):
 
 def test_a_diff_that_is_not_the_tested_one_is_refused_even_with_a_valid_checksum(tmp_path):
     # a writer that changed the diff but kept the tested hash (a bug, or a hand edit that
-    # recomputed the document checksum) is caught by the separate tested-diff hash
-    from vortex._io import checked_json_bytes
-
+    # resealed the file) is caught by the separate tested-diff hash
     store = ProposalStore(tmp_path)
     p = _p(diff="--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
     store.save(p)
@@ -114,11 +113,10 @@ def test_a_diff_that_is_not_the_tested_one_is_refused_even_with_a_valid_checksum
                                                           "test_result": {"passed": True}})
     assert p.passed
     path = tmp_path / "rsi" / "proposals" / f"{p.id}.json"
-    doc = json.loads(path.read_bytes())
-    del doc["checksum"]
+    doc = json.loads(path.read_bytes()[:-SEAL_SIZE])
     doc["diff"] = doc["diff"].replace("+b", "+c")
     doc["diff_sha256"] = hashlib.sha256(doc["diff"].encode()).hexdigest()
-    path.write_bytes(checked_json_bytes(doc))
+    atomic_write_sealed_json(path, doc)
     with pytest.raises(ProposalCorruptError, match="not the diff that was tested"):
         ProposalStore(tmp_path).get(p.id)
 
@@ -167,7 +165,7 @@ def test_transition_is_a_compare_and_set_against_the_file(tmp_path):
 def test_orphan_temp_files_are_removed_on_open(tmp_path):
     store = ProposalStore(tmp_path)
     store.save(_p())
-    orphan = tmp_path / "rsi" / "proposals" / ".vtx-x.json.Ab12Cd.tmp"
+    orphan = tmp_path / "rsi" / "proposals" / ".vtx-x.json.99999999-Ab12Cd.tmp"  # no such pid
     orphan.write_text("{half")
     again = ProposalStore(tmp_path)
     assert not orphan.exists() and again.removed_temp_files == [orphan.name]

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from vortex.errors import SnapshotFormatError
+from vortex.errors import CorruptFileError, SnapshotFormatError
 from vortex.training import SampleBuffer, Snapshot
 
 
@@ -315,13 +315,15 @@ def test_read_ipc_rejects_corrupted_and_foreign_files(tmp_path):
     flipped = tmp_path / "flipped.arrow"
     flipped.write_bytes(good.read_bytes())
     _corrupt_middle(flipped)
-    with pytest.raises(SnapshotFormatError, match="checksum|not a readable"):
+    with pytest.raises(SnapshotFormatError, match="flipped.arrow: contents do not match their sha256 seal"):
         Snapshot.read_ipc(flipped)
 
     truncated = tmp_path / "truncated.arrow"
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(SnapshotFormatError, match="not a readable Arrow IPC"):
+    with pytest.raises(SnapshotFormatError, match="truncated.arrow: no valid sha256 seal") as info:
         Snapshot.read_ipc(truncated)
+    assert isinstance(info.value, CorruptFileError) and isinstance(info.value, ValueError)
+    assert info.value.path == str(truncated) and "restore it from a backup" in str(info.value)
 
     garbage = tmp_path / "garbage.arrow"
     garbage.write_bytes(b"hello world" * 10)
@@ -439,7 +441,7 @@ def test_bad_files_leave_buffer_untouched(tmp_path):
     sampled = tmp_path / "sampled.arrow"  # not a contiguous run of seqs: not a saved buffer
     src.sample(10, 0).write_ipc(sampled)
 
-    for path, needle in ((bad, "checksum|readable"), (other_dim, "feature_dim=4"), (other_label, "float32"),
+    for path, needle in ((bad, "sha256 seal"), (other_dim, "feature_dim=4"), (other_label, "float32"),
                          (sampled, "contiguous")):
         with pytest.raises(SnapshotFormatError, match=needle):
             dst.load_into(path)
@@ -462,21 +464,34 @@ def test_load_rejects_invalid_values_written_behind_our_back(tmp_path):
         SampleBuffer.load(path)
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+_SAVE_PAST_THE_SIZE_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from vortex.training import SampleBuffer
+buf = SampleBuffer.load(sys.argv[1])
+buf.extend(np.ones((500, 2), np.float32), np.arange(500))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+try:
+    buf.save(sys.argv[1])
+except OSError as exc:
+    print("failed:", exc)
+"""
+
+
+def test_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path):
+    """A save that fails half-way for real (the file-size limit) keeps the old file."""
+    import subprocess
+    import sys
+
     buf = SampleBuffer(2)
     buf.extend(rows(3, 2), np.arange(3))
     path = tmp_path / "b.arrow"
     buf.save(path)
     old = path.read_bytes()
-
-    def boom(*_a, **_k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fsync", boom)
-    buf.push([1, 1], 1)
-    with pytest.raises(OSError, match="disk full"):
-        buf.save(path)
-    monkeypatch.undo()
+    out = subprocess.run([sys.executable, "-c", _SAVE_PAST_THE_SIZE_LIMIT, str(path)], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=60)
+    assert "failed:" in out.stdout and "File too large" in out.stdout, out
     assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.arrow"]
 
@@ -554,18 +569,37 @@ def test_concurrent_producers_never_tear_a_row():
         assert (np.diff(mine) > 0).all()
 
 
-def test_tampered_metadata_is_detected(tmp_path):
+def _write_unsealed(path, snap, metadata):
+    """A file as Vortex wrote it before the sha256 seal: Arrow IPC, a CRC-32 in its metadata."""
+    from vortex.training.buffer import _checksum
+
+    full = {k.decode(): v.decode() for k, v in snap.schema(metadata).metadata.items()}
+    batch = snap.to_arrow({**full, "vortex.crc32": _checksum(snap._arrays(), full)})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return batch
+
+
+def test_files_written_before_the_seal_load_and_their_crc_is_checked(tmp_path):
     buf = SampleBuffer(2, capacity=8)
     buf.extend(rows(3, 2), np.arange(3))
-    path = tmp_path / "b.arrow"
-    buf.save(path)
-    table = pa.ipc.open_file(pa.OSFile(str(path), "rb")).read_all()
-    meta = dict(table.schema.metadata)
-    assert meta[b"vortex.next_seq"] == b"3" and meta[b"vortex.capacity"] == b"8"
+    legacy = tmp_path / "legacy.arrow"
+    batch = _write_unsealed(legacy, buf.snapshot(), {"vortex.next_seq": "3", "vortex.capacity": "8"})
+    loaded = SampleBuffer.load(legacy)
+    assert loaded.next_seq == 3 and loaded.capacity == 8
+    assert_same(loaded.snapshot(), buf.snapshot())
+    meta = dict(batch.schema.metadata)
     for key, value in ((b"vortex.capacity", b"800"), (b"vortex.next_seq", b"4")):
         forged = tmp_path / "forged.arrow"
-        schema = table.schema.with_metadata({**meta, key: value})
+        schema = batch.schema.with_metadata({**meta, key: value})
         with pa.OSFile(str(forged), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-            w.write_table(table.replace_schema_metadata(schema.metadata))
-        with pytest.raises(SnapshotFormatError, match="checksum"):
+            w.write_batch(batch.replace_schema_metadata(schema.metadata))
+        with pytest.raises(SnapshotFormatError, match="forged.arrow: data does not match its checksum"):
             SampleBuffer.load(forged)
+    # an unsealed file must carry the older format's CRC: without it, nothing vouches for it
+    bare = tmp_path / "bare.arrow"
+    del meta[b"vortex.crc32"]
+    with pa.OSFile(str(bare), "wb") as sink, pa.ipc.new_file(sink, batch.schema.with_metadata(meta)) as w:
+        w.write_batch(batch.replace_schema_metadata(meta))
+    with pytest.raises(SnapshotFormatError, match="bare.arrow: schema metadata incomplete"):
+        SampleBuffer.load(bare)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -268,18 +269,30 @@ def test_batch_limit_checkpoint_dir_cleanup_and_flux_holdout(tmp_path, digits):
     ckpt = tmp_path / "elsewhere"
     c = _coordinator(tmp_path, digits, max_samples_per_batch=450, checkpoint_dir=str(ckpt),
                      keep_last_n_versions=1, flux=FluxConfig(holdout_positions=(9,)))
-    # a snapshot/candidate left by a coordinator that died mid-run is dropped at start-up
-    leftover = tmp_path / "home" / "runs" / "run-000009-1"
-    leftover.mkdir(parents=True)
-    (leftover / "snapshot.arrow").write_bytes(b"x")
-    (leftover / "worker-0.log").write_text("crash")
+    # a snapshot/candidate left by a coordinator that died mid-run is dropped at start-up;
+    # the run directory of a live coordinator (here: this process) is left alone
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftover = tmp_path / "home" / "runs" / f"run-000009-{dead}"
+    live = tmp_path / "home" / "runs" / f"run-000010-{os.getpid()}"
+    for d in (leftover, live, leftover / "against-v3"):
+        d.mkdir(parents=True)
+        (d / "snapshot.arrow").write_bytes(b"x")
+        (d / "worker-0.log").write_text("crash")
     c = BackgroundTrainingCoordinator(c.config, mlp(**KW), FACTORY, tmp_path / "home", 64,
                                       buffer=c.buffer, factory_kwargs=KW)
-    assert sorted(os.listdir(leftover)) == ["worker-0.log"]
+    assert sorted(os.listdir(leftover)) == ["against-v3", "worker-0.log"]
+    assert sorted(os.listdir(leftover / "against-v3")) == ["worker-0.log"]
+    assert sorted(os.listdir(live)) == ["snapshot.arrow", "worker-0.log"]
+    shutil.rmtree(live)
     run = c.run_once("manual")
     assert run.status == "swapped", run.error
     assert run.samples == 450 and run.holdout_samples == 50 and run.train_samples == 400
-    assert c.registry.root == str(ckpt) and c.registry.versions() == [2]  # keep_last_n_versions=1
+    # keep_last_n_versions=1 keeps the newest, and 1: the version a rollback of 2 returns to
+    assert c.registry.root == str(ckpt) and c.registry.versions() == [1, 2]
 
 
 def test_config_fields_of_this_area_are_validated():
@@ -334,8 +347,9 @@ def test_cli_models_list_log_swap_cleanup_and_outside_swap(tmp_path, digits, cap
     assert main(["models", "--home", home, "--json", "cleanup", "--keep", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {"removed": []}  # 2 is the newest, 1 is active
     assert main(["models", "--home", home, "--json", "cleanup", "--keep", "0"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"removed": [2]}  # never the active one
-    assert c.registry.versions() == [1]
+    # never the active one, nor the one it replaced (where a rollback returns to)
+    assert json.loads(capsys.readouterr().out) == {"removed": []}
+    assert c.registry.versions() == [1, 2]
 
 
 def test_a_failed_run_blames_the_rank_that_died_not_the_peers_that_followed(tmp_path):
@@ -360,3 +374,139 @@ def test_a_failed_run_blames_the_rank_that_died_not_the_peers_that_followed(tmp_
                    "(exit status 1): rank 1: epoch 2/400")
     # with no rank killed, the lowest failed rank is named
     assert _failure([follower, follower], logs).startswith("worker rank 0 failed (exit status 1); then rank 1")
+
+
+def test_cleanup_keeps_the_watchs_rollback_target_and_the_rollback_happens(tmp_path, digits):
+    """Issue 11: with keep_last_n_versions=2, a rejected run's cleanup removed the version the
+    post-swap watch would roll back to, and the rollback raised out of observe_live."""
+    import dataclasses
+
+    c = _coordinator(tmp_path, digits, keep_last_n_versions=2)
+    for _ in range(10):
+        c.observe_live(1, error=0.0, confidence=0.9)
+    assert c.run_once("manual").status == "swapped"  # 1 -> 2, watched
+    c.config = dataclasses.replace(c.config, min_improvement_threshold=1e6)
+    assert c.run_once("manual").status == "rejected"  # registers 3, then cleans up
+    assert c.registry.versions() == [1, 2, 3]
+    for _ in range(10):
+        c.observe_live(2, error=1.0, confidence=0.9)  # a live regression of 2
+    assert c.current_model_version() == 1 and c.registry.active_version == 1
+    assert c.stats().rollbacks == 1 and c.stats().background_errors == 0
+
+
+def test_rollback_restores_the_old_weights_when_another_process_removed_them(tmp_path, digits):
+    from vortex.training.registry import ModelRegistry
+
+    c = _coordinator(tmp_path, digits)
+    for _ in range(10):
+        c.observe_live(1, error=0.0, confidence=0.9)
+    assert c.run_once("manual").status == "swapped"
+    served_before = {k: v.clone() for k, v in c.registry.load(1).items()}
+    ModelRegistry(c.registry.root).remove(1)  # an operator, elsewhere, during the watch
+    for _ in range(10):
+        c.observe_live(2, error=1.0, confidence=0.9)
+    restored = c.current_model_version()
+    assert restored == 3 and c.registry.active_version == 3
+    assert all(torch.equal(c.registry.load(3)[k], served_before[k]) for k in served_before)
+    assert "version 1 could not be used" in c.registry.serving_log()[-1]["reason"]
+    assert c.registry.get(3)["parent"] == 1 and c.registry.get(2)["status"] == "rejected"
+
+
+def test_a_failing_rollback_never_reaches_the_request_and_is_logged_once(tmp_path, digits, caplog,
+                                                                        monkeypatch):
+    c = _coordinator(tmp_path, digits)
+    for _ in range(10):
+        c.observe_live(1, error=0.0, confidence=0.9)
+    assert c.run_once("manual").status == "swapped"
+
+    def disk_gone(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(c.registry, "set_active", disk_gone)
+    for _ in range(10):
+        c.observe_live(2, error=1.0, confidence=0.9)  # the watch fails and tries to roll back
+    s = c.stats()
+    assert s.background_errors == 1 and "No space left on device" in s.last_background_error
+    assert c.current_model_version() == 2  # the registry could not record it: no half rollback
+    for _ in range(3):  # the same failure again (another watch, say): counted, not logged again
+        c._background_failure("post-swap watch", OSError(28, "No space left on device"))
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug in the watch")
+
+    monkeypatch.setattr(c, "_observe", bug)
+    c.observe_live(2, error=0.0)
+    assert c.stats().background_errors == 5 and "a bug" in c.stats().last_background_error
+    assert sum("post-swap watch" in r.getMessage() for r in caplog.records) == 2  # once per kind
+
+
+def _swap_from_another_process(registry_root, version, reason):
+    import subprocess
+    import sys
+
+    code = ("import sys; from vortex.training.registry import ModelRegistry; "
+            "ModelRegistry(sys.argv[1]).set_active(int(sys.argv[2]), sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, registry_root, str(version), reason], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)), timeout=60)
+
+
+def _run_with_an_outside_swap(c, version, reason):
+    """Trigger a run; while its worker is paused mid-run, another process makes ``version``
+    active; return once the running coordinator serves it (the worker then resumes)."""
+    import signal
+
+    c.trigger_training("manual")
+    deadline = time.monotonic() + 60
+    while not c.worker_pids():
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.01)
+    pids = c.worker_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _swap_from_another_process(c.registry.root, version, reason)
+        deadline = time.monotonic() + 30  # liveness bound; the housekeeping thread checks every second
+        while c.current_model_version() != version:
+            assert time.monotonic() < deadline, "the coordinator did not follow the swap during the run"
+            time.sleep(0.02)
+        assert c.stats().run_in_progress and c.worker_pids() == pids  # still the same run
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert c.wait_idle(120)
+    return c.runs()[-1]
+
+
+@pytest.mark.slow
+def test_a_swap_made_during_a_run_wins_unless_the_candidate_beats_it(tmp_path, digits):
+    """Issue 11: a swap made by a person during a run was ignored, then overwritten by the
+    run's candidate, and the serving log named a version that never served."""
+    import dataclasses
+
+    c = _coordinator(tmp_path, digits)
+    assert c.run_once("manual").status == "swapped"  # 2: trained, good
+    good_accuracy = c.registry.get(2)["val_accuracy"]
+    c.swap_to_version(1, "back to the untrained model")
+    c.config = dataclasses.replace(c.config, num_epochs=1)  # a weak candidate from 1
+    c.start()
+    try:
+        # a person makes the good version 2 active while the run (from 1) trains
+        run = _run_with_an_outside_swap(c, 2, "a person")
+        assert run.parent_version == 1 and run.validated_against == 2
+        assert run.validation["active_accuracy"] == good_accuracy  # judged against 2, same holdout
+        assert run.status == "rejected" and not run.swapped
+        assert c.current_model_version() == 2 and c.registry.active_version == 2
+        log = c.registry.serving_log()
+        assert (log[-1]["to_version"], log[-1]["reason"]) == (2, "a person")
+        assert c.registry.get(run.version)["status"] == "rejected"
+        # a candidate that does beat the version a person chose replaces it (and is watched)
+        c.config = dataclasses.replace(c.config, num_epochs=4)  # a strong candidate from 2
+        run = _run_with_an_outside_swap(c, 1, "another person")
+        assert run.parent_version == 2 and run.validated_against == 1 and run.status == "swapped"
+        assert c.current_model_version() == run.version == c.registry.active_version
+        log = c.registry.serving_log()
+        assert [e["to_version"] for e in log[-2:]] == [1, run.version]
+        assert "over version 1 (swapped in during the run)" in log[-1]["reason"]
+    finally:
+        c.stop()
+    assert c.stats().background_errors == 0

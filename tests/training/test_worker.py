@@ -42,12 +42,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_worker(tmp_path, world, out, extra=(), batch_size=24):
+def _run_worker(tmp_path, world, out, extra=(), batch_size=24, device="cpu"):
+    """Run the worker as ``world`` ranks (gloo on the CPU, NCCL on CUDA); return its candidate
+    (None if it wrote none) and result."""
     port = _free_port()
     cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", str(tmp_path / "snap.arrow"),
            "--out", str(out), "--factory", "vortex.training.models:mlp", "--factory-kwargs",
            json.dumps(KW), "--epochs", "3", "--batch-size", str(batch_size), "--seed", "11",
-           "--lr", "0.01", "--nice", "0", *extra]
+           "--lr", "0.01", "--nice", "0", "--device", device, *extra]
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -57,7 +59,8 @@ def _run_worker(tmp_path, world, out, extra=(), batch_size=24):
     outs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * world, outs
     with open(out / RESULT_FILE) as f:
-        return load_file(str(out / CANDIDATE_FILE)), json.load(f)
+        result = json.load(f)
+    return (load_file(str(out / CANDIDATE_FILE)) if (out / CANDIDATE_FILE).exists() else None), result
 
 
 @pytest.mark.slow
@@ -95,6 +98,12 @@ def test_worker_validates_against_registry_version_and_fails_cleanly(tmp_path):
     scores, _ = evaluate(model, torch.from_numpy(x[hold]), torch.from_numpy(y[hold]), "classification")
     assert scores.mean() == pytest.approx(val["candidate_accuracy"])
     assert set(res["timings"]) >= {"import", "load", "train", "validate", "save"}
+    # --candidate: the same validation of a given candidate, without training or writing one
+    _, check = _run_worker(tmp_path, 1, tmp_path / "check", [
+        "--registry", str(reg.root), "--init-version", str(v),
+        "--candidate", str(tmp_path / "out" / CANDIDATE_FILE)])
+    assert check["validation"] == val and check["epochs"] == 0 and check["train_loss"] is None
+    assert not (tmp_path / "check" / CANDIDATE_FILE).exists()
     # a corrupted active version: the worker refuses it and exits non-zero
     with open(reg.weights_path(v), "r+b") as f:
         f.seek(-1, os.SEEK_END)
@@ -150,3 +159,67 @@ def test_adam_matches_torch_optim_adam():
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(a[0].weight, mlp(8, 16, 3, seed=5)[0].weight)
+
+
+def test_loss_totals_live_on_the_training_device_and_are_reduced_there(monkeypatch):
+    """On CUDA under NCCL the all-reduced tensor must be a CUDA tensor; checked without a GPU
+    on the 'meta' device (shapes only, no data): everything up to the all-reduce runs there."""
+    import torch.distributed
+
+    seen = []
+
+    class Reduced(Exception):
+        pass
+
+    def all_reduce(tensor, *args, **kwargs):
+        seen.append((tensor.device, tensor.dtype, tuple(tensor.shape)))
+        raise Reduced  # a meta tensor holds no values to read back: stop here
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    model = mlp(4, 8, 2, seed=0).to("meta")
+    x, y = torch.randn(64, 4, device="meta"), torch.zeros(64, dtype=torch.int64, device="meta")
+    w = torch.ones(64)  # on the host, as the worker passes it: train() copies it to the device
+    with pytest.raises(Reduced):
+        train(model, x, y, w, task="classification", epochs=1, lr=0.01, batch_size=16,
+              seed=0, rank=0, world_size=2)
+    assert seen == [(torch.device("meta"), torch.float64, (2,))]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch reports none)")
+def test_worker_trains_on_cuda(tmp_path):
+    _snapshot(tmp_path / "snap.arrow")
+    cpu, r_cpu = _run_worker(tmp_path, 1, tmp_path / "cpu")
+    gpu, r_gpu = _run_worker(tmp_path, 1, tmp_path / "gpu", device="cuda")
+    assert r_gpu["epoch_losses"] == pytest.approx(r_cpu["epoch_losses"], rel=1e-3)
+    for k in cpu:  # the same training, up to float differences between the devices
+        assert torch.allclose(cpu[k], gpu[k], atol=1e-3, rtol=1e-3), k
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices for two NCCL ranks")
+def test_two_nccl_ranks_match_one_rank(tmp_path):
+    _snapshot(tmp_path / "snap.arrow")
+    one, r1 = _run_worker(tmp_path, 1, tmp_path / "one")
+    two, r2 = _run_worker(tmp_path, 2, tmp_path / "two", device="cuda")
+    assert r2["rank_count"] == 2 and r2["epoch_losses"] == pytest.approx(r1["epoch_losses"], rel=1e-3)
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-3, rtol=1e-3), k
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--factory-kwargs", "{not json"], "--factory-kwargs: not JSON"),
+    (["--factory-kwargs", "[1, 2]"], "--factory-kwargs: must be a JSON object"),
+    (["--factory-kwargs", '{"in_features": 8, "colour": 1}'], "do not fit vortex.training.models:mlp"),
+    (["--flux", "3"], "--flux: must be a JSON object"),
+    (["--flux", '{"gama": 0.5}'], "--flux: unknown field(s) ['gama']"),
+    (["--flux", '{"gamma": 5}'], "FluxConfig.gamma=5"),
+    (["--factory", "vortex.training.models:nothing"], "--factory 'vortex.training.models:nothing'"),
+    (["--candidate", "c.safetensors"], "--candidate needs --registry"),
+])
+def test_bad_worker_arguments_are_one_line_usage_errors(tmp_path, args, needle):
+    base = ["--snapshot", "s.arrow", "--out", str(tmp_path), "--factory", "vortex.training.models:mlp",
+            "--factory-kwargs", json.dumps(KW)]
+    p = subprocess.run([sys.executable, "-P", "-m", "vortex.training.worker", *base, *args],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and needle in p.stderr.splitlines()[-1], p.stderr

@@ -5,12 +5,12 @@ holding copies of the touched files, checks them against what the sandbox tested
 *transaction*:
 
 1. write-ahead journal ``<state>/journal/<id>.<op>.json``: the operation, every file's original
-   bytes (or "absent") and new bytes with their sha256, and a checksum of the whole document,
-   fsynced (file and directory) before any file of the tree is touched;
+   bytes (or "absent") and new bytes with their sha256, sealed with the sha256 of the whole
+   document, fsynced (file and directory) before any file of the tree is touched;
 2. each file replaced atomically (temp file in the same directory, fsync, rename, directory
    fsync) or removed;
 3. the journal marked committed, the applied record (originals + hashes of what was written,
-   checksummed as well) saved, the journal removed.
+   sealed as well) saved, the journal removed.
 
 Every tree file is reached from the tree's root one directory at a time with ``O_NOFOLLOW``:
 a symlink anywhere below the root (``conf.toml -> /etc/shadow``, ``pkg -> /``) is refused, never
@@ -42,8 +42,8 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import (AppliedRecordCorruptError, JournalCorruptError, PatchError,
                       RollbackConflictError, TreeChangedError)
-from .._io import (FileLock, atomic_write_at, atomic_write_bytes, checked_json_bytes, fsync_dir,
-                   is_temp_name, load_checked_json, owner_alive, owner_token, remove_temp_files)
+from .._io import (FileLock, atomic_write_at, atomic_write_sealed_json, fsync_dir, is_temp_name,
+                   owner_alive, owner_token, read_sealed_json, remove_orphan_temps)
 from .diffs import check_paths, parse_diff
 from .trees import tree_sha256
 
@@ -294,9 +294,7 @@ class Applier:
     # -- records on disk
     def _load_journal(self, path: str) -> dict[str, Any]:
         remedy = "it is not replayed"
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        doc = load_checked_json(path, JournalCorruptError, remedy=remedy, data=raw)
+        doc = read_sealed_json(path, JournalCorruptError, remedy=remedy)
         try:
             if doc["op"] not in ("apply", "rollback") or doc["state"] not in ("pending", "committed"):
                 raise ValueError(f"op={doc['op']!r} state={doc['state']!r}")
@@ -314,7 +312,7 @@ class Applier:
                    covers=[f["path"] for f in journal["files"]])
         if journal["record"] is not None:
             doc["record"] = dict(journal["record"], files=_encode_files(journal["record"]["files"]))
-        atomic_write_bytes(path, checked_json_bytes(doc))
+        atomic_write_sealed_json(path, doc)
 
     def load_record(self, pid: str) -> dict[str, Any]:
         """The applied record of proposal ``pid``, verified (files' bytes decoded).
@@ -330,7 +328,7 @@ class Applier:
         remedy = ("the rollback is refused and nothing was changed; restore the record from a "
                   "backup, or restore the tree files it names by hand and delete it")
         try:
-            doc = load_checked_json(path, AppliedRecordCorruptError, remedy=remedy)
+            doc = read_sealed_json(path, AppliedRecordCorruptError, remedy=remedy)
         except FileNotFoundError:
             raise PatchError(f"proposal {pid} has no applied record in {self.applied_dir}") from None
         try:
@@ -390,7 +388,7 @@ class Applier:
         path = self._record_path(journal["id"])
         if journal["op"] == "apply":
             rec = journal["record"]
-            atomic_write_bytes(path, checked_json_bytes(dict(rec, files=_encode_files(rec["files"]))))
+            atomic_write_sealed_json(path, dict(rec, files=_encode_files(rec["files"])))
         elif os.path.exists(path):
             os.unlink(path)
             fsync_dir(self.applied_dir)
@@ -401,8 +399,8 @@ class Applier:
         Also removes temp files of killed writes and orphaned scratch directories."""
         done = []
         with self._lock:
-            for d in (self.journal_dir, self.applied_dir):  # no write in flight under the lock
-                remove_temp_files(d)
+            for d in (self.journal_dir, self.applied_dir):
+                remove_orphan_temps(d)
             remove_orphan_scratch()
             for name in sorted(os.listdir(self.journal_dir)):
                 if not name.endswith(".json") or name.startswith("."):

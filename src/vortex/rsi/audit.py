@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..errors import AuditLogError
-from .._io import atomic_write_bytes, remove_temp_files
+from .._io import atomic_write_bytes
 
 __all__ = ["AuditLog", "AuditVerification", "RECOVERY_EVENT"]
 
@@ -300,18 +300,8 @@ class AuditLog:
 
     def recover(self) -> list[dict[str, Any]]:
         """Recover a torn tail or a head that does not match (as :meth:`append` does before
-        writing) and delete temp files of killed head or tail writes; returns the recovery
-        records appended (none when the log was clean). Creates nothing for a missing log."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        with self._lock:
-            if os.path.exists(self.path):
-                with open(self.path, "rb") as fh:  # the writers' lock: no head/tail write in flight
-                    fcntl.flock(fh, fcntl.LOCK_EX)
-                    try:
-                        for target in (os.path.basename(self.head_path), os.path.basename(self.path)):
-                            remove_temp_files(directory, target)
-                    finally:
-                        fcntl.flock(fh, fcntl.LOCK_UN)
+        writing); returns the recovery records appended (none when the log was clean). Creates
+        nothing for a missing log."""
         return self._locked_append([], always=False)[0]
 
     def entries(self) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, San
                       TreeChangedError)
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
-from .._io import owner_alive, owner_token
+from .._io import owner_alive, owner_token, remove_orphan_temps
 from .apply import Applier
 from .audit import AuditLog
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel
@@ -245,6 +245,9 @@ class RSIEngine:
 
     # ------------------------------------------------------------------ start-up
     def _recover(self) -> None:
+        # temp files of killed writes of the audit head, a torn tail or memory.json (writes
+        # in flight, of live processes, are locked and kept)
+        self.recovered.extend(f"temp file {n} removed" for n in remove_orphan_temps(self.applier.state_dir))
         for note in self.audit.recover():
             self.recovered.append(f"audit log: {note['kind']}: {note.get('detail', '')}")
         with self.applier.locked():  # no apply or rollback in flight, in any process

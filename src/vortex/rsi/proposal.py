@@ -1,7 +1,8 @@
 """Improvement proposals and their persistent store under ``<home>/rsi/proposals``.
 
-Each proposal is one JSON file carrying a checksum of its whole content (see
-:func:`vortex._io.checked_json_bytes`) and the sha256 of its diff, so a damaged file is reported
+Each proposal is one JSON file sealed with the sha256 of its bytes (see
+:func:`vortex._io.atomic_write_sealed_json`) that also records the sha256 of its diff and of the
+diff that was tested, so a damaged file is reported
 (:class:`~vortex.errors.ProposalCorruptError`) instead of tested, approved or applied. Several
 processes may share a store (a service's engine and a ``vortex proposals approve`` from the
 shell): reads notice files another process changed, and every status change is a
@@ -21,8 +22,8 @@ from typing import Any, Iterable
 
 from ..errors import ProposalCorruptError, ProposalNotFoundError, ProposalStateError
 from ..monitor.weaknesses import Weakness
-from .._io import (FileKey, FileLock, atomic_write_bytes, checked_json_bytes, file_key,
-                   load_checked_json, remove_temp_files)
+from .._io import (FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed_json,
+                   remove_orphan_temps)
 
 __all__ = ["ProposalStatus", "RiskLevel", "TunableMove", "ImprovementProposal", "ProposalStore"]
 
@@ -183,7 +184,7 @@ _REMEDY = ("restore it from a backup, or delete it to drop the proposal (its his
 
 def _load(path: str) -> ImprovementProposal:
     """The proposal stored at ``path``, verified; :class:`ProposalCorruptError` otherwise."""
-    doc = load_checked_json(path, ProposalCorruptError, remedy=_REMEDY)
+    doc = read_sealed_json(path, ProposalCorruptError, remedy=_REMEDY)
     try:
         p = ImprovementProposal.from_dict(doc)
         recorded = doc["diff_sha256"]
@@ -201,7 +202,7 @@ def _load(path: str) -> ImprovementProposal:
 
 
 class ProposalStore:
-    """Proposals as one JSON file each under ``<home>/rsi/proposals`` (atomic, checksummed).
+    """Proposals as one JSON file each under ``<home>/rsi/proposals`` (atomic, sealed).
 
     Thread-safe, and shared by every process working on the same home:
 
@@ -223,7 +224,7 @@ class ProposalStore:
         self._cache: dict[str, ImprovementProposal] = {}
         self._keys: dict[str, FileKey] = {}  # file name -> key when last read or written
         self._corrupt: dict[str, ProposalCorruptError] = {}  # file name -> why
-        self.removed_temp_files = remove_temp_files(self.dir, lock=self._write_lock)
+        self.removed_temp_files = remove_orphan_temps(self.dir)
         self.refresh()
 
     def _path(self, proposal_id: str) -> str:
@@ -274,7 +275,7 @@ class ProposalStore:
     def _write(self, p: ImprovementProposal) -> None:
         p.updated_at = time.time()
         path = self._path(p.id)
-        atomic_write_bytes(path, checked_json_bytes(p.to_dict()))
+        atomic_write_sealed_json(path, p.to_dict())
         self._keys[os.path.basename(path)] = file_key(path)
         self._corrupt.pop(os.path.basename(path), None)
         self._cache[p.id] = p

@@ -35,8 +35,7 @@ from typing import Any, Callable, Protocol
 from ..errors import CorruptFileError, PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from .._io import (MISSING, FileKey, FileLock, atomic_write_bytes, checked_json_bytes, file_key,
-                   load_checked_json, remove_temp_files)
+from .._io import MISSING, FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings
@@ -59,9 +58,17 @@ class ProposalDraft:
     moves: list[TunableMove] = field(default_factory=list)
 
 
+def _is_json_list(data: bytes) -> bool:
+    """An unsealed memory file of an earlier version: a JSON list."""
+    try:
+        return isinstance(json.loads(data), list)
+    except ValueError:
+        return False
+
+
 class OutcomeMemory:
-    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (checksummed
-    JSON; a plain list from older versions is read too).
+    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (sealed
+    JSON; an unsealed list written by earlier versions is read too).
 
     Shared by every process on the home: :meth:`block` re-reads the file and adds to it under
     ``<path>.lock``, and reads notice a file another process changed."""
@@ -74,19 +81,14 @@ class OutcomeMemory:
         self._file_lock = FileLock(path + ".lock")
         self._blocked: set[tuple[str, str, str]] = set()
         self._key: FileKey | None = None
-        remove_temp_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path),
-                          lock=self._file_lock)
         self._refresh()
 
     def _read(self) -> set[tuple[str, str, str]]:
-        with open(self.path, "rb") as fh:
-            raw = fh.read()
+        body, _ = read_sealed(self.path, CorruptFileError, unsealed=_is_json_list, remedy=self._REMEDY)
         try:
-            legacy = json.loads(raw)
+            items = json.loads(bytes(body))
         except ValueError:
-            legacy = None
-        items = legacy if isinstance(legacy, list) else load_checked_json(
-            self.path, CorruptFileError, remedy=self._REMEDY, data=raw).get("blocked")
+            items = None
         if not isinstance(items, list) or not all(
                 isinstance(b, list) and len(b) == 3 and all(isinstance(v, str) for v in b) for b in items):
             raise CorruptFileError(self.path, "is not a list of [weakness, tunable, direction]",
@@ -103,7 +105,7 @@ class OutcomeMemory:
     def block(self, weakness_type: str, move: TunableMove) -> None:
         with self._file_lock:
             blocked = self._refresh() | {(weakness_type, move.name, move.direction)}
-            atomic_write_bytes(self.path, checked_json_bytes({"blocked": sorted(blocked)}))
+            atomic_write_sealed_json(self.path, sorted(blocked))
             with self._lock:
                 self._blocked, self._key = blocked, file_key(self.path)
 

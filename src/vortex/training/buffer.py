@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .._io import atomic_write
+from .._io import atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps
 from .._native import _core
 from .._fast_ring import SampleRingWriter
 from ..errors import SnapshotFormatError
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: Value of the ``vortex.format`` schema metadata key in every file written here.
 FORMAT_TAG = "vortex.samples/1"
 _CRC_KEY = "vortex.crc32"
+_REMEDY = ("restore it from a backup, or move it aside (a saved buffer: its samples are lost and "
+           "the buffer starts empty; a run's snapshot: the next run writes a new one)")
 
 _LABEL_KINDS = {"int64": 0, "float32": 1}
 _COLUMNS = ("labels", "confidence", "error", "timestamp", "seq", "episode")
@@ -53,7 +55,11 @@ _DTYPES = {"confidence": np.float32, "error": np.float32, "timestamp": np.float6
 
 
 def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
-    """CRC-32 of the columns' bytes and of the schema metadata (except the checksum itself)."""
+    """CRC-32 of the columns' bytes and of the schema metadata (except the checksum itself).
+
+    Files written before the sha256 seal carry it in their metadata; sealed files do not need
+    it (the seal covers every byte, and is checked before parsing).
+    """
     crc = zlib.crc32(repr(sorted((k, v) for k, v in metadata.items() if k != _CRC_KEY)).encode())
     for a in arrays:
         if a.size:
@@ -162,18 +168,19 @@ class Snapshot:
     def write_ipc(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
         """Write the snapshot as an Arrow IPC file, atomically (temp file, fsync, rename).
 
-        The schema metadata carries a CRC-32 of the data, checked by :meth:`read_ipc`.
+        The file ends with a sha256 seal of its contents, checked by :meth:`read_ipc` before
+        anything parses it.
         """
         import pyarrow as pa
 
-        full = {k.decode(): v.decode() for k, v in self.schema(metadata).metadata.items()}
-        batch = self.to_arrow({**full, _CRC_KEY: _checksum(self._arrays(), full)})
-
-        def write(fh: BinaryIO) -> None:
-            with pa.ipc.new_file(fh, batch.schema) as writer:
-                writer.write_batch(batch)
-
-        atomic_write(path, write)
+        batch = self.to_arrow(metadata)
+        # In memory, then one native write: Arrow serialises, hashlib hashes and the write
+        # runs with the GIL released, so a periodic save next to serving threads barely
+        # touches them.
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        atomic_write_sealed(path, sink.getvalue())
 
     @classmethod
     def read_ipc(cls, path: str | os.PathLike[str]) -> "Snapshot":
@@ -182,8 +189,11 @@ class Snapshot:
         Raises
         ------
         SnapshotFormatError
-            The file is not a readable Arrow IPC file, its schema is not a Vortex sample
-            schema, or its data does not match its checksum.
+            The file is damaged (its seal does not verify, or, for a file written before
+            files were sealed, it is not a readable Arrow IPC file or its data does not match
+            its checksum), or it is not a Vortex sample file. The message names the file.
+        FileNotFoundError
+            There is no such file.
         """
         snap, _ = cls._read(path)
         return snap
@@ -193,35 +203,37 @@ class Snapshot:
         import pyarrow as pa
 
         path = os.fspath(path)
+
+        def bad(problem: str) -> SnapshotFormatError:
+            return SnapshotFormatError(path, problem, remedy=_REMEDY)
+
+        body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file, remedy=_REMEDY)
         try:
-            with pa.OSFile(path, "rb") as source:
-                table = pa.ipc.open_file(source).read_all()
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise SnapshotFormatError(f"{path}: not a readable Arrow IPC file ({exc})") from exc
+            table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
+            table.validate(full=True)
+        except Exception as exc:  # any failure to parse is damage: Arrow raises many kinds
+            raise bad(f"not a readable Arrow IPC file ({type(exc).__name__}: {exc})") from exc
         raw_meta = table.schema.metadata or {}
         meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw_meta.items()}
         if meta.get("vortex.format") != FORMAT_TAG:
-            raise SnapshotFormatError(f"{path}: vortex.format is {meta.get('vortex.format')!r}, "
-                                      f"expected {FORMAT_TAG!r}")
+            raise bad(f"vortex.format is {meta.get('vortex.format')!r}, expected {FORMAT_TAG!r}")
         try:
             dim = int(meta["vortex.feature_dim"])
             label_dtype = meta["vortex.label_dtype"]
-            crc = meta[_CRC_KEY]
+            crc = None if sealed else meta[_CRC_KEY]  # the older format's own checksum
         except (KeyError, ValueError) as exc:
-            raise SnapshotFormatError(f"{path}: schema metadata incomplete ({exc})") from exc
+            raise bad(f"schema metadata incomplete ({exc!r})") from exc
         if label_dtype not in _LABEL_KINDS or dim < 1:
-            raise SnapshotFormatError(f"{path}: bad feature_dim={dim} or label_dtype={label_dtype!r}")
+            raise bad(f"bad feature_dim={dim} or label_dtype={label_dtype!r}")
         probe = cls(np.zeros((0, dim), np.float32), np.zeros(0, label_dtype),
                     *(np.zeros(0, _DTYPES[name]) for name in _DTYPES))
         expected = probe.schema(meta)
         if not table.schema.equals(expected, check_metadata=False):
-            raise SnapshotFormatError(f"{path}: schema {table.schema.remove_metadata()} does not "
-                                      f"match the expected {expected.remove_metadata()}")
-        table = table.combine_chunks()
+            raise bad(f"schema {table.schema.remove_metadata()} does not match the expected "
+                      f"{expected.remove_metadata()}")
         n = table.num_rows
         try:
+            table = table.combine_chunks()
             feats = table.column("features").chunk(0).flatten() if n else pa.array([], pa.float32())
             # np.array copies: the snapshot owns writable memory (torch.from_numpy needs it)
             arrays = {"features": np.array(feats.to_numpy(zero_copy_only=False), np.float32)
@@ -232,11 +244,17 @@ class Snapshot:
                 arrays[name] = np.array(values, dtype=label_dtype if name == "labels"
                                         else _DTYPES[name])
             snap = cls(**arrays)
-        except (pa.ArrowException, ValueError) as exc:
-            raise SnapshotFormatError(f"{path}: unreadable columns ({exc})") from exc
-        if _checksum(snap._arrays(), meta) != crc:
-            raise SnapshotFormatError(f"{path}: data does not match its checksum (corrupted)")
+        except Exception as exc:  # nulls, wrong lengths: whatever Arrow or NumPy refuse
+            raise bad(f"unreadable columns ({type(exc).__name__}: {exc})") from exc
+        if crc is not None and _checksum(snap._arrays(), meta) != crc:
+            raise bad("data does not match its checksum (corrupted)")
         return snap, meta
+
+
+def _remove_orphans_of(path: str | os.PathLike[str]) -> None:
+    """Delete the temporary files that killed writes to ``path`` left beside it."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    remove_orphan_temps(directory, target=name)
 
 
 class SampleBuffer(SampleRingWriter):
@@ -352,30 +370,40 @@ class SampleBuffer(SampleRingWriter):
         return Snapshot(*self._ring.sample_uniform(u))
 
     # ----------------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write every row to an Arrow IPC file, atomically; ``next_seq`` and ``capacity``
-        go into the schema metadata so :meth:`load` continues the numbering."""
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write every row to an Arrow IPC file, atomically, and return the saved ``next_seq``.
+
+        ``next_seq`` and ``capacity`` go into the schema metadata so :meth:`load` continues
+        the numbering. Temporary files that earlier saves to ``path`` left when they were
+        killed are removed first.
+        """
+        _remove_orphans_of(path)
         snap, next_seq = self._snapshot(None)
         snap.write_ipc(path, {"vortex.next_seq": str(next_seq), "vortex.capacity": str(self.capacity)})
         log.debug("saved %d samples to %s (next_seq=%d)", len(snap), path, next_seq)
+        return next_seq
 
     @staticmethod
     def _read_saved(path: str | os.PathLike[str]) -> tuple[Snapshot, int, int | None]:
         snap, meta = Snapshot._read(path)
         n = len(snap)
+
+        def bad(problem: str) -> SnapshotFormatError:
+            return SnapshotFormatError(path, problem, remedy=_REMEDY)
+
         try:
             next_seq = int(meta["vortex.next_seq"]) if "vortex.next_seq" in meta else (
                 int(snap.seq[-1]) + 1 if n else 0)
             saved_capacity = int(meta["vortex.capacity"]) if "vortex.capacity" in meta else None
         except ValueError as exc:
-            raise SnapshotFormatError(f"{path}: bad next_seq/capacity metadata ({exc})") from exc
+            raise bad(f"bad next_seq/capacity metadata ({exc})") from exc
         if n and not np.array_equal(snap.seq, np.arange(next_seq - n, next_seq, dtype=np.int64)):
-            raise SnapshotFormatError(f"{path}: seq column is not the contiguous run ending at "
-                                      f"next_seq - 1 = {next_seq - 1} that a saved buffer has")
+            raise bad(f"seq column is not the contiguous run ending at next_seq - 1 = "
+                      f"{next_seq - 1} that a saved buffer has")
         if next_seq < n:
-            raise SnapshotFormatError(f"{path}: next_seq={next_seq} is smaller than the row count")
+            raise bad(f"next_seq={next_seq} is smaller than the row count")
         if saved_capacity is not None and saved_capacity < 1:
-            raise SnapshotFormatError(f"{path}: capacity={saved_capacity} in the metadata")
+            raise bad(f"capacity={saved_capacity} in the metadata")
         return snap, next_seq, saved_capacity
 
     def _replace_from(self, snap: Snapshot, next_seq: int, path: str | os.PathLike[str]) -> None:
@@ -386,7 +414,7 @@ class SampleBuffer(SampleRingWriter):
                                snap.error[start:], snap.timestamp[start:], snap.episode[start:],
                                next_seq)
         except ValueError as exc:
-            raise SnapshotFormatError(f"{path}: invalid sample values ({exc})") from exc
+            raise SnapshotFormatError(path, f"invalid sample values ({exc})", remedy=_REMEDY) from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], capacity: int | None = None) -> "SampleBuffer":
@@ -405,6 +433,7 @@ class SampleBuffer(SampleRingWriter):
         SnapshotFormatError
             The file is corrupted or not a saved buffer.
         """
+        _remove_orphans_of(path)
         snap, next_seq, saved_capacity = cls._read_saved(path)
         if capacity is None:
             capacity = saved_capacity if saved_capacity is not None else max(len(snap), 10_000)
@@ -423,9 +452,11 @@ class SampleBuffer(SampleRingWriter):
             The file is corrupted, not a saved buffer, or its feature_dim / label_dtype differ
             from this buffer's. The buffer is then unchanged.
         """
+        _remove_orphans_of(path)
         snap, next_seq, _ = self._read_saved(path)
         if snap.feature_dim != self.feature_dim or snap.label_dtype != self.label_dtype:
             raise SnapshotFormatError(
-                f"{path}: holds feature_dim={snap.feature_dim}, label_dtype={snap.label_dtype!r}; "
-                f"this buffer has feature_dim={self.feature_dim}, label_dtype={self.label_dtype!r}")
+                path, f"holds feature_dim={snap.feature_dim}, label_dtype={snap.label_dtype!r}; "
+                f"this buffer has feature_dim={self.feature_dim}, label_dtype={self.label_dtype!r}",
+                remedy="load it into a buffer of that shape, or move it aside")
         self._replace_from(snap, next_seq, path)

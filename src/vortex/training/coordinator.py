@@ -10,6 +10,19 @@ After an automatic swap the coordinator watches ``watch_requests`` live observat
 new version (:meth:`BackgroundTrainingCoordinator.observe_live`); if its live error is worse
 than the old version's by more than ``watch_regression_margin`` (or its mean confidence
 lower by more than that), it swaps back and records the rollback in the serving log.
+
+A swap made while a run trains (``vortex models swap`` from another process,
+:meth:`~BackgroundTrainingCoordinator.swap_to_version`, a watch's rollback) is served within a
+second, and it wins over the run: when the run concludes, its candidate is validated again
+against the version serving *then* (a validation-only worker), and swapped in only if it beats
+that version by the usual threshold; the activation itself is a compare-and-swap on the
+registry's active version, so a swap made during that last check is never overridden either.
+
+While started, a housekeeping thread follows outside swaps and saves the sample buffer to
+``<home>/buffer.arrow`` every ``buffer_persist_interval_secs``, so a killed serving process
+loses at most that many seconds of samples. Nothing the background does (watch, rollback,
+cleanup, persistence, following a swap) raises into a request: failures are logged once and
+counted in :meth:`~BackgroundTrainingCoordinator.stats`.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,8 +45,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import BackgroundTrainingConfig, as_dict
-from ..errors import ModelSwapError, RegistryError, TrainingError
-from .._io import atomic_write_bytes
+from ..errors import (ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError,
+                      VersionNotFoundError)
+from .._io import atomic_write_bytes, pid_alive, remove_orphan_temps
 from .models import build_model
 from .registry import ModelRegistry
 from .slot import ModelSlot, prepare_model
@@ -44,7 +59,10 @@ __all__ = ["BackgroundTrainingCoordinator", "TrainingTrigger", "TrainingRun", "T
 log = logging.getLogger(__name__)
 
 _HISTORY = 200  # runs kept in memory and in <home>/runs.json
-_SYNC_SECS = 1.0  # how often the background thread checks the registry for an outside swap
+_SYNC_SECS = 1.0  # how often the housekeeping thread checks the registry for an outside swap
+_MAX_REVALIDATIONS = 3  # swaps during one run's conclusion after which it gives up swapping
+BUFFER_FILE = "buffer.arrow"  # the persisted sample buffer, under the home
+_RUN_DIR_RE = re.compile(r"^run-\d+-(\d+)$")  # run-<run id>-<pid of the coordinator>
 _POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
 
 
@@ -72,6 +90,10 @@ class TrainingTrigger(enum.Enum):
 class TrainingRun:
     """Result of one training run.
 
+    ``parent_version`` is the version the run started from; ``validated_against`` the version
+    its candidate was finally compared with: the one serving when the run concluded (it differs
+    from the parent when a swap happened during the run).
+
     ``status`` is one of "swapped" (candidate validated better and now serves), "rejected"
     (validated, not better enough), "registered" (better but ``auto_swap_models`` is off),
     "not_kept" (as "registered" with ``enable_versioning`` off: not stored), "skipped" (too
@@ -88,6 +110,7 @@ class TrainingRun:
     train_samples: int = 0
     holdout_samples: int = 0
     parent_version: int | None = None
+    validated_against: int | None = None
     version: int | None = None
     swapped: bool = False
     train_loss: float | None = None
@@ -104,7 +127,12 @@ class TrainingRun:
 
 @dataclass
 class TrainingStats:
-    """Counters and state of the coordinator (see :meth:`BackgroundTrainingCoordinator.stats`)."""
+    """Counters and state of the coordinator (see :meth:`BackgroundTrainingCoordinator.stats`).
+
+    ``background_errors`` counts failures of background work that must never reach a request
+    (the post-swap watch and its rollback, registry cleanup, buffer persistence, following an
+    outside swap); ``last_background_error`` describes the latest.
+    """
 
     running: bool
     run_in_progress: bool
@@ -123,6 +151,8 @@ class TrainingStats:
     buffer_size: int
     watching: dict[str, Any] | None
     last_run: dict[str, Any] | None
+    background_errors: int = 0
+    last_background_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready)."""
@@ -166,6 +196,14 @@ def _ended(returncode: int) -> str:
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
 
+def _drop_bulky(run_dir: str) -> None:
+    """Delete every file of a run directory but the worker logs (kept to inspect a failure)."""
+    for parent, _, names in os.walk(run_dir):
+        for name in names:
+            if not name.endswith(".log"):
+                os.unlink(os.path.join(parent, name))
+
+
 def _tail(path: str, n: int = 2000) -> str:
     try:
         with open(path, "rb") as f:
@@ -197,8 +235,10 @@ class BackgroundTrainingCoordinator:
     label_dtype
         Label dtype of the sample buffer ("int64" for classification).
     buffer
-        An existing :class:`~vortex.training.SampleBuffer` to train from; default a new one of
-        ``config.buffer_capacity``.
+        An existing :class:`~vortex.training.SampleBuffer` to train from; default the buffer
+        saved in ``<home>/buffer.arrow`` (seq numbering continues), else a new one of
+        ``config.buffer_capacity``. Either way it is persisted there (see
+        ``config.buffer_persist_interval_secs``).
     factory_kwargs
         Keyword arguments of ``model_factory`` (JSON-serialisable).
     """
@@ -220,12 +260,20 @@ class BackgroundTrainingCoordinator:
         self.home = os.path.abspath(os.fspath(home))
         self.feature_dim = feature_dim
         os.makedirs(self.home, exist_ok=True)
+        remove_orphan_temps(self.home)  # of runs.json or buffer.arrow writes killed mid-way
         self.registry = ModelRegistry(config.checkpoint_dir or os.path.join(self.home, "models"))
+        self.buffer_path = os.path.join(self.home, BUFFER_FILE)
+        self._persisted_seq: int | None = None  # next_seq of the last saved buffer
         if buffer is None:
             from . import SampleBuffer
 
             buffer = SampleBuffer(feature_dim, capacity=config.buffer_capacity, label_dtype=label_dtype)
+            if os.path.exists(self.buffer_path):
+                buffer.load_into(self.buffer_path)
+                self._persisted_seq = buffer.next_seq
+                log.info("reloaded %d buffered samples from %s", len(buffer), self.buffer_path)
         self._buffer = buffer
+        self._persist_lock = threading.Lock()
         active = self.registry.active_version
         if active is None:
             active = self.registry.register(model, {"trigger": "initial", "samples": 0, "epochs": 0})
@@ -245,6 +293,8 @@ class BackgroundTrainingCoordinator:
         self._run_lock = threading.Lock()
         self._swap_lock = threading.RLock()
         self._thread: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
         self._stopping = False
         self._pending: tuple[TrainingTrigger, str | None] | None = None
         self._in_run = False
@@ -256,9 +306,11 @@ class BackgroundTrainingCoordinator:
         self._load_history()
         self._drop_leftovers()
         self._counts = dict(started=0, completed=0, failed=0, cancelled=0, skipped=0,
-                            samples=0, swaps=0, rollbacks=0)
+                            samples=0, swaps=0, rollbacks=0, background_errors=0)
         self._best_acc: float | None = None
         self._last_error: str | None = None
+        self._last_background_error: str | None = None
+        self._background_errors_seen: set[str] = set()
         self._live: dict[int, deque[tuple[float, float]]] = {}
         self._watch: _Watch | None = None
         self._live_lock = threading.Lock()
@@ -309,29 +361,79 @@ class BackgroundTrainingCoordinator:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the background thread (scheduled trigger, pending triggers)."""
+        """Start the background threads: training (scheduled and pending triggers) and
+        housekeeping (following outside swaps, saving the buffer)."""
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stopping = False
+            self._keeper_stop.clear()
             self._thread = threading.Thread(target=self._loop, name="vortex-training", daemon=True)
+            self._keeper = threading.Thread(target=self._housekeeping, name="vortex-training-keeper",
+                                            daemon=True)
             self._thread.start()
+            self._keeper.start()
         log.info("background training started (home %s)", self.home)
 
     def stop(self, cancel: bool = False, timeout: float | None = None) -> None:
-        """Stop the background thread; wait for a running run, or kill it if ``cancel``.
+        """Stop the background threads; wait for a running run, or kill it if ``cancel``.
 
-        A pending trigger stays pending (it runs after the next :meth:`start`).
+        A pending trigger stays pending (it runs after the next :meth:`start`). The buffer is
+        saved a last time, so a clean stop loses no sample.
         """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._keeper_stop.set()
         if cancel:
             self.cancel_run()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        self._thread = None
+        for thread in (self._thread, self._keeper):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._keeper = None
+        self.persist_buffer()
+
+    def persist_buffer(self) -> bool:
+        """Save the sample buffer to ``<home>/buffer.arrow`` now, if it changed since the last
+        save; True if it saved. Failures are logged and counted, never raised.
+
+        The housekeeping thread calls this every ``buffer_persist_interval_secs``; the save is
+        a C++ snapshot copy, Arrow serialisation, a sha256 and one native write, each run with
+        the GIL released, so serving threads keep running meanwhile.
+        """
+        if not self._persist_lock.acquire(blocking=False):
+            return False  # a save is under way in another thread
+        try:
+            if self._buffer.next_seq == self._persisted_seq:
+                return False
+            self._persisted_seq = self._buffer.save(self.buffer_path)
+            return True
+        except Exception as exc:
+            self._background_failure("saving the sample buffer", exc)
+            return False
+        finally:
+            self._persist_lock.release()
+
+    def _housekeeping(self) -> None:
+        """Follow outside swaps within a second and save the buffer periodically, during runs
+        too (runs happen on the training thread, not here)."""
+        interval = self.config.buffer_persist_interval_secs
+        next_persist = time.monotonic() + interval
+        while not self._keeper_stop.wait(_SYNC_SECS if not interval else
+                                         max(0.0, min(_SYNC_SECS, next_persist - time.monotonic()))):
+            self._sync_external()
+            if interval and time.monotonic() >= next_persist:
+                self.persist_buffer()
+                next_persist = time.monotonic() + interval
+
+    def _background_failure(self, what: str, exc: BaseException) -> None:
+        """Record a failure of background work: counted every time, logged once per kind."""
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        self._counts["background_errors"] += 1
+        self._last_background_error = message
+        if message not in self._background_errors_seen and len(self._background_errors_seen) < 100:
+            self._background_errors_seen.add(message)
+            log.error("%s (logged once; see stats().background_errors)", message, exc_info=exc)
 
     def cancel_run(self) -> bool:
         """Kill the workers of the run in progress (it ends "cancelled"); False if none is."""
@@ -388,15 +490,14 @@ class BackgroundTrainingCoordinator:
                     if remaining <= 0:
                         self._pending = (TrainingTrigger.SCHEDULED, None)
                         next_scheduled = time.monotonic() + interval
-                    else:  # wake at least every _SYNC_SECS to follow an outside swap
-                        self._cond.wait(min(remaining, _SYNC_SECS))
+                    else:
+                        self._cond.wait(remaining)
                 if self._stopping:
                     return
                 job = self._pending
                 if job is not None and not self.config.enabled:
                     self._pending = job = None
             if job is None:
-                self._sync_external()
                 continue
             try:
                 self._run(*job, from_loop=True)
@@ -488,20 +589,18 @@ class BackgroundTrainingCoordinator:
             snap.write_ipc(snap_path)
             run.timings["snapshot"] = time.perf_counter() - t0
             t = time.perf_counter()
-            self._run_workers(run, run_dir, snap_path, parent)
+            self._run_workers(run_dir, snap_path, parent, self.config.world_size, run.run_id)
             run.timings["workers"] = time.perf_counter() - t
             t = time.perf_counter()
-            self._conclude(run, run_dir, parent)
+            self._conclude(run, run_dir, snap_path, parent)
             run.timings["conclude"] = time.perf_counter() - t
             ok = True
         finally:
             run.timings["total"] = time.perf_counter() - t0
-            # keep the worker logs of a failed run for inspection, drop the bulky files
-            for name in os.listdir(run_dir):
-                if ok or not name.endswith(".log"):
-                    os.unlink(os.path.join(run_dir, name))
             if ok:
                 shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                _drop_bulky(run_dir)
 
     def _worker_env(self, rank: int, world: int, port: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -510,33 +609,44 @@ class BackgroundTrainingCoordinator:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS=str(self.config.worker_threads))
+                   OMP_NUM_THREADS=str(self.config.worker_threads),
+                   # the worker exits when this process dies (see worker.die_with_parent)
+                   VORTEX_PARENT_PID=str(os.getpid()))
         return env
 
-    def _run_workers(self, run: TrainingRun, run_dir: str, snap_path: str, parent: int | None) -> None:
+    def _run_workers(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,
+                     run_id: int, candidate: str | None = None) -> None:
+        """Run ``world_size`` worker processes writing into ``out_dir``; raise on any failure.
+
+        With ``candidate`` (a safetensors file), the one worker only validates it against
+        ``init_version`` on the snapshot's held-out rows instead of training.
+        """
         cfg = self.config
         flux = as_dict(cfg.flux)
         # -P: the worker must import the vortex this process runs, never a source checkout
         # that happens to be the current directory.
         cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", snap_path,
-               "--out", run_dir, "--factory", self.model_factory,
+               "--out", out_dir, "--factory", self.model_factory,
                "--factory-kwargs", json.dumps(self.factory_kwargs), "--task", cfg.task,
                "--epochs", str(cfg.num_epochs), "--lr", repr(cfg.learning_rate),
-               "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run.run_id),
+               "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run_id),
                "--threads", str(cfg.worker_threads), "--nice", str(cfg.worker_nice),
                "--flux", json.dumps(flux), "--confidence-level", repr(cfg.confidence_level)]
         if cfg.worker_sched_idle:
             cmd.append("--sched-idle")
-        if parent is not None:
-            cmd += ["--registry", self.registry.root, "--init-version", str(parent)]
-        port = _free_port() if cfg.world_size > 1 else 0
+        if init_version is not None:
+            cmd += ["--registry", self.registry.root, "--init-version", str(init_version)]
+        if candidate is not None:
+            cmd += ["--candidate", candidate]
+        port = _free_port() if world_size > 1 else 0
         deadline = time.monotonic() + cfg.run_timeout_secs
         procs: list[subprocess.Popen] = []
-        logs = [os.path.join(run_dir, f"worker-{r}.log") for r in range(cfg.world_size)]
+        os.makedirs(out_dir, exist_ok=True)
+        logs = [os.path.join(out_dir, f"worker-{r}.log") for r in range(world_size)]
         try:
-            for rank in range(cfg.world_size):
+            for rank in range(world_size):
                 with open(logs[rank], "wb") as out:
-                    procs.append(subprocess.Popen(cmd, env=self._worker_env(rank, cfg.world_size, port),
+                    procs.append(subprocess.Popen(cmd, env=self._worker_env(rank, world_size, port),
                                                   stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                                   start_new_session=True))
             self._procs = procs
@@ -560,7 +670,32 @@ class BackgroundTrainingCoordinator:
                         pass
                 p.wait()
 
-    def _conclude(self, run: TrainingRun, run_dir: str, parent: int | None) -> None:
+    def _validate_against(self, run: TrainingRun, run_dir: str, snap_path: str,
+                          version: int) -> dict[str, Any] | None:
+        """The run's candidate compared with ``version`` on the same held-out rows, by a
+        validation-only worker (the serving process does no model evaluation)."""
+        out = os.path.join(run_dir, f"against-v{version}")
+        self._run_workers(out, snap_path, version, 1, run.run_id,
+                          candidate=os.path.join(run_dir, CANDIDATE_FILE))
+        with open(os.path.join(out, RESULT_FILE), "rb") as f:
+            return json.loads(f.read())["validation"]
+
+    def _decide(self, validation: dict[str, Any] | None) -> tuple[bool, str]:
+        """Whether a candidate with this validation is better enough to serve, and why."""
+        if validation is None:
+            return False, "no held-out samples to validate on"
+        vr = ValidationResult(**validation)
+        return should_swap(vr, self.config.min_improvement_threshold), (
+            f"improvement {vr.improvement_pct:+.2f}% [{vr.ci_low:+.2f}, {vr.ci_high:+.2f}] at "
+            f"{vr.confidence_level:.0%} vs threshold {self.config.min_improvement_threshold}%")
+
+    def _conclude(self, run: TrainingRun, run_dir: str, snap_path: str, parent: int | None) -> None:
+        """Register the run's candidate and swap it in if it beats what serves *now*.
+
+        A swap made during the run (by a person, the API or a rollback) wins over the run: the
+        candidate is validated again against the version serving at this point, and activated
+        with a compare-and-swap on that version, so a swap made meanwhile is not overridden.
+        """
         cfg = self.config
         with open(os.path.join(run_dir, RESULT_FILE), "rb") as f:
             result = json.loads(f.read())
@@ -571,34 +706,49 @@ class BackgroundTrainingCoordinator:
         run.train_loss = result["train_loss"]
         run.timings.update({f"worker_{k}": v for k, v in result["timings"].items()})
         run.validation = result["validation"]
-        if run.validation is None:
-            better, why = False, "no held-out samples to validate on"
-        else:
-            vr = ValidationResult(**run.validation)
-            better = should_swap(vr, cfg.min_improvement_threshold)
-            why = (f"improvement {vr.improvement_pct:+.2f}% "
-                   f"[{vr.ci_low:+.2f}, {vr.ci_high:+.2f}] at {vr.confidence_level:.0%} "
-                   f"vs threshold {cfg.min_improvement_threshold}%")
-        swap = better and cfg.auto_swap_models
-        if not (cfg.enable_versioning or swap):
-            run.status = "rejected" if not better else "not_kept"
-            log.info("run %d: candidate not kept (%s)", run.run_id, why)
-            return
-        v = run.validation or {}
-        run.version = self.registry.register(candidate, {
-            "parent": parent, "trigger": run.trigger.value, "samples": run.samples,
-            "epochs": result["epochs"], "train_loss": run.train_loss,
-            "val_loss": v.get("candidate_loss"), "val_accuracy": v.get("candidate_accuracy"),
-            "improvement_pct": v.get("improvement_pct"), "ci_low": v.get("ci_low"),
-            "ci_high": v.get("ci_high"), "status": "candidate" if better else "rejected"})
-        if swap:
+        run.validated_against = parent
+        self._sync_external()  # serve what the registry says before comparing with it
+        for _ in range(_MAX_REVALIDATIONS + 1):
+            serving = self.registry.active_version
+            if serving != run.validated_against and run.validation is not None and serving is not None:
+                log.info("run %d: version %s was made active during the run; validating the "
+                         "candidate against it", run.run_id, serving)
+                run.validation = self._validate_against(run, run_dir, snap_path, serving)
+                run.validated_against = serving
+            better, why = self._decide(run.validation)
+            if run.validated_against != parent:
+                why += f" over version {run.validated_against} (swapped in during the run)"
+            swap = better and cfg.auto_swap_models
+            if run.version is None:
+                if not (cfg.enable_versioning or swap):
+                    run.status = "rejected" if not better else "not_kept"
+                    log.info("run %d: candidate not kept (%s)", run.run_id, why)
+                    return
+                v = run.validation or {}
+                run.version = self.registry.register(candidate, {
+                    "parent": parent, "trigger": run.trigger.value, "samples": run.samples,
+                    "epochs": result["epochs"], "train_loss": run.train_loss,
+                    "val_loss": v.get("candidate_loss"), "val_accuracy": v.get("candidate_accuracy"),
+                    "improvement_pct": v.get("improvement_pct"), "ci_low": v.get("ci_low"),
+                    "ci_high": v.get("ci_high"), "status": "candidate" if better else "rejected"})
+            elif not better:
+                self.registry.set_status(run.version, "rejected")
+            if not swap:
+                run.status = "registered" if better else "rejected"
+                break
             reason = f"auto: {run.trigger.value}" + (f" ({run.reason})" if run.reason else "") + f", {why}"
-            self._swap(run.version, reason, watch=True)
-            run.status, run.swapped = "swapped", True
+            if self._swap(run.version, reason, watch=True, expect_active=run.validated_against):
+                run.status, run.swapped = "swapped", True
+                break
+            self._sync_external()  # another swap came first: judge again against that one
         else:
-            run.status = "registered" if better else "rejected"
-        log.info("run %d: version %d %s (%s)", run.run_id, run.version, run.status, why)
-        self.cleanup()
+            run.status = "registered"
+            why += f"; not swapped: the active version changed {_MAX_REVALIDATIONS + 1} times meanwhile"
+        log.info("run %d: version %s %s (%s)", run.run_id, run.version, run.status, why)
+        try:
+            self.cleanup()
+        except Exception as exc:  # the run itself succeeded; a failed cleanup is retried next run
+            self._background_failure("registry cleanup", exc)
 
     # ------------------------------------------------------------------ versions and swaps
     def _load_prepared(self, version: int) -> Any:
@@ -631,11 +781,15 @@ class BackgroundTrainingCoordinator:
         while len(self._models) > self.config.model_cache_size:
             self._models.popitem(last=False)
 
-    def _swap(self, version: int, reason: str, watch: bool) -> None:
+    def _swap(self, version: int, reason: str, watch: bool, expect_active: Any = ...) -> bool:
+        """Serve ``version`` and record it; False if ``expect_active`` (see
+        :meth:`ModelRegistry.set_active`) no longer serves (nothing changed then)."""
         with self._swap_lock:
             model = self._load_prepared(version)
             old_version = self._slot.version
-            self.registry.set_active(version, reason, verify=False)  # verified by _load_prepared
+            if not self.registry.set_active(version, reason, verify=False,  # _load_prepared verified
+                                            expect_active=expect_active):
+                return False
             old = self._slot.swap(model, version, prepared=True)
             self._counts["swaps"] += 1
             with self._live_lock:
@@ -648,9 +802,11 @@ class BackgroundTrainingCoordinator:
                                          sum(confs) / len(confs) if confs else math.nan)
                 elif watch and self.config.watch_requests > 0:
                     log.info("no live observations of version %s: post-swap watch skipped", old_version)
+        return True
 
     def _sync_external(self) -> None:
-        """Serve the registry's active version if another process (``vortex models swap``) changed it."""
+        """Serve the registry's active version if another process (``vortex models swap``)
+        changed it. Never raises: a failure is logged once and counted."""
         try:
             if self.registry.active_version in (None, self._slot.version):
                 return
@@ -663,13 +819,14 @@ class BackgroundTrainingCoordinator:
                     self._watch = None
             log.info("serving version %d, made active outside this process", active)
         except Exception as exc:
-            log.error("could not follow the registry's active version: %s", exc)
+            self._background_failure("following the registry's active version", exc)
 
     def swap_to_version(self, version: int, reason: str = "manual") -> None:
         """Serve ``version`` from the registry (roll back or forward).
 
         The weights are verified, loaded into a new model from the factory and warmed up
-        before the swap; on any failure the current model keeps serving.
+        before the swap; on any failure the current model keeps serving. A run in progress
+        does not override this swap: its candidate must beat ``version`` to replace it.
         """
         try:
             self._swap(int(version), reason, watch=False)
@@ -689,47 +846,77 @@ class BackgroundTrainingCoordinator:
         the registry's serving log. So does a mean confidence below the old version's by more
         than the threshold, unless the live error improved: the error is the ground truth, and a
         more accurate model that is less confident is better calibrated, not worse.
+
+        Never raises: this runs on the request path, and a failure of the watch or its rollback
+        is the background's problem (logged once, counted in :meth:`stats`).
         """
-        if version is None or math.isnan(error):
-            return
+        try:
+            if version is None or math.isnan(error):
+                return
+            rollback = self._observe(version, float(error), float(confidence))
+            if rollback is not None:
+                self._rollback(*rollback)
+        except Exception as exc:
+            self._background_failure("post-swap watch", exc)
+
+    def _observe(self, version: int, error: float, confidence: float) -> tuple[_Watch, str] | None:
+        """Record one observation; the watch to roll back and why, when it just failed."""
         n = max(self.config.watch_requests, 1)
-        rollback = None
         with self._live_lock:
             live = self._live.get(version)
             if live is None:
                 live = self._live[version] = deque(maxlen=n)
-            live.append((float(error), float(confidence)))
+            live.append((error, confidence))
             w = self._watch
-            if w is not None and version == w.new_version:
-                w.errors.append(float(error))
-                if not math.isnan(confidence):
-                    w.confidences.append(float(confidence))
-                if len(w.errors) >= self.config.watch_requests:
-                    self._watch = None
-                    err = sum(w.errors) / len(w.errors)
-                    conf = sum(w.confidences) / len(w.confidences) if w.confidences else math.nan
-                    thr = self.config.watch_regression_margin
-                    if err - w.baseline_error > thr:
-                        rollback = (w, f"live error {err:.4f} vs {w.baseline_error:.4f}")
-                    elif not math.isnan(conf) and not math.isnan(w.baseline_confidence) \
-                            and err >= w.baseline_error and w.baseline_confidence - conf > thr:
-                        rollback = (w, f"live confidence {conf:.4f} vs {w.baseline_confidence:.4f}")
-                    else:
-                        log.info("version %d passed the post-swap watch (error %.4f vs %.4f)",
-                                 w.new_version, err, w.baseline_error)
-        if rollback is not None:
-            self._rollback(*rollback)
+            if w is None or version != w.new_version:
+                return None
+            w.errors.append(error)
+            if not math.isnan(confidence):
+                w.confidences.append(confidence)
+            if len(w.errors) < self.config.watch_requests:
+                return None
+            self._watch = None
+        err = sum(w.errors) / len(w.errors)
+        conf = sum(w.confidences) / len(w.confidences) if w.confidences else math.nan
+        thr = self.config.watch_regression_margin
+        if err - w.baseline_error > thr:
+            return w, f"live error {err:.4f} vs {w.baseline_error:.4f}"
+        if not math.isnan(conf) and not math.isnan(w.baseline_confidence) \
+                and err >= w.baseline_error and w.baseline_confidence - conf > thr:
+            return w, f"live confidence {conf:.4f} vs {w.baseline_confidence:.4f}"
+        log.info("version %d passed the post-swap watch (error %.4f vs %.4f)",
+                 w.new_version, err, w.baseline_error)
+        return None
 
     def _rollback(self, w: _Watch, why: str) -> None:
+        """Serve the watched swap's old model again, unless something else swapped meanwhile.
+
+        If the old version was removed from the registry since (by another process: cleanup
+        keeps it) or its file was damaged, the weights that served as it, still in memory, are
+        registered again under a new number, so the serving log names a version that exists
+        and really serves.
+        """
         with self._swap_lock:
             if self._slot.version != w.new_version:
                 return  # something else swapped meanwhile
+            target = w.old_version
             reason = f"rollback: watch regression of version {w.new_version}, {why}"
-            self.registry.set_active(w.old_version, reason)
-            self._slot.swap(w.old_model, w.old_version, prepared=True)
-            self.registry.set_status(w.new_version, "rejected")
+            try:
+                self.registry.verify(target)
+            except (VersionNotFoundError, ChecksumMismatchError) as exc:
+                target = self.registry.register(w.old_model, {
+                    "parent": w.old_version, "trigger": "rollback", "status": "candidate"})
+                reason += (f" (version {w.old_version} could not be used: {type(exc).__name__}; "
+                           f"the weights that served as it restored as version {target})")
+            if not self.registry.set_active(target, reason, verify=False, expect_active=w.new_version):
+                return  # another process swapped meanwhile: its choice stands
+            self._slot.swap(w.old_model, target, prepared=True)
             self._counts["rollbacks"] += 1
-        log.warning("rolled back to version %d: %s", w.old_version, reason)
+        log.warning("rolled back to version %d: %s", target, reason)
+        try:
+            self.registry.set_status(w.new_version, "rejected")
+        except VersionNotFoundError:
+            pass  # removed meanwhile: nothing left to mark
 
     def get_model_versions(self) -> list[dict[str, Any]]:
         """Registry metadata of every stored version, oldest first."""
@@ -748,15 +935,18 @@ class BackgroundTrainingCoordinator:
         return list(self._history)
 
     def _drop_leftovers(self) -> None:
-        """Delete snapshots and candidates left by a process that died mid-run (keep its logs)."""
+        """Delete snapshots and candidates left by a process that died mid-run (keep its logs).
+
+        A run directory is named after the process running it; one whose process is alive
+        (this one included) is left alone.
+        """
         runs = os.path.join(self.home, "runs")
         if not os.path.isdir(runs):
             return
         for d in os.listdir(runs):
-            path = os.path.join(runs, d)
-            for name in os.listdir(path) if os.path.isdir(path) else ():
-                if not name.endswith(".log"):
-                    os.unlink(os.path.join(path, name))
+            m = _RUN_DIR_RE.match(d)
+            if m is None or not pid_alive(int(m.group(1))):
+                _drop_bulky(os.path.join(runs, d))
 
     def _load_history(self) -> None:
         path = os.path.join(self.home, "runs.json")
@@ -792,4 +982,6 @@ class BackgroundTrainingCoordinator:
             current_version=self._slot.version, swaps=c["swaps"], rollbacks=c["rollbacks"],
             best_val_accuracy=self._best_acc, last_error=self._last_error,
             buffer_size=len(self._buffer), watching=watching,
-            last_run=self._history[-1].to_dict() if self._history else None)
+            last_run=self._history[-1].to_dict() if self._history else None,
+            background_errors=c["background_errors"],
+            last_background_error=self._last_background_error)

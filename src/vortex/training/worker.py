@@ -18,24 +18,34 @@ rank on the same data and seed.  Global batches with fewer rows than ranks are s
 
 Rank 0 then scores the candidate and the ``--init-version`` model of ``--registry`` on the
 held-out (sacred-position) rows and writes ``candidate.safetensors`` and ``result.json`` into
-``--out`` (both atomically).  The backend is NCCL when CUDA is available, else gloo.  The
-worker lowers its priority (``--nice``, optionally ``--sched-idle``) and limits torch to
-``--threads`` threads so a serving process on the same machine keeps its cores.
+``--out`` (both atomically).  With ``--candidate FILE`` the worker trains nothing: it only
+scores that candidate against ``--init-version`` (the coordinator does this when the active
+version changed during a run).  Training runs on CUDA when it is available (``--device``),
+with the NCCL backend, else on the CPU with gloo; the loss totals live on the training device
+and are all-reduced there.  The worker lowers its priority (``--nice``, optionally
+``--sched-idle``) and limits torch to ``--threads`` threads so a serving process on the same
+machine keeps its cores.  It dies with the process that started it (Linux parent-death
+signal, or a watcher thread elsewhere), so a killed serving process leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import inspect
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Adam", "WorkerArgs", "main", "train", "evaluate", "per_sample_loss"]
+__all__ = ["Adam", "WorkerArgs", "die_with_parent", "main", "train", "evaluate", "per_sample_loss"]
 
 log = logging.getLogger("vortex.training.worker")
 
@@ -63,6 +73,19 @@ class WorkerArgs:
     init_version: int | None = None
     flux: dict[str, Any] | None = None
     confidence_level: float = 0.95
+    candidate: str | None = None
+    device: str = "auto"
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """argparse type of the JSON-object options: a clear one-line error for anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def _parse(argv: list[str] | None) -> WorkerArgs:
@@ -71,7 +94,7 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
     p.add_argument("--snapshot", required=True, help="Arrow IPC snapshot file (SampleBuffer.snapshot().write_ipc)")
     p.add_argument("--out", required=True, help="output directory (candidate.safetensors, result.json)")
     p.add_argument("--factory", required=True, help="model factory, 'package.module:function'")
-    p.add_argument("--factory-kwargs", default="{}", type=json.loads, help="JSON object of factory kwargs")
+    p.add_argument("--factory-kwargs", default="{}", type=_json_object, help="JSON object of factory kwargs")
     p.add_argument("--task", default="classification", choices=("classification", "regression"))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -84,16 +107,50 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
     p.add_argument("--registry", default=None, help="model registry root (for --init-version)")
     p.add_argument("--init-version", type=int, default=None,
                    help="registry version to start from and to validate against (the active one)")
-    p.add_argument("--flux", default=None, type=json.loads, help="JSON object of FluxConfig fields")
+    p.add_argument("--flux", default=None, type=_json_object, help="JSON object of FluxConfig fields")
     p.add_argument("--confidence-level", type=float, default=0.95)
+    p.add_argument("--candidate", default=None,
+                   help="validate this safetensors candidate against --init-version; no training")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="training device (auto: CUDA when available)")
     ns = p.parse_args(argv)
     args = WorkerArgs(**{k: v for k, v in vars(ns).items()})
     if args.epochs < 1 or args.batch_size < 1 or args.threads < 1 or not args.lr > 0:
         p.error("--epochs, --batch-size, --threads must be >= 1 and --lr > 0")
+    if not 0 < args.confidence_level < 1:
+        p.error(f"--confidence-level {args.confidence_level!r}: must be in (0, 1)")
     if (args.init_version is None) != (args.registry is None):
         p.error("--registry and --init-version go together")
-    if "holdout_positions" in (args.flux or {}):
-        args.flux["holdout_positions"] = tuple(args.flux["holdout_positions"])
+    if args.candidate is not None and args.init_version is None:
+        p.error("--candidate needs --registry and --init-version (the model to validate it against)")
+    if args.flux is not None:
+        from ..config import FluxConfig
+
+        known = {f.name for f in dataclasses.fields(FluxConfig)}
+        unknown = sorted(set(args.flux) - known)
+        if unknown:
+            p.error(f"--flux: unknown field(s) {unknown}; known: {sorted(known)}")
+        if isinstance(args.flux.get("holdout_positions"), list):
+            args.flux["holdout_positions"] = tuple(args.flux["holdout_positions"])
+        try:
+            FluxConfig(**args.flux)
+        except ValueError as exc:
+            p.error(f"--flux: {exc}")
+    from .models import resolve_factory
+
+    try:
+        factory = resolve_factory(args.factory)
+    except (ImportError, AttributeError, ValueError) as exc:
+        p.error(f"--factory {args.factory!r}: {type(exc).__name__}: {exc}")
+    try:
+        signature = inspect.signature(factory)
+    except (ValueError, TypeError):  # a callable without an introspectable signature
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**args.factory_kwargs)
+        except TypeError as exc:
+            p.error(f"--factory-kwargs {json.dumps(args.factory_kwargs)} do not fit {args.factory}: {exc}")
     return args
 
 
@@ -154,9 +211,12 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
           rank: int = 0, world_size: int = 1, step_model=None) -> list[float]:
     """Train ``model`` with Adam on the weighted mean loss; return the weighted mean loss per epoch.
 
-    ``x``, ``y``, ``w`` are the *whole* training set on every rank; rank ``rank`` of
-    ``world_size`` trains on its rows of each seeded global batch.  ``step_model`` is the
-    module used for the forward pass (the DDP wrapper of ``model``); default ``model``.
+    ``x``, ``y``, ``w`` are the *whole* training set on every rank; ``x`` and ``y`` on the
+    model's device, ``w`` there or on the host (it is read on the host and copied to the
+    device); rank ``rank`` of ``world_size`` trains on its rows of each seeded global batch.
+    ``step_model`` is the module used for the forward pass (the DDP wrapper of ``model``);
+    default ``model``. The loss totals stay on that device (one host sync per epoch) and are
+    all-reduced there, as NCCL requires.
     """
     import torch
 
@@ -166,17 +226,23 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
         import torch.distributed as dist
     opt = Adam(model.parameters(), lr=lr)
     n = x.shape[0]
+    device = x.device
+    # which global batches count is decided on the host: the same on every rank, no sync per batch
+    w_host = w.detach().cpu()
+    w = w.to(device)
     net.train()
     losses = []
     for epoch in range(epochs):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen)
         # one gather per epoch: every batch is then a contiguous slice (a view, no copy)
-        xs, ys, ws = x[order], y[order], w[order]
+        on_device = order.to(device)
+        xs, ys, ws = x[on_device], y[on_device], w[on_device]
+        ws_host = w_host[order]
         starts = range(0, n, batch_size)
-        batch_w = torch.stack([ws[i:i + batch_size].sum() for i in starts]).tolist() if n else []
-        total_wl = torch.zeros((), dtype=torch.float64)  # sum(w * l) over this rank's rows
-        total_w = 0.0
+        batch_w = torch.stack([ws_host[i:i + batch_size].sum() for i in starts]).tolist() if n else []
+        # [sum(w * l), sum(w)] over this rank's rows
+        total = torch.zeros(2, dtype=torch.float64, device=device)
         for start, w_global in zip(starts, batch_w):
             stop = min(start + batch_size, n)
             if stop - start < world_size or not w_global > 0:
@@ -188,12 +254,12 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_wl += wl.detach()
-            total_w += float(wb.sum()) if world_size > 1 else w_global
-        total = torch.stack([total_wl, torch.tensor(total_w, dtype=torch.float64)])
+            total[0] += wl.detach()
+            total[1] += wb.sum() if world_size > 1 else w_global
         if dist is not None:
             dist.all_reduce(total)
-        epoch_loss = float(total[0] / total[1]) if total[1] > 0 else math.nan
+        wl_sum, w_sum = total.tolist()
+        epoch_loss = wl_sum / w_sum if w_sum > 0 else math.nan
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training diverged: epoch {epoch} loss is {epoch_loss}")
         losses.append(epoch_loss)
@@ -241,8 +307,20 @@ def _load_data(args: WorkerArgs):
     return (t.features, t.labels, t.weights), (h.features, h.labels)
 
 
+def _device(choice: str):
+    """The training device: ``cuda:LOCAL_RANK`` when asked or available, else the CPU."""
+    import torch
+
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch reports no CUDA device")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def run(args: WorkerArgs) -> dict[str, Any]:
-    """Train, validate and write the outputs; return the result dict (rank 0) or {}."""
+    """Train (or, with ``--candidate``, only validate), write the outputs; return the result
+    dict (rank 0) or {}."""
     t0 = time.perf_counter()
     import torch
 
@@ -254,12 +332,16 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if args.candidate is not None and world_size != 1:
+        raise ValueError(f"--candidate validates in one process, not WORLD_SIZE={world_size}")
+    device = _device(args.device)
     dist = None
     if world_size > 1:
         import torch.distributed as dist
 
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     timings: dict[str, float] = {"import": time.perf_counter() - t0}
     try:
         t = time.perf_counter()
@@ -268,31 +350,37 @@ def run(args: WorkerArgs) -> dict[str, Any]:
         init_state = ModelRegistry(args.registry).load(args.init_version) if args.registry else None
         torch.manual_seed(args.seed)
         model = build_model(args.factory, args.factory_kwargs)
-        if init_state is not None:
-            model.load_state_dict(init_state)
-        device = torch.device("cpu")
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            model.to(device)
-            x, y, w = x.to(device), y.to(device), w.to(device)
-        step_model = None
-        if dist is not None:
-            from torch.nn.parallel import DistributedDataParallel
+        losses: list[float] = []
+        if args.candidate is not None:
+            from safetensors.torch import load_file
 
-            step_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        timings["load"] = time.perf_counter() - t
-        t = time.perf_counter()
-        losses = train(model, x, y, w, task=args.task, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, seed=args.seed, rank=rank,
-                       world_size=world_size, step_model=step_model)
-        timings["train"] = time.perf_counter() - t
+            model.load_state_dict(load_file(args.candidate))
+            timings["load"] = time.perf_counter() - t
+        else:
+            if init_state is not None:
+                model.load_state_dict(init_state)
+            model.to(device)
+            x, y = x.to(device), y.to(device)  # train() moves w itself, it also reads it on the host
+            step_model = None
+            if dist is not None:
+                from torch.nn.parallel import DistributedDataParallel
+
+                step_model = DistributedDataParallel(
+                    model, device_ids=[device] if device.type == "cuda" else None)
+            timings["load"] = time.perf_counter() - t
+            t = time.perf_counter()
+            losses = train(model, x, y, w, task=args.task, epochs=args.epochs, lr=args.lr,
+                           batch_size=args.batch_size, seed=args.seed, rank=rank,
+                           world_size=world_size, step_model=step_model)
+            timings["train"] = time.perf_counter() - t
         result: dict[str, Any] = {}
         if rank == 0:
             t = time.perf_counter()
             model.to("cpu")
             result = {"rank_count": world_size, "train_samples": int(x.shape[0]),
-                      "holdout_samples": int(hx.shape[0]), "epochs": args.epochs,
-                      "epoch_losses": losses, "train_loss": losses[-1], "validation": None}
+                      "holdout_samples": int(hx.shape[0]), "epochs": len(losses),
+                      "epoch_losses": losses, "train_loss": losses[-1] if losses else None,
+                      "validation": None}
             if hx.shape[0] > 0:
                 c_scores, c_loss = evaluate(model, hx, hy, args.task)
                 if init_state is not None:
@@ -305,10 +393,11 @@ def run(args: WorkerArgs) -> dict[str, Any]:
                     c_scores, a_scores, task=args.task, candidate_loss=c_loss, active_loss=a_loss,
                     confidence_level=args.confidence_level, seed=args.seed).to_dict()
             timings["validate"] = time.perf_counter() - t
-            t = time.perf_counter()
             os.makedirs(args.out, exist_ok=True)
-            atomic_write_bytes(os.path.join(args.out, CANDIDATE_FILE), state_dict_bytes(model))
-            timings["save"] = time.perf_counter() - t
+            if args.candidate is None:
+                t = time.perf_counter()
+                atomic_write_bytes(os.path.join(args.out, CANDIDATE_FILE), state_dict_bytes(model))
+                timings["save"] = time.perf_counter() - t
             result["timings"] = timings
             atomic_write_bytes(os.path.join(args.out, RESULT_FILE),
                                json.dumps(result, allow_nan=True).encode())
@@ -320,10 +409,40 @@ def run(args: WorkerArgs) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
+def die_with_parent() -> None:
+    """Make this process exit as soon as the process that started it dies.
+
+    The parent is ``$VORTEX_PARENT_PID`` (set by the coordinator) or, under ``torchrun``, the
+    launcher that started this rank. On Linux the kernel delivers SIGKILL when it dies
+    (``PR_SET_PDEATHSIG``); elsewhere a daemon thread checks every second. If the parent is
+    already gone (it died before the signal was armed), the process exits at once.
+    """
+    expected = int(os.environ.get("VORTEX_PARENT_PID") or os.getppid())
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            pr_set_pdeathsig = 1
+            armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL),
+                                                            0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != expected:
+        log.error("the process that started this worker (pid %d) is gone: exiting", expected)
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == expected:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="vortex-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m vortex.training.worker``; returns the exit status."""
     logging.basicConfig(level=os.environ.get("VORTEX_WORKER_LOG", "WARNING"),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    die_with_parent()  # first: a worker must not outlive its coordinator, even while importing
     args = _parse(argv)
     if args.nice:
         try:
