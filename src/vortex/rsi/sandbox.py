@@ -1,385 +1,86 @@
-"""Sandboxed testing of a diff: a private view of the tree, a real patch tool, limited subprocesses.
+"""Testing a diff: its trees, its judge runs, its verdict.
 
 How a proposal is tested (:meth:`Sandbox.test`):
 
-1. Two trees are made under the sandbox base directory: *baseline* (the original) and
-   *candidate*. Where the namespaces below are available, each is an overlay file system whose
-   lower layer is the real tree and whose upper layer is a private directory: nothing is copied,
-   every write lands in the upper layer, and the real tree cannot change. Elsewhere the trees
-   are real copies (``copy_file_range`` in the kernel; never hard links, which a write in the
-   sandbox would carry into the original inode).
-2. The diff's paths are checked (no absolute paths, ``..``, symlinks or paths resolving outside
-   the tree) and it is applied in the candidate with ``git apply`` (run like the commands below).
-3. The judge paths (``[tool.vortex] judge``: the tests and the benchmark script) of the
-   candidate are reset to the original tree's (upper-layer entries removed, or copies
-   replaced), so a patch cannot weaken what grades it.
-4. The test command runs in the candidate; if it passes, the benchmark command runs
-   ``repeats`` times on baseline and candidate interleaved (B C, C B, B C, ...), and the paired
-   differences of the judged metric give a mean and a Student-t confidence interval.
+1. The diff is read with git (:func:`vortex.rsi.diffs.describe_diff`): paths, kinds, modes;
+   refused diffs are rejected. The original tree's digest
+   (:func:`vortex.rsi.trees.tree_sha256`) is recorded in ``TestResult.tree_sha256``.
+2. The *candidate* tree is a copy of the original (``copy_file_range`` in the kernel, modes
+   kept, symlinks kept as links, caches skipped) with the diff applied by ``git apply``; the
+   sha256 of every touched file right after that is ``TestResult.candidate_files``. Judge paths
+   (``[tool.vortex] judge``: tests, benchmark script) the diff touched are put back to the
+   original's, and a diff that changes a ``conftest.py`` is not judged. The *baseline* is the
+   real tree itself (a copy when commands run unjailed).
+3. Every command runs in its own jail (:mod:`vortex.rsi.jail`) that binds exactly one tree,
+   read-only, at ``/vortex/tree``: the two trees cannot see or change each other, and the only
+   writable places are the jail's size-capped ``/tmp`` and ``/dev/shm``. The judge's files
+   (the original's pytest configuration, Vortex's runner) are bound read-only beside it.
+4. The original tests run once on the baseline (the result is cached per tree digest and
+   judge configuration), then on the candidate, both under Vortex's runner
+   (:mod:`vortex.rsi.judge`): the candidate passes when it ran the same tests as the original
+   with no failure, no error and no skip the original did not have.
+5. If it passed and a benchmark is configured, the benchmark script runs ``repeats`` times on
+   baseline and candidate interleaved (B C, C B, B C, ...); the paired differences of the judged
+   metric give a mean and a Student-t confidence interval.
+6. After every command the judge files of both trees are checked against the original's
+   (sha256); at the end the real tree's digest is checked unchanged.
 
-Every command runs in its own session with a wall-clock timeout that kills the whole process
-group; with ``RLIMIT_AS``, ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC`` (and no core dumps);
-with an environment reduced to an allow list; and, where the OS allows, inside
-``unshare --user --map-root-user --net --pid --mount --mount-proc --fork --kill-child``:
+Verdicts and errors: a candidate that fails (tests, benchmark, a forged or missing result,
+tampering) gives ``passed=False``. When the judge itself could not run (git or pytest missing,
+the jail could not start, a timeout, the original's own run failing, processes outliving a run,
+the real tree changing meanwhile), the result has ``errored=True`` and the cause, in the
+runner's own words where there are some: there is no verdict, the proposal is retried later.
 
-* no network (the new network namespace has only a loopback device, and it is down);
-* a PID namespace with its own ``/proc``: the command sees no other process (so it cannot read
-  another process's environment), and killing the namespace's first process kills every process
-  the command started, even ones that left the process group;
-* a mount namespace in which ``/`` is remounted read-only and only the sandbox directory stays
-  writable, so neither the real tree nor anything else on the root file system can be changed.
-
-The kernel never applies ``RLIMIT_NPROC`` to uid 0, so when Vortex runs as root the waiting
-loop watches the system's task count every 2 ms and, when it grew by more than
-``max_processes``, counts the command's processes (its PID namespace, or its session without
-namespaces) and kills them if they are too many. For other users ``RLIMIT_NPROC`` is set to the user's current process
-count plus ``max_processes``. ``TestResult.network_isolated`` says
-whether the namespaces could be used.
+Isolation: ``TestResult.isolated`` (and ``Sandbox.isolation``) say whether the commands were
+jailed. Without a working bwrap they run unjailed, loudly (a warning in the log, a note in the
+result); such results must never be auto-applied; with ``[tool.vortex.sandbox]
+require_isolation = true`` they are errored instead.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
+import hashlib
 import json
 import logging
-import math
 import os
-import re
-import resource
+import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Collection
+
+import vortex
 
 from ..errors import PatchError, SandboxError
-from .diffs import check_paths, parse_diff
-from .settings import SandboxLimits, VortexSettings
-from .trees import SKIP_NAMES
+from .diffs import FileChange, describe_diff, git_executable, touched_paths
+from .jail import Bind, Isolation, Jail, JailRun, probe_isolation
+from .judge import (RUNNER, ChannelReport, TestOutcomes, compare_outcomes, install_pytest_config,
+                    judge_files_touched, paired_interval, parse_benchmark, pytest_argv,
+                    read_channel, t_quantile)
+from .settings import VortexSettings
+from .trees import SKIP_NAMES, tree_sha256
 
-__all__ = ["TestResult", "CommandRun", "Sandbox", "t_quantile", "paired_interval",
-           "parse_pytest_summary", "run_limited", "isolation_support", "overlay_support"]
+__all__ = ["TestResult", "Sandbox", "copy_tree", "t_quantile", "paired_interval"]
 
 log = logging.getLogger(__name__)
 
-_BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_TREE, _JUDGE, _LIB = "/vortex/tree", "/vortex/judge", "/vortex/lib"
+_PASSWD = ("root:x:0:0:root:/root:/usr/sbin/nologin\n"
+           "sandbox:x:1000:1000:Vortex sandbox:/tmp:/usr/sbin/nologin\n"
+           "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+_GROUP = "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+_HOSTS = "127.0.0.1 localhost vortex-sandbox\n::1 localhost\n"
+#: Original tests' outcomes by (tree digest, judge configuration): the baseline run is the same
+#: for every candidate of one tree state.
+_BASELINES: collections.OrderedDict[tuple, TestOutcomes] = collections.OrderedDict()
+_BASELINES_LOCK = threading.Lock()
 
-
-# ----------------------------------------------------------------------------- statistics
-
-def _t_central(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4, exact)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 1:
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
-    term, total = 1.0, 1.0
-    for k in range(1, df // 2):
-        term *= c2 * (2 * k - 1) / (2 * k)
-        total += term
-    return s * total
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Quantile of Student's t distribution for an integer ``df`` (no SciPy).
-
-    The CDF has a finite closed form for integer df (A&S 26.7.3-4); the quantile is found by
-    bisection on it to ~1e-12. Above df = 1000 the Cornish-Fisher expansion around the normal
-    quantile (A&S 26.7.5) is used; its error there is below 1e-9.
-    """
-    if not 0 < p < 1:
-        raise ValueError(f"p={p!r} must be in (0, 1)")
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"df={df!r} must be an integer >= 1")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    if df > 1000:
-        z = statistics.NormalDist().inv_cdf(p)
-        g1 = (z ** 3 + z) / 4
-        g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
-        g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
-        return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
-    target = 2 * p - 1  # P(|T| < t)
-    lo, hi = 0.0, 1.0
-    while _t_central(hi, df) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if _t_central(mid, df) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
-
-
-def paired_interval(diffs: Sequence[float], confidence: float) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided ``confidence`` Student-t interval."""
-    n = len(diffs)
-    if n < 2:
-        raise ValueError(f"need at least 2 paired differences, got {n}")
-    mean = statistics.fmean(diffs)
-    half = t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-_SUMMARY = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")
-
-
-def parse_pytest_summary(output: str) -> dict[str, int] | None:
-    """Counts from pytest's final summary line (``== 3 passed, 1 failed in 0.12s ==``)."""
-    for line in reversed(output.splitlines()):
-        if re.search(r"\b(passed|failed|errors?|no tests ran)\b", line) and re.search(r"\bin [\d.]+s", line):
-            counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-            for num, word in _SUMMARY.findall(line):
-                key = "errors" if word.startswith("error") else word
-                if key in counts:
-                    counts[key] += int(num)
-            return counts
-    return None
-
-
-# ----------------------------------------------------------------------------- processes
-
-@dataclass
-class CommandRun:
-    """One finished sandboxed command."""
-
-    command: list[str]
-    returncode: int | None
-    timed_out: bool
-    duration_secs: float
-    stdout: str
-    stderr: str
-    process_limit_hit: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-    def describe(self) -> str:
-        if self.process_limit_hit:
-            return f"{' '.join(self.command)}: killed for starting too many processes"
-        if self.timed_out:
-            return f"{self.command[-1]!r}: killed after the wall-clock timeout ({self.duration_secs:.1f}s)"
-        if self.returncode is not None and self.returncode < 0:
-            sig = signal.Signals(-self.returncode).name
-            return f"{' '.join(self.command)}: killed by {sig}"
-        return f"{' '.join(self.command)}: exit status {self.returncode}"
-
-
-# $0 stays writable, $1 is the working directory, $2..$5 an optional overlay (lower, upper, work,
-# mount point; empty $5 = none); then / is remounted read-only and the command is exec'd
-_WRAPPER = ('mount --bind "$0" "$0" && if [ -n "$5" ]; then mount -t overlay overlay '
-            '-o "lowerdir=$2,upperdir=$3,workdir=$4" "$5"; fi && mount -o remount,bind,ro / '
-            '&& cd "$1" && shift 5 && exec "$@"')
-
-
-@functools.lru_cache(maxsize=1)
-def isolation_support() -> bool:
-    """Whether ``unshare --user --net --pid --mount`` (and the read-only remount) work here."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return False
-    work = tempfile.mkdtemp(prefix="vtx-probe-")
-    try:
-        r = subprocess.run([exe, "-rnpfm", "--mount-proc", "--kill-child", "--", "/bin/sh", "-c",
-                            _WRAPPER, work, work, "", "", "", "", "/bin/sh", "-c", "touch ok"],
-                           capture_output=True, timeout=20)
-        return r.returncode == 0 and os.path.exists(os.path.join(work, "ok"))
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-@functools.lru_cache(maxsize=1)
-def overlay_support() -> bool:
-    """Whether an overlay file system can be mounted inside the sandbox's namespaces."""
-    if not isolation_support():
-        return False
-    work = tempfile.mkdtemp(prefix="vtx-probe-")
-    try:
-        lower, upper, wk, merged = (os.path.join(work, n) for n in ("lower", "upper", "wk", "merged"))
-        for d in (lower, upper, wk, merged):
-            os.mkdir(d)
-        with open(os.path.join(lower, "f"), "w") as fh:
-            fh.write("lower")
-        r = subprocess.run([shutil.which("unshare") or "unshare", "-rnpfm", "--mount-proc",
-                            "--kill-child", "--", "/bin/sh", "-c", _WRAPPER, work, merged, lower,
-                            upper, wk, merged, "/bin/sh", "-c", "cat f > /dev/null && echo x > f"],
-                           capture_output=True, timeout=20)
-        with open(os.path.join(lower, "f")) as fh:
-            untouched = fh.read() == "lower"
-        return r.returncode == 0 and untouched and os.path.exists(os.path.join(upper, "f"))
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _user_process_count() -> int:
-    uid, n = os.getuid(), 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    n += 1
-            except OSError:
-                pass
-    return n
-
-
-def _preexec(limits: SandboxLimits, nproc: int):  # type: ignore[no-untyped-def]
-    mem = limits.memory_mb << 20
-    fsize = limits.max_file_mb << 20
-
-    def apply() -> None:  # runs in the child between fork and exec
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_secs, limits.cpu_secs))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-
-    return apply
-
-
-def _pid_ns(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
-def _count_in_ns(ns: str) -> int:
-    n = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit() and _pid_ns(name) == ns:
-            n += 1
-    return n
-
-
-def _system_tasks() -> int:
-    """Number of tasks (threads) on the system, from ``/proc/loadavg``."""
-    with open("/proc/loadavg", "rb") as fh:
-        return int(fh.read().split()[3].split(b"/")[1])
-
-
-def _tail(path: str, limit: int = 65536) -> str:
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - limit))
-        return fh.read().decode("utf-8", "replace")
-
-
-def run_limited(command: list[str], *, cwd: str, env: dict[str, str], limits: SandboxLimits,
-                out_dir: str, writable: str | None = None, isolate: bool = True,
-                overlay: tuple[str, str, str, str] | None = None) -> CommandRun:
-    """Run ``command`` under the limits (see the module docstring); never raises for the
-    command's own failure, which shows in the returned :class:`CommandRun`.
-
-    ``writable`` is the directory that stays writable inside the mount namespace (default
-    ``cwd``); ``out_dir`` receives the output files. ``overlay`` = (lower, upper, work, mount
-    point) mounts an overlay file system first (namespaces only); ``cwd`` may lie inside it.
-    """
-    namespaces = isolate and isolation_support()
-    argv = list(command)
-    if namespaces:
-        argv = [shutil.which("unshare") or "unshare", "-rnpfm", "--mount-proc", "--kill-child",
-                "--", "/bin/sh", "-c", _WRAPPER, writable or cwd, cwd, *(overlay or ("",) * 4)] + argv
-        popen_cwd = writable or cwd
-    elif overlay is not None:
-        raise SandboxError("an overlay needs the sandbox namespaces, which this host does not allow")
-    else:
-        popen_cwd = cwd
-    root_user = os.geteuid() == 0
-    nproc = limits.max_processes if root_user else _user_process_count() + limits.max_processes
-    tag = uuid.uuid4().hex[:8]
-    out_path, err_path = os.path.join(out_dir, f"{tag}.out"), os.path.join(out_dir, f"{tag}.err")
-    t0 = time.monotonic()
-    timed_out = over_limit = False
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        try:
-            proc = subprocess.Popen(argv, cwd=popen_cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, start_new_session=True,
-                                    preexec_fn=_preexec(limits, nproc))
-        except OSError as exc:
-            return CommandRun(list(command), None, False, 0.0, "", f"cannot start: {exc}")
-        deadline = t0 + limits.timeout_secs
-        own_ns = _pid_ns("self")
-        try:
-            if root_user:
-                # RLIMIT_NPROC does not bind uid 0: watch the system's task count (one small read
-                # of /proc/loadavg every 2 ms) and, when it grew by more than the limit, count
-                # the command's processes exactly: its PID namespace, or else its session
-                ns = None
-                base_tasks = _system_tasks()
-                while proc.poll() is None:
-                    if time.monotonic() >= deadline:
-                        timed_out = True
-                        break
-                    if namespaces and ns is None:
-                        for k in os.listdir("/proc"):
-                            if k.isdigit() and _stat_field(k, 1) == proc.pid:
-                                cand = _pid_ns(k)
-                                if cand is not None and cand != own_ns:
-                                    ns = cand
-                    else:
-                        tasks = _system_tasks()
-                        if tasks - base_tasks > limits.max_processes:
-                            inside = _count_in_ns(ns) if ns is not None else _count_in_session(proc.pid)
-                            if inside > limits.max_processes:
-                                over_limit = True
-                                break
-                            base_tasks = tasks - inside  # other processes grew, not ours
-                    time.sleep(0.002)
-            else:
-                proc.wait(timeout=limits.timeout_secs)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            # the whole process group goes, whether it finished or not (stragglers included);
-            # with a PID namespace, the death of its first process takes every member with it
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-    run = CommandRun(list(command), proc.returncode, timed_out, time.monotonic() - t0,
-                     _tail(out_path), _tail(err_path))
-    if over_limit:
-        run.stderr += f"\n[vortex sandbox] killed: more than {limits.max_processes} processes"
-        run.process_limit_hit = True
-    return run
-
-
-def _stat_field(pid: str, index: int) -> int:
-    """Field ``index`` after the command name in ``/proc/<pid>/stat`` (1 = ppid, 3 = session)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        return int(data[data.rindex(b")") + 2:].split()[index])
-    except (OSError, ValueError, IndexError):
-        return -1
-
-
-def _count_in_session(sid: int) -> int:
-    return sum(1 for name in os.listdir("/proc") if name.isdigit() and _stat_field(name, 3) == sid)
-
-
-# ----------------------------------------------------------------------------- result
 
 @dataclass
 class TestResult:
@@ -396,6 +97,11 @@ class TestResult:
     an approval on a changed tree re-tests first; ``candidate_files`` maps each path the diff
     touched to the sha256 of its bytes in the tested candidate (None: deleted), so the real
     apply can check that it writes exactly what was tested.
+
+    ``isolated`` is True only when every command ran in the bwrap jail; a result with
+    ``isolated=False`` must never be applied automatically. ``isolation`` describes it (or why
+    not); ``network_isolated`` is kept for older readers and equals ``isolated``.
+    ``baseline_tests`` is the number of tests of the original tree's own run.
     """
 
     __test__ = False  # not a pytest class
@@ -423,6 +129,9 @@ class TestResult:
     errored: bool = False
     tree_sha256: str | None = None
     candidate_files: dict[str, str | None] = field(default_factory=dict)
+    isolated: bool = False
+    isolation: str = ""
+    baseline_tests: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -437,19 +146,87 @@ class TestResult:
         return cls(**d)
 
 
+class _Errored(Exception):
+    """The judge could not run: no verdict."""
+
+
+class _Rejected(Exception):
+    """The candidate failed."""
+
+
+# ----------------------------------------------------------------------------- trees
+
+def _place(src: str, dst: str) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+    else:  # contents (copy_file_range in the kernel) and permission bits; no other metadata
+        shutil.copyfile(src, dst, follow_symlinks=False)
+        shutil.copymode(src, dst)
+
+
+def copy_tree(src: str, dst: str) -> int:
+    """Copy the tree ``src`` to ``dst`` (symlinks kept as links, caches and ``*.pyc``
+    skipped, permission bits kept, never hard links); returns the number of files. Directories
+    are made first, then files are copied by a few threads (the copies run in the kernel,
+    outside the GIL)."""
+    pairs: list[tuple[str, str]] = []
+    os.makedirs(dst, exist_ok=True)
+    shutil.copymode(src, dst)
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES
+                       and not os.path.islink(os.path.join(dirpath, d))]
+        rel = os.path.relpath(dirpath, src)
+        target = dst if rel == "." else os.path.join(dst, rel)
+        for d in dirnames:
+            os.mkdir(os.path.join(target, d))
+            shutil.copymode(os.path.join(dirpath, d), os.path.join(target, d))
+        links = [d for d in os.listdir(dirpath) if os.path.islink(os.path.join(dirpath, d))
+                 and os.path.isdir(os.path.join(dirpath, d))]
+        pairs.extend((os.path.join(dirpath, n), os.path.join(target, n))
+                     for n in filenames + links if not n.endswith(".pyc"))
+    if len(pairs) < 64:
+        for a, b in pairs:
+            _place(a, b)
+    else:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in pool.map(lambda ab: _place(*ab), pairs, chunksize=32):
+                pass
+    return len(pairs)
+
+
+def _file_sha256(path: str) -> str | None:
+    """sha256 of a regular file's bytes, never through a symlink (None: absent)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Rejected(f"{path}: not a regular file after the patch ({exc.strerror})") from None
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _judge_digest(root: str, judge: tuple[str, ...]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for rel in judge:
+        top = os.path.join(root, rel)
+        if os.path.isdir(top) and not os.path.islink(top):
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_NAMES)
+                for n in sorted(filenames):
+                    if not n.endswith(".pyc"):
+                        full = os.path.join(dirpath, n)
+                        out[os.path.relpath(full, root)] = (
+                            "link:" + os.readlink(full) if os.path.islink(full) else _file_sha256(full))
+        else:
+            out[rel] = "link:" + os.readlink(top) if os.path.islink(top) else _file_sha256(top)
+    return out
+
+
 # ----------------------------------------------------------------------------- sandbox
-
-@dataclass
-class _Tree:
-    """One sandbox tree: where commands see it, and its overlay layers (None = a plain copy)."""
-
-    path: str
-    overlay: tuple[str, str, str, str] | None = None
-
-    @property
-    def upper(self) -> str:
-        return self.overlay[1] if self.overlay else self.path
-
 
 class Sandbox:
     """Tests diffs against the tree described by ``settings``.
@@ -461,256 +238,331 @@ class Sandbox:
     base_dir
         Where sandbox directories are made (default ``$TMPDIR/vortex-sandbox``).
     isolate
-        Use namespaces when available (False only for debugging).
+        Jail the commands when bwrap works here (False: never; for debugging only).
     keep
         Keep the sandbox directory after the test (for inspection).
+    python
+        The interpreter of the judge's runs (default: the one running Vortex, ``{python}``).
     """
 
     def __init__(self, settings: VortexSettings, *, base_dir: str | None = None,
-                 isolate: bool = True, keep: bool = False) -> None:
+                 isolate: bool = True, keep: bool = False, python: str | None = None) -> None:
         self.settings = settings
         self.base_dir = base_dir or os.path.join(tempfile.gettempdir(), "vortex-sandbox")
         os.makedirs(self.base_dir, mode=0o711, exist_ok=True)
-        self.isolate = isolate
         self.keep = keep
-        self.network_isolated = isolate and isolation_support()
-        # an overlay of the real tree costs nothing to set up; its option syntax forbids , : \
-        self.use_overlay = (self.network_isolated and overlay_support()
-                            and not any(c in settings.root for c in ",:\\"))
-        self._lock = threading.Lock()  # one test at a time: a test owns _work and _logs
+        self.isolation: Isolation = (probe_isolation(settings.sandbox) if isolate else
+                                     Isolation(False, None, os.getuid(), "isolation turned off "
+                                               "(Sandbox(isolate=False))"))
+        self.jail = Jail(settings.sandbox, self.isolation, python)
+        self._vortex_dir = os.path.dirname(os.path.abspath(vortex.__file__))
+        self._lock = threading.Lock()  # one test at a time: a test owns its work directory
 
-    # -- tree handling
-    @staticmethod
-    def _place(src: str, dst: str) -> None:
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        else:  # contents (copy_file_range in the kernel) and permission bits; no other metadata
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            shutil.copymode(src, dst)
+    @property
+    def isolated(self) -> bool:
+        """Whether commands run jailed (see :class:`vortex.rsi.jail.Isolation`)."""
+        return self.isolation.isolated
 
-    def materialize(self, src: str, dst: str) -> int:
-        """Copy the tree ``src`` to ``dst`` (symlinks kept as links, caches skipped); returns the
-        number of files. Directories are made first, then files are copied by a few threads
-        (the copies run in the kernel, outside the GIL)."""
-        pairs: list[tuple[str, str]] = []
-        os.makedirs(dst, exist_ok=True)
-        for dirpath, dirnames, filenames in os.walk(src):
-            dirnames[:] = [d for d in dirnames if d not in SKIP_NAMES
-                           and not os.path.islink(os.path.join(dirpath, d))]
-            rel = os.path.relpath(dirpath, src)
-            target = dst if rel == "." else os.path.join(dst, rel)
-            for d in dirnames:
-                os.mkdir(os.path.join(target, d), 0o755)
-            links = [d for d in os.listdir(dirpath) if os.path.islink(os.path.join(dirpath, d))
-                     and os.path.isdir(os.path.join(dirpath, d))]
-            pairs.extend((os.path.join(dirpath, n), os.path.join(target, n))
-                         for n in filenames + links if not n.endswith(".pyc"))
-        if len(pairs) < 64:
-            for a, b in pairs:
-                self._place(a, b)
-        else:
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                for _ in pool.map(lambda ab: self._place(*ab), pairs, chunksize=32):
-                    pass
-        return len(pairs)
-
-    def _make_tree(self, work: str, name: str) -> _Tree:
-        path = os.path.join(work, name)
-        if not self.use_overlay:
-            self.materialize(self.settings.root, path)
-            return _Tree(path)
-        layers = [os.path.join(work, f"{name}.{n}") for n in ("upper", "ovlwork")]
-        for d in (path, *layers):
-            os.mkdir(d, 0o755)
-        return _Tree(path, (self.settings.root, layers[0], layers[1], path))
-
-    def _restore_judge(self, tree: _Tree) -> None:
-        """Make the judge paths of ``tree`` the original tree's again."""
-        root = self.settings.root
-        for rel in self.settings.judge:
-            dst = os.path.join(tree.upper, rel)
-            if tree.overlay is not None:
-                # drop whatever the diff put in the upper layer (files, whiteouts, opaque
-                # directories) at the judge path or at an ancestor that hides it
-                parts = rel.split("/")
-                for i in range(1, len(parts)):
-                    anc = os.path.join(tree.upper, *parts[:i])
-                    if os.path.lexists(anc) and not os.path.isdir(anc):
-                        os.unlink(anc)
-                if os.path.isdir(dst) and not os.path.islink(dst):
-                    shutil.rmtree(dst)
-                elif os.path.lexists(dst):
-                    os.unlink(dst)
-                continue
-            src = os.path.join(root, rel)
-            if os.path.isdir(dst) and not os.path.islink(dst):
-                shutil.rmtree(dst)
-            elif os.path.lexists(dst):
-                os.unlink(dst)
-            if os.path.isdir(src):
-                self.materialize(src, dst)
-            elif os.path.exists(src):
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                self._place(src, dst)
-
-    def _env(self, tree: str, home: str) -> dict[str, str]:
-        env = {k: os.environ[k] for k in (*_BASE_ENV, *self.settings.sandbox.env_allow) if k in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        import vortex
-
-        vortex_parent = os.path.dirname(os.path.dirname(os.path.abspath(vortex.__file__)))
-        paths = [os.path.join(tree, p) for p in self.settings.pythonpath] + [vortex_parent]
-        env.update(HOME=home, TMPDIR=home, PYTHONPATH=os.pathsep.join(paths),
-                   PYTHONDONTWRITEBYTECODE="1", PYTHONNOUSERSITE="1")
-        return env
-
-    def _run(self, command: list[str], tree: _Tree, env: dict[str, str],
-             limits: SandboxLimits | None = None) -> CommandRun:
-        return run_limited(command, cwd=tree.path, env=env, limits=limits or self.settings.sandbox,
-                           out_dir=self._logs, writable=self._work, isolate=self.isolate,
-                           overlay=tree.overlay)
-
-    def apply_diff(self, diff: str, tree: _Tree) -> list[str]:
-        """Check the diff's paths against the original tree and apply it to ``tree`` with
-        ``git apply`` (inside the namespaces when the tree is an overlay).
-
-        Raises
-        ------
-        PatchError
-            Unsafe path, malformed diff or a diff that does not apply.
-        """
-        touched = check_paths(parse_diff(diff), self.settings.root)
-        if tree.overlay is None:
-            touched = check_paths(parse_diff(diff), tree.path)
-        git = shutil.which("git")
-        if git is None:
-            raise SandboxError("git is not installed; it is needed to apply diffs")
-        patch_path = os.path.join(self._work, "proposal.diff")
-        with open(patch_path, "w", encoding="utf-8") as fh:
-            fh.write(diff if diff.endswith("\n") else diff + "\n")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "GIT_CEILING_DIRECTORIES": self._work, "HOME": self._work}
-        limits = SandboxLimits(timeout_secs=60, memory_mb=max(1024, self.settings.sandbox.memory_mb),
-                               max_file_mb=self.settings.sandbox.max_file_mb)
-        run = self._run([git, "apply", "--whitespace=nowarn", "-p1", patch_path], tree, env, limits)
-        if not run.ok:
-            raise PatchError(f"diff does not apply: {run.stderr.strip() or run.stdout.strip()}")
-        return touched
+    @property
+    def network_isolated(self) -> bool:
+        """Same as :attr:`isolated` (the jail always has its own network namespace)."""
+        return self.isolation.isolated
 
     # -- the test
     def test(self, diff: str, *, metric: str | None = None, repeats: int = 5,
-             confidence: float = 0.95) -> TestResult:
-        """Test ``diff``; see the module docstring. Patch problems and failing commands are
-        reported in the result; only a sandbox that cannot be set up raises SandboxError."""
+             confidence: float = 0.95, allow: Collection[str] = ()) -> TestResult:
+        """Test ``diff`` (see the module docstring); ``allow`` is what its proposer declared
+        (renames, copies, modes, binary: :func:`vortex.rsi.diffs.describe_diff`). Never raises
+        for a failing candidate or a judge that could not run: both are in the result."""
         with self._lock:
-            return self._test(diff, metric, repeats, confidence)
-
-    def _test(self, diff: str, metric: str | None, repeats: int, confidence: float) -> TestResult:
-        t0 = time.monotonic()
-        s = self.settings
-        res = TestResult(passed=False, confidence_level=confidence,
-                         network_isolated=self.network_isolated, metric=metric or s.primary_metric)
-        if not res.network_isolated:
-            res.notes.append("network not isolated: unshare --user --net unavailable on this host")
-        work = tempfile.mkdtemp(prefix="sbx-", dir=self.base_dir)
-        os.chmod(work, 0o711)
-        self._work = work
-        self._logs = os.path.join(work, "logs")
-        try:
-            home = os.path.join(work, "home")
+            t0 = time.monotonic()
+            iso = self.isolation
+            res = TestResult(passed=False, confidence_level=confidence, isolated=iso.isolated,
+                             network_isolated=iso.isolated, isolation=iso.describe(),
+                             metric=metric or self.settings.primary_metric)
             try:
-                os.mkdir(self._logs)
-                os.mkdir(home, 0o700)
-                cand = self._make_tree(work, "candidate")
-            except OSError as exc:
-                raise SandboxError(f"cannot build the sandbox tree in {work}: {exc}") from exc
-            try:
-                self.apply_diff(diff, cand)
-            except PatchError as exc:
+                if not iso.isolated:
+                    res.notes.append(f"NOT ISOLATED ({iso.cause}): commands ran unjailed; this "
+                                     "result must not be applied automatically")
+                    if self.settings.sandbox.require_isolation:
+                        raise _Errored("isolation is required ([tool.vortex.sandbox] "
+                                       f"require_isolation) but unavailable: {iso.cause}")
+                self._test(res, diff, repeats, confidence, allow, t0)
+            except _Errored as exc:
+                res.passed, res.errored = False, True
                 res.errors.append(str(exc))
-                return res
-            self._restore_judge(cand)
-            base = None
-            if s.benchmark_command and res.metric is not None:
-                base = self._make_tree(work, "baseline")
-            res.setup_secs = time.monotonic() - t0
-            run = self._run(s.expand(s.test_command), cand, self._env(cand.path, home))
-            res.command_secs += run.duration_secs
-            res.test_output = (run.stdout + run.stderr)[-8000:]
-            res.timed_out = run.timed_out
-            counts = parse_pytest_summary(run.stdout + "\n" + run.stderr)
-            if counts is not None:
-                res.tests_passed = counts["passed"]
-                res.tests_failed = counts["failed"] + counts["errors"]
-                res.tests_run = res.tests_passed + res.tests_failed
-            if not run.ok:
-                res.errors.append(f"tests failed: {run.describe()}")
-                return res
-            if s.benchmark_command:
-                self._benchmark(res, base, cand, home, repeats, confidence)
-                if res.errors:
-                    return res
-            res.passed = res.improved is not False
-            if not res.passed:
-                res.errors.append(f"no significant improvement of {res.metric}: delta "
-                                  f"{res.performance_delta:+.3%}, {confidence:.0%} interval "
-                                  f"[{res.delta_interval[0]:+.3%}, {res.delta_interval[1]:+.3%}]")  # type: ignore[index]
-            return res
-        finally:
+            except _Rejected as exc:
+                res.passed = False
+                res.errors.append(str(exc))
+            except (OSError, SandboxError) as exc:  # the sandbox's own files: disk full, ...
+                res.passed, res.errored = False, True
+                res.errors.append(f"sandbox error: {exc}")
             res.duration_secs = time.monotonic() - t0
+            return res
+
+    def _test(self, res: TestResult, diff: str, repeats: int, confidence: float,
+              allow: Collection[str], t0: float) -> None:
+        s = self.settings
+        res.tree_sha256 = tree_sha256(s.root)
+        try:
+            changes = describe_diff(diff, s.root, allow=allow)
+        except PatchError as exc:
+            raise _Rejected(str(exc)) from None
+        except SandboxError as exc:
+            raise _Errored(str(exc)) from None
+        touched = touched_paths(changes)
+        config = judge_files_touched([p for p in touched if not s.in_judge(p)])
+        if config:
+            raise _Rejected(f"the diff changes {', '.join(config)}, which configures the test run; "
+                            "the judge never runs a candidate's test configuration")
+        work = tempfile.mkdtemp(prefix="sbx-", dir=self.base_dir)
+        try:
+            self._run_test(res, work, diff, changes, repeats, confidence, t0)
+        finally:
             if not self.keep:
                 shutil.rmtree(work, ignore_errors=True)
+            if tree_sha256(s.root) != res.tree_sha256:
+                raise _Errored(f"the real tree {s.root} changed during the test; the result "
+                               "describes no tree state")
 
-    def _bench_once(self, tree: _Tree, home: str) -> tuple[dict[str, tuple[float, str]], float]:
+    def _run_test(self, res: TestResult, work: str, diff: str, changes: list[FileChange],
+                  repeats: int, confidence: float, t0: float) -> None:
         s = self.settings
-        run = self._run(s.expand(s.benchmark_command), tree, self._env(tree.path, home))
-        if not run.ok:
-            raise SandboxError(f"benchmark failed: {run.describe()}: {run.stderr[-500:]}")
-        for line in reversed(run.stdout.strip().splitlines()):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                out = {}
-                for name, m in obj.items():
-                    if not (isinstance(m, dict) and isinstance(m.get("value"), (int, float))
-                            and m.get("better") in ("lower", "higher")):
-                        raise SandboxError(f"benchmark metric {name!r}={m!r}: expected "
-                                           '{"value": number, "better": "lower"|"higher"}')
-                    out[name] = (float(m["value"]), m["better"])
-                return out, run.duration_secs
-        raise SandboxError("benchmark printed no JSON object")
+        trial = _Trial(work)
+        for name, text in (("passwd", _PASSWD), ("group", _GROUP), ("hosts", _HOSTS)):
+            with open(os.path.join(trial.judge_dir, name), "w", encoding="utf-8") as fh:
+                fh.write(text)
+        trial.ini = install_pytest_config(s.root, s.pytest_args, trial.judge_dir)
+        cand = trial.trees["candidate"] = os.path.join(work, "candidate")
+        copy_tree(s.root, cand)
+        self._apply(diff, cand, work)
+        touched = touched_paths(changes)
+        res.candidate_files = {p: _file_sha256(os.path.join(cand, p)) for p in touched}
+        self._restore_judge(cand, [p for p in touched if s.in_judge(p)])
+        trial.expected = _judge_digest(s.root, s.judge)
+        self._verify_judge(trial, when="after the patch")
 
-    def _benchmark(self, res: TestResult, base: _Tree | None, cand: _Tree, home: str,
-                   repeats: int, confidence: float) -> None:
+        key = (res.tree_sha256, tuple(s.pytest_args), _file_sha256(os.path.join(trial.judge_dir, trial.ini)),
+               self.jail.python, self.isolation.isolated, s.pythonpath, s.sandbox,
+               tuple(os.environ.get(k) for k in s.sandbox.env_allow))
+        with _BASELINES_LOCK:
+            original = _BASELINES.get(key)
+        if original is None or (s.benchmark_command and res.metric is not None):
+            if self.isolation.isolated:
+                # the original code runs on the real tree itself, bound read-only into a jail of
+                # its own (the candidate's jail never sees it); the final digest check proves it
+                # unchanged. Unjailed, a command could write there: it gets a copy.
+                trial.trees["baseline"] = s.root
+            else:
+                trial.trees["baseline"] = os.path.join(work, "baseline")
+                copy_tree(s.root, trial.trees["baseline"])
+        res.setup_secs = time.monotonic() - t0
+        if original is None:
+            original = self._baseline_tests(res, trial)
+            with _BASELINES_LOCK:
+                _BASELINES[key] = original
+                while len(_BASELINES) > 32:
+                    _BASELINES.popitem(last=False)
+        res.baseline_tests = len(original.outcomes)
+
+        run, report = self._runner(trial, "candidate")
+        res.command_secs += run.duration_secs
+        res.test_output = (run.stdout + run.stderr)[-8000:]
+        res.timed_out = run.timed_out
+        self._verify_judge(trial, when="after the candidate's tests")
+        rec = self._check_run(run, report, "the candidate's tests")
+        try:
+            got = TestOutcomes.from_record(rec)
+        except (ValueError, TypeError) as exc:
+            raise _Rejected(f"the candidate's test result is malformed: {exc}") from None
+        res.tests_run = len(got.outcomes)
+        res.tests_passed = got.count("passed")
+        res.tests_failed = got.count("failed", "error")
+        problems = compare_outcomes(original, got, s.in_judge)
+        if rec.get("tampered"):
+            problems.append("the code under test replaced parts of the judge: "
+                            + ", ".join(rec["tampered"][:8]))
+        if problems:
+            raise _Rejected("tests failed: " + "; ".join(problems))
+        if s.benchmark_command:
+            self._benchmark(res, trial, repeats, confidence)
+        res.passed = res.improved is not False
+        if not res.passed:
+            res.errors.append(f"no significant improvement of {res.metric}: delta "
+                              f"{res.performance_delta:+.3%}, {confidence:.0%} interval "
+                              f"[{res.delta_interval[0]:+.3%}, {res.delta_interval[1]:+.3%}]")  # type: ignore[index]
+
+    # -- trees
+    def _apply(self, diff: str, tree: str, work: str) -> None:
+        """``git apply`` in the candidate copy (git refuses to write through symlinks)."""
+        try:
+            git = git_executable()
+        except SandboxError as exc:
+            raise _Errored(str(exc)) from None
+        patch = os.path.join(work, "proposal.diff")
+        with open(patch, "w", encoding="utf-8", newline="") as fh:
+            fh.write(diff if diff.endswith("\n") else diff + "\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": work, "LC_ALL": "C",
+               "GIT_CEILING_DIRECTORIES": work, "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": os.devnull}
+        try:
+            r = subprocess.run([git, "apply", "--whitespace=nowarn", "-p1", patch], cwd=tree,
+                               env=env, capture_output=True, text=True, timeout=60, umask=0o022)
+        except subprocess.TimeoutExpired:
+            raise _Errored("git apply timed out") from None
+        if r.returncode != 0:
+            raise _Rejected(f"diff does not apply: {(r.stderr or r.stdout).strip()}")
+
+    def _restore_judge(self, tree: str, touched: list[str]) -> None:
+        """Put the judge paths the diff touched back to the original's."""
+        for rel in touched:
+            dst, src = os.path.join(tree, rel), os.path.join(self.settings.root, rel)
+            if os.path.lexists(dst):
+                os.unlink(dst)
+            if os.path.lexists(src):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                _place(src, dst)
+
+    def _verify_judge(self, trial: "_Trial", when: str) -> None:
+        expected = trial.expected
+        for name, tree in trial.trees.items():
+            got = _judge_digest(tree, self.settings.judge)
+            if got != expected:
+                bad = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+                raise _Errored(f"the judge files of the {name} tree differ from the original's "
+                               f"{when}: {', '.join(bad[:5])}")
+
+    # -- runs
+    def _runner(self, trial: "_Trial", tree: str, script: tuple[str, list[str]] | None = None
+                ) -> tuple[JailRun, ChannelReport]:
+        """Run Vortex's judge runner on one tree of ``trial`` in a jail of its own: the tests,
+        or ``script`` (path in the tree, arguments)."""
+        jail = self.jail
+        lib = Bind(self._vortex_dir, f"{_LIB}/vortex")
+        tree_b, judge_b = Bind(trial.trees[tree], _TREE), Bind(trial.judge_dir, _JUDGE)
+        binds = [tree_b, judge_b, lib] + [Bind(os.path.join(trial.judge_dir, n), f"/etc/{n}")
+                                          for n in ("passwd", "group", "hosts")]
+        tree_in = jail.inside(tree_b)
+        nonce = secrets.token_hex(16)
+        order: dict[str, Any] = {
+            "nonce": nonce, "root": tree_in, "lib": os.path.dirname(jail.inside(lib)),
+            "paths": [os.path.normpath(os.path.join(tree_in, p)) for p in self.settings.pythonpath]}
+        if script is None:
+            order.update(mode="pytest", args=pytest_argv(
+                self.settings, config=os.path.join(jail.inside(judge_b), trial.ini), tree=tree_in))
+        else:
+            order.update(mode="script", script=os.path.join(tree_in, script[0]), args=script[1])
+        runner = os.path.join(jail.inside(lib), os.path.relpath(RUNNER, self._vortex_dir))
+        env = {k: os.environ[k] for k in self.settings.sandbox.env_allow if k in os.environ}
+        if not self.isolation.isolated:
+            home = os.path.join(trial.work, "home")
+            os.makedirs(home, mode=0o700, exist_ok=True)
+            env.update(HOME=home, TMPDIR=home)
+        run = jail.run([jail.python, "-I", "-B", runner], binds=binds, cwd=tree_b, env=env,
+                       stdin=json.dumps(order).encode(), channel=True)
+        return run, read_channel(run.channel, nonce)
+
+    def _check_run(self, run: JailRun, report: ChannelReport, what: str) -> dict[str, Any]:
+        """The run's result record, or the reason there is none (errored or rejected)."""
+        tail = (run.stderr.strip() or run.stdout.strip())[-1500:]
+        if run.setup_error is not None:
+            raise _Errored(f"jail setup failed for {what}: {run.setup_error}")
+        if run.survivors:
+            raise _Errored(f"processes {run.survivors} of {what} outlived it (they were killed)")
+        if report.error is not None:
+            raise _Errored(f"the judge could not run {what}: {report.error}")
+        if run.timed_out:
+            raise _Errored(f"{what}: {run.describe()}")
+        if not report.ready:
+            raise _Errored(f"the judge did not start for {what} ({run.describe()}): {tail}")
+        if report.problems:
+            raise _Rejected(f"{what}: the result channel was written by someone else than the "
+                            f"judge: {'; '.join(report.problems[:3])}")
+        if report.result is None:
+            raise _Rejected(f"{what} ended without the judge's result ({run.describe()}); the "
+                            f"code under test ended or broke the run: {tail[-500:]}")
+        return report.result
+
+    def _baseline_tests(self, res: TestResult, trial: "_Trial") -> TestOutcomes:
+        run, report = self._runner(trial, "baseline")
+        res.command_secs += run.duration_secs
+        self._verify_judge(trial, when="after the original's tests")
+        try:
+            rec = self._check_run(run, report, "the original tree's tests")
+            original = TestOutcomes.from_record(rec)
+        except (_Rejected, ValueError, TypeError) as exc:
+            raise _Errored(str(exc)) from None
+        if original.collect_errors:
+            raise _Errored(f"the original tree's tests do not collect: {original.collect_errors[:5]}")
+        if not original.outcomes:
+            raise _Errored("the original tree's test command runs no test; the judge needs tests")
+        outside = sorted(f for f in original.test_files() if not self.settings.in_judge(f))
+        if outside:
+            raise _Errored(f"test files outside the judge paths {list(self.settings.judge)}: "
+                           f"{', '.join(outside[:5])}; a candidate could rewrite them (list them "
+                           "in [tool.vortex] judge)")
+        return original
+
+    def _bench_once(self, trial: "_Trial", tree: str) -> tuple[dict[str, tuple[float, str]], float]:
+        run, report = self._runner(trial, tree, self.settings.benchmark_script)
+        self._verify_judge(trial, when="after a benchmark run")
+        baseline = tree == "baseline"
+        what = f"the {'original' if baseline else 'candidate'}'s benchmark"
+        try:
+            rec = self._check_run(run, report, what)
+            if rec.get("tampered"):
+                raise _Rejected(f"{what}: the code under test replaced parts of the judge: "
+                                + ", ".join(rec["tampered"][:8]))
+            return parse_benchmark(rec), run.duration_secs
+        except ValueError as exc:
+            err = f"{what}: {exc}: {run.stderr.strip()[-500:]}"
+            raise (_Errored(err) if baseline else _Rejected(err)) from None
+        except _Rejected as exc:
+            if baseline:
+                raise _Errored(str(exc)) from None
+            raise
+
+    def _benchmark(self, res: TestResult, trial: "_Trial", repeats: int, confidence: float) -> None:
         before: list[dict[str, tuple[float, str]]] = []
         after: list[dict[str, tuple[float, str]]] = []
-        try:
-            for i in range(repeats if base else 1):
-                order = [(base, before), (cand, after)] if i % 2 == 0 else [(cand, after), (base, before)]
-                for tree, sink in order:
-                    if tree is None:
-                        continue
-                    metrics, secs = self._bench_once(tree, home)
-                    sink.append(metrics)
-                    res.command_secs += secs
-        except SandboxError as exc:
-            res.errors.append(str(exc))
-            return
+        pairs = [("baseline", before), ("candidate", after)]
+        if res.metric is None:
+            pairs = pairs[1:]
+        for i in range(repeats if res.metric is not None else 1):
+            for tree, sink in (pairs if i % 2 == 0 else pairs[::-1]):
+                metrics, secs = self._bench_once(trial, tree)
+                sink.append(metrics)
+                res.command_secs += secs
         res.benchmark_runs = len(after)
         res.benchmark_after = {k: statistics.fmean(r[k][0] for r in after) for k in after[0]}
         if not before:
             return
         res.benchmark_before = {k: statistics.fmean(r[k][0] for r in before) for k in before[0]}
         metric = res.metric
-        if metric not in res.benchmark_before or metric not in res.benchmark_after:
-            res.errors.append(f"benchmark does not report the judged metric {metric!r}")
-            return
-        better = after[0][metric][1]
+        if metric not in res.benchmark_before:
+            raise _Errored(f"the benchmark does not report the judged metric {metric!r}")
+        if metric not in res.benchmark_after:
+            raise _Rejected(f"the candidate's benchmark does not report {metric!r}")
+        better = before[0][metric][1]
         sign = -1.0 if better == "lower" else 1.0
         scale = abs(res.benchmark_before[metric]) or 1.0
         diffs = [sign * (a[metric][0] - b[metric][0]) / scale for a, b in zip(after, before)]
         mean, lo, hi = paired_interval(diffs, confidence)
         res.performance_delta, res.delta_interval = mean, (lo, hi)
         res.improved = lo > 0
+
+
+@dataclass
+class _Trial:
+    """One test's work directory: its trees (by role), the judge's files, the expected judge
+    digest."""
+
+    work: str
+    trees: dict[str, str] = field(default_factory=dict)
+    ini: str = "pytest.ini"
+    expected: dict[str, str | None] = field(default_factory=dict)
+    judge_dir: str = ""
+
+    def __post_init__(self) -> None:
+        self.judge_dir = os.path.join(self.work, "judge")
+        os.mkdir(self.judge_dir, 0o755)

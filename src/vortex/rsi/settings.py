@@ -15,11 +15,19 @@ Example::
 
     [tool.vortex.sandbox]
     timeout_secs = 60
-    memory_mb = 2048          # RLIMIT_AS
-    cpu_secs = 60             # RLIMIT_CPU
-    max_processes = 64        # RLIMIT_NPROC (applied to an unprivileged uid, see sandbox.py)
+    memory_mb = 2048          # RLIMIT_AS, per process
+    cpu_secs = 60             # RLIMIT_CPU, per process
+    max_processes = 64        # RLIMIT_NPROC: processes and threads the command may add to
+                              # those its host uid has when it starts
     max_file_mb = 64          # RLIMIT_FSIZE
-    env_allow = ["LANG"]      # extra variables passed through (PATH, HOME=sandbox, ... always)
+    max_open_files = 256      # RLIMIT_NOFILE
+    tmp_mb = 256              # byte quota of the writable /tmp (a size-capped tmpfs)
+    shm_mb = 64               # byte quota of /dev/shm
+    max_output_kb = 256       # printed output kept per command (head and tail)
+    require_isolation = false # true: no bwrap jail here = no verdict (errored), never unjailed
+    uid = 65534               # host uid/gid of jailed commands when Vortex runs as root
+    gid = 65534
+    env_allow = ["LANG"]      # extra variables passed through (PATH, HOME=/tmp, ... always)
 
     [[tool.vortex.tunables]]
     name = "ensemble_size"
@@ -36,8 +44,12 @@ Example::
     timeout_secs = 120
     weaknesses = ["latency_spike"]      # default: every kind
 
-``{python}`` in a command is replaced by the interpreter running Vortex.  The benchmark command
-prints one JSON object ``{"metric": {"value": float, "better": "lower" | "higher"}, ...}``.
+``{python}`` in a command is replaced by the interpreter running Vortex. The judge runs both
+commands itself (see :mod:`vortex.rsi.judge`), so their shape is fixed: the test command is
+``["{python}", "-m", "pytest", *args]`` and every test path it names lies in ``judge``; the
+benchmark command is ``["{python}", "<script>", *args]`` with the script in ``judge``. The script
+prints exactly one JSON object ``{"metric": {"value": float, "better": "lower" | "higher"}, ...}``
+(other printed lines are allowed, a second JSON object is not).
 A tunables file is TOML with one ``name = value`` line per tunable (see :mod:`vortex.tunables`).
 """
 
@@ -127,13 +139,21 @@ class TunableSpec:
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits of every sandboxed command."""
+    """Resource limits of every sandboxed command, and how strict the isolation must be
+    (see :mod:`vortex.rsi.jail`)."""
 
     timeout_secs: float = 120.0
     memory_mb: int = 2048
     cpu_secs: int = 120
     max_processes: int = 64
     max_file_mb: int = 64
+    max_open_files: int = 256
+    tmp_mb: int = 256
+    shm_mb: int = 64
+    max_output_kb: int = 256
+    require_isolation: bool = False
+    uid: int = 65534
+    gid: int = 65534
     env_allow: tuple[str, ...] = ()
 
 
@@ -175,6 +195,22 @@ class VortexSettings:
     def expand(self, command: tuple[str, ...]) -> list[str]:
         """The command with ``{python}`` replaced by the running interpreter."""
         return [part.replace("{python}", sys.executable) for part in command]
+
+    @property
+    def pytest_args(self) -> list[str]:
+        """The test command's arguments after ``{python} -m pytest``."""
+        return list(self.test_command[3:])
+
+    @property
+    def benchmark_script(self) -> tuple[str, list[str]] | None:
+        """(script path relative to the tree, its arguments), or None without a benchmark."""
+        if not self.benchmark_command:
+            return None
+        return self.benchmark_command[1], list(self.benchmark_command[2:])
+
+    def in_judge(self, rel: str) -> bool:
+        """Whether the tree-relative path ``rel`` lies in (or is) a judge path."""
+        return _within(rel, self.judge)
 
 
 def _tunable(i: int, raw: Any) -> TunableSpec:
@@ -225,6 +261,26 @@ def _tunable(i: int, raw: Any) -> TunableSpec:
                        step=step, scale=scale, addresses=dict(addresses))
 
 
+def _within(rel: str, paths: tuple[str, ...]) -> bool:
+    rel = os.path.normpath(rel)
+    return any(p == "." or rel == p or rel.startswith(p + "/") for p in paths)
+
+
+def _check_commands(test: tuple[str, ...], bench: tuple[str, ...], judge: tuple[str, ...]) -> None:
+    """The judge runs pytest and the benchmark script itself (from the original tree, under a
+    Vortex runner), so it must know what they are."""
+    if list(test[:3]) != ["{python}", "-m", "pytest"]:
+        _fail("test_command", list(test), 'must be ["{python}", "-m", "pytest", ...]: the '
+              "judge runs pytest itself, configured from the original tree")
+    if bench:
+        if len(bench) < 2 or bench[0] != "{python}" or bench[1].startswith("-"):
+            _fail("benchmark_command", list(bench), 'must be ["{python}", "<script>", ...]')
+        script = _rel_path("benchmark_command", bench[1])
+        if not _within(script, judge):
+            _fail("benchmark_command", list(bench), f"the script {script!r} must lie in a judge "
+                  "path (it is always taken from the original tree)")
+
+
 def load_settings(root: str | os.PathLike[str]) -> VortexSettings:
     """Read and validate ``<root>/pyproject.toml``'s ``[tool.vortex]`` table.
 
@@ -255,6 +311,7 @@ def load_settings(root: str | os.PathLike[str]) -> VortexSettings:
     test_command = _str_list("test_command", tv["test_command"], required=True)
     bench = _str_list("benchmark_command", tv.get("benchmark_command"))
     judge = tuple(_rel_path("judge", p) for p in _str_list("judge", tv.get("judge")))
+    _check_commands(test_command, bench, judge)
     protected = _str_list("protected", tv.get("protected"))
     pythonpath = tuple(_rel_path("pythonpath", p) for p in _str_list("pythonpath", tv.get("pythonpath")))
 
@@ -274,18 +331,23 @@ def load_settings(root: str | os.PathLike[str]) -> VortexSettings:
     s = tv.get("sandbox", {})
     if not isinstance(s, dict):
         _fail("sandbox", s, "must be a table")
-    for k in s:
-        if k not in ("timeout_secs", "memory_mb", "cpu_secs", "max_processes", "max_file_mb", "env_allow"):
-            _fail(f"sandbox.{k}", s[k], "unknown key")
     d = SandboxLimits()
+    ints = ("memory_mb", "cpu_secs", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
+            "shm_mb", "max_output_kb", "uid", "gid")
+    for k in s:
+        if k not in ("timeout_secs", "require_isolation", "env_allow", *ints):
+            _fail(f"sandbox.{k}", s[k], "unknown key")
+    require = s.get("require_isolation", d.require_isolation)
+    if not isinstance(require, bool):
+        _fail("sandbox.require_isolation", require, "must be true or false")
     limits = SandboxLimits(
         timeout_secs=_num("sandbox.timeout_secs", s.get("timeout_secs", d.timeout_secs)),
-        memory_mb=int(_num("sandbox.memory_mb", s.get("memory_mb", d.memory_mb), integer=True)),
-        cpu_secs=int(_num("sandbox.cpu_secs", s.get("cpu_secs", d.cpu_secs), integer=True)),
-        max_processes=int(_num("sandbox.max_processes", s.get("max_processes", d.max_processes), integer=True)),
-        max_file_mb=int(_num("sandbox.max_file_mb", s.get("max_file_mb", d.max_file_mb), integer=True)),
+        require_isolation=require,
         env_allow=_str_list("sandbox.env_allow", s.get("env_allow")),
+        **{k: int(_num(f"sandbox.{k}", s.get(k, getattr(d, k)), integer=True)) for k in ints},
     )
+    if limits.uid == 0 or limits.gid == 0:
+        _fail("sandbox.uid" if limits.uid == 0 else "sandbox.gid", 0, "must not be root")
 
     raw_t = tv.get("tunables", [])
     if not isinstance(raw_t, list):
