@@ -264,10 +264,11 @@ def test_cache_stays_large_enough():
 """
 
 
-def four_tree(tmp_path, slow=0.0):
+def four_tree(tmp_path, slow=0.0, require_isolation=False):
     root = tmp_path / "four"
     (root / "tests").mkdir(parents=True)
-    (root / "pyproject.toml").write_text(FOUR_PYPROJECT)
+    (root / "pyproject.toml").write_text(FOUR_PYPROJECT.replace(
+        "[tool.vortex.sandbox]\n", f"[tool.vortex.sandbox]\nrequire_isolation = {str(require_isolation).lower()}\n"))
     (root / "conf.toml").write_text("workers = 4\n")
     (root / "batch.toml").write_text("batch = 8\n")
     (root / "flags.toml").write_text("strict = true\n")
@@ -289,22 +290,28 @@ def _manual(eng, path, old, new, kind="throughput_drop"):
     return p
 
 
+def _host_without_bwrap(tmp_path, monkeypatch):
+    """PATH holds git but no bwrap: the jail cannot be built on this "host"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(shutil.which("git"), bin_dir / "git")
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
 def test_errors_are_not_verdicts_and_are_retried_a_bounded_number_of_times(tmp_path, monkeypatch):
-    tree = four_tree(tmp_path)
-    eng = RSIEngine(tree, tmp_path / "home", FAST, retry_backoff_secs=0, max_test_attempts=2)
-    path = os.environ["PATH"]
-    empty = tmp_path / "nobin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))  # a host without git: the judge cannot even start
+    tree = four_tree(tmp_path, require_isolation=True)
+    home = tmp_path / "home"
+    _host_without_bwrap(tmp_path, monkeypatch)  # isolation required, none here: no verdict
+    eng = RSIEngine(tree, home, FAST, retry_backoff_secs=0, max_test_attempts=2)
     r1 = eng.rsi_cycle([W("latency_spike")])
     assert (r1.proposals_created, r1.tested, r1.errored, r1.rejected, r1.applied) == (1, 1, 1, 0, 0)
     (p,) = eng.list_proposals()
     assert p.status == ProposalStatus.ERRORED and p.errored_attempts == 1 and p.retry_after is not None
-    assert "git is not installed" in p.test_result["errors"][0] and p.test_result["errored"]
+    assert "isolation is required" in p.test_result["errors"][0] and p.test_result["errored"]
     assert eng.memory.blocked() == []  # no move blocked
     stats = eng.stats()
-    assert stats["proposals_by_status"]["errored"] == 1
-    assert stats["errored"][0]["id"] == p.id and "git is not installed" in stats["errored"][0]["cause"]
+    assert stats["proposals_by_status"]["errored"] == 1 and not stats["isolated"]
+    assert stats["errored"][0]["id"] == p.id and "isolation is required" in stats["errored"][0]["cause"]
     # the next cycle re-tests that proposal instead of proposing the same move again
     r2 = eng.rsi_cycle([W("latency_spike")])
     assert (r2.proposals_created, r2.retried, r2.errored) == (0, 1, 1) and r2.proposal_ids == [p.id]
@@ -314,22 +321,38 @@ def test_errors_are_not_verdicts_and_are_retried_a_bounded_number_of_times(tmp_p
     assert (r3.proposals_created, r3.tested) == (0, 0) and "no automatic retry left" in r3.errors[0]
     events = [e["event"] for e in eng.audit.entries()]
     assert events.count("proposal_errored") == 2 and "proposal_rejected" not in events
-    # the environment is fixed: a person approves, which re-tests, and it applies
-    monkeypatch.setenv("PATH", path)
-    eng.approve_proposal(p.id, "alice")
-    assert eng.store.get(p.id).status == ProposalStatus.APPLIED and len(eng.list_proposals()) == 1
-    assert eng.audit.verify().ok
+    # bwrap is installed and the service restarted: a person approves, which re-tests, and it applies
+    monkeypatch.undo()
+    again = RSIEngine(tree, home, FAST)
+    assert again.stats()["isolated"]
+    again.approve_proposal(p.id, "alice")
+    assert again.store.get(p.id).status == ProposalStatus.APPLIED and len(again.list_proposals()) == 1
+    assert again.audit.verify().ok
 
 
 def test_an_errored_proposal_waits_for_its_back_off(tmp_path, monkeypatch):
-    eng = RSIEngine(four_tree(tmp_path), tmp_path / "home", FAST, retry_backoff_secs=3600)
-    monkeypatch.setenv("PATH", str(tmp_path))
+    tree = four_tree(tmp_path, require_isolation=True)
+    _host_without_bwrap(tmp_path, monkeypatch)
+    eng = RSIEngine(tree, tmp_path / "home", FAST, retry_backoff_secs=3600)
     eng.rsi_cycle([W("latency_spike")])
     (p,) = eng.list_proposals()
     assert p.retry_after == pytest.approx(time.time() + 3600, abs=60)
     r = eng.rsi_cycle([W("latency_spike")])
     assert (r.proposals_created, r.tested, r.retried) == (0, 0, 0) and "retried after" in r.errors[0]
     assert len(eng.list_proposals()) == 1
+
+
+def test_nothing_tested_without_isolation_is_applied_automatically(tmp_path, monkeypatch):
+    tree = four_tree(tmp_path)
+    _host_without_bwrap(tmp_path, monkeypatch)  # isolation not required: tested unjailed
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    r = eng.rsi_cycle([W("throughput_drop")])  # a low-risk move, auto-applied when jailed
+    assert (r.passed, r.applied, r.queued) == (1, 0, 1)
+    (p,) = eng.list_proposals()
+    assert p.status == ProposalStatus.PROPOSED and not p.test_result["isolated"]
+    (queued,) = [e["data"] for e in eng.audit.entries() if e["event"] == "proposal_queued"]
+    assert "without adequate isolation" in queued["reason"]
+    assert Path(tree, "batch.toml").read_text() == "batch = 8\n"
 
 
 def test_approving_on_a_changed_tree_retests_and_never_breaks_the_tree(tmp_path):
@@ -438,8 +461,10 @@ def test_approve_reject_and_rollbacks_proceed_while_a_cycle_tests(tmp_path):
     assert [eng.store.get(x.id).status for x in (queued, untested, applied)] == [
         ProposalStatus.ROLLED_BACK, ProposalStatus.REJECTED, ProposalStatus.ROLLED_BACK]
     t.join(120)
-    assert (cycle["r"].tested, cycle["r"].rejected) == (1, 1)
-    assert eng.store.get(testing.id).status == ProposalStatus.REJECTED
+    # the tree changed under that test (the apply and rollbacks above): no verdict, retried later
+    assert (cycle["r"].tested, cycle["r"].errored) == (1, 1)
+    testing = eng.store.get(testing.id)
+    assert testing.status == ProposalStatus.ERRORED and "changed during the test" in testing.test_result["errors"][0]
     assert eng.audit.verify().ok
 
 

@@ -44,7 +44,7 @@ from ..errors import (AppliedRecordCorruptError, JournalCorruptError, PatchError
                       RollbackConflictError, TreeChangedError)
 from .._io import (FileLock, atomic_write_at, atomic_write_sealed_json, fsync_dir, is_temp_name,
                    owner_alive, owner_token, read_sealed_json, remove_orphan_temps)
-from .diffs import check_paths, parse_diff
+from .diffs import describe_diff, git_executable, touched_paths
 from .trees import tree_sha256
 
 __all__ = ["Applier", "SCRATCH_PREFIX", "remove_orphan_scratch"]
@@ -262,13 +262,13 @@ class Applier:
         Raises
         ------
         PatchError
-            Unsafe paths, a symlink on a touched path, or a diff that does not apply to the
-            current tree.
+            Unsafe paths, a refused kind of change (see :func:`vortex.rsi.diffs.describe_diff`),
+            a symlink on a touched path, or a diff that does not apply to the current tree.
+        SandboxError
+            git is not installed.
         """
-        touched = check_paths(parse_diff(diff), self.root)
-        git = shutil.which("git")
-        if git is None:
-            raise PatchError("git is not installed; it is needed to apply diffs")
+        touched = touched_paths(describe_diff(diff, self.root))  # as the sandbox read it
+        git = git_executable()
         with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{owner_token()}-") as scratch:
             tree = os.path.join(scratch, "tree")
             os.mkdir(tree)

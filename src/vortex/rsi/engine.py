@@ -147,11 +147,9 @@ class _Watch:
 
 
 def _isolated(res: TestResult) -> bool:
-    """Whether the test ran with adequate isolation; without it nothing is auto-applied.
-
-    The one place the engine reads the sandbox's isolation verdict (``network_isolated``: the
-    namespaces could be used)."""
-    return bool(res.network_isolated)
+    """Whether the test ran with adequate isolation (every command in the jail); without it
+    nothing is auto-applied. The one place the engine reads the sandbox's isolation verdict."""
+    return bool(res.isolated)
 
 
 def _cause(res: TestResult | dict[str, Any] | None) -> str:
@@ -381,7 +379,7 @@ class RSIEngine:
                           tests_run=res.tests_run, tests_failed=res.tests_failed,
                           metric=res.metric, delta=res.performance_delta,
                           interval=res.delta_interval, errors=res.errors,
-                          network_isolated=res.network_isolated, tree_sha256=res.tree_sha256,
+                          isolated=res.isolated, tree_sha256=res.tree_sha256,
                           diff_sha256=diff_sha256)
         if status == ProposalStatus.ERRORED:
             self.audit.append("proposal_errored", id=p.id, cause=_cause(res), attempts=p.errored_attempts,
@@ -787,7 +785,8 @@ class RSIEngine:
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready status: proposal counts (per status, ``errored`` included), cycles, watch,
-        isolation, blocked moves, and what needs a person.
+        isolation (``isolated``; ``isolation`` says with what, or why not), blocked moves, and
+        what needs a person.
 
         ``errored``: the most recent errored proposals (``id``, ``weakness``, ``attempts``,
         ``cause``, ``retry_after``: epoch seconds, None when no automatic retry is left);
@@ -811,4 +810,5 @@ class RSIEngine:
                 "watching": self.watching(),
                 "last_cycle": self.last_cycle.to_dict() if self.last_cycle else None,
                 "network_isolated": self.sandbox.network_isolated,
+                "isolated": self.sandbox.isolated, "isolation": self.sandbox.isolation.describe(),
                 "blocked_moves": [list(b) for b in self.memory.blocked()]}
