@@ -335,7 +335,6 @@ class RSIEngine:
         self.store.transition(p, ProposalStatus.TESTING, "sandbox test started", allowed_from=_TESTABLE,
                               changes={"testing_owner": owner_token()})
         diff = p.diff
-        before = tree_sha256(self.applier.root)
         failure: BaseException | None = None
         try:
             res = self.sandbox.test(diff, metric=self.settings.metric_for(p.weakness_type),
@@ -348,8 +347,6 @@ class RSIEngine:
             failure = exc
         if res.errored:
             res.passed = False
-        elif res.tree_sha256 is None:  # the sandbox did not say which tree it built from
-            res.tree_sha256 = before if tree_sha256(self.applier.root) == before else None
         self._record_test(p, res, hashlib.sha256(diff.encode()).hexdigest())
         if failure is not None:
             raise failure
