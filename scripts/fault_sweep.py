@@ -38,6 +38,12 @@ TABLE += [(name, *spec) for name, spec in training_loaders.UNSEALED_KINDS.items(
 INFORMATIONAL |= set(training_loaders.UNSEALED_KINDS)
 # --- end of training state ---
 
+# --- RSI state: audit log and its head, apply journal, applied record, queued proposal ---
+import rsi_loaders  # noqa: E402
+
+TABLE += rsi_loaders.KINDS
+# --- end of RSI state ---
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -13,6 +13,11 @@ of the contents, and :func:`read_sealed` verifies it before returning a byte of 
 
 Append-only logs use :func:`append_if_unchanged` instead: one record per write, appended
 under the writers' lock if the files the caller read are unchanged.
+
+State that several processes rewrite (read, change, write back) is changed under a
+:class:`FileLock`. JSON records that must not be believed when damaged are sealed like any
+other file (:func:`atomic_write_sealed_json`, :func:`read_sealed_json`). A writer that must not
+follow symlinks opens each directory itself and writes with :func:`atomic_write_at`.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-__all__ = ["FileKey", "MISSING", "SEAL_SIZE", "append_if_unchanged", "atomic_write",
-           "atomic_write_bytes", "atomic_write_json", "atomic_write_sealed", "atomic_write_text",
-           "file_key", "fsync_dir", "is_arrow_ipc_file", "is_temp_name", "pid_alive", "read_sealed",
-           "remove_orphan_temps", "seal"]
+__all__ = ["FileKey", "FileLock", "MISSING", "SEAL_SIZE", "append_if_unchanged", "atomic_write",
+           "atomic_write_at", "atomic_write_bytes", "atomic_write_json", "atomic_write_sealed",
+           "atomic_write_sealed_json", "atomic_write_text", "file_key", "fsync_dir",
+           "is_arrow_ipc_file", "is_temp_name", "owner_alive", "owner_token", "pid_alive",
+           "read_sealed", "read_sealed_json", "remove_orphan_temps", "seal"]
 
 #: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
 FileKey = tuple[int, int, int]
@@ -62,6 +69,37 @@ def pid_alive(pid: int) -> bool:
     except OverflowError:  # not a pid at all
         return False
     return True
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (clock ticks since boot), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[19].decode()  # field 22; the name may hold spaces
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``"<pid>.<start time>"`` of this process (or ``pid``): names an owner so that
+    :func:`owner_alive` can later tell, despite PID reuse, whether it still runs."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid) or 0}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process named by an :func:`owner_token` still runs (an unparseable token
+    counts as alive: only a provably dead owner's leftovers are removed)."""
+    try:
+        pid_text, start = token.split(".", 1)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if not pid_alive(pid):
+        return False
+    now = _start_time(pid)
+    return now is None or now == start  # without /proc the pid alone decides
 
 
 def remove_orphan_temps(directory: str | os.PathLike, target: str | None = None) -> list[str]:
@@ -176,6 +214,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: Any, *, mode: int | None =
     _write_pieces(path, [data], mode)
 
 
+def atomic_write_at(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Atomically replace the entry ``name`` of the open directory ``dir_fd`` with ``data``.
+
+    The protocol of :func:`atomic_write` (locked temporary file with the writer's pid in its
+    name), relative to a directory descriptor: a caller that opened each directory of a path
+    itself, refusing symlinks, writes exactly there whatever is renamed around it meanwhile.
+    The temporary file is created with ``O_EXCL | O_NOFOLLOW`` and the rename replaces ``name``
+    itself (a symlink there is replaced, never followed).
+    """
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"name={name!r} must be a single path component")
+    tmp = f"{_TEMP_PREFIX}{name}.{os.getpid()}-{os.urandom(6).hex()}{_TEMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: marks a live writer's file
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+    os.fsync(dir_fd)
+
+
 def seal(body: Any) -> bytes:
     """The trailer that :func:`atomic_write_sealed` appends to ``body`` (a buffer)."""
     # hashlib releases the GIL while it hashes a large buffer
@@ -231,6 +303,22 @@ def read_sealed(path: str | os.PathLike, error: Callable[..., Exception], *,
                 "damaged)", position=max(0, len(data) - SEAL_SIZE), remedy=remedy)
 
 
+def atomic_write_sealed_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON (indent 1, sorted keys), sealed."""
+    atomic_write_sealed(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode())
+
+
+def read_sealed_json(path: str | os.PathLike, error: Callable[..., Exception], *,
+                     remedy: str) -> Any:
+    """The object :func:`atomic_write_sealed_json` wrote to ``path``, verified by its seal
+    first (``error`` as in :func:`read_sealed`; FileNotFoundError if missing)."""
+    body, _ = read_sealed(path, error, remedy=remedy)
+    try:
+        return json.loads(bytes(body))
+    except ValueError as exc:  # sealed but not JSON: written by something else
+        raise error(path, f"is not JSON ({exc})", remedy=remedy) from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically replace ``path`` with ``text``."""
     atomic_write_bytes(path, text.encode(encoding))
@@ -272,3 +360,43 @@ def append_if_unchanged(lock_fd: int, path: str | os.PathLike, offset: int, data
     if rc:
         raise OSError(rc, os.strerror(rc), os.fspath(path))
     return key
+
+
+class FileLock:
+    """An exclusive lock held across threads (re-entrant per thread) and processes (``flock``
+    of the file at ``path``, created if missing).
+
+    ``flock`` belongs to an open file description, so a second ``open`` of the same file in
+    the same process would wait for itself; the lock is therefore taken once per process and
+    counted.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd = -1
+
+    def __enter__(self) -> "FileLock":
+        self._thread_lock.acquire()
+        if self._depth == 0:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            except BaseException:
+                self._thread_lock.release()
+                raise
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # closing the only descriptor releases the flock
+        self._thread_lock.release()

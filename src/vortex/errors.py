@@ -27,7 +27,11 @@ __all__ = [
     "ProposalNotFoundError",
     "ProposalStateError",
     "RollbackConflictError",
+    "TreeChangedError",
     "AuditLogError",
+    "ProposalCorruptError",
+    "JournalCorruptError",
+    "AppliedRecordCorruptError",
     "UnknownRequestError",
 ]
 
@@ -156,8 +160,29 @@ class RollbackConflictError(RSIError):
     """A file changed since the proposal was applied, so rolling back would lose that change."""
 
 
-class AuditLogError(RSIError):
-    """The audit log is unreadable or its hash chain is broken."""
+class TreeChangedError(PatchError):
+    """The target tree is not the one a proposal was tested against; nothing was applied.
+
+    The engine re-tests the proposal on the current tree before applying it."""
+
+
+class AuditLogError(CorruptFileError, RSIError):
+    """The audit log (or its head file) is damaged: a line fails its hash or link, or the log
+    is shorter than its recorded head (truncated)."""
+
+
+class ProposalCorruptError(CorruptFileError, RSIError):
+    """A stored proposal file fails its checksum, or its diff is not the diff it recorded."""
+
+
+class JournalCorruptError(CorruptFileError, RSIError):
+    """A journal of the RSI apply fails its checksums: recovery wrote nothing from it, moved it
+    aside, and applies are refused until a person has checked the tree files it names."""
+
+
+class AppliedRecordCorruptError(CorruptFileError, RSIError):
+    """An applied record (``applied/<id>.json``, the originals a rollback restores) fails its
+    checksums; the rollback is refused and nothing is changed."""
 
 
 class UnknownRequestError(VortexError, KeyError):

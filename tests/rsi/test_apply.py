@@ -1,5 +1,6 @@
 """Journaled apply / rollback, including kill -9 at random moments during apply."""
 
+import hashlib
 import json
 import os
 import random
@@ -12,8 +13,11 @@ import pytest
 from pathlib import Path
 
 from rsi_support import tree_digest
-from vortex.errors import PatchError, RollbackConflictError
-from vortex.rsi.apply import Applier
+from vortex._io import SEAL_SIZE, owner_token
+from vortex.errors import (AppliedRecordCorruptError, CorruptFileError, JournalCorruptError,
+                           PatchError, RollbackConflictError, TreeChangedError)
+from vortex.rsi.apply import Applier, remove_orphan_scratch
+from vortex.rsi.trees import tree_sha256
 from vortex.rsi.diffs import make_diff
 
 
@@ -91,9 +95,8 @@ def test_recover_undoes_an_uncommitted_journal(tmp_path):
     original = ap._transaction
 
     def crash(pid, op, files, record):
-        from vortex._io import atomic_write_json
-        atomic_write_json(os.path.join(ap.journal_dir, f"{pid}.{op}.json"),
-                          {"id": pid, "op": op, "state": "pending", "files": files, "record": record})
+        ap._save_journal(os.path.join(ap.journal_dir, f"{pid}.{op}.json"),
+                         {"id": pid, "op": op, "state": "pending", "files": files, "record": record})
         ap._write_files(files[:1], "after")
         raise KeyboardInterrupt
 
@@ -163,3 +166,141 @@ def test_kill_9_during_apply_leaves_before_or_after(tmp_path):
         assert tree_digest(root) == before
     print(json.dumps({"outcomes": outcomes, "journal_replays": replays}))
     assert replays > 0  # some kills did land mid-transaction
+
+
+def _secret(tmp_path):
+    """A 0600 file outside the tree, as a host key would be."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("line 0 of file 0\nTOP-SECRET-KEY-0123456789\n")
+    os.chmod(secret, 0o600)
+    return secret
+
+
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_a_symlink_planted_in_the_tree_is_never_followed(tmp_path, where):
+    root = str(tmp_path / "t")
+    _tree(root, n=1)
+    secret = _secret(tmp_path)
+    if where == "file":  # tree/conf.txt -> /outside/secret.txt
+        os.symlink(secret, os.path.join(root, "conf.txt"))
+        rel = "conf.txt"
+    else:  # tree/pkg -> /outside: pkg/secret.txt is the secret
+        os.symlink(secret.parent, os.path.join(root, "pkg"))
+        rel = "pkg/secret.txt"
+    # a diff that applies cleanly *through* the link: git would read the secret and write it
+    # (patched) into the tree as a regular 0644 file
+    diff = make_diff(rel, secret.read_text(), secret.read_text() + "appended\n")
+    before, secret_before = tree_digest(root), secret.read_bytes()
+    ap = Applier(root, tmp_path / "state")
+    with pytest.raises(PatchError, match="symlink"):
+        ap.apply("p", diff)
+    assert tree_digest(root) == before and secret.read_bytes() == secret_before
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            if not os.path.islink(full):
+                assert b"TOP-SECRET" not in Path(full).read_bytes()
+    assert not ap.is_applied("p") and os.listdir(ap.journal_dir) == []
+
+
+def test_apply_writes_only_what_was_tested(tmp_path):
+    root = str(tmp_path / "t")
+    _tree(root)
+    diff = _diff_all(root, 2)
+    ap = Applier(root, tmp_path / "state")
+    expected = {rel: hashlib.sha256(data).hexdigest() for rel, data in ap.compute(diff).items()}
+    before = tree_digest(root)
+    wrong = dict(expected, **{"f1.txt": "0" * 64})
+    with pytest.raises(PatchError, match="f1.txt: the file this apply would write .* not the one the sandbox tested"):
+        ap.apply("p", diff, tested_files=wrong)
+    with pytest.raises(PatchError, match="f0.txt"):  # a touched path the test never saw
+        ap.apply("p", diff, tested_files={"f1.txt": expected["f1.txt"]})
+    assert tree_digest(root) == before and not ap.is_applied("p")
+    tested_tree = tree_sha256(root)
+    with open(os.path.join(root, "f2.txt"), "a") as fh:  # an untouched file changes meanwhile
+        fh.write("edited\n")
+    edited = tree_digest(root)
+    with pytest.raises(TreeChangedError, match="changed since proposal p was tested"):
+        ap.apply("p", diff, tested_files=expected, tested_tree=tested_tree)
+    assert tree_digest(root) == edited
+    ap.apply("p", diff, tested_files=expected, tested_tree=tree_sha256(root))
+    assert ap.is_applied("p")
+
+
+def _pending_journal(tmp_path):
+    """A tree mid-apply: journal written, first file replaced, then the process died."""
+    root = str(tmp_path / "t")
+    _tree(root)
+    before = tree_digest(root)
+    ap = Applier(root, tmp_path / "state")
+    new = ap.compute(_diff_all(root, 3))
+    files = [{"path": rel, "before": Path(root, rel).read_bytes(), "after": after, "mode": 0o644}
+             for rel, after in sorted(new.items())]
+    jpath = os.path.join(ap.journal_dir, "p1.apply.json")
+    ap._save_journal(jpath, {"id": "p1", "op": "apply", "state": "pending", "files": files,
+                             "record": {"id": "p1", "files": files, "summary": {}}})
+    ap._write_files(files[:1], "after")
+    return root, ap, jpath, before
+
+
+def test_a_damaged_journal_is_never_replayed(tmp_path):
+    root, ap, jpath, before = _pending_journal(tmp_path)
+    raw = Path(jpath).read_bytes()
+    doc = json.loads(raw[:-SEAL_SIZE])
+    b64 = doc["files"][0]["before"]
+    at = raw.index(b64.encode()) + 40  # one flipped bit inside the saved original of f0.txt
+    Path(jpath).write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])
+    half = tree_digest(root)
+    assert half != before
+    assert Applier(root, ap.state_dir).recover() == ["p1:apply:corrupt"]
+    assert tree_digest(root) == half  # nothing written from it
+    (aside,) = [n for n in os.listdir(ap.journal_dir)]
+    assert aside.startswith("p1.apply.json.corrupt-")
+    (problem,) = ap.problems()
+    assert isinstance(problem, JournalCorruptError) and isinstance(problem, CorruptFileError)
+    assert problem.path.endswith(aside) and "f0.txt, f1.txt, f2.txt" in problem.problem
+    assert f"delete {problem.path}" in problem.remedy
+    with pytest.raises(JournalCorruptError, match="p1.apply.json.corrupt-"):
+        ap.apply("p2", make_diff("f0.txt", "x\n", "y\n"))
+    assert tree_digest(root) == half
+    os.unlink(problem.path)  # a person checked the tree
+    assert ap.problems() == []
+
+
+def test_a_journal_that_is_not_json_names_its_file(tmp_path):
+    root, ap, jpath, before = _pending_journal(tmp_path)
+    Path(jpath).write_bytes(Path(jpath).read_bytes()[:5000])  # cut short
+    assert ap.recover() == ["p1:apply:corrupt"]
+    (problem,) = ap.problems()
+    assert "p1.apply.json" in str(problem) and "f0.txt" in problem.problem
+
+
+def test_a_damaged_applied_record_refuses_the_rollback(tmp_path):
+    root = str(tmp_path / "t")
+    _tree(root)
+    ap = Applier(root, tmp_path / "state")
+    ap.apply("p1", _diff_all(root, 2))
+    applied = tree_digest(root)
+    rec = Path(ap.applied_dir, "p1.json")
+    raw = rec.read_bytes()
+    at = raw.index(b'"after": "') + 30
+    rec.write_bytes(raw[:at] + bytes([raw[at] ^ 0x02]) + raw[at + 1:])
+    with pytest.raises(AppliedRecordCorruptError, match="p1.json"):
+        ap.rollback("p1")
+    assert tree_digest(root) == applied
+
+
+def test_orphan_scratch_directories_of_dead_processes_are_removed(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    from vortex._io import _start_time
+
+    dead = f"{done.stdout.strip()}.{_start_time(os.getpid())}"  # that pid with another start
+    tmp = str(tmp_path / "tmp")
+    os.makedirs(os.path.join(tmp, f"vtx-apply-{dead}-abc", "tree"))
+    os.makedirs(os.path.join(tmp, f"vtx-apply-{owner_token()}-def"))  # ours: alive
+    os.makedirs(os.path.join(tmp, "vtx-apply-legacy"))  # no owner: cannot be proven orphaned
+    assert remove_orphan_scratch(tmp) == [f"vtx-apply-{dead}-abc"]
+    assert sorted(os.listdir(tmp)) == sorted([f"vtx-apply-{owner_token()}-def", "vtx-apply-legacy"])

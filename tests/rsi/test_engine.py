@@ -1,15 +1,25 @@
 """The engine on a copy of the sample service: cycles, approval, rollback, watch, restart."""
 
 import os
+import shutil
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from rsi_support import TINY_PYPROJECT
+from vortex._io import owner_token
 from vortex.config import RSIConfig
-from vortex.errors import ProposalStateError, RollbackConflictError
+from vortex.errors import PatchError, ProposalCorruptError, ProposalStateError, RollbackConflictError
 from vortex.monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
+from vortex.rsi.diffs import make_diff
 from vortex.rsi.engine import RSIEngine, weaknesses_from_metrics
-from vortex.rsi.proposal import ProposalStatus, RiskLevel
+from vortex.rsi.proposal import ImprovementProposal, ProposalStatus, RiskLevel
+from vortex.rsi.sandbox import TestResult
+from vortex.rsi.trees import tree_sha256
 from vortex.tunables import Tunables
 
 # 9 benchmark pairs: a burst of load from the VM's neighbours can slow one pair's run 2-3x
@@ -197,6 +207,377 @@ def test_update_config_and_observe_correct(sample_tree, tmp_path):
 def test_restart_finishes_interrupted_states(sample_tree, tmp_path):
     eng = RSIEngine(sample_tree, tmp_path / "home", CFG)
     p = eng.propose(W("latency_spike"))
-    eng.store.transition(p, ProposalStatus.TESTING)  # as if the process died mid-test
+    q = eng.propose(W("throughput_drop"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # as if the process testing p died mid-test; q is being tested by a live process (this one)
+    eng.store.transition(p, ProposalStatus.TESTING, changes={"testing_owner": f"{dead}.1"})
+    eng.store.transition(q, ProposalStatus.TESTING, changes={"testing_owner": owner_token()})
     again = RSIEngine(sample_tree, tmp_path / "home", CFG)
-    assert again.store.get(p.id).status == ProposalStatus.PROPOSED
+    p = again.store.get(p.id)
+    # an interrupted test is no verdict: errored, retried at once by the next cycle
+    assert p.status == ProposalStatus.ERRORED and p.errored_attempts == 1 and p.retry_after <= time.time()
+    assert again.store.get(q.id).status == ProposalStatus.TESTING
+    assert any("test interrupted" in r for r in again.recovered)
+
+
+
+# ---------------------------------------------------------------------------- a tree of four
+# tunables in four files, whose tests check an invariant across two of them; a candidate that
+# lowers the cache tunable is slow (SLOW seconds) and then fails
+
+def _tunable(name, file, kind, weakness, direction, **bounds):
+    extra = "".join(f"{k} = {v}\n" for k, v in bounds.items())
+    return (f'\n[[tool.vortex.tunables]]\nname = "{name}"\nfile = "{file}"\ntype = "{kind}"\n{extra}'
+            f'addresses = {{ {weakness} = "{direction}" }}\n')
+
+
+# the tiny tree's settings with room for a slow test, and four tunables
+FOUR_PYPROJECT = (TINY_PYPROJECT.split("[[tool.vortex.tunables]]")[0]
+                  .replace("timeout_secs = 8", "timeout_secs = 60").replace("cpu_secs = 10", "cpu_secs = 30")
+                  + _tunable("workers", "conf.toml", "int", "latency_spike", "increase", min=1, max=64, step=4)
+                  + _tunable("batch", "batch.toml", "int", "throughput_drop", "increase", min=1, max=1024, step=8)
+                  + _tunable("strict", "flags.toml", "bool", "prediction_error_spike", "false")
+                  + _tunable("cache", "cache.toml", "int", "memory_pressure", "decrease", min=1, max=4096, step=64))
+
+FOUR_TESTS = """
+import os
+import time
+import tomllib
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def value(file, name):
+    with open(os.path.join(HERE, file), "rb") as fh:
+        return tomllib.load(fh)[name]
+
+
+def test_workers_times_batch_fits_the_budget():
+    assert value("conf.toml", "workers") * value("batch.toml", "batch") <= 64
+
+
+def test_cache_stays_large_enough():
+    if value("cache.toml", "cache") < 128:
+        time.sleep(SLOW)  # a slow candidate, which then fails
+    assert value("cache.toml", "cache") >= 100
+"""
+
+
+def four_tree(tmp_path, slow=0.0, require_isolation=False):
+    root = tmp_path / "four"
+    (root / "tests").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(FOUR_PYPROJECT.replace(
+        "[tool.vortex.sandbox]\n", f"[tool.vortex.sandbox]\nrequire_isolation = {str(require_isolation).lower()}\n"))
+    (root / "conf.toml").write_text("workers = 4\n")
+    (root / "batch.toml").write_text("batch = 8\n")
+    (root / "flags.toml").write_text("strict = true\n")
+    (root / "cache.toml").write_text("cache = 128\n")
+    (root / "tests" / "test_four.py").write_text(FOUR_TESTS.replace("SLOW", repr(slow)))
+    return str(root)
+
+
+FAST = RSIConfig(enabled=True, auto_apply_low_risk=True, auto_apply_medium_risk=False,
+                 watch_requests=20, benchmark_repeats=2)
+
+
+def _manual(eng, path, old, new, kind="throughput_drop"):
+    """A proposal made by hand (as a command proposer would), saved untested."""
+    p = ImprovementProposal(id=ImprovementProposal.new_id(), description=f"{path}: {new.strip()}",
+                            weakness=W(kind), diff=make_diff(path, old, new), proposer="test",
+                            risk=RiskLevel.MEDIUM, target=eng.settings.root)
+    eng.store.save(p)
+    return p
+
+
+def _host_without_bwrap(tmp_path, monkeypatch):
+    """PATH holds git but no bwrap: the jail cannot be built on this "host"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(shutil.which("git"), bin_dir / "git")
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_errors_are_not_verdicts_and_are_retried_a_bounded_number_of_times(tmp_path, monkeypatch):
+    tree = four_tree(tmp_path, require_isolation=True)
+    home = tmp_path / "home"
+    _host_without_bwrap(tmp_path, monkeypatch)  # isolation required, none here: no verdict
+    eng = RSIEngine(tree, home, FAST, retry_backoff_secs=0, max_test_attempts=2)
+    r1 = eng.rsi_cycle([W("latency_spike")])
+    assert (r1.proposals_created, r1.tested, r1.errored, r1.rejected, r1.applied) == (1, 1, 1, 0, 0)
+    (p,) = eng.list_proposals()
+    assert p.status == ProposalStatus.ERRORED and p.errored_attempts == 1 and p.retry_after is not None
+    assert "isolation is required" in p.test_result["errors"][0] and p.test_result["errored"]
+    assert eng.memory.blocked() == []  # no move blocked
+    stats = eng.stats()
+    assert stats["proposals_by_status"]["errored"] == 1 and not stats["isolated"]
+    assert stats["errored"][0]["id"] == p.id and "isolation is required" in stats["errored"][0]["cause"]
+    # the next cycle re-tests that proposal instead of proposing the same move again
+    r2 = eng.rsi_cycle([W("latency_spike")])
+    assert (r2.proposals_created, r2.retried, r2.errored) == (0, 1, 1) and r2.proposal_ids == [p.id]
+    p = eng.store.get(p.id)
+    assert p.errored_attempts == 2 and p.retry_after is None  # no automatic attempt left
+    r3 = eng.rsi_cycle([W("latency_spike")])
+    assert (r3.proposals_created, r3.tested) == (0, 0) and "no automatic retry left" in r3.errors[0]
+    events = [e["event"] for e in eng.audit.entries()]
+    assert events.count("proposal_errored") == 2 and "proposal_rejected" not in events
+    # bwrap is installed and the service restarted: a person approves, which re-tests, and it applies
+    monkeypatch.undo()
+    again = RSIEngine(tree, home, FAST)
+    assert again.stats()["isolated"]
+    again.approve_proposal(p.id, "alice")
+    assert again.store.get(p.id).status == ProposalStatus.APPLIED and len(again.list_proposals()) == 1
+    assert again.audit.verify().ok
+
+
+def test_an_errored_proposal_waits_for_its_back_off(tmp_path, monkeypatch):
+    tree = four_tree(tmp_path, require_isolation=True)
+    _host_without_bwrap(tmp_path, monkeypatch)
+    eng = RSIEngine(tree, tmp_path / "home", FAST, retry_backoff_secs=3600)
+    eng.rsi_cycle([W("latency_spike")])
+    (p,) = eng.list_proposals()
+    assert p.retry_after == pytest.approx(time.time() + 3600, abs=60)
+    r = eng.rsi_cycle([W("latency_spike")])
+    assert (r.proposals_created, r.tested, r.retried) == (0, 0, 0) and "retried after" in r.errors[0]
+    assert len(eng.list_proposals()) == 1
+
+
+def test_nothing_tested_without_isolation_is_applied_automatically(tmp_path, monkeypatch):
+    tree = four_tree(tmp_path)
+    _host_without_bwrap(tmp_path, monkeypatch)  # isolation not required: tested unjailed
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    r = eng.rsi_cycle([W("throughput_drop")])  # a low-risk move, auto-applied when jailed
+    assert (r.passed, r.applied, r.queued) == (1, 0, 1)
+    (p,) = eng.list_proposals()
+    assert p.status == ProposalStatus.PROPOSED and not p.test_result["isolated"]
+    (queued,) = [e["data"] for e in eng.audit.entries() if e["event"] == "proposal_queued"]
+    assert "without adequate isolation" in queued["reason"]
+    assert Path(tree, "batch.toml").read_text() == "batch = 8\n"
+
+
+def test_approving_on_a_changed_tree_retests_and_never_breaks_the_tree(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    more_workers = _manual(eng, "conf.toml", "workers = 4\n", "workers = 8\n")
+    bigger_batch = _manual(eng, "batch.toml", "batch = 8\n", "batch = 16\n")
+    for p in (more_workers, bigger_batch):  # each passes alone (4*16 and 8*8 fit 64)
+        assert eng.test_proposal(p.id).passed
+        assert eng.store.get(p.id).test_result["tree_sha256"] == tree_sha256(tree)
+    eng.approve_proposal(more_workers.id, "alice")
+    assert eng.store.get(more_workers.id).status == ProposalStatus.APPLIED
+    with pytest.raises(ProposalStateError, match="failed its test on the current tree"):
+        eng.approve_proposal(bigger_batch.id, "bob")
+    p = eng.store.get(bigger_batch.id)
+    assert p.status == ProposalStatus.REJECTED and "1 failed" in p.test_result["test_output"]
+    assert Path(tree, "batch.toml").read_text() == "batch = 8\n"
+    retest = [e["data"] for e in eng.audit.entries() if e["event"] == "proposal_retest"]
+    assert retest == [{"id": p.id, "reason": "the tree changed since it was tested", "approver": "bob"}]
+    # the tree passes its own suite
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                       cwd=tree, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+class _CannedSandbox:
+    """Stands in for the sandbox where a test needs the result fields the jail fills."""
+
+    network_isolated = True
+
+    def __init__(self, result):
+        self.result = result
+
+    def test(self, diff, **kw):
+        return TestResult.from_dict(self.result.to_dict())
+
+
+def test_apply_refuses_files_that_differ_from_the_tested_candidate(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    p = _manual(eng, "conf.toml", "workers = 4\n", "workers = 8\n")
+    eng.sandbox = _CannedSandbox(TestResult(passed=True, network_isolated=True,
+                                            tree_sha256=tree_sha256(tree),
+                                            candidate_files={"conf.toml": "0" * 64}))
+    eng.test_proposal(p.id)
+    before = tree_sha256(tree)
+    with pytest.raises(PatchError, match="conf.toml: the file this apply would write"):
+        eng.approve_proposal(p.id, "alice")
+    assert tree_sha256(tree) == before
+    p = eng.store.get(p.id)
+    assert p.status == ProposalStatus.REJECTED and "not the one the sandbox tested" in p.history[-1][2]
+    assert eng.memory.blocked() == []
+
+
+def test_a_symlink_planted_after_the_test_never_lets_an_outside_file_in(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    p = _manual(eng, "conf.toml", "workers = 4\n", "workers = 8\n")
+    assert eng.test_proposal(p.id).passed
+    secret = tmp_path / "secret.toml"
+    secret.write_text("workers = 4\n# TOP-SECRET-KEY\n")  # the diff applies through it
+    os.chmod(secret, 0o600)
+    os.unlink(os.path.join(tree, "conf.toml"))
+    os.symlink(secret, os.path.join(tree, "conf.toml"))
+    with pytest.raises(ProposalStateError, match="failed its test"):
+        eng.approve_proposal(p.id, "alice")
+    assert os.readlink(os.path.join(tree, "conf.toml")) == str(secret)
+    assert secret.read_text() == "workers = 4\n# TOP-SECRET-KEY\n"
+    home = tmp_path / "home"
+    for dirpath, _, names in list(os.walk(tree)) + list(os.walk(home)):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            if not os.path.islink(full):
+                assert b"TOP-SECRET" not in Path(full).read_bytes(), full
+
+
+@pytest.mark.slow
+def test_approve_reject_and_rollbacks_proceed_while_a_cycle_tests(tmp_path):
+    tree = four_tree(tmp_path, slow=6.0)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    eng.rsi_cycle([W("throughput_drop")])  # batch 8 -> 16, low risk: applied
+    (applied,) = eng.list_proposals(ProposalStatus.APPLIED)
+    queued = eng.propose(W("prediction_error_spike"))  # strict -> false: medium, queued
+    assert eng.test_proposal(queued.id).passed
+    untested = _manual(eng, "conf.toml", "workers = 4\n", "workers = 5\n")
+    for _ in range(50):
+        eng.observe(latency_ms=1.0, error=0.0)
+    cycle: dict = {}
+    t = threading.Thread(target=lambda: cycle.update(r=eng.rsi_cycle([W("memory_pressure")])))
+    t.start()
+    deadline = time.monotonic() + 60
+    while not eng.list_proposals(ProposalStatus.TESTING) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (testing,) = eng.list_proposals(ProposalStatus.TESTING)
+    with pytest.raises(ProposalStateError, match="is being tested"):
+        eng.approve_proposal(testing.id, "alice")
+    eng.approve_proposal(queued.id, "alice")  # tested on this very tree: no re-test
+    eng.reject_proposal(untested.id, "no")
+    eng.rollback_proposal(applied.id, "by hand")
+    for _ in range(FAST.watch_requests):  # the approved change's watch sees errors: auto-rollback
+        eng.observe(error=1.0)
+    while eng.store.get(queued.id).status != ProposalStatus.ROLLED_BACK and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # all of that happened while the cycle's sandbox test was still running
+    assert t.is_alive() and eng.store.get(testing.id).status == ProposalStatus.TESTING
+    assert [eng.store.get(x.id).status for x in (queued, untested, applied)] == [
+        ProposalStatus.ROLLED_BACK, ProposalStatus.REJECTED, ProposalStatus.ROLLED_BACK]
+    t.join(120)
+    # the tree changed under that test (the apply and rollbacks above): no verdict, retried later
+    assert (cycle["r"].tested, cycle["r"].errored) == (1, 1)
+    testing = eng.store.get(testing.id)
+    assert testing.status == ProposalStatus.ERRORED and "changed during the test" in testing.test_result["errors"][0]
+    assert eng.audit.verify().ok
+
+
+def test_a_change_made_by_another_process_is_seen_at_once(tmp_path):
+    tree = four_tree(tmp_path)
+    home = tmp_path / "home"
+    eng = RSIEngine(tree, home, FAST)
+    p = eng.propose(W("prediction_error_spike"))
+    assert eng.test_proposal(p.id).passed
+    assert eng.stats()["proposals_by_status"]["proposed"] == 1
+
+    def other(action):
+        code = (f"from vortex.rsi.engine import RSIEngine\n"
+                f"RSIEngine({tree!r}, {str(home)!r}).{action}\n")
+        r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert r.returncode == 0, r.stderr
+
+    other(f"approve_proposal({p.id!r}, 'cli')")
+    assert eng.store.get(p.id).status == ProposalStatus.APPLIED
+    assert eng.stats()["proposals_by_status"]["applied"] == 1
+    other(f"rollback_proposal({p.id!r}, 'from the shell')")
+    assert eng.list_proposals()[0].status == ProposalStatus.ROLLED_BACK
+    assert eng.memory.is_blocked("prediction_error_spike", "strict", "false")  # seen too
+    with pytest.raises(ProposalStateError, match="rolled_back"):
+        eng.rollback_proposal(p.id)
+    assert Path(tree, "flags.toml").read_text() == "strict = true\n"
+
+
+def test_a_failing_auto_rollback_is_audited_never_raised(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    for _ in range(50):
+        eng.observe(latency_ms=1.0)
+    eng.rsi_cycle([W("latency_spike")])
+    (p,) = eng.list_proposals(ProposalStatus.APPLIED)
+    assert eng.watching() == p.id
+    applied = tree_sha256(tree)
+    os.rmdir(eng.applier.journal_dir)  # the disk misbehaves: the journal cannot be written
+    with open(eng.applier.journal_dir, "w") as fh:
+        fh.write("not a directory")
+    leaked = []
+    old_hook = threading.excepthook
+    threading.excepthook = leaked.append
+    try:
+        for _ in range(FAST.watch_requests):
+            eng.observe(latency_ms=5.0)  # never raises on the request path
+        deadline = time.monotonic() + 30
+        while not [e for e in eng.audit.entries() if e["event"] == "auto_rollback_failed"] \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        threading.excepthook = old_hook
+    (failed,) = [e["data"] for e in eng.audit.entries() if e["event"] == "auto_rollback_failed"]
+    assert failed["id"] == p.id and failed["error"].startswith("NotADirectoryError")
+    assert leaked == [] and eng.store.get(p.id).status == ProposalStatus.APPLIED
+    assert tree_sha256(tree) == applied
+
+
+def test_a_damaged_queued_proposal_is_never_applied_and_blocks_nothing_else(tmp_path):
+    tree = four_tree(tmp_path)
+    eng = RSIEngine(tree, tmp_path / "home", FAST)
+    bad = _manual(eng, "conf.toml", "workers = 4\n", "workers = 8\n")
+    good = _manual(eng, "batch.toml", "batch = 8\n", "batch = 16\n")
+    for p in (bad, good):
+        assert eng.test_proposal(p.id).passed
+    path = tmp_path / "home" / "rsi" / "proposals" / f"{bad.id}.json"
+    raw = path.read_bytes()
+    at = raw.index(b"+workers = 8") + len(b"+workers = ")
+    path.write_bytes(raw[:at] + b"9" + raw[at + 1:])  # the diff now says 9: never tested
+    before = tree_sha256(tree)
+    with pytest.raises(ProposalCorruptError, match=f"{bad.id}.json: contents do not match their sha256 seal"):
+        eng.approve_proposal(bad.id, "alice")
+    assert tree_sha256(tree) == before
+    again = RSIEngine(tree, tmp_path / "home", FAST)  # a restart does not trip over it
+    assert [p.id for p in again.list_proposals()] == [good.id]
+    assert again.stats()["corrupt_proposals"][0].startswith(str(path))
+    again.approve_proposal(good.id, "alice")
+    assert Path(tree, "batch.toml").read_text() == "batch = 16\n"
+    assert Path(tree, "conf.toml").read_text() == "workers = 4\n"
+
+
+def test_start_removes_only_provably_orphaned_temp_files(tmp_path):
+    import tempfile
+
+    tree = four_tree(tmp_path)
+    home = tmp_path / "home"
+    RSIEngine(tree, home, FAST).propose(W("latency_spike"))
+    rsi = home / "rsi"
+    orphans = [rsi / "proposals" / ".vtx-x.json.a1b2c3.tmp", rsi / "journal" / ".vtx-p.apply.json.a1b2c3.tmp",
+               rsi / "applied" / ".vtx-p.json.a1b2c3.tmp", rsi / ".vtx-memory.json.a1b2c3.tmp",
+               rsi / ".vtx-audit.head.a1b2c3.tmp"]
+    for o in orphans:
+        o.write_bytes(b"x" * 1000)
+    # a write in flight in another process: its pid is in the name and it holds the file's lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "f = open(os.path.join(sys.argv[1], '.vtx-memory.json.%d-Zz9.tmp' % os.getpid()), 'w')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX)\nprint(f.name, flush=True)\nsys.stdin.read()", str(rsi)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    live = Path(holder.stdout.readline().strip())
+    assert live.exists()
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dead = os.path.join(tempfile.gettempdir(), f"vtx-apply-{pid}.1-killed")
+    alive = os.path.join(tempfile.gettempdir(), f"vtx-apply-{owner_token()}-running")
+    for d in (dead, alive):
+        os.makedirs(os.path.join(d, "tree"))
+    try:
+        RSIEngine(tree, home, FAST)
+        assert [o for o in orphans if o.exists()] == []
+        assert not os.path.exists(dead) and os.path.exists(alive) and live.exists()
+    finally:
+        holder.communicate("")
+        for d in (dead, alive):
+            shutil.rmtree(d, ignore_errors=True)

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from .._cli_support import command, directory, existing_home
+from ..errors import RSIError
 
 __all__ = ["register"]
 
@@ -69,6 +70,11 @@ def _list(args: argparse.Namespace) -> int:
     rows = [_summary(p) for p in ps]
     _out(args, rows, "\n".join(f"{r['id']}  {r['status']:<11} {r['risk']:<8} {r['description']}"
                                for r in rows) or "no proposals")
+    corrupt = store.corrupt() if store else []  # listed after the readable ones, then a state error
+    if len(corrupt) > 1:
+        raise RSIError(f"{len(corrupt)} proposal files are damaged: " + "; ".join(map(str, corrupt)))
+    if corrupt:
+        raise corrupt[0]
     return 0
 
 

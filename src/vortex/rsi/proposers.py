@@ -32,10 +32,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from ..errors import PatchError, RSIError
+from ..errors import CorruptFileError, PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from .._io import atomic_write_json
+from .._io import MISSING, FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings
@@ -58,27 +58,62 @@ class ProposalDraft:
     moves: list[TunableMove] = field(default_factory=list)
 
 
+def _is_json_list(data: bytes) -> bool:
+    """An unsealed memory file of an earlier version: a JSON list."""
+    try:
+        return isinstance(json.loads(data), list)
+    except ValueError:
+        return False
+
+
 class OutcomeMemory:
-    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (JSON)."""
+    """Directions that failed, per weakness kind and tunable; persisted at ``path`` (sealed
+    JSON; an unsealed list written by earlier versions is read too).
+
+    Shared by every process on the home: :meth:`block` re-reads the file and adds to it under
+    ``<path>.lock``, and reads notice a file another process changed."""
+
+    _REMEDY = "delete it: the directions it blocked are then proposed again"
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._file_lock = FileLock(path + ".lock")
         self._blocked: set[tuple[str, str, str]] = set()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                self._blocked = {tuple(x) for x in json.load(fh)}  # type: ignore[misc]
+        self._key: FileKey | None = None
+        self._refresh()
+
+    def _read(self) -> set[tuple[str, str, str]]:
+        body, _ = read_sealed(self.path, CorruptFileError, unsealed=_is_json_list, remedy=self._REMEDY)
+        try:
+            items = json.loads(bytes(body))
+        except ValueError:
+            items = None
+        if not isinstance(items, list) or not all(
+                isinstance(b, list) and len(b) == 3 and all(isinstance(v, str) for v in b) for b in items):
+            raise CorruptFileError(self.path, "is not a list of [weakness, tunable, direction]",
+                                   remedy=self._REMEDY)
+        return {(a, b, c) for a, b, c in items}
+
+    def _refresh(self) -> set[tuple[str, str, str]]:
+        with self._lock:
+            key = file_key(self.path)
+            if key != self._key:
+                self._blocked, self._key = (set() if key == MISSING else self._read()), key
+            return self._blocked
 
     def block(self, weakness_type: str, move: TunableMove) -> None:
-        with self._lock:
-            self._blocked.add((weakness_type, move.name, move.direction))
-            atomic_write_json(self.path, sorted(self._blocked))
+        with self._file_lock:
+            blocked = self._refresh() | {(weakness_type, move.name, move.direction)}
+            atomic_write_sealed_json(self.path, sorted(blocked))
+            with self._lock:
+                self._blocked, self._key = blocked, file_key(self.path)
 
     def is_blocked(self, weakness_type: str, name: str, direction: str) -> bool:
-        return (weakness_type, name, direction) in self._blocked
+        return (weakness_type, name, direction) in self._refresh()
 
     def blocked(self) -> list[tuple[str, str, str]]:
-        return sorted(self._blocked)
+        return sorted(self._refresh())
 
 
 @dataclass
