@@ -449,6 +449,25 @@ def test_rsi_engine_observations_are_skipped_only_without_a_watch(tmp_path):
         assert [len(o.rsi._recent[m]) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
 
 
+def test_patches_and_swaps_share_one_change_board_audited_in_the_home(tmp_path):
+    """The engine's and the coordinator's watches end each other's (vortex.changes), and what
+    a swap ended is written to the home's RSI audit log; feedback feeds the watch the NLL."""
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = BackgroundTrainingConfig(min_samples_for_training=1000, training_interval_secs=3600)
+    with (make_orch(tmp_path).with_self_modification(tree).with_background_trainer(cfg)) as o:
+        assert o.rsi.changes is o.changes and o.trainer.changes is o.changes
+        p = o.infer(np.zeros(4, np.float32))
+        o.feedback(p.request_id, 1)
+        assert list(o.rsi._recent["nll"]) == [pytest.approx(-math.log(p.probabilities[1]))]
+        assert list(o.rsi._recent["misclassified"]) == [float(p.output != 1)]
+        o.changes.subscribe(lambda change: "a stand-in watch")  # as if a watch were running
+        o.swap_to_version(1, reason="ops")
+        ended = [e["data"] for e in o.rsi.audit.entries() if e["event"] == "watch_superseded"]
+        assert ended and ended[-1]["watch"] == "a stand-in watch" and ended[-1]["by"] == "training"
+        assert o.system_status().changes[-1]["change"]["description"] == "version 1 swapped in (ops)"
+
+
 @pytest.mark.slow
 def test_restart_with_the_same_home_recovers_everything(tmp_path):
     from vortex.monitor.weaknesses import Weakness

@@ -168,6 +168,7 @@ class _PendingTable:
 
 
 _PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
+_NLL_CAP = -math.log(5e-324)  # the NLL of a label given probability 0 (the smallest double's)
 
 
 def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
@@ -403,7 +404,9 @@ class Orchestrator:
             self._rsi_config = config
         self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
                              metrics=self.rsi_metrics, calibration_data=self._calibration_data,
-                             on_applied=self._on_proposal_applied, **engine_kwargs)
+                             on_applied=self._on_proposal_applied, changes=self.changes,
+                             **engine_kwargs)
+        self.changes.audit = self.rsi.audit.append  # swaps' ended watches too, in the home's trail
         self._wire()
         return self
 
@@ -576,6 +579,7 @@ class Orchestrator:
         if type(request_id) is not int:
             request_id = as_index(request_id, "request_id")
         detector_id, features, probs, output, confidence, _, version, _ = pending.peek(request_id)
+        nll = None
         if self._classification:
             if type(label) is not int or not 0 <= label < len(probs):
                 label = as_class_label(label, len(probs))
@@ -599,7 +603,9 @@ class Orchestrator:
         self.tracker.record_outcome(request_id, correct)
         rsi = self.rsi
         if rsi is not None and rsi.needs_observations:
-            rsi.observe(error=error)
+            if self._classification:  # the watch of a calibration judges the NLL it was tested on
+                nll = -math.log(probs[label]) if probs[label] > 0.0 else _NLL_CAP
+            rsi.observe(error=error, correct=correct, nll=nll)
         return error
 
     # ------------------------------------------------------------------ RSI wiring

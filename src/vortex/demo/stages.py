@@ -137,8 +137,10 @@ def _patch_applied(ev: DemoEvidence, c: Checklist, p: dict[str, Any] | None) -> 
     """The tunables generation the applied patch started (None if none was applied)."""
     name = STAGES[2]
     if p is None or not _applied(p):
-        why = ("nothing passed a sandbox test" if p is None or not (p.get("test_result") or {}).get("passed")
-               else f"{p['id']} is {p['status']}: " + str(p["history"][-1][2]))
+        tested = (p or {}).get("test_result") or {}
+        why = (f"the sandbox could not judge {p['id']}" if tested.get("errored") else
+               "nothing passed a sandbox test" if not tested.get("passed") else
+               f"{p['id']} is {p['status']}: " + str(p["history"][-1][2]))
         c.not_reached(name, why)
         return None
     moves = ", ".join(f"{m['name']} {m['old']!r} -> {m['new']!r}" for m in p.get("moves", [])) \
