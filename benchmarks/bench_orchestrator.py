@@ -17,9 +17,8 @@ of the NumPy array), so that what differs is only what each does around it:
 
 Overhead per call = entry - bare (fastest rounds): the bookkeeping alone. The Vortex entry
 prints its overhead, the peer's and their ratio (``overhead_us``, ``peer_overhead_us``,
-``peer_overhead_x``). (Until November 2026 ``bare`` was the slower call a user typically
-writes, ``torch.inference_mode()`` and ``unsqueeze``, which hid ~1.5 us of Vortex's
-bookkeeping.) Group ``feedback (per call)`` times ``Orchestrator.feedback`` against the
+``peer_overhead_x``). (``bare`` used to be the slower call a user typically writes,
+``torch.inference_mode()`` and ``unsqueeze``, which hid 1.5-2 us of Vortex's bookkeeping.) Group ``feedback (per call)`` times ``Orchestrator.feedback`` against the
 peer's equivalent (error histogram, ADWIN on the error, the sample appended to a deque).
 
 Run: ``PYTHONPATH=$PWD/src pytest benchmarks/bench_orchestrator.py --benchmark-only``.
