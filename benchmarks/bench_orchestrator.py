@@ -3,13 +3,11 @@
 Two models, one group each: a small MLP (``vortex.training.models.mlp(64, 64, 10)``), and a
 module returning constant logits, whose own call costs next to nothing: on this shared,
 noisy machine the MLP's call varies by more than the overhead being measured, the constant
-model's does not. Entries, side by side in one run:
+model's does not. Entries, side by side in one run, all making exactly the same model call
+(``infer``'s own: the inference-mode guard entered directly, the input as an ``x[None]`` view
+of the NumPy array), so that what differs is only what each does around it:
 
-* ``bare``: the same model on the same NumPy input as a user writes it
-  (``with torch.inference_mode(): model(torch.from_numpy(x).unsqueeze(0))``);
-* ``bare_lean``: the same with the cheaper entry ``infer`` itself uses (the inference-mode
-  guard entered directly, the input as an ``x[None]`` view), so ``vortex - bare_lean`` is the
-  bookkeeping alone;
+* ``bare``: that call alone;
 * ``vortex``: ``Orchestrator.infer`` with the runtime detector, the performance tracker and
   sample capture (pending-feedback table; background trainer attached so ``feedback`` pushes
   into the SampleBuffer) enabled;
@@ -17,11 +15,11 @@ model's does not. Entries, side by side in one run:
   prometheus_client Histogram for latency and one for confidence, a Gauge for the last
   confidence and river's ``drift.ADWIN`` on confidence.
 
-Overhead per call = entry - bare (fastest rounds); the Vortex entry prints its overhead, the
-peer's and their ratio (``overhead_us``, ``peer_overhead_us``, ``peer_overhead_x``) and its
-bookkeeping alone (``over_lean_us``). Group ``feedback (per call)`` times
-``Orchestrator.feedback`` against the peer's equivalent (error histogram, ADWIN on the
-error, the sample appended to a deque).
+Overhead per call = entry - bare (fastest rounds): the bookkeeping alone. The Vortex entry
+prints its overhead, the peer's and their ratio (``overhead_us``, ``peer_overhead_us``,
+``peer_overhead_x``). (``bare`` used to be the slower call a user typically writes,
+``torch.inference_mode()`` and ``unsqueeze``, which hid 1.5-2 us of Vortex's bookkeeping.) Group ``feedback (per call)`` times ``Orchestrator.feedback`` against the
+peer's equivalent (error histogram, ADWIN on the error, the sample appended to a deque).
 
 Run: ``PYTHONPATH=$PWD/src pytest benchmarks/bench_orchestrator.py --benchmark-only``.
 """
@@ -45,6 +43,7 @@ DIM, CLASSES = 64, 10
 FACTORY_KW = {"in_features": DIM, "hidden": 64, "out_features": CLASSES, "seed": 0}
 INPUTS = list(np.random.default_rng(0).normal(size=(CALLS, DIM)).astype(np.float32))
 LABELS = [int(v) for v in np.random.default_rng(1).integers(0, CLASSES, CALLS)]
+_GUARD = torch._C._InferenceMode  # the guard infer enters (see Orchestrator.__init__)
 
 # per-call minima of this run's infer entries, filled as the benchmarks run (same session); the
 # overheads use minima because on a shared machine noise only ever adds time
@@ -112,8 +111,8 @@ class _Instrumented:
 
     def infer(self, x):
         start = time.perf_counter()
-        with torch.inference_mode():
-            probs = torch.softmax(self.model(torch.from_numpy(x).unsqueeze(0)), 1)[0]
+        with _GUARD(True):
+            probs = torch.softmax(self.model(torch.from_numpy(x[None])), 1)[0]
         confidence, cls = probs.max(0)
         confidence, cls = confidence.item(), cls.item()
         self.latency.observe((time.perf_counter() - start) * 1e3)
@@ -140,33 +139,14 @@ def test_infer_bare_model(benchmark, kind):
     def run():
         out = None
         for x in INPUTS:
-            with torch.inference_mode():
-                out = model(torch.from_numpy(x).unsqueeze(0))
-        return out
-
-    benchmark.extra_info["calls_per_round"] = CALLS
-    out = benchmark(run)
-    assert out.shape == (1, CLASSES)
-    _record(benchmark, (kind, "bare"))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_infer_bare_model_lean(benchmark, kind):
-    _group(benchmark, kind)
-    model = _model(kind)
-    guard = torch._C._InferenceMode
-
-    def run():
-        out = None
-        for x in INPUTS:
-            with guard(True):
+            with _GUARD(True):  # what infer does: torch.inference_mode() without its Python layers
                 out = model(torch.from_numpy(x[None]))
         return out
 
     benchmark.extra_info["calls_per_round"] = CALLS
     out = benchmark(run)
     assert out.shape == (1, CLASSES)
-    _record(benchmark, (kind, "lean"))
+    _record(benchmark, (kind, "bare"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -206,8 +186,6 @@ def test_infer_vortex(benchmark, tmp_path, kind):
             benchmark.extra_info["overhead_us"] = mine * 1e6
             benchmark.extra_info["peer_overhead_us"] = peer * 1e6
             benchmark.extra_info["peer_overhead_x"] = peer / mine if mine > 0 else float("inf")
-        if (kind, "lean") in _MINIMA:
-            benchmark.extra_info["over_lean_us"] = (_MINIMA[kind, "vortex"] - _MINIMA[kind, "lean"]) * 1e6
 
 
 # -- feedback ---------------------------------------------------------------------------------

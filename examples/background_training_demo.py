@@ -7,8 +7,9 @@ observation.  Each time enough new samples arrived, the coordinator trains a can
 separate worker process, validates it against the served model on the held-out
 (sacred-position) samples and hot-swaps it in when it is better with a confidence interval
 above zero, all while requests keep being served.  At the end the demo rolls back to an
-earlier version by hand, serves on it, rolls forward again and prints the versions table and
-the serving log.
+earlier version by hand, serves on it, rolls forward again and prints the versions table, the
+serving log and a checklist of the stages it shows (a run, a validated candidate, a better
+version swapped in, the rollback and roll-forward); the exit status is 1 unless all happened.
 
     python examples/background_training_demo.py            # full run (~1 min)
     python examples/background_training_demo.py --quick    # ~15 s
@@ -27,6 +28,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from vortex import BackgroundTrainingConfig
+from vortex.demo.checklist import Checklist
 from vortex.training import BackgroundTrainingCoordinator
 from vortex.training.models import mlp
 
@@ -56,6 +58,42 @@ def serve(coord, xs, ys, pace, per_version, learn=True):
 
 def fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
+
+
+def checklist(runs, rolled: tuple | None, per_version) -> Checklist:
+    """The stages this demo shows, each with its figure."""
+    c = Checklist("background training demo")
+    done = [r for r in runs if r.status not in ("failed", "timeout", "cancelled", "skipped")]
+    broken = [r for r in runs if r.status in ("failed", "timeout")]
+    if done:
+        c.reached("training runs", f"{len(done)} concluded, {sum(r.train_samples for r in done)} "
+                  "samples trained on, in worker processes while serving")
+    elif broken:
+        c.errored("training runs", f"run {broken[0].run_id} {broken[0].status}: {broken[0].error}")
+    else:
+        c.not_reached("training runs", "no run concluded")
+    validated = [r for r in done if r.validation]
+    if validated:
+        v = validated[-1].validation
+        c.reached("candidate validated", f"run {validated[-1].run_id}: accuracy {v['active_accuracy']:.3f} -> "
+                  f"{v['candidate_accuracy']:.3f} on {v['n']} held-out samples, improvement "
+                  f"{v['improvement_pct']:+.1f}% [{v['ci_low']:+.1f}, {v['ci_high']:+.1f}]")
+    else:
+        c.not_reached("candidate validated", "no run had held-out samples to validate on")
+    swapped = [r for r in done if r.swapped]
+    if swapped:
+        c.reached("better version swapped in", ", ".join(f"v{r.version} (run {r.run_id})" for r in swapped))
+    else:
+        c.not_reached("better version swapped in", "no candidate beat the served model")
+    if rolled is None:
+        c.not_reached("manual rollback and roll-forward", "no earlier version to roll back to")
+    else:
+        (back, fwd) = rolled
+        acc = {v: per_version[v][0] / per_version[v][1] for v in (back, fwd) if per_version[v][1]}
+        c.reached("manual rollback and roll-forward",
+                  f"v{back} served again (live accuracy {acc.get(back, 0):.3f}), then v{fwd} "
+                  f"({acc.get(fwd, 0):.3f})")
+    return c
 
 
 def main(argv=None):
@@ -104,6 +142,7 @@ def main(argv=None):
 
         # a rollback by hand to the previous version, serve on it, then roll forward again
         best = coord.current_model_version()
+        rolled = None
         earlier = [r["version"] for r in coord.get_model_versions() if r["version"] < best]
         probe = order[n_stream:n_stream + 200] if args.quick else order[:200]
         if earlier:
@@ -113,6 +152,7 @@ def main(argv=None):
             coord.swap_to_version(best, reason="demo: roll forward")
             print(f"rolled forward to version {best}")
             serve(coord, x[probe], y[probe], 0.0, per_version, learn=False)
+            rolled = (earlier[-1], best)
     finally:
         coord.stop(cancel=True)
 
@@ -129,7 +169,9 @@ def main(argv=None):
     for e in coord.registry.serving_log():
         print(f"  {time.strftime('%H:%M:%S', time.gmtime(e['time']))}  "
               f"{fmt(e['from_version'], 'd'):>4} -> {e['to_version']:<4} {e['reason']}")
-    return 0
+    result = checklist(coord.runs(), rolled, per_version)
+    print("\n" + result.render())
+    return result.exit_status
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ Every request goes through ``RuntimeDetector.record_sample`` and
 ``PerformanceTracker.record``; the detector's monitor tick analyses the window, and
 ``RSITriggerEvent`` s reach a subscriber (here: printed) subject to the trigger cooldown.
 
+It ends with a checklist: each scenario's weakness detected (first tick, severity) and the RSI
+trigger delivered; the exit status is 1 unless all were.
+
 Run: ``python examples/runtime_detector_demo.py`` (``--quick`` for a lighter run).
 """
 
@@ -23,7 +26,8 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
-from vortex import PerformanceTracker, RuntimeDetector, RuntimeDetectorConfig
+from vortex import PerformanceTracker, RuntimeDetector, RuntimeDetectorConfig, degraded
+from vortex.demo.checklist import Checklist
 from vortex.monitor import RSITriggerEvent, WeaknessType
 from vortex.monitor.memory import ProcessMemoryProbe
 from vortex.monitor.prometheus import VortexCollector
@@ -81,7 +85,35 @@ def serve_one_second(t: int, rate: int, rng: np.random.Generator, detector: Runt
     return seq
 
 
-def main() -> None:
+# the scenario each weakness kind is expected from
+EXPECTED = ((WeaknessType.LATENCY_SPIKE, "cron job"), (WeaknessType.RECURRING_PATTERN, "cron job"),
+            (WeaknessType.CONFIDENCE_DROP, "input drift"), (WeaknessType.CONFIDENCE_LOW, "input drift"),
+            (WeaknessType.PREDICTION_ERROR_SPIKE, "input drift (worse)"),
+            (WeaknessType.THROUGHPUT_DROP, "upstream outage"),
+            (WeaknessType.MEMORY_PRESSURE, "cache warm-up"))
+
+
+def checklist(first_seen: dict, triggers: list) -> Checklist:
+    """Each expected weakness detected (its first tick and severity), then the trigger."""
+    c = Checklist("runtime detector demo")
+    fallbacks = {f.component: f for f in degraded.active()}
+    for kind, scenario in EXPECTED:
+        name = f"{kind.value} detected ({scenario})"
+        if kind in first_seen:
+            t, w = first_seen[kind]
+            c.reached(name, f"at t={t}s, severity {w.severity:.2f}: {w.description}")
+        elif kind is WeaknessType.MEMORY_PRESSURE and "memory probe" in fallbacks:
+            c.errored(name, fallbacks["memory probe"].cause)
+        else:
+            c.not_reached(name, f"not raised during the {scenario}")
+    if triggers:
+        c.reached("RSI trigger delivered", f"{len(triggers)} events, first: {triggers[0].reason}")
+    else:
+        c.not_reached("RSI trigger delivered", "no trigger event reached the subscriber")
+    return c
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="lower request rate, smaller cache")
     args = parser.parse_args()
@@ -110,6 +142,7 @@ def main() -> None:
     rng = np.random.default_rng(7)
     seq = 0
     active: set[WeaknessType] = set()
+    first_seen: dict = {}
     ticks_with_findings = 0
     cache = None
     label = ""
@@ -130,6 +163,7 @@ def main() -> None:
         ticks_with_findings += bool(found)
         now_active = {w.type for w in found}
         for w in found:
+            first_seen.setdefault(w.type, (t + 1, w))
             if w.type not in active or w.type is WeaknessType.RECURRING_PATTERN:
                 print(f"  t={t + 1:4d}s  + {w.type.value:<23} severity {w.severity:.2f}  "
                       f"{w.description}")
@@ -175,7 +209,10 @@ def main() -> None:
     per_call = (time.perf_counter() - start) / calls * 1e9
     print(f"\nCost: record_sample {per_call:.0f} ns per call (loop included); a window_size=60 "
           f"detector holds {fresh.memory_bytes():,} bytes of C++ state.")
+    result = checklist(first_seen, triggers)
+    print("\n" + result.render())
+    return result.exit_status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -70,6 +70,44 @@ def test_infer_records_metrics_and_samples_are_counted(tmp_path):
         assert metrics["total_inferences"] == 25
 
 
+def test_requests_and_outcomes_are_counted_at_their_flux_positions(tmp_path):
+    with make_orch(tmp_path) as o:
+        preds = [o.infer(np.full(4, i, np.float32)) for i in range(30)]
+        for p in preds[:12]:  # feedback for requests 1..12 only
+            o.feedback(p.request_id, p.output)
+        positions = o.get_metrics()["positions"]
+    # request k sits at flux position 1 + k % 9: ids 1..30 give four at 2, 3, 4, three elsewhere
+    assert {p: positions[p]["inferences"] for p in range(1, 10)} == {
+        1: 3, 2: 4, 3: 4, 4: 4, 5: 3, 6: 3, 7: 3, 8: 3, 9: 3}
+    # outcomes under the same numbering: ids 1..12 -> positions 2..9, 1, 2, 3, 4
+    assert {p: positions[p]["outcomes"] for p in range(1, 10)} == {
+        1: 1, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1}
+    assert all(positions[p]["success_rate"] == 1.0 for p in range(1, 10))
+
+
+@pytest.mark.slow
+def test_buffer_saved_once_on_close_and_reloaded_by_the_coordinator(tmp_path, monkeypatch):
+    from vortex.training import SampleBuffer
+
+    cfg = BackgroundTrainingConfig(min_samples_for_training=1000, training_interval_secs=3600,
+                                   buffer_persist_interval_secs=0)
+    saves = []
+    real_save = SampleBuffer.save
+    monkeypatch.setattr(SampleBuffer, "save", lambda self, path: saves.append(path) or real_save(self, path))
+    o = make_orch(tmp_path).with_background_trainer(cfg)
+    o.start_background_training()
+    x, y = _separable(20)
+    for xi, yi in zip(x, y):
+        o.feedback(o.infer(xi).request_id, int(yi))
+    o.close()
+    assert len(saves) == 1  # trainer.stop() saves it; close() does not save it again
+    with make_orch(tmp_path).with_background_trainer(cfg) as again:
+        assert len(again.trainer.buffer) == 20
+        # loaded by the coordinator, which knows it is unchanged since: nothing to save again
+        assert again.trainer.persist_buffer() is False
+    assert len(saves) == 1
+
+
 def test_infer_rejects_bad_input_and_unknown_mode(tmp_path):
     with make_orch(tmp_path) as o:
         with pytest.raises(ValueError, match="features"):
@@ -409,6 +447,25 @@ def test_rsi_engine_observations_are_skipped_only_without_a_watch(tmp_path):
         assert o.rsi.needs_observations
         o.feedback(o.infer(np.zeros(4)).request_id, 0)
         assert [len(o.rsi._recent[m]) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
+
+
+def test_patches_and_swaps_share_one_change_board_audited_in_the_home(tmp_path):
+    """The engine's and the coordinator's watches end each other's (vortex.changes), and what
+    a swap ended is written to the home's RSI audit log; feedback feeds the watch the NLL."""
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = BackgroundTrainingConfig(min_samples_for_training=1000, training_interval_secs=3600)
+    with (make_orch(tmp_path).with_self_modification(tree).with_background_trainer(cfg)) as o:
+        assert o.rsi.changes is o.changes and o.trainer.changes is o.changes
+        p = o.infer(np.zeros(4, np.float32))
+        o.feedback(p.request_id, 1)
+        assert list(o.rsi._recent["nll"]) == [pytest.approx(-math.log(p.probabilities[1]))]
+        assert list(o.rsi._recent["misclassified"]) == [float(p.output != 1)]
+        o.changes.subscribe(lambda change: "a stand-in watch")  # as if a watch were running
+        o.swap_to_version(1, reason="ops")
+        ended = [e["data"] for e in o.rsi.audit.entries() if e["event"] == "watch_superseded"]
+        assert ended and ended[-1]["watch"] == "a stand-in watch" and ended[-1]["by"] == "training"
+        assert o.system_status().changes[-1]["change"]["description"] == "version 1 swapped in (ops)"
 
 
 @pytest.mark.slow

@@ -1,10 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
-"""Per-request helpers of :meth:`vortex.Orchestrator.infer` (private).
+"""The request path of :meth:`vortex.Orchestrator.infer` (private).
 
-Each helper replaces several NumPy calls of about a microsecond each (``np.isfinite(x).all()``,
-``np.exp``, ``max``, ``sum``, ``argmax``, a generator of floats) by one C loop over the
-buffer. They only take the cases they can answer exactly; anything else returns ``None`` and
-the caller runs its general NumPy path (which also produces the error messages).
+:class:`RequestPath` is ``infer`` itself as one compiled call: its work is a dozen small steps
+(mode lookup, feature check, slot read, guarded model call, softmax, two clock reads,
+detector, tracker, pending table, the Prediction) that cost more to interpret than to do.
+The helpers below it replace several NumPy calls of about a microsecond each
+(``np.isfinite(x).all()``, ``np.exp``, ``max``, ``sum``, ``argmax``, a generator of floats) by
+one C loop over the buffer. They only take the cases they can answer exactly; anything else
+returns ``None`` and the caller runs its general NumPy path (which also produces the error
+messages).
 """
 
 from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO
@@ -52,6 +56,10 @@ cdef bint _contiguous_view(object obj, Py_buffer* view) except -1:
 def features_f32(x, Py_ssize_t dim):
     """``x`` itself if it is a 1-D C-contiguous float32 buffer of length ``dim`` with only
     finite values (used as the model input without a copy), else ``None``."""
+    return _features_f32(x, dim)
+
+
+cdef object _features_f32(object x, Py_ssize_t dim):
     cdef Py_buffer view
     if not _contiguous_view(x, &view):
         return None
@@ -115,6 +123,10 @@ def softmax_top(logits):
     """``(argmax, max probability, probabilities as a tuple of floats)`` of the softmax of a
     C-contiguous float32/float64 buffer of finite logits (flattened), computed in double as
     ``exp(z - max z) / sum``; ``None`` for any other input (non-finite, empty, other dtype)."""
+    return _buffer_top(logits)
+
+
+cdef object _buffer_top(object logits):
     cdef Py_buffer view
     if not _contiguous_view(logits, &view):
         return None
@@ -131,6 +143,10 @@ def softmax_top_tensor(tensor, float32, strided):
     Reads the values through ``data_ptr()``: cheaper than ``tensor.numpy()`` (which builds an
     array object) and valid because the caller holds ``tensor`` for the whole call.
     """
+    return _tensor_top(tensor, float32, strided)
+
+
+cdef object _tensor_top(object tensor, object float32, object strided):
     cdef uintptr_t address
     cdef Py_ssize_t nbytes
     if not (tensor.dtype is float32 and tensor.is_cpu and tensor.layout is strided
@@ -147,8 +163,110 @@ def build(cls, tuple names, tuple values):
     """A new ``cls`` instance with ``names[i]`` set to ``values[i]`` through the generic
     attribute setter, bypassing ``cls.__init__`` and ``__setattr__`` (how a frozen dataclass's
     own ``__init__`` sets its fields, without its per-field Python calls)."""
+    return _build(cls, names, values)
+
+
+cdef object _build(object cls, tuple names, tuple values):
     obj = cls.__new__(cls)
     cdef Py_ssize_t i
     for i in range(len(names)):
         PyObject_GenericSetAttr(obj, names[i], values[i])
     return obj
+
+
+def pending_add(table, tuple item):
+    """``table.add(item)`` of ``vortex.orchestrator._PendingTable`` (see there)."""
+    return _pending_add(table._items, table._ids, table.capacity, table._sweep_above, table._sweep,
+                        item)
+
+
+cdef object _pending_add(dict items, object ids, Py_ssize_t capacity, Py_ssize_t sweep_above,
+                         object sweep, tuple item):
+    request_id = next(ids)
+    items[request_id] = item
+    items.pop(request_id - capacity, None)
+    if len(items) > sweep_above:
+        sweep(request_id)
+    return request_id
+
+
+cdef class RequestPath:
+    """:meth:`vortex.Orchestrator.infer` as one compiled call (see the module docstring).
+
+    The orchestrator makes one, hands it what never changes (modes, the pending table, torch's
+    entry points) and its own ``general`` helpers for everything uncommon, and calls
+    :meth:`wire` whenever a component is attached, so a request reads the current slot,
+    detector, tracker and RSI engine without looking them up.
+
+    ``general`` provides ``_unknown_mode(mode) -> ValueError``, ``_features(x)`` (the
+    validating path, which raises), ``_softmax_general(raw)`` (logits the helpers decline) and
+    ``_regression_output(raw)``.
+    """
+
+    cdef dict modes
+    cdef Py_ssize_t dim
+    cdef bint classification
+    cdef object general, prediction, guard, from_numpy, tensor_type, float32, strided, clock
+    cdef tuple names
+    cdef dict items
+    cdef object ids, sweep
+    cdef Py_ssize_t capacity, sweep_above
+    cdef object slot, record_request, tracker, rsi
+    cdef dict recorders
+
+    def __init__(self, general, pending, prediction, tuple names, dict modes, Py_ssize_t dim,
+                 bint classification, guard, from_numpy, tensor_type, float32, strided, clock):
+        self.general, self.prediction, self.names = general, prediction, names
+        self.modes, self.dim, self.classification = modes, dim, classification
+        self.guard, self.from_numpy, self.clock = guard, from_numpy, clock
+        self.tensor_type, self.float32, self.strided = tensor_type, float32, strided
+        self.items, self.ids, self.sweep = pending._items, pending._ids, pending._sweep
+        self.capacity, self.sweep_above = pending.capacity, pending._sweep_above
+        self.recorders = {}
+
+    def wire(self, slot, detector, tracker, rsi):
+        """Serve from ``slot``; record into ``detector`` (or None), ``tracker`` and ``rsi``'s
+        observations (or None)."""
+        self.slot = slot
+        self.record_request = None if detector is None else detector.record_request
+        self.tracker, self.rsi = tracker, rsi
+        self.recorders = {}
+
+    def infer(self, x, mode):
+        """What :meth:`vortex.Orchestrator.infer` returns for ``x`` in ``mode``."""
+        cdef double start, end, latency_ms
+        try:
+            fn = self.modes.get(mode)
+        except TypeError:  # unhashable
+            fn = None
+        if fn is None:
+            raise self.general._unknown_mode(mode)
+        features = _features_f32(x, self.dim)
+        if features is None:
+            features = self.general._features(x)
+        start = self.clock()
+        version, model = self.slot.get()
+        with self.guard():
+            raw = fn(model, self.from_numpy(features[None]))  # a (1, dim) view, no copy
+        if self.classification:
+            top = (_tensor_top(raw, self.float32, self.strided) if type(raw) is self.tensor_type
+                   else _buffer_top(raw))
+            if top is None:
+                top = self.general._softmax_general(raw)
+            output, confidence, probs = top
+        else:
+            output, confidence, probs = self.general._regression_output(raw), 1.0, None
+        end = self.clock()
+        latency_ms = (end - start) * 1e3
+        detector_id = None if self.record_request is None else self.record_request(latency_ms, confidence)
+        record = self.recorders.get(mode)
+        if record is None:
+            record = self.recorders[mode] = self.tracker.recorder(mode)
+        record(latency_ms, confidence)
+        rsi = self.rsi
+        if rsi is not None and rsi.needs_observations:
+            rsi.observe(latency_ms=latency_ms, confidence=confidence)
+        request_id = _pending_add(self.items, self.ids, self.capacity, self.sweep_above, self.sweep,
+                                  (detector_id, features, probs, output, confidence, mode, version, end))
+        return _build(self.prediction, self.names,
+                      (request_id, output, confidence, probs, mode, version, latency_ms))

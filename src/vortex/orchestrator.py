@@ -39,11 +39,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import degraded
+from .changes import ChangeBoard
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
-from ._fast_serving import (build as _build, features_f32 as _features_f32, softmax_top as _softmax_top,
-                            softmax_top_tensor as _softmax_top_tensor)
+from ._fast_serving import RequestPath, pending_add
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
@@ -117,14 +118,9 @@ class _PendingTable:
         self.ttl_secs = ttl_secs
 
     def add(self, item: tuple) -> int:
-        """Store ``item`` under the next request id and return that id."""
-        request_id = next(self._ids)
-        items = self._items
-        items[request_id] = item
-        items.pop(request_id - self.capacity, None)
-        if len(items) > self._sweep_above:
-            self._sweep(request_id)
-        return request_id
+        """Store ``item`` under the next request id and return that id (compiled: the request
+        path calls the same code directly)."""
+        return pending_add(self, item)
 
     def _sweep(self, newest: int) -> None:
         with self._sweep_lock:
@@ -172,7 +168,7 @@ class _PendingTable:
 
 
 _PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
-_perf_counter = time.perf_counter
+_NLL_CAP = -math.log(5e-324)  # the NLL of a label given probability 0 (the smallest double's)
 
 
 def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
@@ -189,7 +185,11 @@ def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class SystemStatus:
-    """Everything the orchestrator knows, as one value (see :meth:`to_json`)."""
+    """Everything the orchestrator knows, as one value (see :meth:`to_json`).
+
+    ``degraded`` lists the fallbacks this process took because its environment lacks
+    something (component, fallback, cause; see :mod:`vortex.degraded`); ``changes`` the newest
+    changes to what serves and the watches they ended (see :mod:`vortex.changes`)."""
 
     timestamp: float
     home: str
@@ -202,6 +202,8 @@ class SystemStatus:
     training: dict[str, Any] | None
     model_versions: list[dict[str, Any]]
     pending_feedback: int
+    degraded: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +232,13 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     return json.loads(json.dumps(value, default=_json_default))
+
+
+def _record_degraded(home: Path, *_: Any) -> None:
+    try:
+        degraded.write_record(home)
+    except OSError as exc:  # the fallback itself is logged and in system_status() regardless
+        log.warning("could not record the fallbacks in %s: %s", home, exc)
 
 
 def _check_arguments(model: Any, home: Any, model_factory: Any, feature_dim: Any, modes: Any, task: Any,
@@ -328,7 +337,12 @@ class Orchestrator:
 
         from .monitor import PerformanceTracker
 
-        self.tracker = PerformanceTracker()
+        # request ids are 1, 2, 3, ...: the tracker counts each request at its flux position
+        # from that numbering, at no cost per request (outcomes use the request id too)
+        self.tracker = PerformanceTracker(arrival_positions=True)
+        # patches and swaps are announced here: one post-change watch at a time (see
+        # vortex.changes), audited in the RSI audit log once an engine is attached
+        self.changes = ChangeBoard()
         self.detector: Any = None
         self.rsi: Any = None
         self.trainer: Any = None
@@ -341,17 +355,28 @@ class Orchestrator:
         # torch.inference_mode() enters exactly this guard, through two Python-level calls
         # that cost ~1 us per request; use it directly where this torch has it.
         guard = getattr(torch._C, "_InferenceMode", None)
-        self._inference_mode = (functools.partial(guard, True) if guard is not None
-                                else torch.inference_mode)
-        self._from_numpy = torch.from_numpy
         self._tensor_type = torch.Tensor
-        self._float32, self._strided = torch.float32, torch.strided
+        self._float32 = torch.float32
+        self._path = RequestPath(
+            self, self._pending, Prediction, _PREDICTION_FIELDS, self._modes, feature_dim,
+            self._classification, functools.partial(guard, True) if guard is not None
+            else torch.inference_mode, torch.from_numpy, torch.Tensor, torch.float32,
+            torch.strided, time.perf_counter)
         self._rsi_queue: queue.Queue[Any] = queue.Queue()
         self._rsi_thread: threading.Thread | None = None
         self._maintenance_stop = threading.Event()
         self._maintenance_thread: threading.Thread | None = None
         self._closed = False
-        self._buffer_path = self.home / "buffer.arrow"
+        # this process's fallbacks, recorded under the home for `vortex status` (now, which
+        # replaces an earlier process's record, and on each new one)
+        self._record_degraded = functools.partial(_record_degraded, self.home)
+        degraded.subscribe(self._record_degraded)
+        _record_degraded(self.home)
+        self._wire()
+
+    def _wire(self) -> None:
+        """Point the request path at the current components (after each is attached)."""
+        self._path.wire(self._slot, self.detector, self.tracker, self.rsi)
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -366,6 +391,7 @@ class Orchestrator:
 
         self.detector = RuntimeDetector(config or RuntimeDetectorConfig())
         self.detector.subscribe(self._on_trigger)
+        self._wire()
         return self
 
     def with_self_modification(self, target: str | os.PathLike, config: RSIConfig | None = None,
@@ -378,30 +404,29 @@ class Orchestrator:
             self._rsi_config = config
         self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
                              metrics=self.rsi_metrics, calibration_data=self._calibration_data,
-                             on_applied=self._on_proposal_applied, **engine_kwargs)
+                             on_applied=self._on_proposal_applied, changes=self.changes,
+                             **engine_kwargs)
+        self.changes.audit = self.rsi.audit.append  # swaps' ended watches too, in the home's trail
+        self._wire()
         return self
 
     def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> "Orchestrator":
-        """Attach background training; buffered samples saved by a previous run are reloaded."""
+        """Attach background training; the samples a previous run saved in
+        ``<home>/buffer.arrow`` are reloaded (by the coordinator)."""
         from .training import BackgroundTrainingCoordinator
 
         if self.model_factory is None:
             raise ConfigError("Orchestrator.model_factory=None: background training needs "
                               "'package.module:function' that builds the model")
-        from .training import SampleBuffer
-
         config = config or BackgroundTrainingConfig(task=self.task)
         label_dtype = "int64" if self.task == "classification" else "float32"
-        buffer = None
-        if self._buffer_path.exists():
-            buffer = SampleBuffer.load(self._buffer_path, capacity=config.buffer_capacity)
-            log.info("reloaded %d buffered samples from %s", len(buffer), self._buffer_path)
         _, model = self._slot.get()
         self.trainer = BackgroundTrainingCoordinator(
             config, model=model, model_factory=self.model_factory, home=self.home,
-            feature_dim=self.feature_dim, label_dtype=label_dtype, buffer=buffer,
-            factory_kwargs=self.factory_kwargs)
+            feature_dim=self.feature_dim, label_dtype=label_dtype,
+            factory_kwargs=self.factory_kwargs, changes=self.changes)
         self._slot = self.trainer.slot
+        self._wire()
         return self
 
     def enable_rsi(self, config: RSIConfig) -> "Orchestrator":
@@ -439,6 +464,7 @@ class Orchestrator:
         if self._closed:
             return
         self._closed = True
+        degraded.unsubscribe(self._record_degraded)
         self._maintenance_stop.set()
         if self.detector is not None:
             self.detector.stop()
@@ -448,8 +474,7 @@ class Orchestrator:
         if self.rsi is not None:
             self.rsi.stop()
         if self.trainer is not None:
-            self.trainer.stop(cancel=True)
-            self.trainer.buffer.save(self._buffer_path)
+            self.trainer.stop(cancel=True)  # saves the buffer a last time
         if self._maintenance_thread is not None:
             self._maintenance_thread.join(timeout=5)
 
@@ -481,43 +506,19 @@ class Orchestrator:
             ``x`` has the wrong length, a non-real dtype (complex, string, object) or a
             non-finite value, or ``mode`` is unknown; nothing is recorded.
         """
-        try:
-            fn = self._modes.get(mode)
-        except TypeError:  # unhashable
-            fn = None
-        if fn is None:
-            raise ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
-        features = _features_f32(x, self.feature_dim)
-        if features is None:
-            features = self._features(x)
-        start = _perf_counter()
-        version, model = self._slot.get()
-        with self._inference_mode():
-            raw = fn(model, self._from_numpy(features[None]))  # a (1, dim) view, no copy
-        if self._classification:
-            if type(raw) is self._tensor_type:
-                top = _softmax_top_tensor(raw, self._float32, self._strided)
-            else:
-                top = _softmax_top(raw)  # any float32/float64 buffer (NumPy)
-            output, confidence, probs = top if top is not None else _softmax_top_numpy(raw)
-        else:
-            import numpy as np
+        return self._path.infer(x, mode)
 
-            probs = None
-            confidence = 1.0
-            output = float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
-        end = _perf_counter()
-        latency_ms = (end - start) * 1e3
-        detector = self.detector
-        detector_id = detector.record_request(latency_ms, confidence) if detector is not None else None
-        self.tracker.record(mode, latency_ms, confidence)
-        rsi = self.rsi
-        if rsi is not None and rsi.needs_observations:
-            rsi.observe(latency_ms=latency_ms, confidence=confidence)
-        request_id = self._pending.add(
-            (detector_id, features, probs, output, confidence, mode, version, end))
-        return _build(Prediction, _PREDICTION_FIELDS,
-                      (request_id, output, confidence, probs, mode, version, latency_ms))
+    # the general cases of the request path (see _fast_serving.RequestPath)
+    def _unknown_mode(self, mode: Any) -> ValueError:
+        return ValueError(f"mode={mode!r} is not a serving mode; known: {sorted(self._modes)}")
+
+    _softmax_general = staticmethod(_softmax_top_numpy)
+
+    @staticmethod
+    def _regression_output(raw: Any) -> float:
+        import numpy as np
+
+        return float(np.asarray(raw, dtype=np.float64).reshape(-1)[0])
 
     def _features(self, x: Any) -> Any:
         """``x`` as a validated 1-D float32 array (the general path of :meth:`infer`)."""
@@ -578,6 +579,7 @@ class Orchestrator:
         if type(request_id) is not int:
             request_id = as_index(request_id, "request_id")
         detector_id, features, probs, output, confidence, _, version, _ = pending.peek(request_id)
+        nll = None
         if self._classification:
             if type(label) is not int or not 0 <= label < len(probs):
                 label = as_class_label(label, len(probs))
@@ -594,16 +596,16 @@ class Orchestrator:
         pending.pop(request_id)  # the one consuming step: a concurrent duplicate fails here
         if detector_id is not None:
             self.detector.record_error(detector_id, error)
-        seq = None
         trainer = self.trainer
         if trainer is not None:
-            seq = trainer.add_sample(features, label, confidence=confidence, error=error,
-                                     episode=episode)
+            trainer.add_sample(features, label, confidence=confidence, error=error, episode=episode)
             trainer.observe_live(version, error=error, confidence=confidence)
-        self.tracker.record_outcome(seq if seq is not None else request_id, correct)
+        self.tracker.record_outcome(request_id, correct)
         rsi = self.rsi
         if rsi is not None and rsi.needs_observations:
-            rsi.observe(error=error)
+            if self._classification:  # the watch of a calibration judges the NLL it was tested on
+                nll = -math.log(probs[label]) if probs[label] > 0.0 else _NLL_CAP
+            rsi.observe(error=error, correct=correct, nll=nll)
         return error
 
     # ------------------------------------------------------------------ RSI wiring
@@ -637,8 +639,11 @@ class Orchestrator:
                                           reason=f"proposal {proposal.id}: {proposal.description}")
 
     def rsi_metrics(self) -> dict[str, Any]:
-        """The tracker's figures in the form the RSI engine reads."""
-        return self.tracker.summary()
+        """The tracker's figures in the form the RSI engine reads, with those of the newest
+        requests (the detector's window, else 1,000): a cycle judges what serves now, not the
+        service's lifetime averages."""
+        window = self.detector.config.window_size if self.detector is not None else 1000
+        return self.tracker.summary(recent=min(window, self.tracker.latency_window))
 
     def _calibration_data(self) -> tuple[Any, Any] | None:
         """Logits and labels of buffered samples, for temperature fitting (classification)."""
@@ -739,6 +744,8 @@ class Orchestrator:
             training=_plain(self.trainer.stats()) if self.trainer is not None else None,
             model_versions=_plain(self.trainer.get_model_versions()) if self.trainer is not None else [],
             pending_feedback=len(self._pending),
+            degraded=[f.to_dict() for f in degraded.active()],
+            changes=self.changes.history(),
             config={
                 "task": self.task,
                 "feature_dim": self.feature_dim,

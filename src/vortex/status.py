@@ -2,7 +2,8 @@
 
 It works on a home whether or not a service is running on it: the model registry and its
 serving log, the proposals and their statuses, the audit log's integrity, the last training
-runs and the buffered samples saved at the last shutdown.
+runs, the buffered samples saved last, and the fallbacks the last process on the home took
+because its environment lacked something (``degraded``, see :mod:`vortex.degraded`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         out["training"] = None
 
+    from .degraded import read_record
+
+    out["degraded"] = read_record(home)
+
     buffer_path = os.path.join(home, "buffer.arrow")
     if os.path.exists(buffer_path):
         from .training.buffer import Snapshot
@@ -110,6 +115,12 @@ def _text(s: dict[str, Any]) -> str:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(t["by_status"].items()))
         lines.append(f"training runs: {t['runs']} ({counts})")
     lines.append(f"buffered samples: {s['buffered_samples']}")
+    d = s["degraded"]
+    if d is not None:
+        who = f"process {d['pid']}, {'running' if d['process_running'] else 'no longer running'}"
+        lines.append(f"degraded: none (recorded by {who})" if not d["fallbacks"] else
+                     f"degraded (recorded by {who}):" + "".join(f"\n  {f['component']}: {f['fallback']}; "
+                                                    f"cause: {f['cause']}" for f in d["fallbacks"]))
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ def test_demo_quick(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "versions:" in out.stdout and "serving log:" in out.stdout
+    assert out.stdout.rstrip().endswith("every stage reached")
     reg = ModelRegistry(tmp_path / "models")
     rows = reg.list_versions()
     assert len(rows) >= 2 and all(reg.verify(r["version"]) is None for r in rows)

@@ -15,3 +15,4 @@ def test_demo_detects_every_scenario():
         assert f"+ {kind}" in text, kind
     assert ">> RSI trigger #1: latency_spike" in text
     assert "vortex_detector_samples_total" in text and "sacred positions (3, 6, 9)" in text
+    assert text.rstrip().endswith("every stage reached")

@@ -1,3 +1,4 @@
+import math
 import os
 
 import pytest
@@ -65,3 +66,23 @@ def test_probe_reads_real_resident_memory():
     assert 0 < ProcessMemoryProbe()() < 1
     with pytest.raises(ValueError, match="limit_bytes=0"):
         ProcessMemoryProbe(limit_bytes=0)
+
+
+def test_an_unreadable_statm_gives_no_figure_rather_than_the_peak(tmp_path):
+    """The peak resident memory never falls: used instead of the current one, a memory pressure
+    could never clear. Unreadable: NaN, and the fallback is reported."""
+    from vortex import degraded
+
+    (tmp_path / "self").mkdir()
+    statm = tmp_path / "self" / "statm"
+    page = os.sysconf("SC_PAGE_SIZE")
+    statm.write_text("1000 200 50 1 0 300 0\n")
+    probe = ProcessMemoryProbe(limit_bytes=1000 * page, proc=str(tmp_path))
+    assert probe.rss_bytes() == 200 * page and probe() == pytest.approx(0.2)
+    statm.write_text("1000 120 50 1 0 300 0\n")  # resident memory fell: so does the figure
+    assert probe() == pytest.approx(0.12)
+    statm.write_text("garbage\n")
+    assert probe.rss_bytes() is None and math.isnan(probe())
+    assert any(f.component == "memory probe" and str(statm) in f.cause for f in degraded.active())
+    missing = ProcessMemoryProbe(limit_bytes=GIB, proc=str(tmp_path / "nowhere"))
+    assert missing.rss_bytes() is None and math.isnan(missing())

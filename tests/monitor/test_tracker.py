@@ -48,6 +48,43 @@ def test_positions_and_sacred_rate():
     assert s["total_outcomes"] == 90
 
 
+def test_arrival_positions_count_each_inference_at_its_number():
+    t = PerformanceTracker(arrival_positions=True)
+    for k in range(1, 101):  # inference k is number k
+        t.record("fast" if k % 2 else "slow", 1.0, 0.9)
+        if k % 5 == 0:
+            t.record_outcome(k, correct=True)
+    s = t.summary()
+    expected = [sum(1 for k in range(1, 101) if flux_position(k) == p) for p in range(1, 10)]
+    assert [s["positions"][p]["inferences"] for p in range(1, 10)] == expected
+    assert sum(s["positions"][p]["outcomes"] for p in range(1, 10)) == 20
+    with pytest.raises(ValueError, match="arrival"):  # one numbering, not two
+        t.record("fast", 1.0, 0.9, seq=7)
+    with pytest.raises(ValueError, match="arrival_positions=1"):
+        PerformanceTracker(arrival_positions=1)
+
+
+def test_recent_figures_follow_a_change_that_all_time_means_hide():
+    t = PerformanceTracker(latency_window=500)
+    for k in range(2000):  # a long good past...
+        t.record("fast", 10.0, 0.95)
+        t.record_outcome(k, True)
+    for k in range(100):  # ...then confidence and accuracy drop
+        t.record("fast", 30.0, 0.40)
+        t.record_outcome(k, k % 2 == 0)
+    s = t.summary(recent=100)
+    fast = s["modes"]["fast"]
+    assert fast["mean_confidence"] == pytest.approx((2000 * 0.95 + 100 * 0.40) / 2100)  # lags
+    assert fast["recent_mean_confidence"] == pytest.approx(0.40) and fast["recent_count"] == 100
+    assert fast["recent_mean_latency_ms"] == pytest.approx(30.0)
+    assert s["success_rate"] == pytest.approx(2050 / 2100)
+    assert s["recent_success_rate"] == pytest.approx(0.5) and s["recent_outcomes"] == 100
+    assert "recent_success_rate" not in t.summary()
+    for bad in (0, 501, True, 2.0):
+        with pytest.raises(ValueError, match="recent="):
+            t.summary(recent=bad)
+
+
 def test_empty_tracker():
     t = PerformanceTracker()
     s = t.summary()

@@ -193,6 +193,82 @@ def test_trigger_and_schedule(sample_tree, tmp_path):
     assert stats["proposals_by_status"]["applied"] == 1 and stats["proposals"] >= 1
 
 
+def test_cycles_judge_the_newest_requests_not_lifetime_averages(tiny_tree, tmp_path):
+    """A long good past hides a recent drop in all-time means; the cycle must see the drop
+    (and propose for the figure that is, not a stale one)."""
+    from vortex import PerformanceTracker
+
+    tracker = PerformanceTracker(latency_window=1000)
+    for k in range(3000):
+        tracker.record("fast", 5.0, 0.95)
+        tracker.record_outcome(k, True)
+    for k in range(200):
+        tracker.record("fast", 5.0, 0.40)
+        tracker.record_outcome(k, k % 3 == 0)
+    cfg = RSIConfig(enabled=True, min_inferences_before_rsi=10, max_error_rate=0.2)
+    eng = RSIEngine(tiny_tree, tmp_path / "home", cfg, metrics=lambda: tracker.summary(recent=200))
+    total, found = eng.detect()
+    kinds = {w.type: w for w in found}
+    assert total == 3200 and set(kinds) == {WeaknessType.CONFIDENCE_LOW, WeaknessType.PREDICTION_ERROR_SPIKE}
+    low = kinds[WeaknessType.CONFIDENCE_LOW]
+    assert low.metric_value == pytest.approx(0.40) and low.samples_analyzed == 200
+    assert "over the last 200 requests" in low.description
+    err = kinds[WeaknessType.PREDICTION_ERROR_SPIKE]
+    assert err.metric_value == pytest.approx(1 - 67 / 200) and err.samples_analyzed == 200
+    # lifetime averages (what cycles used to read) show nothing wrong at all
+    assert weaknesses_from_metrics(tracker.summary(), cfg)[1] == []
+    # a weakness handed in by the detector carries the window that raised it: it stands for
+    # its kind even when the summary's is more severe
+    handed = Weakness(WeaknessType.CONFIDENCE_LOW, 0.1, "detector window", time.time(), 0.62, 0.7, 50)
+    res = eng.rsi_cycle([handed])
+    chosen = {w["type"]: w for w in res.weaknesses}
+    assert chosen["confidence_low"]["metric_value"] == 0.62 and chosen["confidence_low"]["samples_analyzed"] == 50
+
+
+def test_a_calibration_is_watched_on_the_nll_it_was_tested_on(sample_tree, tmp_path):
+    """A correct temperature change lowers the raw confidence of an overconfident model and
+    improves its NLL: judged on confidence it was rolled back (and its direction blocked)."""
+    eng = RSIEngine(sample_tree, tmp_path / "home", RSIConfig(**{**CFG.__dict__, "benchmark_repeats": 3}))
+    for _ in range(50):
+        eng.observe(confidence=0.9, correct=False, nll=0.9)
+    eng.rsi_cycle([W("confidence_low")])
+    (p,) = eng.list_proposals()
+    assert p.status == ProposalStatus.APPLIED and p.test_result["metric"] == "nll", p.test_result
+    assert eng.watched_metric(p)[:2] == ("nll", True)
+    for _ in range(CFG.watch_requests):
+        eng.observe(confidence=0.6, correct=False, nll=0.5)  # less confident, better calibrated
+    deadline = time.monotonic() + 10
+    while not [e for e in eng.audit.entries() if e["event"] == "watch_passed"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (passed,) = [e["data"] for e in eng.audit.entries() if e["event"] == "watch_passed"]
+    assert passed["metric"] == "nll" and passed["baseline"] == pytest.approx(0.9)
+    assert eng.store.get(p.id).status == ProposalStatus.APPLIED and eng.memory.blocked() == []
+    started = [e["data"] for e in eng.audit.entries() if e["event"] == "watch_started"]
+    assert "the nll it was tested on" in started[-1]["note"]
+
+
+def test_a_later_change_ends_the_apply_watch(sample_tree, tmp_path):
+    """A swap during a patch's watch: the watch ends unjudged (audited), the baseline starts
+    anew, and the swap's effect is never blamed on the patch."""
+    eng = RSIEngine(sample_tree, tmp_path / "home", CFG)
+    for _ in range(50):
+        eng.observe(latency_ms=1.0)
+    eng.rsi_cycle([W("latency_spike")])
+    (p,) = eng.list_proposals()
+    assert eng.watching() == p.id
+    for _ in range(5):
+        eng.observe(latency_ms=0.6)
+    eng.changes.changed("training", "version 3 swapped in (auto)")  # what a coordinator announces
+    assert eng.watching() is None and all(not d for d in eng._recent.values())
+    for _ in range(3 * CFG.watch_requests):
+        eng.observe(latency_ms=5.0)  # the new model is slower: not the patch's doing
+    time.sleep(0.2)
+    assert eng.store.get(p.id).status == ProposalStatus.APPLIED
+    (ended,) = [e["data"] for e in eng.audit.entries() if e["event"] == "watch_superseded"]
+    assert ended["by"] == "training" and f"post-apply watch of proposal {p.id}" in ended["watch"]
+    assert "(latency_ms, 5 of 20 requests)" in ended["watch"]
+
+
 def test_update_config_and_observe_correct(sample_tree, tmp_path):
     eng = RSIEngine(sample_tree, tmp_path / "home", CFG)
     eng.update_config(RSIConfig(enabled=False))
@@ -451,11 +527,12 @@ def test_approve_reject_and_rollbacks_proceed_while_a_cycle_tests(tmp_path):
         eng.approve_proposal(testing.id, "alice")
     eng.approve_proposal(queued.id, "alice")  # tested on this very tree: no re-test
     eng.reject_proposal(untested.id, "no")
-    eng.rollback_proposal(applied.id, "by hand")
     for _ in range(FAST.watch_requests):  # the approved change's watch sees errors: auto-rollback
         eng.observe(error=1.0)
     while eng.store.get(queued.id).status != ProposalStatus.ROLLED_BACK and time.monotonic() < deadline:
         time.sleep(0.01)
+    # (after the watch: a rollback is a change too, which would have ended the watch unjudged)
+    eng.rollback_proposal(applied.id, "by hand")
     # all of that happened while the cycle's sandbox test was still running
     assert t.is_alive() and eng.store.get(testing.id).status == ProposalStatus.TESTING
     assert [eng.store.get(x.id).status for x in (queued, untested, applied)] == [

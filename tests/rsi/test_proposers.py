@@ -134,6 +134,60 @@ def test_confidence_proposer_uses_fitted_temperature(ctx):
     assert d.moves == [TunableMove("temperature", 4.0, round(4.0 / 1.5, 6), "decrease")]
 
 
+def _calibration(scale):
+    """Logits of a 4-class problem, sharpened by ``scale``: > 1 makes the model overconfident
+    (the NLL-optimal temperature is above 1), < 1 underconfident (below 1)."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 400)
+    logits = rng.normal(0, 1, (400, 4))
+    logits[np.arange(400), labels] += 1.0
+    return logits * scale, labels
+
+
+def _set_temperature(ctx, value):
+    path = os.path.join(ctx.settings.root, "sample_service", "tunables.toml")
+    with open(path) as fh:
+        text = fh.read()
+    import re
+    with open(path, "w") as fh:
+        fh.write(re.sub(r"^temperature = [0-9.]+", f"temperature = {value}", text, flags=re.M))
+
+
+def test_temperature_is_fitted_only_in_the_declared_direction(ctx):
+    """The sample service declares temperature "decrease" for low confidence. An
+    overconfident model's fit wants a higher temperature: that must not be proposed for low
+    confidence (it lowers confidence further), nor a step down (the data says it is worse)."""
+    _set_temperature(ctx, 1.0)
+    ctx.calibration_data = lambda: _calibration(4.0)  # overconfident: fit > 1
+    assert fit_temperature(*_calibration(4.0), lo=0.05, hi=20.0) > 1.0
+    d = ConfidenceProposer().propose(W("confidence_low"), ctx)
+    assert d is None or all(m.name != "temperature" for m in d.moves)
+    # underconfident: the fit lowers the temperature, the declared way: proposed
+    ctx.calibration_data = lambda: _calibration(0.3)
+    d = ConfidenceProposer().propose(W("confidence_low"), ctx)
+    assert d.moves[0].name == "temperature" and d.moves[0].direction == "decrease"
+    assert d.moves[0].new < 1.0 and d.expected_improvement["nll_after"] < d.expected_improvement["nll_before"]
+
+
+def test_temperature_is_not_fitted_under_a_weakness_it_does_not_address(ctx):
+    """The demo service declares temperature for confidence_low only; a confidence drop must
+    not move it (the demo proposed temperature 1.0 -> 1.08 for one)."""
+    from vortex.rsi.settings import load_settings
+
+    root = ctx.settings.root
+    path = os.path.join(root, "pyproject.toml")
+    with open(path) as fh:
+        text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(text.replace('addresses = { confidence_low = "decrease", confidence_drop = "decrease" }',
+                              'addresses = { confidence_low = "decrease" }'))
+    ctx.settings = load_settings(root)
+    _set_temperature(ctx, 1.0)
+    ctx.calibration_data = lambda: _calibration(0.3)  # a fit would lower it
+    d = ConfidenceProposer().propose(W("confidence_drop"), ctx)
+    assert d is None or all(m.name != "temperature" for m in d.moves)
+
+
 PROPOSER_SCRIPT = r'''
 import json, sys
 report = json.load(sys.stdin)

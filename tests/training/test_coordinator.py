@@ -155,6 +155,39 @@ def test_watch_judges_confidence_only_when_the_error_did_not_improve(tmp_path, d
     assert "live confidence" in c2.registry.serving_log()[-1]["reason"]
 
 
+def test_a_later_change_ends_the_swap_watch_and_takes_the_blame(tmp_path, digits):
+    """The demo's case: a patch applied during a swap's watch lowers every answer's confidence.
+    The swap's watch must not judge the new model by it: the patch's change ends the watch
+    (audited), and the baselines start anew from it."""
+    from vortex.changes import ChangeBoard
+
+    audited = []
+    board = ChangeBoard(audit=lambda event, **fields: audited.append((event, fields)))
+    c = BackgroundTrainingCoordinator(_config(), mlp(**KW), FACTORY, tmp_path / "home", 64,
+                                      factory_kwargs=KW, changes=board)
+    x, y = digits
+    c.add_samples(x[:900], y[:900])
+    for _ in range(10):
+        c.observe_live(1, error=0.4, confidence=0.9)
+    assert c.run_once("manual").status == "swapped" and c.stats().watching["new_version"] == 2
+    for _ in range(3):
+        c.observe_live(2, error=0.4, confidence=0.9)
+    board.changed("rsi", "proposal p1 applied: views 1 -> 5")  # what the engine announces
+    assert c.stats().watching is None
+    [(event, fields)] = audited
+    assert event == "watch_superseded" and fields["by"] == "rsi"
+    assert "post-swap watch of model version 2 (3 of 10 requests)" in fields["watch"]
+    for _ in range(20):  # the patch's lower confidence: no longer the model's doing
+        c.observe_live(2, error=0.4, confidence=0.5)
+    assert c.current_model_version() == 2 and c.stats().rollbacks == 0
+    # a swap is announced too: the engine's watch (here a stand-in) hears of it
+    ended = []
+    board.subscribe(lambda change: ended.append(change.description) or "rsi watch of p1")
+    c.swap_to_version(1, reason="ops")
+    assert ended == ["version 1 swapped in (ops)"] and audited[-1][1]["watch"] == "rsi watch of p1"
+    assert [h["change"]["source"] for h in board.history() if "change" in h][-2:] == ["rsi", "training"]
+
+
 def test_watch_passes_when_live_error_holds(tmp_path, digits):
     c = _coordinator(tmp_path, digits)
     for _ in range(10):
@@ -170,7 +203,8 @@ def test_triggers_coalesce_and_each_kind_starts_a_run(tmp_path, digits):
     c = _coordinator(tmp_path, digits, min_improvement_threshold=1e6, num_epochs=2)
     # adding 900 >= min_samples_for_training samples queued a SAMPLE_THRESHOLD run (not started)
     assert c.stats().pending_trigger == "sample_threshold"
-    assert c.trigger_training("rsi_triggered", reason="confidence drop") is False  # coalesced
+    assert c.trigger_training("rsi_triggered", reason="confidence drop") is False  # coalesced...
+    assert c.stats().pending_trigger == "rsi_triggered"  # ...and the run says why it was asked for
     c.start()
     try:
         deadline = time.monotonic() + 60
@@ -183,7 +217,7 @@ def test_triggers_coalesce_and_each_kind_starts_a_run(tmp_path, digits):
         assert c.wait_idle(120)
         runs = c.runs()
         assert [(r.trigger, r.reason) for r in runs] == [
-            (TrainingTrigger.SAMPLE_THRESHOLD, None), (TrainingTrigger.RSI_TRIGGERED, "error spike")]
+            (TrainingTrigger.RSI_TRIGGERED, "confidence drop"), (TrainingTrigger.RSI_TRIGGERED, "error spike")]
         x, y = digits
         c.add_samples(x[900:1000], y[900:1000])  # 100 new samples: below the threshold
         assert c.stats().pending_trigger is None

@@ -36,7 +36,9 @@ def register(subparsers: Any) -> None:
         "demo", help="the end-to-end autonomous demo on scikit-learn's digits",
         description="Serve a digits classifier, drift its inputs, and watch Vortex detect the "
                     "weakness, apply a tested patch to the service, retrain and swap in a "
-                    "better model. Prints a timeline; writes report.json and timeline.png.")
+                    "better model. Prints a timeline and a checklist of the loop's stages, each "
+                    "with its measured figure; writes report.json and timeline.png. Exits 1 "
+                    "unless every stage was reached.")
     p.add_argument("--home", default="vortex-demo/.vortex",
                    help="state directory (registry, proposals, audit log, service copy)")
     p.add_argument("--out", default="vortex-demo", help="where report.json and timeline.png go")
@@ -44,4 +46,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keep", action="store_true",
                    help="continue from the state in --home instead of starting afresh")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--judge-python", metavar="PYTHON", default=None,
+                   help="interpreter of the sandbox's test and benchmark runs (default: this one)")
     command(p, _run)

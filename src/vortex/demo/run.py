@@ -18,6 +18,9 @@ import importlib.util
 import io
 import json
 import logging
+import math
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .stages import DemoEvidence, Served, loop_checklist
 
 __all__ = ["DemoSettings", "run_demo", "main"]
 
@@ -49,6 +53,7 @@ class DemoSettings:
     initial_epochs: int = 60
     seed: int = 0
     quick: bool = False
+    judge_python: str | None = None
 
     @classmethod
     def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
@@ -151,7 +156,8 @@ def _service_mode(service):
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    """Run the demo; returns the report (also written to ``out_dir/report.json``)."""
+    """Run the demo; returns the report (also written to ``out_dir/report.json``), whose
+    ``checklist`` says which stages of the loop were reached (see :mod:`vortex.demo.stages`)."""
     import torch
 
     from .. import (BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig,
@@ -172,6 +178,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     model = train_initial_model(x_train, y_train, settings.initial_epochs, settings.seed)
     timeline.add(0, "model", f"initial MLP trained on {len(x_train)} clean digits")
 
+    engine_kwargs: dict[str, Any] = {"tunables": [service.tunables]}  # reloaded at once on apply
+    if settings.judge_python is not None:
+        engine_kwargs["sandbox_python"] = settings.judge_python
     orch = (Orchestrator(model, MODEL_FACTORY, home, feature_dim=64,
                          modes={"fast": _service_mode(service)},
                          factory_kwargs={"in_features": 64, "hidden": 64, "out_features": 10,
@@ -180,7 +189,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                 monitor_interval_ms=200, window_size=200, confidence_drop_threshold=0.1,
                 confidence_low_threshold=0.6, prediction_error_spike_threshold=0.35,
                 trigger_cooldown_secs=20.0, latency_spike_threshold_ms=250.0))
-            .with_self_modification(tree)
+            .with_self_modification(tree, **engine_kwargs)
             .with_background_trainer(BackgroundTrainingConfig(
                 min_samples_for_training=1000 if settings.quick else 1500,
                 training_interval_secs=3600, num_epochs=30, batch_size=64, learning_rate=3e-3,
@@ -192,8 +201,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                               watch_regression_threshold=0.5))
 
     served = 0
+    weaknesses: list[dict[str, Any]] = []
 
     def on_trigger(event) -> None:
+        weaknesses.append({"request": served, "weaknesses": [w.to_dict() for w in event.weaknesses]})
         timeline.add(served, "weakness", event.reason + ": " + "; ".join(
             w.description for w in event.weaknesses))
 
@@ -201,7 +212,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     orch.start_runtime_monitoring()
     orch.start_background_training()
 
-    records: list[dict[str, float]] = []
+    records: list[Served] = []
+    tunables_seen: list[dict[str, Any]] = [service.tunables.values()]
     progress = _Progress()
     drift_started = settings.clean_requests
     deadline = time.monotonic() + settings.time_budget_secs
@@ -210,9 +222,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     try:
         while served < total_target and time.monotonic() < deadline:
             # The story is complete once the RSI patch's training run has concluded and its
-            # effect has been served for a while.
+            # effect has been served for a while; it cannot go on once the sandbox could not
+            # judge (the judge cannot start in this environment: no patch will be applied).
             if progress.rsi_run_done_at is not None and \
                     served >= progress.rsi_run_done_at + settings.after_fix_requests:
+                break
+            if progress.judge_errored:
+                timeline.add(served, "stop", "the sandbox could not judge a proposal: "
+                             + progress.judge_errored)
                 break
             i = int(rng.integers(0, len(x_pool)))
             x, label = x_pool[i], int(y_pool[i])
@@ -221,16 +238,20 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                 timeline.add(served, "drift", "inputs now displaced by one pixel and noised")
             if drifted:
                 x = drift(x[None], rng, service.shift)[0]
+            values = service.tunables.values()
+            if values != tunables_seen[-1]:
+                tunables_seen.append(values)
             pred = orch.infer(x)
             orch.feedback(pred.request_id, label)
             served += 1
-            records.append({"request": served, "correct": float(pred.output == label),
-                            "confidence": pred.confidence, "latency_ms": pred.latency_ms,
-                            "version": -1 if pred.model_version is None else pred.model_version,
-                            "drifted": float(drifted)})
+            records.append(Served(
+                request=served, correct=pred.output == label,
+                nll=-math.log(max(pred.probabilities[label], 1e-300)),
+                version=-1 if pred.model_version is None else pred.model_version,
+                tunables=len(tunables_seen) - 1, drifted=drifted))
             if served % 25 == 0:
                 progress.poll(orch, timeline, served)
-                acc = float(np.mean([r["correct"] for r in records[-200:]]))
+                acc = float(np.mean([r.correct for r in records[-200:]]))
                 _bar(served, total_target, "drift" if drifted else "clean", acc,
                      time.monotonic() - timeline.start)
             time.sleep(pace)
@@ -239,8 +260,12 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         _clear_bar()
         status = orch.system_status()
         orch.close()
-
-    report = _report(settings, records, timeline, status, drift_started)
+    evidence = DemoEvidence(
+        drift_started=drift_started, served=records, weaknesses=weaknesses,
+        proposals=[p.to_dict() for p in orch.get_proposals()],
+        runs=[r.to_dict() for r in orch.trainer.runs()], swaps=progress.swaps,
+        tunables=tunables_seen)
+    report = _report(settings, records, timeline, status, evidence)
     atomic_write_bytes(settings.out_dir / "report.json",
                        json.dumps(report, indent=2, default=str).encode(), mode=0o644)
     _plot(records, timeline, drift_started, settings.out_dir / "timeline.png")
@@ -254,6 +279,8 @@ class _Progress:
         self.proposal_status: dict[str, str] = {}
         self.runs_seen: set[int] = set()
         self.rsi_run_done_at: int | None = None
+        self.judge_errored: str | None = None
+        self.swaps: list[tuple[int, int, int]] = []
 
     def poll(self, orch, timeline: _Timeline, served: int) -> None:
         for p in orch.get_proposals():
@@ -262,9 +289,11 @@ class _Progress:
                 continue
             self.proposal_status[p.id] = status
             text = f"{p.id} [{p.risk.value} risk] {status}: {p.description}"
-            if status in ("applied", "rejected") and p.test_result is not None:
+            if status in ("applied", "rejected", "errored") and p.test_result is not None:
                 text += f" ({_test_summary(p.test_result)})"
             timeline.add(served, "proposal", text, status=status)
+            if (p.test_result or {}).get("errored") and self.judge_errored is None:
+                self.judge_errored = (p.test_result.get("errors") or ["no cause recorded"])[-1]
         for run in orch.trainer.runs():
             if run.run_id in self.runs_seen or run.status == "running":
                 continue
@@ -281,6 +310,7 @@ class _Progress:
                 text += f" ({run.error})"
             timeline.add(served, "training", text, trigger=run.trigger.value, status=run.status)
             if run.swapped:
+                self.swaps.append((served, run.version, run.run_id))
                 timeline.add(served, "swap", f"version {run.version} now serving")
             if run.trigger.value == "rsi_triggered" and self.rsi_run_done_at is None:
                 self.rsi_run_done_at = served
@@ -303,31 +333,19 @@ def _test_summary(result: Any) -> str:
     return ", ".join(parts)
 
 
-def _window_accuracy(records: list[dict[str, float]], lo: int, hi: int) -> float | None:
-    chunk = [r["correct"] for r in records[lo:hi]]
-    return float(np.mean(chunk)) if chunk else None
-
-
-def _report(settings: DemoSettings, records, timeline: _Timeline, status, drift_started: int
-            ) -> dict[str, Any]:
-    applies = [e["request"] for e in timeline.events
-               if e["kind"] == "proposal" and e.get("status") == "applied"]
-    swaps = [e["request"] for e in timeline.events if e["kind"] == "swap"]
-    first_fix = min(applies[:1] + swaps[:1], default=len(records))
-    last_swap = swaps[-1] if swaps else None
-    phases = {
-        "clean": _window_accuracy(records, 0, drift_started),
-        "drift_before_fixes": _window_accuracy(records, drift_started, first_fix),
-        "after_last_swap": _window_accuracy(records, last_swap, len(records))
-        if last_swap is not None else None,
-    }
+def _report(settings: DemoSettings, records: list[Served], timeline: _Timeline, status,
+            evidence: DemoEvidence) -> dict[str, Any]:
+    checklist = loop_checklist(evidence)
+    accuracy = next((s.facts for s in checklist.stages if s.name == "accuracy recovered"), {})
     return {
         "settings": {k: str(v) for k, v in settings.__dict__.items()},
         "requests": len(records),
-        "accuracy": phases,
-        "drift_started_at_request": drift_started,
-        "proposals_applied_at_requests": applies,
-        "swaps_at_requests": swaps,
+        "checklist": checklist.to_dict(),
+        "checklist_text": checklist.render(),
+        "accuracy": {k: accuracy.get(k) for k in ("clean", "drifted_before_fixes", "after_last_swap")},
+        "drift_started_at_request": evidence.drift_started,
+        "swaps": [list(s) for s in evidence.swaps],
+        "tunables": evidence.tunables,
         "duration_secs": round(time.monotonic() - timeline.start, 2),
         "timeline": timeline.events,
         "status": status.to_dict(),
@@ -340,19 +358,22 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = np.array([r["request"] for r in records])
+    n = np.array([r.request for r in records])
     k = 50
 
     def rolling(key: str) -> np.ndarray:
-        v = np.array([r[key] for r in records], dtype=float)
+        v = np.array([float(getattr(r, key)) for r in records], dtype=float)
         return np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
 
     x = n[k - 1:] if len(n) >= k else n
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
-    for ax, key, label in zip(axes, ("correct", "confidence", "latency_ms"),
-                              ("accuracy (rolling 50)", "confidence (rolling 50)",
-                               "latency ms (rolling 50)")):
-        ax.plot(x, rolling(key), lw=1.2)
+    for ax, key, label in zip(axes, ("correct", "nll", "version"),
+                              ("accuracy (rolling 50)", "NLL of the label (rolling 50)",
+                               "model version serving")):
+        if key == "version":
+            ax.step(n, [r.version for r in records], where="post", lw=1.2)
+        else:
+            ax.plot(x, rolling(key), lw=1.2)
         ax.set_ylabel(label)
         ax.axvspan(drift_started, n[-1] if len(n) else drift_started, color="orange", alpha=0.08)
         ax.grid(alpha=0.3)
@@ -382,19 +403,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    """``vortex demo``: run it, print the checklist and how to inspect the result; the exit
+    status is 0 only when every stage of the loop was reached."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     home, out = Path(args.home), Path(args.out)
     if not args.keep and home.exists():
         shutil.rmtree(home)
     settings = (DemoSettings.quick_settings(home, out) if args.quick
                 else DemoSettings(home=home, out_dir=out))
-    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed})
+    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed,
+                               "judge_python": args.judge_python})
     report = run_demo(settings)
-    acc = report["accuracy"]
-    print("\naccuracy: " + ", ".join(f"{k.replace('_', ' ')} {_pct(v)}" for k, v in acc.items()))
-    print(f"{report['requests']} requests in {report['duration_secs']} s; "
+    print(f"\n{report['checklist_text']}")
+    print(f"\n{report['requests']} requests in {report['duration_secs']} s; "
           f"report: {out / 'report.json'}, plot: {out / 'timeline.png'}")
-    return 0
+    print("\ninspect the result:\n" + "\n".join(f"  {c}" for c in inspect_commands(home)))
+    return 0 if report["checklist"]["complete"] else 1
+
+
+def inspect_commands(home: Path) -> list[str]:
+    """The commands that show what a run left in ``home``, as typed from the current directory."""
+    where = shlex.quote(os.fspath(home))
+    return [f"vortex status --home {where}", f"vortex proposals list --home {where}",
+            f"vortex models list --home {where}"]
 
 
 if __name__ == "__main__":

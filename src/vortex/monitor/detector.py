@@ -77,7 +77,7 @@ class DetectorStats:
     recent_prediction_error
         Mean error of the newest 10 samples that have ground truth.
     memory_fraction
-        Resident memory over the process's limit.
+        Resident memory over the process's limit (None when it cannot be read).
     throughput_rps
         Request rate of the last monitor tick.
     weaknesses_detected
@@ -218,7 +218,8 @@ class RuntimeDetector(MetricRecorder):
     # -- process figures -------------------------------------------------------------------
 
     def memory_fraction(self) -> float:
-        """Resident memory over the process's limit (cgroup limit if set, else RAM), now."""
+        """Resident memory over the process's limit (cgroup limit if set, else RAM), now; NaN
+        when the resident memory cannot be read (no memory-pressure weakness is raised then)."""
         return float(self._memory_probe())
 
     def throughput_rps(self) -> float:
@@ -489,7 +490,7 @@ class RuntimeDetector(MetricRecorder):
                 recent_confidence=st.recent_confidence_mean if has else None,
                 baseline_confidence=st.baseline_confidence_mean if st.baseline_count else None,
                 recent_prediction_error=_finite_or_none(st.recent_error_mean),
-                memory_fraction=memory,
+                memory_fraction=_finite_or_none(memory),
                 throughput_rps=throughput,
                 weaknesses_detected=dict(self._counts),
                 triggers_emitted=self._triggers,

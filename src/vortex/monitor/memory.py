@@ -5,22 +5,24 @@ The limit is the cgroup memory limit when one is set (cgroup v2 ``memory.max`` o
 physical RAM (``MemTotal``). Resident memory is read from ``/proc/self/statm`` through a file
 descriptor kept open and re-read with ``pread`` (about 1.5 us), so the monitor thread can
 sample it on every tick.
+
+Where ``/proc/self/statm`` cannot be read, the current resident memory is unknown: the probe
+then returns NaN (no memory-pressure weakness is ever raised) and reports the fallback to
+:mod:`vortex.degraded`. The peak resident memory ``getrusage`` offers is no stand-in: it never
+falls, so a pressure raised on it could never clear.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import os
-import resource
-import sys
 import weakref
 
 from .._native import _core  # noqa: F401  (first, for its actionable error if unbuilt)
 from .._fast_metrics import statm_resident_pages
+from .. import degraded
 
 __all__ = ["ProcessMemoryProbe", "memory_limit_bytes", "resident_bytes"]
-
-logger = logging.getLogger(__name__)
 
 # Limits at or above this are "no limit" (cgroup v1 reports ~2**63 rounded to a page).
 _UNLIMITED = 1 << 60
@@ -93,54 +95,66 @@ def memory_limit_bytes(cgroup_root: str = "/sys/fs/cgroup", proc: str = "/proc")
     return min([ram, *_cgroup_limits(cgroup_root, proc)])
 
 
-def resident_bytes() -> int:
-    """The process's resident memory now (peak resident memory where /proc is unavailable)."""
+def resident_bytes() -> int | None:
+    """The process's resident memory now (None where ``/proc/self/statm`` cannot be read)."""
     return _default_probe().rss_bytes()
 
 
 class ProcessMemoryProbe:
-    """Callable returning the process's resident memory over its limit (a fraction).
+    """Callable returning the process's resident memory over its limit (a fraction), or NaN
+    when the resident memory cannot be read (see the module docstring).
 
     Parameters
     ----------
     limit_bytes
         The limit to divide by; ``None`` reads it once with :func:`memory_limit_bytes`.
+    proc
+        Where procfs is mounted.
     """
 
-    def __init__(self, limit_bytes: int | None = None) -> None:
-        self.limit_bytes = int(limit_bytes) if limit_bytes is not None else memory_limit_bytes()
+    def __init__(self, limit_bytes: int | None = None, *, proc: str = "/proc") -> None:
+        self.limit_bytes = int(limit_bytes) if limit_bytes is not None else memory_limit_bytes(proc=proc)
         if self.limit_bytes <= 0:
             raise ValueError(f"limit_bytes={limit_bytes!r}: must be > 0")
+        self._statm = os.path.join(proc, "self", "statm")
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._fd: int | None = None
         self._pid = -1
         self._finalizer: weakref.finalize | None = None
 
-    def rss_bytes(self) -> int:
-        """Resident memory in bytes."""
+    def rss_bytes(self) -> int | None:
+        """Resident memory in bytes, or None when it cannot be read."""
         pid = os.getpid()
         if self._pid != pid:  # first use, or we are a forked child: /proc/self was the parent
             self._reopen(pid)
         if self._fd is not None:
             try:
                 return statm_resident_pages(self._fd) * self._page
-            except (OSError, ValueError, IndexError):
-                logger.warning("cannot read /proc/self/statm; falling back to peak RSS")
-                self._fd = None
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+            except (OSError, ValueError, IndexError) as exc:
+                self._close()
+                self._unavailable(f"cannot read {self._statm}: {exc}")
+        return None
 
     def _reopen(self, pid: int) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
+        self._close()
         self._pid = pid
         try:
-            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:
-            self._fd = None
-            self._finalizer = None
+            self._fd = os.open(self._statm, os.O_RDONLY)
+        except OSError as exc:
+            self._unavailable(f"cannot open {self._statm}: {exc.strerror or exc}")
             return
         self._finalizer = weakref.finalize(self, os.close, self._fd)
+
+    def _close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._fd = self._finalizer = None
+
+    @staticmethod
+    def _unavailable(cause: str) -> None:
+        degraded.report("memory probe", "memory-pressure detection off (the current resident "
+                        "memory is unknown)", f"{cause}; the peak resident memory getrusage "
+                        "offers never falls, so a pressure raised on it could never clear")
 
     def __call__(self) -> float:
         fd = self._fd
@@ -149,7 +163,8 @@ class ProcessMemoryProbe:
                 return statm_resident_pages(fd) * self._page / self.limit_bytes
             except (OSError, ValueError):
                 pass
-        return self.rss_bytes() / self.limit_bytes
+        rss = self.rss_bytes()
+        return math.nan if rss is None else rss / self.limit_bytes
 
 
 _DEFAULT: ProcessMemoryProbe | None = None

@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from ..changes import ChangeBoard
 from ..config import RSIConfig
 from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, SandboxError,
                       TreeChangedError)
@@ -45,11 +46,12 @@ from .sandbox import Sandbox, TestResult
 from .settings import VortexSettings, load_settings
 from .trees import tree_sha256
 
-__all__ = ["RSIEngine", "RSICycleResult", "weaknesses_from_metrics", "WATCHED_METRIC"]
+__all__ = ["RSIEngine", "RSICycleResult", "weaknesses_from_metrics", "WATCHED_METRIC", "SERVED_METRIC"]
 
 log = logging.getLogger(__name__)
 
-# per weakness kind: the per-request metric watched after an apply, and whether lower is better
+# per weakness kind: the per-request metric watched after an apply when the benchmark metric
+# it was tested on is not one measured on served requests, and whether lower is better
 WATCHED_METRIC: dict[str, tuple[str, bool]] = {
     WeaknessType.LATENCY_SPIKE.value: ("latency_ms", True),
     WeaknessType.THROUGHPUT_DROP.value: ("latency_ms", True),
@@ -59,6 +61,18 @@ WATCHED_METRIC: dict[str, tuple[str, bool]] = {
     WeaknessType.CONFIDENCE_DROP.value: ("confidence", False),
     WeaknessType.PREDICTION_ERROR_SPIKE.value: ("error", True),
 }
+
+# benchmark metrics a served request measures too: benchmark name -> (observed figure, lower
+# is better). The watch judges a change by the metric it was tested on (a calibration tested
+# on its NLL, not on the raw confidence it lowers); see RSIEngine.observe for the figures.
+SERVED_METRIC: dict[str, tuple[str, bool]] = {
+    "nll": ("nll", True),
+    "error_rate": ("misclassified", True),
+    "latency_ms": ("latency_ms", True),
+    "confidence": ("confidence", False),
+}
+
+_OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll")
 
 
 def _num(x: Any) -> float | None:
@@ -75,6 +89,10 @@ def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
     int, "modes": {mode: {"count", "mean_latency_ms", "mean_confidence", ...}}, "error_rate":
     float | None}``; without ``error_rate``, ``1 - success_rate`` (share of outcomes that were
     right) is used. Missing or None figures are skipped (no ground truth yet: no error rate).
+    The figures of the newest requests (``summary(recent=N)``: ``recent_mean_confidence``,
+    ``recent_mean_latency_ms``, ``recent_success_rate``) come first where present: all-time
+    means lag a change for as long as the service has run, so a cycle judged by them would
+    propose for a stale figure. ``samples_analyzed`` says how many requests a figure covers.
 
     * a mode whose mean confidence is below ``min_confidence_threshold`` → confidence_low,
       severity = shortfall / threshold (the worst mode is kept);
@@ -88,29 +106,42 @@ def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
     modes = summary.get("modes") or {}
     found: dict[WeaknessType, Weakness] = {}
     for mode, m in modes.items():
-        conf = _num((m or {}).get("mean_confidence"))
+        conf, n, over = _figure(m or {}, "mean_confidence", "count")
         thr = config.min_confidence_threshold
         if conf is not None and conf < thr:
             w = Weakness(WeaknessType.CONFIDENCE_LOW, min(1.0, (thr - conf) / thr),
-                         f"mode {mode!r}: mean confidence {conf:.3f} below {thr:.3f}", now, conf,
-                         thr, total)
+                         f"mode {mode!r}: mean confidence {conf:.3f} {over} below {thr:.3f}", now,
+                         conf, thr, n)
             if WeaknessType.CONFIDENCE_LOW not in found or w.severity > found[WeaknessType.CONFIDENCE_LOW].severity:
                 found[WeaknessType.CONFIDENCE_LOW] = w
-    lat = _num((modes.get("thorough") or {}).get("mean_latency_ms"))
+    lat, n, over = _figure(modes.get("thorough") or {}, "mean_latency_ms", "count")
     if lat is not None and lat > config.max_thorough_time_ms:
         lim = config.max_thorough_time_ms
         found[WeaknessType.LATENCY_SPIKE] = Weakness(
             WeaknessType.LATENCY_SPIKE, min(1.0, (lat - lim) / lim),
-            f"thorough mode mean latency {lat:.3f} ms above {lim:.3f} ms", now, lat, lim, total)
-    err = _num(summary.get("error_rate"))
-    if err is None and _num(summary.get("success_rate")) is not None:
-        err = 1.0 - float(summary["success_rate"])
+            f"thorough mode mean latency {lat:.3f} ms {over} above {lim:.3f} ms", now, lat, lim, n)
+    err, n, over = _num(summary.get("error_rate")), total, ""
+    if err is None:
+        rate, n, over = _figure(summary, "success_rate", "total_outcomes")
+        err = None if rate is None else 1.0 - rate
     if err is not None and err > config.max_error_rate:
         lim = config.max_error_rate
         found[WeaknessType.PREDICTION_ERROR_SPIKE] = Weakness(
             WeaknessType.PREDICTION_ERROR_SPIKE, min(1.0, (err - lim) / max(1e-12, 1 - lim)),
-            f"error rate {err:.3f} above {lim:.3f}", now, err, lim, total)
+            " ".join(filter(None, (f"error rate {err:.3f}", over, f"above {lim:.3f}"))), now, err,
+            lim, n)
     return total, list(found.values())
+
+
+def _figure(d: dict[str, Any], key: str, count_key: str) -> tuple[float | None, int, str]:
+    """``d``'s figure ``key`` of the newest requests (``recent_<key>``, counted by
+    ``recent_count`` or ``recent_outcomes``) when present, else the all-time one: the value,
+    the requests it covers, and the words that say which."""
+    recent = _num(d.get(f"recent_{key}"))
+    if recent is not None:
+        n = int(_num(d.get("recent_count", d.get("recent_outcomes"))) or 0)
+        return recent, n, f"over the last {n} requests"
+    return _num(d.get(key)), int(_num(d.get(count_key)) or 0), "over all time"
 
 
 @dataclass
@@ -190,6 +221,13 @@ class RSIEngine:
         Sandbox runs of one proposal that may end ``errored`` before cycles stop retrying it.
     retry_backoff_secs
         Wait before the first retry of an errored proposal; doubled after each further error.
+    sandbox_python
+        Interpreter of the sandbox's test and benchmark runs (default: the one running Vortex).
+    changes
+        The :class:`~vortex.changes.ChangeBoard` shared with the other components that change
+        what serves (the orchestrator's, shared with background training): every apply and
+        rollback is announced on it, and any change ends the running post-apply watch and
+        restarts the pre-apply baseline. Default: one of its own, audited in this engine's log.
     """
 
     def __init__(self, root: str | os.PathLike[str], home: str | os.PathLike[str],
@@ -201,7 +239,9 @@ class RSIEngine:
                  tunables: Iterable[Tunables] = (),
                  sandbox_dir: str | None = None,
                  max_test_attempts: int = 3,
-                 retry_backoff_secs: float = 60.0) -> None:
+                 retry_backoff_secs: float = 60.0,
+                 sandbox_python: str | None = None,
+                 changes: ChangeBoard | None = None) -> None:
         if config is not None and not isinstance(config, RSIConfig):
             raise ConfigError(f"RSIEngine(config={config!r}): must be an RSIConfig")
         if isinstance(max_test_attempts, bool) or not isinstance(max_test_attempts, int) or max_test_attempts < 1:
@@ -218,7 +258,7 @@ class RSIEngine:
         self.store = ProposalStore(self.home)
         self.applier = Applier(self.settings.root, state)
         self.memory = OutcomeMemory(os.path.join(state, "memory.json"))
-        self.sandbox = Sandbox(self.settings, base_dir=sandbox_dir)
+        self.sandbox = Sandbox(self.settings, base_dir=sandbox_dir, python=sandbox_python)
         self.metrics = metrics
         self.calibration_data = calibration_data
         self.on_applied = on_applied
@@ -231,7 +271,9 @@ class RSIEngine:
         self._watch: _Watch | None = None
         self._watch_lock = threading.Lock()
         self._recent: dict[str, deque[float]] = {
-            m: deque(maxlen=max(1, self.config.watch_requests)) for m in ("latency_ms", "confidence", "error")}
+            m: deque(maxlen=max(1, self.config.watch_requests)) for m in _OBSERVED}
+        self.changes = changes if changes is not None else ChangeBoard(audit=self.audit.append)
+        self.changes.subscribe(self._on_change)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._trigger_thread: threading.Thread | None = None
@@ -521,9 +563,7 @@ class RSIEngine:
                                   allowed_from={ProposalStatus.APPLIED})
             self._remember_failure(p)
             self.audit.append("proposal_rolled_back", id=p.id, by=by, reason=reason, files=files)
-        with self._watch_lock:
-            if self._watch is not None and self._watch.proposal_id == p.id:
-                self._watch = None
+        self.changes.changed("rsi", f"proposal {p.id} rolled back ({reason})")
         return p
 
     def _reload_tunables(self) -> None:
@@ -546,21 +586,27 @@ class RSIEngine:
         return self._watch is not None or self.config.watch_requests > 0
 
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
-                error: float | None = None, correct: bool | None = None) -> None:
+                error: float | None = None, correct: bool | None = None,
+                nll: float | None = None) -> None:
         """Feed one served request's figures (cheap; called on the request path or by the
-        orchestrator). They form the pre-apply baseline and the post-apply watch. Without
-        ``error``, ``correct`` gives it (0 when right, 1 when wrong). Never raises because of
-        the watch: judging it runs in a background thread whose failures are audited."""
-        if error is None and correct is not None:
-            error = 0.0 if correct else 1.0
+        orchestrator). They form the pre-apply baseline and the post-apply watch: latency and
+        confidence when answered; once its ground truth is known, ``error`` (1 - p(label), or
+        any error in [0, 1]), ``correct`` (gives ``misclassified``, 0 or 1; and ``error`` when
+        none is given) and ``nll`` (-log p(label)). Never raises because of the watch: judging
+        it runs in a background thread whose failures are audited."""
+        misclassified = None if correct is None else (0.0 if correct else 1.0)
+        if error is None:
+            error = misclassified
+        figures = {"latency_ms": latency_ms, "confidence": confidence, "error": error,
+                   "misclassified": misclassified, "nll": nll}
         finished = None
         with self._watch_lock:
-            for name, v in (("latency_ms", latency_ms), ("confidence", confidence), ("error", error)):
+            for name, v in figures.items():
                 if v is not None and v == v:
                     self._recent[name].append(float(v))
             w = self._watch
             if w is not None:
-                v = {"latency_ms": latency_ms, "confidence": confidence, "error": error}[w.metric]
+                v = figures[w.metric]
                 if v is not None and v == v:
                     w.values.append(float(v))
                     if len(w.values) >= self.config.watch_requests:
@@ -572,19 +618,46 @@ class RSIEngine:
             except Exception:  # e.g. no thread left: the request must still succeed
                 log.exception("could not start the watch judgement of %s", finished.proposal_id)
 
-    def _start_watch(self, p: ImprovementProposal) -> None:
+    def watched_metric(self, p: ImprovementProposal) -> tuple[str, bool, str]:
+        """What the watch after ``p`` judges: the served figure, whether lower is better, and
+        why that one. It is the benchmark metric ``p`` was tested on (or the settings' metric
+        for its weakness) when served requests measure it (:data:`SERVED_METRIC`), else the
+        weakness kind's default (:data:`WATCHED_METRIC`)."""
+        tested = (p.test_result or {}).get("metric") or self.settings.metric_for(p.weakness_type)
+        if tested in SERVED_METRIC:
+            metric, lower = SERVED_METRIC[tested]
+            return metric, lower, f"the {tested} it was tested on"
         metric, lower = WATCHED_METRIC.get(p.weakness_type, ("latency_ms", True))
+        return metric, lower, f"its benchmark's {tested} is not measured on served requests"
+
+    def _start_watch(self, p: ImprovementProposal) -> None:
+        """Watch ``p``, applied and serving, against the requests served since the last change
+        before it; the apply is announced first, which ends any running watch."""
+        metric, lower, why = self.watched_metric(p)
         with self._watch_lock:
             recent = list(self._recent[metric])
-            for d in self._recent.values():
-                d.clear()
+        self.changes.changed("rsi", f"proposal {p.id} applied ({p.description})")
+        with self._watch_lock:
             if self.config.watch_requests == 0 or len(recent) < min(10, self.config.watch_requests):
-                self._watch = None
-                note = f"watch skipped: only {len(recent)} {metric} observations before the apply"
+                note = (f"watch skipped: only {len(recent)} {metric} observations since the last "
+                        "change before the apply")
             else:
                 self._watch = _Watch(p.id, metric, lower, sum(recent) / len(recent))
-                note = f"watching {metric} for {self.config.watch_requests} requests (baseline {self._watch.baseline:.6g})"
-        self.audit.append("watch_started", id=p.id, note=note)
+                note = (f"watching {metric} ({why}) for {self.config.watch_requests} requests "
+                        f"(baseline {self._watch.baseline:.6g} over {len(recent)})")
+        self.audit.append("watch_started", id=p.id, metric=metric, note=note)
+
+    def _on_change(self, change: Any) -> str | None:
+        """A change to what serves (see :mod:`vortex.changes`): end the post-apply watch and
+        start the pre-apply baseline anew; returns what watch it ended."""
+        with self._watch_lock:
+            w, self._watch = self._watch, None
+            for d in self._recent.values():
+                d.clear()
+        if w is None:
+            return None
+        return (f"post-apply watch of proposal {w.proposal_id} ({w.metric}, {len(w.values)} of "
+                f"{self.config.watch_requests} requests)")
 
     def watching(self) -> str | None:
         """Id of the proposal whose metric is being watched, if any."""
@@ -631,9 +704,10 @@ class RSIEngine:
         return weaknesses_from_metrics(self.metrics(), self.config)
 
     def rsi_cycle(self, weaknesses: Sequence[Weakness] | None = None) -> RSICycleResult:
-        """One cycle: detect (plus ``weaknesses`` handed in), take the most severe
-        ``max_weaknesses_per_cycle`` kinds; for each, re-test its errored proposal when one is
-        due, else propose; test; apply or queue."""
+        """One cycle: detect (from the ``metrics`` of the newest requests), add ``weaknesses``
+        handed in (each stands for its kind), take the most severe ``max_weaknesses_per_cycle``
+        kinds; for each, re-test its errored proposal when one is due, else propose; test;
+        apply or queue."""
         res = RSICycleResult(started_at=time.time())
         t0 = time.monotonic()
         with self._cycle_lock:
@@ -646,10 +720,15 @@ class RSIEngine:
                     res.skipped_reason = (f"{total} inferences recorded, "
                                           f"{self.config.min_inferences_before_rsi} needed")
                     return res
+                # a weakness handed in (a detector trigger) carries the window that raised it:
+                # it stands for its kind over one found in the summary
                 best: dict[WeaknessType, Weakness] = {}
-                for w in [*found, *(weaknesses or ())]:
-                    if w.type not in best or w.severity > best[w.type].severity:
-                        best[w.type] = w
+                for source in (found, weaknesses or ()):
+                    most = {}
+                    for w in source:
+                        if w.type not in most or w.severity > most[w.type].severity:
+                            most[w.type] = w
+                    best.update(most)
                 chosen = sorted(best.values(), key=lambda w: -w.severity)[:self.config.max_weaknesses_per_cycle]
                 res.weaknesses = [w.to_dict() for w in chosen]
                 for w in chosen:

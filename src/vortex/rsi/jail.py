@@ -78,6 +78,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from .. import degraded
 from .settings import SandboxLimits
 
 __all__ = ["Bind", "Isolation", "JailRun", "Jail", "probe_isolation", "interpreter_binds",
@@ -713,11 +714,13 @@ def _probe(exe: str | None, uid: int, gid: int) -> Isolation:
 def probe_isolation(limits: SandboxLimits | None = None) -> Isolation:
     """What isolation this host offers (cached per uid/gid; one jailed ``python -c`` run).
 
-    Logs a warning once when commands cannot be jailed."""
+    When commands cannot be jailed, the fallback is reported to :mod:`vortex.degraded`
+    (a warning logged once per process, shown by ``system_status`` and ``vortex status``)."""
     limits = limits or SandboxLimits()
     iso = _probe(shutil.which("bwrap"), limits.uid, limits.gid)
-    if not iso.isolated and not getattr(_probe, "_warned", False):
-        _probe._warned = True  # type: ignore[attr-defined]
-        log.warning("RSI sandbox: %s. Candidate patches run unjailed (no namespaces, no quota) "
-                    "and nothing tested that way is applied automatically.", iso.cause)
+    if not iso.isolated:
+        degraded.report("rsi sandbox", "no verdicts: every sandbox test is errored "
+                        "(require_isolation)" if limits.require_isolation else
+                        "candidate patches tested unjailed (no namespaces, no quota); "
+                        "none applied automatically", iso.cause)
     return iso

@@ -204,9 +204,14 @@ class TunableProposer:
         return {"metric": ctx.settings.metric_for(weakness.type.value), "direction": "better",
                 "from": weakness.metric_value, "towards": weakness.baseline_value}
 
-    def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None:
+    def propose(self, weakness: Weakness, ctx: ProposerContext,
+                exclude: frozenset[str] = frozenset()) -> ProposalDraft | None:
+        """A one-step move of the first declared tunable (not in ``exclude``) addressing the
+        weakness in its declared direction, that memory has not blocked; None if there is none."""
         kind = weakness.type.value
         for spec in ctx.settings.tunables:
+            if spec.name in exclude:
+                continue
             direction = spec.addresses.get(kind)
             if direction is None or ctx.memory.is_blocked(kind, spec.name, direction):
                 continue
@@ -300,10 +305,16 @@ def fit_temperature(logits: Any, labels: Any, *, lo: float = 0.05, hi: float = 2
 class ConfidenceProposer(TunableProposer):
     """Low or dropping confidence: temperature recalibration.
 
-    With buffered ``calibration_data`` (a callable returning raw logits before the temperature
-    and labels, or None when nothing is buffered), the ``temperature_tunable`` is set to the
-    NLL-optimal temperature; without data (or fewer than ``min_samples``), or when the fitted
-    value equals the current one, it falls back to a one-step tunable move.
+    The ``temperature_tunable`` is fitted only under a weakness it declares it addresses, and
+    proposed only in the direction it declares for it (``addresses = {confidence_low =
+    "decrease"}``): with buffered ``calibration_data`` (a callable returning raw logits before
+    the temperature and labels, or None when nothing is buffered) it is set to the NLL-optimal
+    temperature when that lies in the declared direction. When the fit wants the opposite
+    direction (the model is overconfident: a higher temperature lowers confidence further),
+    the temperature is not moved at all under this weakness, neither to the fit nor one step
+    the declared way (the data says that step makes the NLL worse); the other tunables that
+    address the weakness are tried instead. Without data (or fewer than ``min_samples``), or
+    when the fitted value equals the current one, it falls back to a one-step tunable move.
     """
 
     name = "confidence"
@@ -313,31 +324,36 @@ class ConfidenceProposer(TunableProposer):
         self.temperature_tunable = temperature_tunable
         self.min_samples = min_samples
 
-    def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None:
+    def propose(self, weakness: Weakness, ctx: ProposerContext,
+                exclude: frozenset[str] = frozenset()) -> ProposalDraft | None:
+        kind = weakness.type.value
         spec = next((t for t in ctx.settings.tunables if t.name == self.temperature_tunable), None)
-        data = ctx.calibration_data() if spec is not None and ctx.calibration_data is not None else None
-        if data is not None:
+        declared = spec.addresses.get(kind) if spec is not None else None
+        data = ctx.calibration_data() if declared is not None and ctx.calibration_data is not None else None
+        if data is not None and len(data[1]) >= self.min_samples:
             logits, labels = data
-            if len(labels) >= self.min_samples:
-                lo = spec.min if spec.min is not None else 0.05
-                hi = spec.max if spec.max is not None else 20.0
-                t = round(fit_temperature(logits, labels, lo=lo, hi=hi), 4)
-                _, values = _read_values(ctx.settings, spec)
-                cur = values.get(spec.name)
-                if isinstance(cur, (int, float)) and abs(t - cur) > 1e-3 * max(abs(cur), 1e-9):
-                    direction = "increase" if t > cur else "decrease"
-                    if not ctx.memory.is_blocked(weakness.type.value, spec.name, direction):
-                        import numpy as np
+            lo = spec.min if spec.min is not None else 0.05
+            hi = spec.max if spec.max is not None else 20.0
+            t = round(fit_temperature(logits, labels, lo=lo, hi=hi), 4)
+            _, values = _read_values(ctx.settings, spec)
+            cur = values.get(spec.name)
+            if isinstance(cur, (int, float)) and abs(t - cur) > 1e-3 * max(abs(cur), 1e-9):
+                direction = "increase" if t > cur else "decrease"
+                if direction != declared:
+                    # the data wants the way the service did not declare for this weakness
+                    return super().propose(weakness, ctx, exclude | {spec.name})
+                if not ctx.memory.is_blocked(kind, spec.name, direction):
+                    import numpy as np
 
-                        before = _nll(np.asarray(logits, float), np.asarray(labels), float(cur))
-                        after = _nll(np.asarray(logits, float), np.asarray(labels), t)
-                        return _draft_for_move(
-                            ctx, spec, t, direction, self.name, weakness,
-                            f"temperature fitted on {len(labels)} buffered samples, "
-                            f"NLL {before:.4f} -> {after:.4f}",
-                            {"metric": ctx.settings.metric_for(weakness.type.value),
-                             "nll_before": before, "nll_after": after})
-        return super().propose(weakness, ctx)
+                    before = _nll(np.asarray(logits, float), np.asarray(labels), float(cur))
+                    after = _nll(np.asarray(logits, float), np.asarray(labels), t)
+                    return _draft_for_move(
+                        ctx, spec, t, direction, self.name, weakness,
+                        f"temperature fitted on {len(labels)} buffered samples, "
+                        f"NLL {before:.4f} -> {after:.4f}",
+                        {"metric": ctx.settings.metric_for(kind),
+                         "nll_before": before, "nll_after": after})
+        return super().propose(weakness, ctx, exclude)
 
 
 class CommandProposer:

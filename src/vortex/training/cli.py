@@ -7,7 +7,8 @@
     vortex models --home .vortex at 2026-11-25T03:00  which version served at that time
     vortex models --home .vortex swap 3 [--reason R]  make version 3 the active one
     vortex models --home .vortex cleanup --keep 5 [--max-age-days 30]
-    vortex models --home .vortex verify               check every version's sha256
+    vortex models --home .vortex pin 3 / unpin 3     keep version 3 whatever cleanup is asked
+    vortex models --home .vortex verify               check every file; list every problem
 
 ``swap`` records the new active version in the registry; a running
 :class:`~vortex.training.BackgroundTrainingCoordinator` on the same home notices it within a
@@ -21,6 +22,7 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from .._cli_support import (command, existing_dir, existing_home, non_negative_int, point_in_time,
@@ -29,16 +31,18 @@ from .._cli_support import (command, existing_dir, existing_home, non_negative_i
 __all__ = ["register"]
 
 
+def _registry_root(args: argparse.Namespace) -> str:
+    """The directory of the registry the command names; it must exist (no command here
+    creates one)."""
+    if args.registry:
+        return existing_dir(args.registry, "model registry")
+    return existing_dir(os.path.join(existing_home(args.home), "models"), "model registry")
+
+
 def _registry(args: argparse.Namespace):
-    """The registry the command names; it must exist (no command here creates one)."""
     from .registry import ModelRegistry
 
-    if args.registry:
-        root = existing_dir(args.registry, "model registry")
-    else:
-        root = existing_dir(os.path.join(existing_home(args.home), "models"),
-                            "model registry")
-    return ModelRegistry(root)
+    return ModelRegistry(_registry_root(args))
 
 
 def _iso(t: float | None) -> str:
@@ -68,9 +72,9 @@ def _list(args: argparse.Namespace) -> int:
     reg = _registry(args)
     rows = reg.list_versions()
     text = _table(
-        ["version", "status", "parent", "created (UTC)", "trigger", "samples", "epochs",
+        ["version", "status", "pinned", "parent", "created (UTC)", "trigger", "samples", "epochs",
          "train_loss", "val_loss", "val_acc", "improv_%", "CI_%"],
-        [[str(r["version"]), r["status"], _fmt(r["parent"]), _iso(r["created_at"]), r["trigger"] or "-",
+        [[str(r["version"]), r["status"], "yes" if r["pinned"] else "-", _fmt(r["parent"]), _iso(r["created_at"]), r["trigger"] or "-",
           _fmt(r["samples"]), _fmt(r["epochs"]), _fmt(r["train_loss"]), _fmt(r["val_loss"]),
           _fmt(r["val_accuracy"]), _fmt(r["improvement_pct"], "+.2f"),
           "-" if r["ci_low"] is None else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"] for r in rows])
@@ -113,43 +117,78 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from ..errors import RegistryError
-
+def _pin(args: argparse.Namespace) -> int:
     reg = _registry(args)
-    report = {}
-    for v in reg.versions():
-        try:
-            reg.verify(v)
-            report[v] = "ok"
-        except RegistryError as exc:
-            report[v] = str(exc)
-    bad = {v: r for v, r in report.items() if r != "ok"}
-    _print(args, report, "\n".join(f"version {v}: {r}" for v, r in report.items()) or "no versions")
-    return 1 if bad else 0
+    (reg.pin if args.pin else reg.unpin)(args.target_version)
+    _print(args, {"pinned": reg.pinned()},
+           f"version {args.target_version} {'pinned' if args.pin else 'unpinned'}; "
+           f"pinned versions: {reg.pinned() or 'none'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Every damaged file of the registry (metadata, serving log, each version's weights);
+    exit status 1 when there is any, with a one-line summary on stderr."""
+    from .registry import ModelRegistry, verify_registry
+
+    root = _registry_root(args)
+    problems = verify_registry(root)
+    damaged = {p.path for p in problems}
+    versions: dict[int, str] = {}
+    if not damaged & {os.path.join(root, name) for name in ("versions.arrow", "serving_log.jsonl")}:
+        reg = ModelRegistry(root)
+        versions = {v: "damaged" if reg.weights_path(v) in damaged else "ok" for v in reg.versions()}
+    report = {"ok": not problems, "versions": versions,
+              "problems": [{"path": p.path, "problem": p.problem, "position": p.position,
+                            "remedy": p.remedy, "message": str(p)} for p in problems]}
+    lines = [f"version {v}: {state}" for v, state in versions.items()]
+    lines += [f"DAMAGED {p}" for p in problems]
+    _print(args, report, "\n".join(lines) or "no versions")
+    if problems:
+        print(f"{args.command_name}: error: {len(problems)} damaged file(s): "
+              + ", ".join(sorted(damaged)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--home``, ``--registry`` and ``--json``: on ``models`` and on each action, so they are
+    accepted before or after it (an action's copy defaults to nothing, keeping ``models``'s)."""
+    home, registry = (".vortex", None) if default is None else (default, default)
+    parser.add_argument("--home", default=home, help="Vortex home directory (registry in <home>/models)")
+    parser.add_argument("--registry", default=registry, help="registry directory (overrides --home)")
+    parser.add_argument("--json", action="store_true", default=default or False,
+                        help="machine-readable output")
 
 
 def register(subparsers: Any) -> None:
     """Add ``vortex models ...`` to the ``vortex`` command's subparsers."""
     p = subparsers.add_parser("models", help="list, swap and clean up model versions",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--home", default=".vortex", help="Vortex home directory (registry in <home>/models)")
-    p.add_argument("--registry", default=None, help="registry directory (overrides --home)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _options(p, None)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    command(sub.add_parser("list", help="versions, metrics and the recent serving log"), _list)
-    command(sub.add_parser("log", help="the whole serving log"), _log)
-    at = sub.add_parser("at", help="which version served at a time (ISO 8601 UTC or unix seconds)")
+
+    def action(name: str, handler: Any, help: str, **defaults: Any) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help)
+        _options(parser, argparse.SUPPRESS)
+        command(parser, handler, **defaults)
+        return parser
+
+    action("list", _list, "versions, metrics and the recent serving log")
+    action("log", _log, "the whole serving log")
+    at = action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")
     at.add_argument("time", type=point_in_time)
-    command(at, _at)
-    swap = sub.add_parser("swap", help="make a version the active one (roll back or forward)")
+    swap = action("swap", _swap, "make a version the active one (roll back or forward)")
     # "version" would clash with vortex --version
     swap.add_argument("target_version", type=positive_int, metavar="VERSION")
     swap.add_argument("--reason", default="manual (vortex models swap)")
-    command(swap, _swap)
-    clean = sub.add_parser("cleanup", help="remove old versions (never the active one)")
+    clean = action("cleanup", _cleanup, "remove old versions (never the active one)")
     clean.add_argument("--keep", type=non_negative_int, default=5,
                        help="keep this many newest versions")
     clean.add_argument("--max-age-days", type=positive_float, default=None)
-    command(clean, _cleanup)
-    command(sub.add_parser("verify", help="check every version's sha256"), _verify)
+    for name, pin, what in (("pin", True, "keep a version whatever cleanup is asked"),
+                            ("unpin", False, "let cleanup remove a pinned version again")):
+        action(name, _pin, what, pin=pin).add_argument("target_version", type=positive_int,
+                                                       metavar="VERSION")
+    action("verify", _verify, "check every file (metadata, serving log, each version's sha256) "
+                              "and list every problem")

@@ -44,6 +44,7 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..changes import ChangeBoard
 from ..config import BackgroundTrainingConfig, as_dict
 from ..errors import (ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError,
                       VersionNotFoundError)
@@ -241,11 +242,17 @@ class BackgroundTrainingCoordinator:
         ``config.buffer_persist_interval_secs``).
     factory_kwargs
         Keyword arguments of ``model_factory`` (JSON-serialisable).
+    changes
+        The :class:`~vortex.changes.ChangeBoard` shared with the other components that change
+        what serves (the orchestrator's, shared with its RSI engine): every swap is announced
+        on it, and any change ends the running post-swap watch and restarts the live baseline.
+        Default: one of its own.
     """
 
     def __init__(self, config: BackgroundTrainingConfig, model: Any, model_factory: str,
                  home: str | os.PathLike, feature_dim: int, label_dtype: str = "int64",
-                 buffer: Any = None, factory_kwargs: dict[str, Any] | None = None) -> None:
+                 buffer: Any = None, factory_kwargs: dict[str, Any] | None = None,
+                 changes: ChangeBoard | None = None) -> None:
         import torch
 
         if not isinstance(config, BackgroundTrainingConfig):
@@ -314,6 +321,8 @@ class BackgroundTrainingCoordinator:
         self._live: dict[int, deque[tuple[float, float]]] = {}
         self._watch: _Watch | None = None
         self._live_lock = threading.Lock()
+        self.changes = changes if changes is not None else ChangeBoard()
+        self.changes.subscribe(self._on_change)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -455,8 +464,11 @@ class BackgroundTrainingCoordinator:
                          reason: str | None = None) -> bool:
         """Request a run.  Returns True if it was queued, False if it was coalesced into an
         already pending request (or training is disabled).  A request made during a run
-        starts one run after it; requests are never stacked.  Runs only execute while the
-        coordinator is started (:meth:`start`); use :meth:`run_once` for a synchronous run.
+        starts one run after it; requests are never stacked: the one run answers both, and
+        carries the trigger and reason of a request with a reason (an RSI patch, a person)
+        over those of a pending one without (a sample threshold, the schedule). Runs only
+        execute while the coordinator is started (:meth:`start`); use :meth:`run_once` for a
+        synchronous run.
         """
         trig = TrainingTrigger.parse(trigger)
         if not self.config.enabled:
@@ -464,6 +476,8 @@ class BackgroundTrainingCoordinator:
         with self._cond:
             if self._pending is not None:
                 log.debug("trigger %s coalesced into pending %s", trig.value, self._pending[0].value)
+                if reason is not None and self._pending[1] is None:
+                    self._pending = (trig, reason)
                 return False
             self._pending = (trig, reason)
             self._cond.notify_all()
@@ -792,17 +806,32 @@ class BackgroundTrainingCoordinator:
                 return False
             old = self._slot.swap(model, version, prepared=True)
             self._counts["swaps"] += 1
-            with self._live_lock:
-                self._watch = None
+            new_watch = None
+            with self._live_lock:  # the baseline: what the old version served since the last change
                 history = self._live.get(old_version) if old_version is not None else None
                 if watch and self.config.watch_requests > 0 and history:
                     errs = [e for e, _ in history]
                     confs = [c for _, c in history if not math.isnan(c)]
-                    self._watch = _Watch(version, old_version, old.model, sum(errs) / len(errs),
-                                         sum(confs) / len(confs) if confs else math.nan)
+                    new_watch = _Watch(version, old_version, old.model, sum(errs) / len(errs),
+                                       sum(confs) / len(confs) if confs else math.nan)
                 elif watch and self.config.watch_requests > 0:
-                    log.info("no live observations of version %s: post-swap watch skipped", old_version)
+                    log.info("no live observations of version %s since the last change: post-swap "
+                             "watch skipped", old_version)
+            self.changes.changed("training", f"version {version} swapped in ({reason})")
+            with self._live_lock:
+                self._watch = new_watch
         return True
+
+    def _on_change(self, change: Any) -> str | None:
+        """A change to what serves (see :mod:`vortex.changes`): end the post-swap watch and
+        start the live baseline anew; returns what watch it ended."""
+        with self._live_lock:
+            w, self._watch = self._watch, None
+            self._live.clear()
+        if w is None:
+            return None
+        return (f"post-swap watch of model version {w.new_version} ({len(w.errors)} of "
+                f"{self.config.watch_requests} requests)")
 
     def _sync_external(self) -> None:
         """Serve the registry's active version if another process (``vortex models swap``)
@@ -815,8 +844,7 @@ class BackgroundTrainingCoordinator:
                 if active is None or active == self._slot.version:
                     return
                 self._slot.swap(self._load_prepared(active), active, prepared=True)
-                with self._live_lock:
-                    self._watch = None
+                self.changes.changed("training", f"version {active} made active outside this process")
             log.info("serving version %d, made active outside this process", active)
         except Exception as exc:
             self._background_failure("following the registry's active version", exc)
@@ -912,6 +940,7 @@ class BackgroundTrainingCoordinator:
                 return  # another process swapped meanwhile: its choice stands
             self._slot.swap(w.old_model, target, prepared=True)
             self._counts["rollbacks"] += 1
+            self.changes.changed("training", f"rolled back to version {target}")
         log.warning("rolled back to version %d: %s", target, reason)
         try:
             self.registry.set_status(w.new_version, "rejected")
