@@ -27,14 +27,12 @@ from typing import Any, Callable
 
 from ._io import atomic_write_bytes, pid_alive
 from .errors import CorruptFileError
+from .home import HomeLayout
 
 __all__ = ["Fallback", "report", "active", "subscribe", "unsubscribe", "write_record",
-           "read_record", "RECORD_FILE"]
+           "read_record"]
 
 log = logging.getLogger(__name__)
-
-RECORD_FILE = "degraded.json"
-"""Name of the record under a home (see :func:`write_record`)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def write_record(home: str | os.PathLike[str]) -> None:
     replaces what an earlier process on the home recorded)."""
     data = {"pid": os.getpid(), "written_at": time.time(),
             "fallbacks": [f.to_dict() for f in active()]}
-    atomic_write_bytes(os.path.join(os.fspath(home), RECORD_FILE),
+    atomic_write_bytes(HomeLayout(home).degraded,
                        json.dumps(data, indent=1).encode(), mode=0o644)
 
 
@@ -115,7 +113,7 @@ def read_record(home: str | os.PathLike[str]) -> dict[str, Any] | None:
     CorruptFileError
         The file is not such a record.
     """
-    path = os.path.join(os.fspath(home), RECORD_FILE)
+    path = HomeLayout(home).degraded
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 from ._cli_support import command, existing_home
+from .home import HomeLayout
 
 __all__ = ["home_status", "register"]
 
@@ -32,9 +33,10 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
         A file under ``home`` is damaged (the error names it).
     """
     home = existing_home(os.fspath(home))
+    layout = HomeLayout(home)
     out: dict[str, Any] = {"home": os.path.abspath(home)}
 
-    models_dir = os.path.join(home, "models")
+    models_dir = layout.models
     if os.path.isdir(models_dir):
         from .training.registry import ModelRegistry
 
@@ -46,20 +48,20 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         out["models"] = None
 
-    if os.path.isdir(os.path.join(home, "rsi")):
+    if os.path.isdir(layout.rsi):
         from .rsi.audit import AuditLog
         from .rsi.proposal import ProposalStore
 
-        has_proposals = os.path.isdir(os.path.join(home, "rsi", "proposals"))
+        has_proposals = os.path.isdir(layout.proposals)
         proposals = ProposalStore(home).list() if has_proposals else []
-        audit = AuditLog(os.path.join(home, "rsi", "audit.jsonl")).verify()
+        audit = AuditLog(layout.audit, layout.audit_head).verify()
         out["proposals"] = dict(Counter(p.status.value for p in proposals))
         out["audit"] = {"ok": audit.ok, "entries": audit.entries,
                         "first_bad_line": audit.first_bad_line, "reason": audit.reason}
     else:
         out["proposals"] = out["audit"] = None
 
-    runs_path = os.path.join(home, "runs.json")
+    runs_path = layout.runs_file
     if os.path.exists(runs_path):
         runs = _read_runs(runs_path)
         out["training"] = {"runs": len(runs), "by_status": dict(Counter(r["status"] for r in runs)),
@@ -71,7 +73,7 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
 
     out["degraded"] = read_record(home)
 
-    buffer_path = os.path.join(home, "buffer.arrow")
+    buffer_path = layout.buffer
     if os.path.exists(buffer_path):
         from .training.buffer import Snapshot
 

@@ -254,7 +254,7 @@ def test_a_damaged_journal_is_never_replayed(tmp_path):
     Path(jpath).write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])
     half = tree_digest(root)
     assert half != before
-    assert Applier(root, ap.state_dir).recover() == ["p1:apply:corrupt"]
+    assert Applier(root, ap.home).recover() == ["p1:apply:corrupt"]
     assert tree_digest(root) == half  # nothing written from it
     (aside,) = [n for n in os.listdir(ap.journal_dir)]
     assert aside.startswith("p1.apply.json.corrupt-")

@@ -26,7 +26,9 @@ def _check_replaceable(home: str) -> None:
         return
     if not os.path.isdir(home) or os.path.islink(home):
         raise UsageError(f"--home {home!r} is not a directory")
-    if os.listdir(home) and not os.path.isdir(os.path.join(home, "service", "digits_service")):
+    from .run import service_tree
+
+    if os.listdir(home) and not (service_tree(home) / "digits_service").is_dir():
         raise UsageError(f"--home {home!r} exists and is not an earlier demo's home; the demo "
                          "would delete it: pick a new directory, or pass --keep")
 

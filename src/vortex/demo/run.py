@@ -39,6 +39,11 @@ SERVICE_TEMPLATE = Path(__file__).with_name("digits_service")
 MODEL_FACTORY = "vortex.training.models:mlp"
 
 
+def service_tree(home: str | Path) -> Path:
+    """Where the demo keeps its copy of the digits service under its home (RSI patches it)."""
+    return Path(home) / "service"
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes and pacing of the demo (``quick`` shrinks it for tests)."""
@@ -166,7 +171,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     torch.set_num_threads(1)  # leave the other core to the sandbox and the trainer
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     home = settings.home
-    tree = home / "service"
+    tree = service_tree(home)
     if not tree.exists():
         home.mkdir(parents=True, exist_ok=True)
         shutil.copytree(SERVICE_TEMPLATE, tree, ignore=shutil.ignore_patterns("__pycache__"))

@@ -42,6 +42,7 @@ from typing import Any, Iterator, Mapping
 
 from ..errors import (AppliedRecordCorruptError, JournalCorruptError, PatchError,
                       RollbackConflictError, TreeChangedError)
+from ..home import HomeLayout
 from .._io import (FileLock, atomic_write_at, atomic_write_sealed_json, fsync_dir, is_temp_name,
                    owner_alive, owner_token, read_sealed_json, remove_orphan_temps)
 from .diffs import describe_diff, git_executable, touched_paths
@@ -229,20 +230,23 @@ def _named_paths(raw: bytes) -> list[str]:
 
 
 class Applier:
-    """Applies diffs to ``root``; state (journal, applied records, lock) lives in ``state_dir``.
+    """Applies diffs to ``root``; its state (journal, applied records, lock) lives under the
+    Vortex home ``home`` (see :class:`vortex.home.HomeLayout`).
 
-    Every method holds ``<state_dir>/apply.lock`` (threads and processes); :meth:`locked`
-    lets a caller hold it across several steps (the engine's approve → apply → applied).
+    Every method holds the home's apply lock (threads and processes); :meth:`locked` lets a
+    caller hold it across several steps (the engine's approve → apply → applied).
     """
 
-    def __init__(self, root: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], home: str | os.PathLike[str]) -> None:
+        layout = HomeLayout(home)
         self.root = os.path.realpath(os.fspath(root))
-        self.state_dir = os.fspath(state_dir)
-        self.journal_dir = os.path.join(self.state_dir, "journal")
-        self.applied_dir = os.path.join(self.state_dir, "applied")
+        self.home = layout.root
+        self.state_dir = layout.rsi
+        self.journal_dir = layout.journal
+        self.applied_dir = layout.applied
         os.makedirs(self.journal_dir, exist_ok=True)
         os.makedirs(self.applied_dir, exist_ok=True)
-        self._lock = FileLock(os.path.join(self.state_dir, "apply.lock"))
+        self._lock = FileLock(layout.apply_lock)
         self._tree = _Tree(self.root)
 
     def locked(self) -> FileLock:

@@ -138,9 +138,11 @@ class AuditLog:
     created until the first append.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 head_path: str | os.PathLike[str] | None = None) -> None:
         self.path = os.fspath(path)
-        self.head_path = os.path.splitext(self.path)[0] + ".head"
+        # a log outside a home (tests, exports) keeps its head beside it: <name>.head
+        self.head_path = os.fspath(head_path) if head_path is not None else os.path.splitext(self.path)[0] + ".head"
         self._lock = threading.Lock()
 
     def _error(self, problem: str, line: int | None = None) -> AuditLogError:

@@ -10,6 +10,7 @@ from typing import Any
 
 from .._cli_support import command, directory, existing_home
 from ..errors import RSIError
+from ..home import HomeLayout
 
 __all__ = ["register"]
 
@@ -31,14 +32,14 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no audit log at {path!r}")
     else:
-        rsi_dir = os.path.join(existing_home(args.home), "rsi")
-        path = os.path.join(rsi_dir, "audit.jsonl")
-        if not os.path.isdir(rsi_dir):  # nothing was ever audited here; create nothing
+        layout = HomeLayout(existing_home(args.home))
+        path, head = layout.audit, layout.audit_head
+        if not os.path.isdir(layout.rsi):  # nothing was ever audited here; create nothing
             _out(args, {"path": path, "ok": True, "entries": 0, "first_bad_line": None,
                         "reason": "no RSI activity in this home"},
                  f"{path}: no audit log (no RSI activity in this home)")
             return 0
-    v = AuditLog(path).verify()
+    v = AuditLog(path, head).verify()
     _out(args, {"path": path, "ok": v.ok, "entries": v.entries, "first_bad_line": v.first_bad_line,
                 "reason": v.reason},
          f"{path}: OK, {v.entries} entries" if v.ok else
@@ -57,7 +58,7 @@ def _store(home: str) -> Any:
     read-only command then creates nothing)."""
     from .proposal import ProposalStore
 
-    if not os.path.isdir(os.path.join(existing_home(home), "rsi", "proposals")):
+    if not os.path.isdir(HomeLayout(existing_home(home)).proposals):
         return None
     return ProposalStore(home)
 

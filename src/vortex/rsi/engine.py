@@ -34,6 +34,7 @@ from ..changes import ChangeBoard
 from ..config import RSIConfig
 from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, SandboxError,
                       TreeChangedError)
+from ..home import HomeLayout
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
 from .._io import owner_alive, owner_token, remove_orphan_temps
@@ -252,12 +253,12 @@ class RSIEngine:
         self.config = config if config is not None else RSIConfig()
         self.settings: VortexSettings = load_settings(root)
         self.home = os.fspath(home)
-        state = os.path.join(self.home, "rsi")
-        os.makedirs(state, exist_ok=True)
-        self.audit = AuditLog(os.path.join(state, "audit.jsonl"))
+        layout = HomeLayout(self.home)
+        os.makedirs(layout.rsi, exist_ok=True)
+        self.audit = AuditLog(layout.audit, layout.audit_head)
         self.store = ProposalStore(self.home)
-        self.applier = Applier(self.settings.root, state)
-        self.memory = OutcomeMemory(os.path.join(state, "memory.json"))
+        self.applier = Applier(self.settings.root, self.home)
+        self.memory = OutcomeMemory(layout.rsi_memory)
         self.sandbox = Sandbox(self.settings, base_dir=sandbox_dir, python=sandbox_python)
         self.metrics = metrics
         self.calibration_data = calibration_data

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from ..errors import ProposalCorruptError, ProposalNotFoundError, ProposalStateError
+from ..home import HomeLayout
 from ..monitor.weaknesses import Weakness
 from .._io import (FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed_json,
                    remove_orphan_temps)
@@ -217,7 +218,7 @@ class ProposalStore:
     """
 
     def __init__(self, home: str | os.PathLike[str]) -> None:
-        self.dir = os.path.join(os.fspath(home), "rsi", "proposals")
+        self.dir = HomeLayout(home).proposals
         os.makedirs(self.dir, exist_ok=True)
         self._write_lock = FileLock(os.path.join(self.dir, ".lock"))
         self._lock = threading.RLock()

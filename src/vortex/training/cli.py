@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Any
 
+from ..home import HomeLayout
 from .._cli_support import (command, existing_dir, existing_home, non_negative_int, point_in_time,
                             positive_float, positive_int)
 
@@ -36,7 +37,7 @@ def _registry_root(args: argparse.Namespace) -> str:
     creates one)."""
     if args.registry:
         return existing_dir(args.registry, "model registry")
-    return existing_dir(os.path.join(existing_home(args.home), "models"), "model registry")
+    return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
 
 
 def _registry(args: argparse.Namespace):

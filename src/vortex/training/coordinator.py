@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -48,6 +47,7 @@ from ..changes import ChangeBoard
 from ..config import BackgroundTrainingConfig, as_dict
 from ..errors import (ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError,
                       VersionNotFoundError)
+from ..home import HomeLayout
 from .._io import atomic_write_bytes, pid_alive, remove_orphan_temps
 from .models import build_model
 from .registry import ModelRegistry
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 _HISTORY = 200  # runs kept in memory and in <home>/runs.json
 _SYNC_SECS = 1.0  # how often the housekeeping thread checks the registry for an outside swap
 _MAX_REVALIDATIONS = 3  # swaps during one run's conclusion after which it gives up swapping
-BUFFER_FILE = "buffer.arrow"  # the persisted sample buffer, under the home
-_RUN_DIR_RE = re.compile(r"^run-\d+-(\d+)$")  # run-<run id>-<pid of the coordinator>
 _POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
 
 
@@ -265,11 +263,12 @@ class BackgroundTrainingCoordinator:
         json.dumps(self.factory_kwargs)  # the worker receives them as JSON
         build_model(model_factory, self.factory_kwargs)  # fail now, not in a worker, if it does not resolve
         self.home = os.path.abspath(os.fspath(home))
+        self.layout = HomeLayout(self.home)
         self.feature_dim = feature_dim
         os.makedirs(self.home, exist_ok=True)
         remove_orphan_temps(self.home)  # of runs.json or buffer.arrow writes killed mid-way
-        self.registry = ModelRegistry(config.checkpoint_dir or os.path.join(self.home, "models"))
-        self.buffer_path = os.path.join(self.home, BUFFER_FILE)
+        self.registry = ModelRegistry(config.checkpoint_dir or self.layout.models)
+        self.buffer_path = self.layout.buffer
         self._persisted_seq: int | None = None  # next_seq of the last saved buffer
         if buffer is None:
             from . import SampleBuffer
@@ -570,7 +569,7 @@ class BackgroundTrainingCoordinator:
         self._history.append(run)
         try:
             data = json.dumps([r.to_dict() for r in self._history], allow_nan=True).encode()
-            atomic_write_bytes(os.path.join(self.home, "runs.json"), data)
+            atomic_write_bytes(self.layout.runs_file, data)
         except OSError as exc:
             log.warning("could not write the run history: %s", exc)
         with self._cond:
@@ -593,7 +592,7 @@ class BackgroundTrainingCoordinator:
         self._seq_at_last_run = self._buffer.next_seq
         snap = self._buffer.snapshot(max_rows=cfg.max_samples_per_batch)
         run.samples = int(snap.seq.shape[0])
-        run_dir = os.path.join(self.home, "runs", f"run-{run.run_id:06d}-{os.getpid()}")
+        run_dir = self.layout.run_dir(run.run_id, os.getpid())
         os.makedirs(run_dir, exist_ok=True)
         parent = self.registry.active_version
         run.parent_version = parent
@@ -969,16 +968,16 @@ class BackgroundTrainingCoordinator:
         A run directory is named after the process running it; one whose process is alive
         (this one included) is left alone.
         """
-        runs = os.path.join(self.home, "runs")
+        runs = self.layout.runs
         if not os.path.isdir(runs):
             return
         for d in os.listdir(runs):
-            m = _RUN_DIR_RE.match(d)
-            if m is None or not pid_alive(int(m.group(1))):
+            owner = HomeLayout.run_owner(d)
+            if owner is None or not pid_alive(owner):
                 _drop_bulky(os.path.join(runs, d))
 
     def _load_history(self) -> None:
-        path = os.path.join(self.home, "runs.json")
+        path = self.layout.runs_file
         try:
             with open(path, "rb") as f:
                 items = json.loads(f.read())
