@@ -23,8 +23,8 @@ from vortex.rsi.trees import tree_sha256
 PROPOSAL_ID = "20260101000000-abcdef01"
 AUDIT = "rsi/audit.jsonl"
 AUDIT_HEAD = "rsi/audit.head"
-JOURNAL = "state/journal/p1.apply.json"
-APPLIED = "state/applied/p1.json"
+JOURNAL = "state/rsi/journal/p1.apply.json"
+APPLIED = "state/rsi/applied/p1.json"
 PROPOSAL = f"home/rsi/proposals/{PROPOSAL_ID}.json"
 
 

@@ -618,7 +618,8 @@ def test_bad_input_is_refused_naming_it_and_changes_nothing(case, tmp_path):
 
 # ------------------------------------------------------------------------------------------ CLI
 def _vortex(*argv: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC}
+    # the vortex this test imported (the built source tree here, the installed package in CI)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(vortex.__file__))}
     return subprocess.run([sys.executable, "-P", "-m", "vortex.cli", *argv], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120)
 
