@@ -14,6 +14,7 @@
 // sound because they are lock-free (asserted below) and so hold no hidden state.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -79,8 +80,12 @@ struct MetricPayload {
     double confidence_sum;
     double error_sum;
     std::uint64_t error_count;
+    // Weighted sums over records 0..n of bucket_weight(bucket) per histogram: what the two
+    // histograms must hold, checkable (see bucket_weight) once the writer is gone.
+    std::uint64_t latency_hist_check;
+    std::uint64_t confidence_hist_check;
 };
-static_assert(sizeof(MetricPayload) == 64);
+static_assert(sizeof(MetricPayload) == 80);
 
 struct SampleHead {  // the sample payload before its features
     double timestamp;  // seconds since the epoch
@@ -125,35 +130,51 @@ struct Layout {
     }
 };
 
-// A 64-bit checksum of n bytes (n a multiple of 8) in four independent lanes, each
-// h = (h + word) * K: linear in every word with an odd (invertible) coefficient, so any damage
-// confined to one 64-bit word always changes the result; longer damage escapes with
-// probability ~2^-64. The seed (the record number) makes a payload valid for one record only.
+// A 64-bit checksum of n bytes (n a multiple of 8): the sum of word[i] * K(i) (mod 2^64) with
+// K(i) = C * (2i + 1), odd. Linear in every word with an invertible coefficient, so any damage
+// confined to one 64-bit word always changes it; damage to several escapes with probability
+// ~2^-64. The products are independent (four accumulators), so it costs a few cycles rather
+// than a chain of multiplications on the request path. The seed (the record number) makes a
+// payload valid for one record only.
 inline std::uint64_t checksum64(const unsigned char* p, std::size_t n, std::uint64_t seed) noexcept {
-    constexpr std::uint64_t K[4] = {0x9E3779B97F4A7C15ull, 0xC2B2AE3D27D4EB4Full,
-                                    0x165667B19E3779F9ull, 0xD6E8FEB86659FD93ull};
-    constexpr std::uint64_t kJoin = 0xFF51AFD7ED558CCDull;
-    std::uint64_t h[4] = {seed, ~seed, seed ^ K[2], seed + K[3]};
+    constexpr std::uint64_t C = 0x9E3779B97F4A7C15ull;  // odd
+    std::uint64_t h[4] = {seed * 0xC2B2AE3D27D4EB4Full, 0, 0, 0};
+    std::uint64_t k = C;  // K(0); K(i + 1) = K(i) + 2C
     const std::size_t words = n / 8;
     std::size_t i = 0;
-    for (; i + 4 <= words; i += 4) {
+    for (; i + 4 <= words; i += 4, k += 8 * C) {
         for (int j = 0; j < 4; ++j) {
             std::uint64_t w;
             std::memcpy(&w, p + 8 * (i + j), 8);
-            h[j] = (h[j] + w) * K[j];
+            h[j] += w * (k + 2 * C * static_cast<std::uint64_t>(j));
         }
     }
-    for (int j = 0; i < words; ++i, ++j) {
+    for (; i < words; ++i, k += 2 * C) {
         std::uint64_t w;
         std::memcpy(&w, p + 8 * i, 8);
-        h[j] = (h[j] + w) * K[j];
+        h[0] += w * k;
     }
-    std::uint64_t x = ((h[0] * kJoin + h[1]) * kJoin + h[2]) * kJoin + h[3];
-    x ^= x >> 33;  // a bijective finaliser: spreads the difference, keeps it nonzero
-    x *= kJoin;
-    x ^= x >> 33;
-    return x;
+    return (h[0] + h[1]) + (h[2] + h[3]);
 }
+
+// The weight of a histogram bucket in the check words of MetricPayload: odd, so that a
+// histogram whose counts differ from the records' by d in one bucket (any d != 0) has a
+// weighted sum sum(count[i] * weight[i]) (mod 2^64) that differs by d * weight != 0; and
+// pseudo-random (splitmix64), so that no bucket's weight is another's times a power of two,
+// so a flipped bit in one count can never pass for a single observation in another bucket.
+constexpr std::uint64_t bucket_weight_of(std::uint64_t i) {
+    std::uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (z ^ (z >> 31)) | 1u;
+}
+
+constexpr std::array<std::uint64_t, buckets::kBuckets> make_bucket_weights() {
+    std::array<std::uint64_t, buckets::kBuckets> w{};
+    for (std::size_t i = 0; i < buckets::kBuckets; ++i) w[i] = bucket_weight_of(i);
+    return w;
+}
+inline constexpr auto kBucketWeight = make_bucket_weights();
 
 // The atomic 64-bit word at `offset` of a mapping.
 inline std::atomic<std::uint64_t>& word_at(unsigned char* base, std::size_t offset) noexcept {

@@ -272,9 +272,10 @@ public:
         // writer died between step 4 and 6): add it where it is missing.
         const bool unpublished = records == published + 1;
         const std::size_t hist_at = layout_.hist_offset();
-        reconcile(a.latency, s_lat, records, unpublished, buckets::bucket_index(last.latency_ms / 1000.0), hist_at);
+        reconcile(a.latency, s_lat, records, unpublished, buckets::bucket_index(last.latency_ms / 1000.0),
+                  last.latency_hist_check, hist_at);
         reconcile(a.confidence, s_conf, records, unpublished, buckets::bucket_index(last.confidence),
-                  hist_at + buckets::kBuckets * 8);
+                  last.confidence_hist_check, hist_at + buckets::kBuckets * 8);
         final_ = a;
         static_ = true;
         return a;
@@ -503,16 +504,22 @@ private:
         return sum;
     }
 
+    // A histogram of a writer that is gone must count exactly the `records` complete records,
+    // and match their check word (the weighted sum, see kBucketWeight); one that misses only
+    // the last record, completed but not published, gets it added (its bucket: `last_bucket`).
     void reconcile(std::array<std::uint64_t, buckets::kBuckets>& counts, std::uint64_t sum, std::uint64_t records,
-                   bool unpublished, std::size_t last_bucket, std::size_t at) const {
-        if (sum == records) return;
+                   bool unpublished, std::size_t last_bucket, std::uint64_t check, std::size_t at) const {
         if (unpublished && sum + 1 == records) {
             ++counts[last_bucket];
-            return;
+            ++sum;
         }
-        throw corrupt("a histogram counts " + std::to_string(sum) + " records, the ring holds " +
-                          std::to_string(records),
-                      at);
+        std::uint64_t weighted = 0;
+        for (std::size_t b = 0; b < buckets::kBuckets; ++b) weighted += counts[b] * kBucketWeight[b];
+        if (sum != records)
+            throw corrupt("a histogram counts " + std::to_string(sum) + " records, the ring holds " +
+                              std::to_string(records),
+                          at);
+        if (weighted != check) throw corrupt("a histogram does not match the buckets of its records", at);
     }
 
     // Totals of the newest published record, read under its seqlock (retried if the writer

@@ -120,7 +120,10 @@ public:
             err_sum_ += error;
             ++err_count_;
         }
-        const MetricPayload p{t, latency_ms, confidence, error, lat_sum_, conf_sum_, err_sum_, err_count_};
+        lat_check_ += kBucketWeight[li];
+        conf_check_ += kBucketWeight[ci];
+        const MetricPayload p{t,        latency_ms, confidence, error,      lat_sum_,
+                              conf_sum_, err_sum_,  err_count_, lat_check_, conf_check_};
         word_at(base_, kMetricBegunAt).store(n + 1, std::memory_order_relaxed);
         unsigned char* slot = metric_ring_ + metric_head_ * kMetricSlotSize;
         begin_slot(slot, n);
@@ -256,10 +259,12 @@ private:
     SpinLock lock_;
     std::uint64_t metric_next_ = 0;
     std::uint64_t sample_next_ = 0;
-    double lat_sum_ = 0.0;  // running totals, copied into every metric record
+    double lat_sum_ = 0.0;  // running totals and histogram checks, copied into every record
     double conf_sum_ = 0.0;
     double err_sum_ = 0.0;
     std::uint64_t err_count_ = 0;
+    std::uint64_t lat_check_ = 0;
+    std::uint64_t conf_check_ = 0;
 };
 
 }  // namespace vortex::shm

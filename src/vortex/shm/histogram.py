@@ -19,7 +19,6 @@ which returns the midpoint of the bucket holding the order statistic, is within
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -110,7 +109,7 @@ class LogHistogram:
         n = self.count
         if n == 0:
             return math.nan
-        rank = max(1, math.ceil(Fraction(float(q)) * n))  # exact: no 0.07 * 100 = 7.000000000000001
+        rank = max(1, math.ceil(q * n))
         i = int(np.searchsorted(np.cumsum(self.counts), rank))
         if i == 0:
             return float(BOUNDS[0])
