@@ -69,10 +69,12 @@ py::dict info_dict(const SegmentReader& r) {
     return d;
 }
 
-// Rows a read can return: the caller's limit, and never more than a ring holds plus the one
-// unpublished record (the output arrays are sized by this before the read).
-std::size_t read_room(std::size_t max_n, std::uint64_t capacity) {
-    return static_cast<std::size_t>(std::min<std::uint64_t>(max_n, capacity + 1));
+// Rows to make room for before a read (the read never returns more): the caller's limit, what
+// the writer has published past the cursor now plus the record it may have completed since,
+// and never more than a ring holds plus that one.
+std::size_t read_room(std::size_t max_n, std::uint64_t capacity, std::uint64_t published, std::uint64_t cursor) {
+    const std::uint64_t fresh = published >= cursor ? published - cursor + 1 : 1;
+    return static_cast<std::size_t>(std::min<std::uint64_t>({max_n, capacity + 1, fresh}));
 }
 
 template <class A>
@@ -81,7 +83,7 @@ py::object head(const A& a, std::size_t n) {
 }
 
 py::tuple read_metrics(SegmentReader& r, std::uint64_t cursor, std::size_t max_n) {
-    const std::size_t room = read_room(max_n, r.layout().metric_capacity);
+    const std::size_t room = read_room(max_n, r.layout().metric_capacity, r.counters().metric_count, cursor);
     const auto len = static_cast<py::ssize_t>(room);
     py::array_t<std::int64_t> index(len), t(len);
     py::array_t<double> lat(len), conf(len), err(len);
@@ -100,7 +102,7 @@ py::tuple read_metrics(SegmentReader& r, std::uint64_t cursor, std::size_t max_n
 
 py::tuple read_samples(SegmentReader& r, std::uint64_t cursor, std::size_t max_n) {
     const Layout& l = r.layout();
-    const std::size_t room = read_room(max_n, l.sample_capacity);
+    const std::size_t room = read_room(max_n, l.sample_capacity, r.counters().sample_count, cursor);
     const auto len = static_cast<py::ssize_t>(room);
     py::array_t<std::int64_t> seq(len), episode(len);
     py::array_t<float> features({len, static_cast<py::ssize_t>(l.feature_dim)}), conf(len), err(len);
