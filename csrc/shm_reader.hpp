@@ -20,7 +20,8 @@
 // figures are final.
 //
 // Thread safety: every public method takes the reader's mutex (close() included), so a read
-// running without the GIL never finds the mapping gone.
+// running without the GIL never finds the mapping gone. (One class, though long: the live
+// protocol and the whole-file check share the ring geometry, the mapping and that mutex.)
 #pragma once
 
 #include <algorithm>

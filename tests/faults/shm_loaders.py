@@ -82,7 +82,7 @@ def load_segment(directory: str) -> dict[str, Any]:
 def make_state(directory: str) -> None:
     """The state after one worker was folded and another one is being read."""
     from vortex.shm.histogram import LogHistogram
-    from vortex.shm.reader import SegmentTotals
+    from vortex.shm.records import SegmentTotals
     from vortex.shm.state import FleetState
 
     retired = SegmentTotals(LogHistogram.of(s.latency_seconds(50)), LogHistogram.of(s.confidences(50)),

@@ -107,6 +107,7 @@ def test_a_crash_between_saving_and_removing_never_folds_twice(home, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         fleet.commit()  # the state says folded; the file is still there
     monkeypatch.undo()
+    fleet.close()  # the control plane is gone (its descriptors, and their locks, with it)
     assert dead.path.exists()
     again = FleetReader(home)
     assert not dead.path.exists()

@@ -20,9 +20,9 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "WorkerSegment": "vortex.shm.writer",
     "SegmentReader": "vortex.shm.reader",
-    "MetricRecords": "vortex.shm.reader",
-    "SampleRows": "vortex.shm.reader",
-    "SegmentTotals": "vortex.shm.reader",
+    "MetricRecords": "vortex.shm.records",
+    "SampleRows": "vortex.shm.records",
+    "SegmentTotals": "vortex.shm.records",
     "FleetReader": "vortex.shm.fleet",
     "FleetBatch": "vortex.shm.fleet",
     "WorkerInfo": "vortex.shm.fleet",

@@ -29,7 +29,8 @@ from .._io import remove_orphan_temps
 from ..errors import CorruptFileError
 from .histogram import LogHistogram
 from .location import STATE_NAME, ensure_private_dir, parse_segment_name, segment_dir
-from .reader import MetricRecords, SampleRows, SegmentReader, SegmentTotals
+from .reader import SegmentReader
+from .records import MetricRecords, SampleRows, SegmentTotals
 from .state import FleetState
 
 __all__ = ["FleetReader", "FleetBatch", "WorkerInfo"]
@@ -115,6 +116,11 @@ class FleetReader:
     ------
     vortex.errors.CorruptFileError
         The saved state (``fleet-state.json``) is damaged.
+
+    Notes
+    -----
+    Use one FleetReader from one thread at a time (the control plane's loop); any number of
+    them may read the same home, but only the control plane commits.
     """
 
     def __init__(self, home: str | os.PathLike[str], *, resume: bool = True) -> None:
@@ -153,12 +159,9 @@ class FleetReader:
             return
         if self._state.folded.get(name) == reader.segment_id:
             # Folded by a commit that was interrupted before it removed the file.
-            self._readers[name], self._keys[name] = reader, (st.st_dev, st.st_ino)
             if reader.lock_exclusive():
-                self._remove(name)
-            else:
-                del self._readers[name], self._keys[name]
-                reader.close()
+                _unlink_if_same(path, (st.st_dev, st.st_ino))
+            reader.close()
             return
         saved = self._state.cursors.get(name)
         if saved is not None and saved[0] == reader.segment_id:
@@ -273,17 +276,9 @@ class FleetReader:
         return folding
 
     def _remove(self, name: str) -> None:
-        """Unlink a folded segment (still the file this reader mapped) and forget it."""
-        reader = self._readers.pop(name)
-        key = self._keys.pop(name)
-        path = self.directory / name
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == key:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        reader.close()
+        """Unlink a folded segment and forget it."""
+        _unlink_if_same(self.directory / name, self._keys.pop(name))
+        self._readers.pop(name).close()
 
     def close(self) -> None:
         """Unmap every segment (nothing is committed)."""
@@ -312,3 +307,13 @@ def _rename_if_dead(path: Path, new_name: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _unlink_if_same(path: Path, key: tuple[int, int]) -> None:
+    """Unlink ``path`` if it still is the file (device, inode) this reader mapped."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == key:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

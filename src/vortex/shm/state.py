@@ -20,7 +20,7 @@ from typing import Any
 
 from .._io import atomic_write_sealed_json, read_sealed_json
 from ..errors import CorruptFileError
-from .reader import SegmentTotals
+from .records import SegmentTotals
 
 __all__ = ["FleetState"]
 

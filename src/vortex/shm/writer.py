@@ -13,11 +13,11 @@ import os
 import secrets
 import weakref
 from pathlib import Path
-from typing import Any
 
 from .._fast_shm import SegmentRecorder
 from .._io import _start_time, remove_orphan_temps
 from .._native import _core
+from .._scalars import as_index
 from .location import ensure_private_dir, segment_dir, segment_name
 
 __all__ = ["WorkerSegment", "LABEL_KINDS"]
@@ -28,15 +28,6 @@ _MAX_CAPACITY = 1 << 32
 
 # Segments this process writes; a child forked from it must not write them (see _after_fork).
 _OPEN: "weakref.WeakSet[WorkerSegment]" = weakref.WeakSet()
-
-
-def _count(name: str, value: Any, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    value = int(value)
-    if not 1 <= value <= hi:
-        raise ValueError(f"{name}={value!r} must be an integer in [1, {hi}]")
-    return value
 
 
 class WorkerSegment(SegmentRecorder):
@@ -101,9 +92,9 @@ class WorkerSegment(SegmentRecorder):
         vortex.shm.location.SegmentDirError
             The segment directory is not this user's private directory.
         """
-        dim = _count("feature_dim", feature_dim, _MAX_DIM)
-        window = _count("window", window, _MAX_CAPACITY)
-        ring_capacity = _count("ring_capacity", ring_capacity, _MAX_CAPACITY)
+        dim = as_index(feature_dim, "feature_dim", 1, _MAX_DIM)
+        window = as_index(window, "window", 1, _MAX_CAPACITY)
+        ring_capacity = as_index(ring_capacity, "ring_capacity", 1, _MAX_CAPACITY)
         if label_dtype not in LABEL_KINDS:
             raise ValueError(f"label_dtype={label_dtype!r} must be 'int64' or 'float32'")
         directory = segment_dir(home)
