@@ -49,6 +49,7 @@ py::dict aggregate_dict(const Aggregate& a) {
     d["error_sum"] = a.error_sum;
     d["error_count"] = a.error_count;
     d["samples"] = a.samples;
+    d["newest_ns"] = a.newest_ns;
     return d;
 }
 

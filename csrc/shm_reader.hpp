@@ -75,6 +75,7 @@ struct Aggregate {
     double error_sum = 0.0;
     std::uint64_t error_count = 0;
     std::uint64_t samples = 0;  // samples pushed
+    std::int64_t newest_ns = 0;  // t_ns of the newest record the sums cover (0: none yet)
 };
 
 struct ReadResult {
@@ -268,6 +269,7 @@ public:
             a.confidence_sum = last.confidence_sum;
             a.error_sum = last.error_sum;
             a.error_count = last.error_count;
+            a.newest_ns = last.t_ns;
         }
         // A record completed but not published may be missing from either histogram (the
         // writer died between step 4 and 6): add it where it is missing.
@@ -546,6 +548,7 @@ private:
                 a.confidence_sum = p.confidence_sum;
                 a.error_sum = p.error_sum;
                 a.error_count = p.error_count;
+                a.newest_ns = p.t_ns;
                 return;
             }
             if (s < seq_done(published - 1))

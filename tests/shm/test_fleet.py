@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -38,7 +39,9 @@ def test_no_worker_yet(home):
 
 
 def test_every_worker_is_found_read_and_merged(home):
+    before = time.monotonic_ns()
     a, b = _worker(home, 0, 10), _worker(home, 0, 25)
+    after = time.monotonic_ns()
     fleet = FleetReader(home)
     batch = fleet.read_new()
     assert {k: len(v) for k, v in batch.metrics.items()} == {a.path.name: 10, b.path.name: 25}
@@ -52,6 +55,9 @@ def test_every_worker_is_found_read_and_merged(home):
     info = {w.name: w for w in fleet.workers()}
     assert info[a.path.name].alive and info[a.path.name].pid == os.getpid()
     assert info[b.path.name].records == 25 and info[b.path.name].unread_records == 0
+    # last activity on the machine-wide monotonic clock: a's records all precede b's
+    assert before < info[a.path.name].last_record_ns < info[b.path.name].last_record_ns < after
+    assert fleet.totals().newest_ns == info[b.path.name].last_record_ns
     c = _worker(home, 0, 3)  # a worker that starts later is found by the next read
     assert len(fleet.read_new().metrics[c.path.name]) == 3
     for seg in (a, b, c):

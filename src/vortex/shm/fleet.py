@@ -60,6 +60,9 @@ class WorkerInfo:
         Overwritten before this reader got to them.
     created
         When the segment was created (seconds since the epoch).
+    last_record_ns
+        When it recorded its newest request (``CLOCK_MONOTONIC`` ns, as ``time.monotonic_ns()``;
+        0 if none): its last sign of activity. Liveness itself is the kernel's lock, not a clock.
     """
 
     name: str
@@ -73,6 +76,7 @@ class WorkerInfo:
     lost_records: int
     lost_samples: int
     created: float
+    last_record_ns: int
 
 
 @dataclass(frozen=True)
@@ -226,13 +230,11 @@ class FleetReader:
             except CorruptFileError as exc:
                 self._set_aside(name, exc)
                 continue
-            records, samples, closed = r.counters()
-            if not alive:  # a completed but unpublished last record counts
-                final = r.totals()
-                records, samples = final.records, final.samples
-            out.append(WorkerInfo(name, r.pid, alive, closed, records, samples,
+            totals = r.totals()  # final once it is gone: with a completed, unpublished record
+            records, samples = totals.records, totals.samples
+            out.append(WorkerInfo(name, r.pid, alive, r.counters()[2], records, samples,
                                   max(0, records - r.metric_cursor), max(0, samples - r.sample_cursor),
-                                  r.lost_records, r.lost_samples, r.created))
+                                  r.lost_records, r.lost_samples, r.created, totals.newest_ns))
         return out
 
     @property

@@ -128,6 +128,9 @@ class SegmentTotals:
         Records that came with a prediction error, and the sum of those errors.
     samples
         Samples pushed.
+    newest_ns
+        When the newest record counted was written (``CLOCK_MONOTONIC`` ns, 0 if none): a
+        worker's last activity; a sum keeps the latest.
     """
 
     latency: LogHistogram
@@ -136,6 +139,7 @@ class SegmentTotals:
     error_count: int = 0
     error_sum: float = 0.0
     samples: int = 0
+    newest_ns: int = 0
 
     @classmethod
     def empty(cls) -> "SegmentTotals":
@@ -147,19 +151,20 @@ class SegmentTotals:
             return NotImplemented
         return SegmentTotals(self.latency + other.latency, self.confidence + other.confidence,
                              self.records + other.records, self.error_count + other.error_count,
-                             self.error_sum + other.error_sum, self.samples + other.samples)
+                             self.error_sum + other.error_sum, self.samples + other.samples,
+                             max(self.newest_ns, other.newest_ns))
 
     def to_json(self) -> dict:
         """A JSON-ready form (sparse histograms)."""
         return {"latency": self.latency.to_json(), "confidence": self.confidence.to_json(),
                 "records": self.records, "error_count": self.error_count,
-                "error_sum": self.error_sum, "samples": self.samples}
+                "error_sum": self.error_sum, "samples": self.samples, "newest_ns": self.newest_ns}
 
     @classmethod
     def from_json(cls, obj: dict) -> "SegmentTotals":
         """Inverse of :meth:`to_json` (ValueError, KeyError or TypeError on anything else)."""
-        ints = [obj[k] for k in ("records", "error_count", "samples")]
+        ints = [obj[k] for k in ("records", "error_count", "samples", "newest_ns")]
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):
             raise ValueError(f"counts {ints} are not counts")
         return cls(LogHistogram.from_json(obj["latency"]), LogHistogram.from_json(obj["confidence"]),
-                   ints[0], ints[1], float(obj["error_sum"]), ints[2])
+                   ints[0], ints[1], float(obj["error_sum"]), ints[2], ints[3])
