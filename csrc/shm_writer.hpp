@@ -13,6 +13,9 @@
 //   5. the two histogram buckets += 1             (relaxed; single writer: load + store)
 //   6. metric_count = n + 1                       (release: published)
 // Pushing sample n of the sample ring: steps 2-4 on its slot, then sample_count = n + 1.
+// The payload is copied with memcpy, not atomic words: a reader racing a write copies a mix and
+// throws it away on its seq re-check (the classic seqlock; the C++ memory model calls such a
+// race undefined, the compilers and CPUs Vortex builds for make it a plain copy).
 // A writer killed anywhere leaves every record before n complete, record n torn (seq odd,
 // ignored by readers) or complete, and the histograms counting exactly the complete records
 // except possibly record n when its count was not yet published (the reader reconciles that:
