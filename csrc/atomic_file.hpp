@@ -31,6 +31,29 @@ struct Chunk {
     std::size_t size;
 };
 
+// Creates the temporary file of a write of `name` in `dir` (".vtx-<name>.<pid>-XXXXXX.tmp",
+// mode 0600, close-on-exec) and takes its exclusive flock, held until the descriptor is closed:
+// it marks the file as a live writer's (the kernel releases it on a kill), which is how
+// remove_orphan_temps in _io.py tells a killed writer's leftovers from a live one's. Returns
+// the descriptor and the path in *tmp, or -errno (nothing left behind).
+inline int create_locked_temp(const std::string& dir, const std::string& name, std::string* tmp) noexcept {
+    std::string tmpl = dir + "/.vtx-" + name + "." + std::to_string(::getpid()) + "-XXXXXX.tmp";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    const int fd = mkostemps(buf.data(), 4, O_CLOEXEC);
+    if (fd < 0) return -errno;
+    *tmp = buf.data();
+    while (::flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            const int err = errno;
+            ::close(fd);
+            ::unlink(tmp->c_str());
+            return -err;
+        }
+    }
+    return fd;
+}
+
 // Returns 0 on success, else the errno of the first failing step (the temporary file is
 // removed and the destination left untouched). `mode` < 0 keeps mkstemp's 0600.
 inline int write_file_atomic(const std::string& path, const std::vector<Chunk>& chunks,
@@ -38,21 +61,14 @@ inline int write_file_atomic(const std::string& path, const std::vector<Chunk>& 
     const std::size_t slash = path.rfind('/');
     const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
     const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-    std::string tmpl = dir + "/.vtx-" + name + "." + std::to_string(::getpid()) + "-XXXXXX.tmp";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    const int fd = mkstemps(buf.data(), 4);
-    if (fd < 0) return errno;
-    const std::string tmp(buf.data());
+    std::string tmp;
+    const int fd = create_locked_temp(dir, name, &tmp);
+    if (fd < 0) return -fd;
     auto fail = [&](int err) {
         ::close(fd);
         ::unlink(tmp.c_str());
         return err;
     };
-    // Held until close: marks the file as a live writer's (released by the kernel on a kill).
-    while (::flock(fd, LOCK_EX) != 0) {
-        if (errno != EINTR) return fail(errno);
-    }
     for (const Chunk& chunk : chunks) {
         for (std::size_t done = 0; done < chunk.size;) {
             const ssize_t w = ::write(fd, chunk.data + done, chunk.size - done);

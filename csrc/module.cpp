@@ -6,6 +6,7 @@
 void bind_sample_ring(py::module_& m);
 void bind_metrics(py::module_& m);
 void bind_io(py::module_& m);
+void bind_shm(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
     bind_sample_ring(m);
     bind_metrics(m);
     bind_io(m);
+    bind_shm(m);
 }

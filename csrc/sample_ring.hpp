@@ -104,6 +104,40 @@ std::size_t first_bad(const float* x, std::size_t n, F bad) {
     return n;
 }
 
+// Numbers in error messages: as many digits as the type holds.
+inline std::string format_number(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.15g", v);
+    return buf;
+}
+inline std::string format_number(float v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.7g", static_cast<double>(v));
+    return buf;
+}
+
+// Validation of one sample, shared by every ring that stores samples (this one and the
+// shared-memory segment): throws std::invalid_argument naming the first bad value.
+inline void check_sample_row(std::size_t dim, LabelKind kind, const float* features, const void* label,
+                             double confidence, double error, double timestamp) {
+    const std::size_t bad = first_non_finite(features, dim);
+    if (bad != dim)
+        throw std::invalid_argument("features[" + std::to_string(bad) + "]=" + format_number(features[bad]) +
+                                    ": features must be finite (no NaN or inf)");
+    if (!(confidence >= 0.0 && confidence <= 1.0))
+        throw std::invalid_argument("confidence=" + format_number(confidence) + " is outside [0, 1]");
+    if (!std::isnan(error) && !(error >= 0.0 && error <= 1.0))
+        throw std::invalid_argument("error=" + format_number(error) +
+                                    " is outside [0, 1] (use NaN for 'no ground truth')");
+    if (!std::isfinite(timestamp))
+        throw std::invalid_argument("timestamp=" + format_number(timestamp) + " is not finite");
+    if (kind == LabelKind::Float32) {
+        float v;
+        std::memcpy(&v, label, sizeof v);
+        if (!std::isfinite(v)) throw std::invalid_argument("label=" + format_number(v) + " is not finite");
+    }
+}
+
 class SampleRing {
 public:
     SampleRing(std::size_t feature_dim, std::size_t capacity, LabelKind label_kind,
@@ -144,7 +178,7 @@ public:
     // One sample. `label` points at an int64 or a float32 (label_kind). Returns its seq.
     std::int64_t push(const float* features, const void* label, double confidence, double error,
                       double timestamp, std::int64_t episode) {
-        check_row(features, label, confidence, error, timestamp);
+        check_sample_row(dim_, kind_, features, label, confidence, error, timestamp);
         std::lock_guard<std::mutex> lock(mu_);
         const std::size_t slot = head_;
         std::memcpy(&features_[slot * dim_], features, dim_ * sizeof(float));
@@ -289,66 +323,31 @@ private:
             std::fill(dst, dst + n, value);
     }
 
-    static std::string num(double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%.15g", v);
-        return buf;
-    }
-    static std::string num(float v) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "%.7g", static_cast<double>(v));
-        return buf;
-    }
-
-    void check_label(const void* label, const std::string& where) const {
-        if (kind_ == LabelKind::Float32) {
-            float v;
-            std::memcpy(&v, label, sizeof v);
-            if (!std::isfinite(v)) throw std::invalid_argument(where + "label=" + num(v) + " is not finite");
-        }
-    }
-
-    void check_row(const float* features, const void* label, double confidence, double error,
-                   double timestamp) const {
-        const std::size_t bad = first_non_finite(features, dim_);
-        if (bad != dim_)
-            throw std::invalid_argument("features[" + std::to_string(bad) + "]=" + num(features[bad]) +
-                                        ": features must be finite (no NaN or inf)");
-        if (!(confidence >= 0.0 && confidence <= 1.0))
-            throw std::invalid_argument("confidence=" + num(confidence) + " is outside [0, 1]");
-        if (!std::isnan(error) && !(error >= 0.0 && error <= 1.0))
-            throw std::invalid_argument("error=" + num(error) +
-                                        " is outside [0, 1] (use NaN for 'no ground truth')");
-        if (!std::isfinite(timestamp))
-            throw std::invalid_argument("timestamp=" + num(timestamp) + " is not finite");
-        check_label(label, "");
-    }
-
     void validate_batch(std::size_t n, const float* features, const void* labels,
                         const float* confidence, const float* error, const double* timestamp) const {
         const std::size_t total = n * dim_;
         const std::size_t bad = first_non_finite(features, total);
         if (bad != total)
             throw std::invalid_argument("features[" + std::to_string(bad / dim_) + ", " +
-                                        std::to_string(bad % dim_) + "]=" + num(features[bad]) +
+                                        std::to_string(bad % dim_) + "]=" + format_number(features[bad]) +
                                         ": features must be finite (no NaN or inf)");
         if (kind_ == LabelKind::Float32) {
             const auto* lab = static_cast<const float*>(labels);
             const std::size_t b = first_non_finite(lab, n);
             if (b != n)
-                throw std::invalid_argument("labels[" + std::to_string(b) + "]=" + num(lab[b]) +
+                throw std::invalid_argument("labels[" + std::to_string(b) + "]=" + format_number(lab[b]) +
                                             " is not finite");
         }
         std::size_t b;
         if (confidence && (b = first_bad(confidence, n, outside_unit)) != n)
             throw std::invalid_argument("confidences[" + std::to_string(b) + "]=" +
-                                        num(confidence[b]) + " is outside [0, 1]");
+                                        format_number(confidence[b]) + " is outside [0, 1]");
         if (error && (b = first_bad(error, n, outside_unit_not_nan)) != n)
-            throw std::invalid_argument("errors[" + std::to_string(b) + "]=" + num(error[b]) +
+            throw std::invalid_argument("errors[" + std::to_string(b) + "]=" + format_number(error[b]) +
                                         " is outside [0, 1] (use NaN for 'no ground truth')");
         if (timestamp && (b = first_non_finite(timestamp, n)) != n)
             throw std::invalid_argument("timestamps[" + std::to_string(b) + "]=" +
-                                        num(timestamp[b]) + " is not finite");
+                                        format_number(timestamp[b]) + " is not finite");
     }
 
     // Called with mu_ held after row(s) were written at head_: advances the ring.

@@ -44,6 +44,12 @@ import rsi_loaders  # noqa: E402
 TABLE += rsi_loaders.KINDS
 # --- end of RSI state ---
 
+# --- shared memory: a worker's segment (closed, and as a killed writer leaves it), fleet state ---
+import shm_loaders  # noqa: E402
+
+TABLE += shm_loaders.KINDS
+# --- end of shared memory ---
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -95,3 +95,26 @@ def softmax_top(logits):
     p = e / e.sum()
     k = int(p.argmax())
     return k, float(p[k]), p
+
+
+def log_bucket_bounds() -> np.ndarray:
+    """The histogram bounds of csrc/log_buckets.hpp, from their decimal spelling: m/10 * 10^d for
+    d = -6 .. 2 and m = 10 .. 99 (two significant digits), then 1e3."""
+    texts = [f"{m // 10}.{m % 10}e{d}" for d in range(-6, 3) for m in range(10, 100)] + ["1.0e3"]
+    return np.array([float(t) for t in texts])
+
+
+def log_histogram(values) -> np.ndarray:
+    """Counts per bucket, bucket i = (bounds[i-1], bounds[i]] with -inf / +inf at the ends."""
+    bounds = log_bucket_bounds()
+    idx = np.searchsorted(bounds, np.asarray(values, np.float64), side="left")
+    return np.bincount(idx, minlength=len(bounds) + 1).astype(np.uint64)
+
+
+def nearest_rank_quantile(values, q: float) -> float:
+    """The order statistic of rank max(1, ceil(q * n)) (the inverted-CDF quantile)."""
+    import math
+
+    s = np.sort(np.asarray(values, np.float64))
+    rank = max(1, math.ceil(q * len(s)))
+    return float(s[rank - 1])

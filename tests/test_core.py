@@ -375,7 +375,7 @@ def _runtime_names(obj):
         "_pybind11_conduit_v1_"}
 
 
-@pytest.mark.parametrize("module_name", ["_core", "_fast_metrics", "_fast_ring"])
+@pytest.mark.parametrize("module_name", ["_core", "_fast_metrics", "_fast_ring", "_fast_shm"])
 def test_type_stub_lists_exactly_what_the_module_exposes(module_name):
     import importlib
 

@@ -8,12 +8,13 @@ holds stays valid for its whole life.
 """
 
 from libc.float cimport DBL_MAX
-from libc.math cimport NAN, isnan
+from libc.math cimport NAN
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from posix.unistd cimport pread
 
 include "_scalar_args.pxi"
+include "_metric_args.pxi"
 
 cdef extern from "metric_window.hpp" namespace "vortex" nogil:
     cdef cppclass WindowStats:
@@ -39,18 +40,6 @@ cdef extern from "metric_window.hpp" namespace "vortex" nogil:
 # csrc/bind_metrics.cpp).
 cdef enum:
     _RELEASE_GIL_ABOVE = 16384
-
-
-cdef int _reject(str name, double value, str rule) except -1:
-    raise ValueError(f"{name}={value!r}: {rule}")
-
-
-cdef inline int _check_request(double lat, double conf) except -1:
-    if not (lat >= 0.0 and lat <= DBL_MAX):
-        _reject("latency_ms", lat, "latency must be finite and >= 0")
-    if not (conf >= 0.0 and conf <= 1.0):
-        _reject("confidence", conf, "confidence must be in [0, 1]")
-    return 0
 
 
 cdef class Stats:
@@ -124,10 +113,7 @@ cdef class MetricRecorder:
         cdef double lat = _real(latency_ms, "latency_ms")
         cdef double conf = _real(confidence, "confidence")
         cdef double err = _real(prediction_error, "prediction_error")
-        _check_request(lat, conf)
-        if not (isnan(err) or (err >= 0.0 and err <= DBL_MAX)):
-            _reject("prediction_error", err,
-                    "prediction error must be NaN (unknown) or finite and >= 0")
+        _check_sample(lat, conf, err)
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
         self._ptr.record(lat, conf, err)

@@ -8,13 +8,12 @@ buffer protocol a fraction of that. It drives the very C++ ``vortex::SampleRing`
 alive.
 """
 
-from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO
+from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport int64_t, uintptr_t
 from libc.math cimport NAN
 
-import numpy as np
-
 include "_scalar_args.pxi"
+include "_sample_args.pxi"
 
 cdef extern from "sample_ring.hpp" namespace "vortex":
     cdef cppclass SampleRing:
@@ -24,89 +23,6 @@ cdef extern from "sample_ring.hpp" namespace "vortex":
         int64_t extend(size_t n, const float* features, const void* labels,
                        const float* confidence, const float* error, const double* timestamp,
                        const int64_t* episode) except + nogil
-    double wall_clock_seconds()
-
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_I64 = np.dtype(np.int64)
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-cdef inline bint _format_is(const char* fmt, char code):
-    """True if a buffer format string is `code` in native little-endian layout."""
-    if fmt == NULL:
-        return False
-    if fmt[0] == b'<' or fmt[0] == b'=' or fmt[0] == b'@':
-        fmt += 1
-    if code == b'q':  # int64 is 'l' where C long is 64-bit
-        return (fmt[0] == b'q' or fmt[0] == b'l') and fmt[1] == 0
-    return fmt[0] == code and fmt[1] == 0
-
-
-cdef bint _view_as(object obj, Py_buffer* view, char code, Py_ssize_t itemsize, int ndim,
-                   Py_ssize_t width) except -1:
-    """Acquire `obj`'s buffer if it already is a C-contiguous array of the wanted type and shape
-    (width = row length for ndim 2). Returns False (nothing held) otherwise."""
-    if not PyObject_CheckBuffer(obj):
-        return False
-    PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO)
-    cdef bint ok = (view.ndim == ndim and view.itemsize == itemsize
-                    and _format_is(view.format, code))
-    if ok:
-        if ndim == 1:
-            ok = view.shape[0] <= 1 or view.strides[0] == itemsize
-        else:
-            ok = (view.shape[1] == width and (view.shape[0] <= 1 or view.strides[0] == itemsize * width)
-                  and (width <= 1 or view.strides[1] == itemsize))
-    if not ok:
-        PyBuffer_Release(view)
-    return ok
-
-
-def _to_numpy(x, str name):
-    """A NumPy array of `x` (array-like or torch tensor), without copying when possible."""
-    if type(x) is np.ndarray:
-        return x
-    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot be read as an array ({exc})") from None
-
-
-def _coerce(x, dtype, str name, int ndim, Py_ssize_t n, Py_ssize_t width, bint bools=False):
-    """`x` as a C-contiguous array of `dtype` with the wanted shape (n < 0: any length), or
-    ValueError naming `name`. Only same-kind casts are allowed (float64 -> float32, int -> float),
-    never complex, object, strings or float -> int; bools only where `bools` (features, not
-    the scalar columns); unsigned integers into int64 only when every value fits."""
-    arr = _to_numpy(x, name)
-    kinds = "biuf" if bools else "iuf"
-    if not np.can_cast(arr.dtype, dtype, casting="same_kind") or arr.dtype.kind not in kinds:
-        raise ValueError(f"{name}: dtype {arr.dtype} cannot be cast safely to {dtype}")
-    if arr.dtype.kind == "u" and dtype == _I64 and arr.size and arr.max() > _INT64_MAX:
-        i = int(np.argmax(arr > _INT64_MAX))  # vectorised: one pass to find, one to locate
-        raise ValueError(f"{name}[{i}]={int(arr.flat[i])} is outside int64")
-    if arr.ndim != ndim:
-        want = "(n,)" if ndim == 1 else f"(n, {width})"
-        raise ValueError(f"{name}: shape {arr.shape} should be {want}")
-    if ndim == 2 and arr.shape[1] != width:
-        raise ValueError(f"{name}: rows have {arr.shape[1]} features, expected feature_dim={width}")
-    if n >= 0 and arr.shape[0] != n:
-        raise ValueError(f"{name}: length {arr.shape[0]} does not match the {n} rows of features")
-    return np.ascontiguousarray(arr, dtype=dtype)
-
-
-cdef int _column(object x, Py_buffer* view, char code, Py_ssize_t itemsize, object dtype, str name,
-                 Py_ssize_t n) except -1:
-    """Acquire `view` on `x` as a C-contiguous 1-D column of n values of `dtype`, converting
-    (same-kind casts only) when it is not one already. The view holds its own reference."""
-    if _view_as(x, view, code, itemsize, 1, 0):
-        if view.shape[0] == n:
-            return 0
-        PyBuffer_Release(view)
-    _view_as(_coerce(x, dtype, name, 1, n, 0), view, code, itemsize, 1, 0)
-    return 0
 
 
 cdef class SampleRingWriter:
@@ -167,27 +83,13 @@ cdef class SampleRingWriter:
             Naming the bad value; nothing is stored.
         """
         cdef SampleRing* ring = self._checked()
+        cdef SampleArgs a
         cdef Py_buffer view
-        cdef int64_t ilabel
-        cdef float flabel
-        cdef const void* plabel
-        cdef double c = _real(confidence, "confidence")
-        cdef double e = _real(error, "error")
-        cdef int64_t ep = _int64(episode, "episode")
-        cdef double ts = wall_clock_seconds() if timestamp is None else _real(timestamp, "timestamp")
-        if self._float_labels:
-            flabel = <float>_real(label, "label")
-            plabel = &flabel
-        else:
-            ilabel = _int64(label, "label")
-            plabel = &ilabel
-        if not _view_as(features, &view, b'f', 4, 1, 0):
-            features = _coerce(features, _F32, "features", 1, -1, 0, True)
-            _view_as(features, &view, b'f', 4, 1, 0)
+        _sample_args(&a, label, confidence, error, episode, timestamp, self._float_labels)
+        _feature_row(features, &view, self._dim)
         try:
-            if view.shape[0] != self._dim:
-                raise ValueError(f"features has length {view.shape[0]}, expected feature_dim={self._dim}")
-            return ring.push(<const float*>view.buf, plabel, c, e, ts, ep)
+            return ring.push(<const float*>view.buf, _label_ptr(&a, self._float_labels), a.confidence,
+                             a.error, a.timestamp, a.episode)
         finally:
             PyBuffer_Release(&view)
 

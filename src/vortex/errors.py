@@ -15,6 +15,7 @@ __all__ = [
     "CorruptFileError",
     "CoreNotBuiltError",
     "SnapshotFormatError",
+    "SegmentCorruptError",
     "TrainingError",
     "RegistryError",
     "RegistryCorruptError",
@@ -104,6 +105,12 @@ class CoreNotBuiltError(VortexError, ImportError):
 
 class SnapshotFormatError(CorruptFileError, ValueError):
     """A persisted buffer or snapshot file is corrupted or does not match the buffer."""
+
+
+class SegmentCorruptError(CorruptFileError):
+    """A worker's shared-memory segment (``vortex.shm``) is not a whole segment of this format:
+    a damaged or truncated header, a record that fails its checksum, counters that contradict
+    the rings. Other workers' segments are unaffected."""
 
 
 class TrainingError(VortexError):

@@ -9,7 +9,8 @@
       runs.json               history of training runs
       buffer.arrow            the persisted sample buffer
       degraded.json           fallbacks in effect in the last process (vortex status)
-      shm/                    shared-memory segments of serving workers
+      shm/                    shared-memory segments of serving workers, only where /dev/shm
+                              is unusable (else /dev/shm/vortex-<hash of the home's path>)
       rsi/
         proposals/            one sealed JSON file per proposal
         audit.jsonl           hash-chained audit log
@@ -95,8 +96,12 @@ class HomeLayout:
 
     @property
     def shm(self) -> str:
-        """Folder of the serving workers' shared-memory segments."""
-        return self._at("shm")
+        """Folder of the serving workers' shared-memory segments: in ``/dev/shm``, named after
+        this home's real path, or ``<home>/shm`` where ``/dev/shm`` is not usable (the reasons
+        are in :mod:`vortex.shm.location`)."""
+        from .shm.location import segment_dir
+
+        return os.fspath(segment_dir(self.root))
 
     # -- self-modification
     @property

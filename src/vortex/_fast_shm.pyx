@@ -1,0 +1,89 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""Per-request fast path of :class:`vortex.shm.WorkerSegment` (private).
+
+``record_sample`` and ``push`` run once per served request, so their own call overhead decides
+their cost, as for the in-process detector and sample buffer whose argument handling they share
+(``_scalar_args.pxi``, ``_metric_args.pxi``, ``_sample_args.pxi``). They drive the C++
+``vortex::shm::SegmentWriter`` owned by a ``vortex._core.ShmWriter`` (pybind11), whose address
+they take and whose Python object they keep alive. Neither releases the GIL: a call is a few
+dozen nanoseconds.
+"""
+
+from cpython.buffer cimport PyBuffer_Release
+from libc.math cimport NAN
+from libc.stdint cimport int64_t, uintptr_t
+
+include "_scalar_args.pxi"
+include "_metric_args.pxi"
+include "_sample_args.pxi"
+
+cdef extern from "shm_writer.hpp" namespace "vortex::shm":
+    cdef cppclass SegmentWriter:
+        bint record(double latency_ms, double confidence, double error) noexcept
+        int64_t push(const float* features, const void* label, double confidence, double error,
+                     double timestamp, int64_t episode) except +
+
+
+cdef class SegmentRecorder:
+    """Base of :class:`vortex.shm.WorkerSegment`: ``record_sample`` and ``push`` (see there)."""
+
+    cdef SegmentWriter* _w
+    cdef object _owner
+    cdef Py_ssize_t _dim
+    cdef bint _float_labels
+
+    def __cinit__(self, *args, **kwargs):
+        self._w = NULL
+
+    def _attach(self, owner, Py_ssize_t feature_dim, bint float_labels):
+        """Drive the C++ writer of `owner` (a vortex._core.ShmWriter), keeping it alive."""
+        from ._native import _core
+
+        if type(owner) is not _core.ShmWriter:
+            raise TypeError(f"expected a vortex._core.ShmWriter, got {type(owner).__name__}")
+        cdef uintptr_t address = owner._address()
+        self._owner = owner
+        self._w = <SegmentWriter*>address
+        self._dim = feature_dim
+        self._float_labels = float_labels
+
+    def _detach(self):
+        """Refuse every later call (the segment was closed, or this is a forked child)."""
+        self._w = NULL
+
+    cdef inline SegmentWriter* _checked(self) except NULL:
+        if self._w == NULL:
+            raise ValueError("the segment is closed (or belongs to the process this one was "
+                             "forked from); create a WorkerSegment in this process")
+        return self._w
+
+    def record_sample(self, latency_ms, confidence, prediction_error=NAN):
+        """Record one request's latency (ms), confidence and, if known, prediction error.
+
+        As :meth:`vortex.RuntimeDetector.record_sample`: ``prediction_error`` NaN (the default)
+        means no ground truth yet; a negative, NaN or infinite latency, a confidence outside
+        [0, 1], a negative or infinite error, or a value that is not a real number raises
+        ``ValueError`` naming the value, and nothing is recorded.
+        """
+        cdef double lat = _real(latency_ms, "latency_ms")
+        cdef double conf = _real(confidence, "confidence")
+        cdef double err = _real(prediction_error, "prediction_error")
+        _check_sample(lat, conf, err)
+        self._checked().record(lat, conf, err)
+
+    def push(self, features, label, confidence=1.0, error=NAN, episode=0, timestamp=None):
+        """Store one training sample and return its seq within this segment (0, 1, ...).
+
+        Arguments and errors as :meth:`vortex.training.SampleBuffer.push`: ``ValueError``
+        naming the bad value, and nothing is stored.
+        """
+        cdef SegmentWriter* w = self._checked()
+        cdef SampleArgs a
+        cdef Py_buffer view
+        _sample_args(&a, label, confidence, error, episode, timestamp, self._float_labels)
+        _feature_row(features, &view, self._dim)
+        try:
+            return w.push(<const float*>view.buf, _label_ptr(&a, self._float_labels), a.confidence,
+                          a.error, a.timestamp, a.episode)
+        finally:
+            PyBuffer_Release(&view)
