@@ -146,7 +146,8 @@ def test_jail_start(benchmark, what, tmp_path):
         def run():
             assert jail.run(["/usr/bin/true"], binds=[bind], cwd=bind).ok
     benchmark.pedantic(run, rounds=20, iterations=1)
-    benchmark.extra_info["median_secs"] = statistics.median(benchmark.stats.stats.data)
+    if benchmark.stats is not None:  # None under --benchmark-disable (the test script's smoke run)
+        benchmark.extra_info["median_secs"] = statistics.median(benchmark.stats.stats.data)
 
 
 def _fresh_sample(tmp_path, i):
