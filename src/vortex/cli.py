@@ -8,6 +8,7 @@
     vortex proposals list|show|approve|reject|rollback ...
     vortex models list|log|at|swap|cleanup|verify ...
     vortex audit verify
+    vortex dashboard [--home .vortex] [--port 8765]   a live web dashboard of a home
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ._cli_support import USAGE, Parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dashboard.cli import register as register_dashboard
     from .demo.cli import register as register_demo
     from .rsi.cli import register as register_rsi
     from .status import register as register_status
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_status(sub)
     register_rsi(sub)
     register_models(sub)
+    register_dashboard(sub)
     return parser
 
 

@@ -1,0 +1,118 @@
+"""``vortex dashboard --home H [--host 127.0.0.1] [--port 8765] [--token T]``: serve the
+dashboard of a home (see :mod:`vortex.dashboard`) until interrupted.
+
+It prints the URL to open, with the action token in its fragment (browsers never send a
+fragment to a server). Without ``--token`` (or ``VORTEX_DASHBOARD_TOKEN``) a random token is
+made for this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from typing import Any, TextIO
+
+from .._cli_support import UsageError, command, existing_home
+
+__all__ = ["register", "serve_dashboard", "DashboardServer", "dashboard_url"]
+
+DEFAULT_PORT = 8765
+
+
+def dashboard_url(host: str, port: int, token: str | None = None) -> str:
+    """The page's URL (with the token in the fragment when given)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"#token={token}" if token else "")
+
+
+class DashboardServer:
+    """The dashboard app served by uvicorn in a background thread (``vortex demo --dashboard``).
+
+    Parameters
+    ----------
+    app
+        The ASGI app (:func:`vortex.dashboard.dashboard_app`).
+    host, port
+        Where to listen (port 0: any free port; :attr:`port` is the one bound once started).
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+        import uvicorn
+
+        self.app, self.host = app, host
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                     lifespan="off"))
+        self._thread: threading.Thread | None = None
+        self.port = port
+
+    def start(self, timeout: float = 10.0) -> "DashboardServer":
+        """Start serving; returns once the socket listens (RuntimeError if it cannot)."""
+        self._thread = threading.Thread(target=self._server.run, name="vortex-dashboard", daemon=True)
+        self._thread.start()
+        self._thread.join(0)
+        waited = 0.0
+        while not self._server.started:
+            if not self._thread.is_alive() or waited > timeout:
+                raise RuntimeError(f"the dashboard could not listen on {self.host}:{self.port}")
+            threading.Event().wait(0.05)
+            waited += 0.05
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        """The page's URL with the token."""
+        return dashboard_url(self.host, self.port, self.app.state.token)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                    token: str | None = None, out: TextIO = sys.stdout) -> int:
+    """Serve the dashboard of ``home`` in the foreground until interrupted (the ``vortex
+    dashboard`` command). Prints the URL with the token first."""
+    import uvicorn
+
+    from .app import dashboard_app
+
+    app = dashboard_app(existing_home(home), token=token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {dashboard_url(host, port, app.state.token)}\n"
+          f"  actions need the token: {app.state.token}", file=out, flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  WARNING: listening on {host}: anyone who can reach it sees this home's state",
+              file=out, flush=True)
+    server.run()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("VORTEX_DASHBOARD_TOKEN") or None
+    if token is not None and len(token) < 8:
+        raise UsageError("--token: must be at least 8 characters")
+    return serve_dashboard(args.home, args.host, args.port, token)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``vortex dashboard`` to the ``vortex`` command's subparsers."""
+    p = subparsers.add_parser("dashboard", help="serve a live web dashboard of a home",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--token", default=None,
+                   help="the token actions need (default: $VORTEX_DASHBOARD_TOKEN, else a random one)")
+    command(p, _run)
