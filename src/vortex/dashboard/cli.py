@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from .._cli_support import UsageError, command, existing_home
 
-__all__ = ["register", "serve_dashboard", "DashboardServer", "dashboard_url"]
+__all__ = ["register", "serve_dashboard", "serve_in_background", "DashboardServer", "dashboard_url",
+           "port_number"]
 
 DEFAULT_PORT = 8765
 
@@ -51,7 +52,6 @@ class DashboardServer:
         """Start serving; returns once the socket listens (RuntimeError if it cannot)."""
         self._thread = threading.Thread(target=self._server.run, name="vortex-dashboard", daemon=True)
         self._thread.start()
-        self._thread.join(0)
         waited = 0.0
         while not self._server.started:
             if not self._thread.is_alive() or waited > timeout:
@@ -66,6 +66,11 @@ class DashboardServer:
         """The page's URL with the token."""
         return dashboard_url(self.host, self.port, self.app.state.token)
 
+    def wait(self) -> None:
+        """Block until the server stops."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)
+
     def stop(self) -> None:
         """Stop serving and wait for the thread."""
         self._server.should_exit = True
@@ -73,23 +78,33 @@ class DashboardServer:
             self._thread.join(10)
 
 
-def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                    token: str | None = None, out: TextIO = sys.stdout) -> int:
-    """Serve the dashboard of ``home`` in the foreground until interrupted (the ``vortex
-    dashboard`` command). Prints the URL with the token first."""
-    import uvicorn
-
+def serve_in_background(home: str, live: Any = None, host: str = "127.0.0.1",
+                        port: int = DEFAULT_PORT, token: str | None = None) -> DashboardServer:
+    """The dashboard of ``home`` served from a thread of this process (``vortex demo
+    --dashboard``); ``live`` as in :func:`vortex.dashboard.dashboard_app`. Stop it with
+    :meth:`DashboardServer.stop`."""
     from .app import dashboard_app
 
-    app = dashboard_app(existing_home(home), token=token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {dashboard_url(host, port, app.state.token)}\n"
-          f"  actions need the token: {app.state.token}", file=out, flush=True)
+    return DashboardServer(dashboard_app(home, token=token, live=live), host, port).start()
+
+
+def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                    token: str | None = None, out: TextIO = sys.stdout) -> int:
+    """Serve the dashboard of ``home`` until interrupted (the ``vortex dashboard`` command).
+
+    Prints the URL (with the port actually bound, and the token) once it listens."""
+    server = serve_in_background(existing_home(home), host=host, port=port, token=token)
+    print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {server.url}\n"
+          f"  actions need the token: {server.app.state.token}", file=out, flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"  WARNING: listening on {host}: anyone who can reach it sees this home's state",
               file=out, flush=True)
-    server.run()
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -100,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     return serve_dashboard(args.home, args.host, args.port, token)
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
+    """A TCP port number (0: any free port), for argparse."""
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return int(text)
@@ -112,7 +128,7 @@ def register(subparsers: Any) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--token", default=None,
                    help="the token actions need (default: $VORTEX_DASHBOARD_TOKEN, else a random one)")
     command(p, _run)

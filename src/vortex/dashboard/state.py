@@ -152,6 +152,7 @@ class HomeView:
             models = read("model registry", self._models)
             runs = read("training runs", self._runs, [])
             proposals = read("proposals", self._proposals, [])
+            problems.extend(f"proposals: {e}" for e in read("proposals", self._corrupt_proposals, []))
             audit = read("audit log", self._audit)
             degraded = read("degraded record", self._degraded)
             buffer = read("sample buffer", self._buffer)
@@ -227,6 +228,13 @@ class HomeView:
                                            "improved", "isolated", "isolation", "errored",
                                            "errors", "duration_secs")}})
         return out
+
+    def _corrupt_proposals(self) -> list[Exception]:
+        if not os.path.isdir(self.layout.proposals):
+            return []
+        from ..rsi.proposal import ProposalStore
+
+        return ProposalStore(self.home).corrupt()
 
     def _audit(self) -> dict[str, Any] | None:
         if not os.path.exists(self.layout.audit):
