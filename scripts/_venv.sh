@@ -22,6 +22,14 @@ UNJAILED (no namespaces, no quota) and never applies them automatically. Install
 ************************************************************************************************
 EOF
 fi
+# The dashboard's browser tests drive the distribution's Chromium (never a downloaded one);
+# they skip, saying so, where it is missing.
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (the dashboard's browser tests)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+        || echo "WARNING: apt-get install chromium failed; the browser tests will be skipped" >&2
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

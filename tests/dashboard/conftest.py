@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dashboard_support import DEMO_LINE, DemoRun, http
 
 pytest.importorskip("starlette", reason="the dashboard needs the 'dashboard' extra (starlette)")

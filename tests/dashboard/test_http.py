@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from dashboard_support import TOKEN, http, queue_proposal
 
 from vortex.dashboard import dashboard_app
@@ -90,7 +89,7 @@ def test_actions_are_refused_without_the_token_or_from_another_site(home, serve,
     reg = ModelRegistry(home / "models")
     pid = queue_proposal(home)
     before_active, before_audit = reg.active_version, _audit(home).verify().entries
-    for path in (f"api/models/1/swap", f"api/proposals/{pid}/reject", "api/models/rollback"):
+    for path in ("api/models/1/swap", f"api/proposals/{pid}/reject", "api/models/rollback"):
         body = None if raw is not None else {"by": "mallory", "expect_active": before_active}
         got, answer = http("POST", base + path, body, headers, raw)
         assert got == status and words in answer["error"], (path, answer)
@@ -178,7 +177,7 @@ def test_mounted_under_vortex_ui_in_another_asgi_app(home, serve):
 
 
 def test_a_damaged_file_is_named_and_the_rest_still_shows(home, serve):
-    victim = sorted((home / "rsi" / "proposals").glob("*.json"))[0]
+    victim = min((home / "rsi" / "proposals").glob("*.json"))
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x20
     victim.write_bytes(bytes(data))
@@ -230,7 +229,7 @@ def test_vortex_dashboard_command_listens_on_loopback_only_and_prints_the_token(
 def test_vortex_dashboard_refuses_a_missing_home_and_a_short_token(tmp_path):
     def run(*argv):
         return subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "dashboard", *argv],
-                              capture_output=True, text=True, timeout=60,
+                              check=False, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "VORTEX_DASHBOARD_TOKEN": ""})
     missing = run("--home", str(tmp_path / "nope"), "--port", "0")
     assert missing.returncode == 1 and "no Vortex home" in missing.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dashboard_app", "TOKEN_HEADER"]
+__all__ = ["TOKEN_HEADER", "dashboard_app"]
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: importing vortex.dashboard loads no web framework

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ProposalStateError, VersionNotFoundError
 from ..home import HomeLayout
 
-__all__ = ["act_on_proposal", "swap_model", "StaleViewError", "PROPOSAL_ACTIONS"]
+__all__ = ["PROPOSAL_ACTIONS", "StaleViewError", "act_on_proposal", "swap_model"]
 
 PROPOSAL_ACTIONS = ("approve", "reject", "rollback")
 

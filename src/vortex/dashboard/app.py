@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from .state import HomeView, LiveStatus
 
-__all__ = ["dashboard_app", "TOKEN_HEADER"]
+__all__ = ["TOKEN_HEADER", "dashboard_app"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,13 @@ class _Refused(Exception):
 
 
 def _status_of(exc: BaseException) -> int:
-    from ..errors import (CorruptFileError, ProposalNotFoundError, ProposalStateError,
-                          RollbackConflictError, VersionNotFoundError)
+    from ..errors import (
+        CorruptFileError,
+        ProposalNotFoundError,
+        ProposalStateError,
+        RollbackConflictError,
+        VersionNotFoundError,
+    )
 
     if isinstance(exc, _Refused):
         return exc.status
@@ -140,10 +145,16 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+    from starlette.responses import (
+        FileResponse,
+        JSONResponse,
+        RedirectResponse,
+        Response,
+    )
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
+    from ..errors import VortexError
     from .actions import act_on_proposal, swap_model
 
     home = os.fspath(home)
@@ -196,7 +207,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
     async def run(fn: Any, *args: Any) -> Response:
         try:
             result = await run_in_threadpool(fn, *args)
-        except Exception as exc:  # every failure becomes one line for the page; bugs are logged
+        except (VortexError, ValueError, OSError) as exc:  # one line for the page (as the CLI)
             return error(exc)
         cache["state"] = None  # the next poll shows the change
         return JSONResponse({"ok": True, **result}, headers=_HEADERS)

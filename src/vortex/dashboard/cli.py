@@ -16,8 +16,14 @@ from typing import Any, TextIO
 
 from .._cli_support import UsageError, command, existing_home
 
-__all__ = ["register", "serve_dashboard", "serve_in_background", "DashboardServer", "dashboard_url",
-           "port_number"]
+__all__ = [
+    "DashboardServer",
+    "dashboard_url",
+    "port_number",
+    "register",
+    "serve_dashboard",
+    "serve_in_background",
+]
 
 DEFAULT_PORT = 8765
 
@@ -48,7 +54,7 @@ class DashboardServer:
         self._thread: threading.Thread | None = None
         self.port = port
 
-    def start(self, timeout: float = 10.0) -> "DashboardServer":
+    def start(self, timeout: float = 10.0) -> DashboardServer:
         """Start serving; returns once the socket listens (RuntimeError if it cannot)."""
         self._thread = threading.Thread(target=self._server.run, name="vortex-dashboard", daemon=True)
         self._thread.start()

@@ -27,7 +27,8 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..home import HomeLayout
 
@@ -132,6 +133,8 @@ class HomeView:
         self._fleet = _FleetWindow(self.home)
         self._history: collections.deque = collections.deque(maxlen=_HISTORY)
         self._last_live: tuple[float, int] | None = None
+        self._store: Any = None
+        self._buffer_cache: tuple[Any, dict[str, Any] | None] = (None, None)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the whole page
@@ -151,8 +154,8 @@ class HomeView:
             now = time.time()
             models = read("model registry", self._models)
             runs = read("training runs", self._runs, [])
-            proposals = read("proposals", self._proposals, [])
-            problems.extend(f"proposals: {e}" for e in read("proposals", self._corrupt_proposals, []))
+            proposals, corrupt = read("proposals", self._proposals, ([], []))
+            problems.extend(f"proposals: {e}" for e in corrupt)
             audit = read("audit log", self._audit)
             degraded = read("degraded record", self._degraded)
             buffer = read("sample buffer", self._buffer)
@@ -187,7 +190,7 @@ class HomeView:
         reg = ModelRegistry(self.layout.models)
         versions = reg.list_versions()
         log = reg.serving_log()
-        served: dict[int, list[float]] = {}
+        served: dict[int, list[float | None]] = {}
         for i, e in enumerate(log):  # each version's most recent serving span
             until = log[i + 1]["time"] if i + 1 < len(log) else None
             served[e["to_version"]] = [e["time"], until]
@@ -207,13 +210,16 @@ class HomeView:
 
         return _read_runs(self.layout.runs_file)
 
-    def _proposals(self) -> list[dict[str, Any]]:
+    def _proposals(self) -> tuple[list[dict[str, Any]], list[Exception]]:
+        """Every readable proposal, and the errors of the damaged files."""
         if not os.path.isdir(self.layout.proposals):
-            return []
+            return [], []
         from ..rsi.proposal import ProposalStore
 
+        if self._store is None:  # one store: it re-reads only the files that changed
+            self._store = ProposalStore(self.home)
         out = []
-        for p in ProposalStore(self.home).list():
+        for p in self._store.list():
             tr = p.test_result or {}
             out.append({
                 "id": p.id, "status": p.status.value, "risk": p.risk.value,
@@ -227,14 +233,7 @@ class HomeView:
                                            "delta_interval", "confidence_level", "benchmark_runs",
                                            "improved", "isolated", "isolation", "errored",
                                            "errors", "duration_secs")}})
-        return out
-
-    def _corrupt_proposals(self) -> list[Exception]:
-        if not os.path.isdir(self.layout.proposals):
-            return []
-        from ..rsi.proposal import ProposalStore
-
-        return ProposalStore(self.home).corrupt()
+        return out, self._store.corrupt()
 
     def _audit(self) -> dict[str, Any] | None:
         if not os.path.exists(self.layout.audit):
@@ -257,8 +256,17 @@ class HomeView:
     def _buffer(self) -> dict[str, Any] | None:
         """The persisted samples: their count, flux-position success and, per time bucket,
         confidence, error and accuracy (the chart's past where no dashboard was watching)."""
-        if not os.path.exists(self.layout.buffer):
+        from .._io import MISSING, file_key
+
+        key = file_key(self.layout.buffer)
+        if key == MISSING:
             return None
+        if self._buffer_cache[0] == key:  # rewritten only when a service saves its buffer
+            return self._buffer_cache[1]
+        self._buffer_cache = (key, self._read_buffer())
+        return self._buffer_cache[1]
+
+    def _read_buffer(self) -> dict[str, Any]:
         import numpy as np
 
         from ..training.buffer import Snapshot
@@ -353,8 +361,8 @@ class HomeView:
         runtime = (live or {}).get("runtime") or {}
         statuses = collections.Counter(p["status"] for p in proposals)
         ever_applied = [p for p in proposals if any(h[1] == "applied" for h in p["history"])]
-        deltas = [d for d in ((p["test"] or {}).get("performance_delta") for p in ever_applied)
-                  if _finite(d) is not None]
+        deltas = [d for d in (_finite((p["test"] or {}).get("performance_delta")) for p in ever_applied)
+                  if d is not None]
         modes = {m: {"count": v.get("count"), "mean_latency_ms": v.get("mean_latency_ms"),
                      "mean_confidence": v.get("mean_confidence")}
                  for m, v in (perf.get("modes") or {}).items()}

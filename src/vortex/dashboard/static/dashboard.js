@@ -109,7 +109,9 @@ const markerPlugin = {
 };
 
 function renderChart(s) {
-  const points = [...s.series.buffer, ...s.series.live].filter((p) => isNum(p.t)).sort((a, b) => a.t - b.t);
+  const keys = ["p99_latency_ms", "mean_confidence", "error_rate", "accuracy"];
+  const points = [...s.series.buffer, ...s.series.live]
+    .filter((p) => isNum(p.t) && keys.some((k) => isNum(p[k]))).sort((a, b) => a.t - b.t);
   const line = (key, label, color, axis) => ({
     label, borderColor: color, backgroundColor: color, yAxisID: axis, pointRadius: 0, borderWidth: 1.5,
     spanGaps: true, data: points.filter((p) => isNum(p[key])).map((p) => ({ x: p.t, y: p[key] })),
