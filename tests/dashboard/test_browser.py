@@ -20,6 +20,7 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright (the test extra) drives Chromium")
 
+pytestmark = pytest.mark.slow  # the demo's home, and the approval's sandbox test
 APPROVE_TIMEOUT_MS = 240_000  # the approval runs the proposal's sandbox test first
 
 

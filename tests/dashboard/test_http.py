@@ -20,6 +20,7 @@ from vortex.rsi.audit import AuditLog
 from vortex.rsi.proposal import ProposalStore
 from vortex.training.registry import ModelRegistry
 
+pytestmark = pytest.mark.slow  # a real quick demo run makes the home (about 1 to 2 minutes, once)
 AUTH = {"X-Vortex-Token": TOKEN}
 
 
@@ -216,6 +217,8 @@ def test_vortex_dashboard_command_listens_on_loopback_only_and_prints_the_token(
             base = url.split("#")[0]
             assert http("GET", base + "api/state")[0] == 200
             assert http("POST", base + "api/models/1/swap", {"by": "x"})[0] == 403
+            # DNS rebinding: another site's name resolving to 127.0.0.1 reads nothing
+            assert http("GET", base + "api/state", headers={"Host": f"evil.example:{port}"})[0] == 400
             other = _other_version(home)
             got, _ = http("POST", base + f"api/models/{other}/swap",
                           {"by": "x", "expect_active": ModelRegistry(home / "models").active_version},

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,7 +114,8 @@ def _version(text: Any, what: str) -> int | None:
 
 
 def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
-                  live: LiveStatus | None = None, debug: bool = False) -> Any:
+                  live: LiveStatus | None = None, allowed_hosts: Sequence[str] | None = None,
+                  debug: bool = False) -> Any:
     """The dashboard of ``home`` as a Starlette (ASGI) application.
 
     Parameters
@@ -127,6 +129,11 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
         Optional callable returning ``Orchestrator.system_status().to_dict()`` of a service in
         this process, for the figures that are never written to disk (see
         :mod:`vortex.dashboard.state`).
+    allowed_hosts
+        Host names the app answers to (others get 400), against DNS rebinding: a page of
+        another site whose name resolves to 127.0.0.1 would otherwise read the state. Default:
+        any (the service it is mounted in checks its own hosts); ``vortex dashboard`` passes
+        the loopback names when it listens on loopback.
     debug
         Starlette's debug mode (tracebacks in error pages); never in production.
 
@@ -144,6 +151,8 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
     """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import (
         FileResponse,
@@ -267,7 +276,9 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
         Route("/api/models/{version}/swap", model_swap, methods=["POST"]),
         Mount("/static", StaticFiles(directory=_STATIC)),
     ]
-    app = Starlette(debug=debug, routes=routes,
+    middleware = [] if allowed_hosts is None else [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
+    app = Starlette(debug=debug, routes=routes, middleware=middleware,
                     exception_handlers={404: not_found, 405: method_not_allowed, 500: internal})
     app.state.token = token
     app.state.home = home

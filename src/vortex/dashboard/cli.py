@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8765
+#: Names of this machine's loopback interface (no warning when listening there).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def dashboard_url(host: str, port: int, token: str | None = None) -> str:
@@ -91,7 +93,10 @@ def serve_in_background(home: str, live: Any = None, host: str = "127.0.0.1",
     :meth:`DashboardServer.stop`."""
     from .app import dashboard_app
 
-    return DashboardServer(dashboard_app(home, token=token, live=live), host, port).start()
+    # (IPv6 literals cannot be listed: Starlette's host check cuts the Host header at its first colon)
+    hosts = ("127.0.0.1", "localhost") if host in ("127.0.0.1", "localhost") else None
+    return DashboardServer(dashboard_app(home, token=token, live=live, allowed_hosts=hosts),
+                           host, port).start()
 
 
 def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -102,7 +107,7 @@ def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT
     server = serve_in_background(existing_home(home), host=host, port=port, token=token)
     print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {server.url}\n"
           f"  actions need the token: {server.app.state.token}", file=out, flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK_NAMES:
         print(f"  WARNING: listening on {host}: anyone who can reach it sees this home's state",
               file=out, flush=True)
     try:
