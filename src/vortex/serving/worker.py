@@ -240,6 +240,7 @@ class ServingWorker:
         return {
             "pid": os.getpid(),
             "model_version": self._slot.version,
+            "swapped_at": self._slot.swapped_at,
             "tunables": dict(self.tunables.values()) if self.tunables is not None else {},
             "records": seg.records if seg is not None and not seg.closed else None,
             "samples": seg.samples if seg is not None and not seg.closed else None,
