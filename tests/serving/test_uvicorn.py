@@ -161,6 +161,22 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
         x, y = digits
         versions = []
         errors: list[BaseException] = []
+        events: list[tuple[str, dict]] = []
+
+        def listen() -> None:  # server-sent events, from whichever worker takes the connection
+            with httpx.Client(base_url=server.url, timeout=None) as c, c.stream("GET", "/vortex/events") as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((event, json.loads(line[6:])))
+                        if event == "swap":
+                            return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
 
         def client_loop(k: int) -> None:
             try:
@@ -192,6 +208,8 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
             assert s["worker"]["model_version"] == active, (pid, s["worker"])
             # followed within a second of the control plane's registry write
             assert s["worker"]["swapped_at"] - swap["time"] < 1.0, (pid, s["worker"], swap)
+        listener.join(10)
+        assert ("swap", swap) in events, events
 
         Applier(tree, home).apply("test-tunable", make_diff(
             "tunables.toml", "threshold = 0.5  # decision threshold\n", "threshold = 0.7  # decision threshold\n"))
