@@ -1,0 +1,114 @@
+"""The pieces of the roles, across real processes: the pending ring (feedback for a request
+answered by another process), and the control-plane lock (one holder; free once it is killed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from vortex.errors import UnknownRequestError
+from vortex.serving.control import ControlLock
+from vortex.serving.pending import PendingFinder, PendingRing, remove_dead_rings
+from vortex.shm.location import segment_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from vortex.serving.pending import PendingRing
+    ring = PendingRing(sys.argv[1], 4, 3, capacity=16)
+    for i in range(int(sys.argv[2])):
+        ring.add(f"req-{i}", np.full(4, i, np.float32), 7, 0.25, float(i % 3), (0.25, 0.5, 0.25))
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes stdin or kills this process
+    ring.close()
+""")
+
+
+def _writer(home, n):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")] + [p for p in sys.path if p]))
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(home), str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_request_answered_by_another_process_is_found_whole_and_taken_once(home):
+    proc = _writer(home, 20)
+    try:
+        finder = PendingFinder(home, ttl_secs=60)
+        entry = finder.take("req-19")
+        assert entry.version == 7 and entry.confidence == 0.25 and entry.output == 1.0
+        assert entry.features.tolist() == [19.0] * 4 and entry.probabilities.tolist() == [0.25, 0.5, 0.25]
+        with pytest.raises(UnknownRequestError, match="already has its feedback"):
+            finder.take("req-19")
+        with pytest.raises(UnknownRequestError, match="unknown"):  # evicted: the ring keeps 16
+            finder.take("req-3")
+        finder.give_back("req-19")  # a feedback refused after the take
+        assert finder.take("req-19").features[0] == 19.0
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+    # a clean exit removes the ring: nothing is answered from it any more
+    with pytest.raises(UnknownRequestError):
+        PendingFinder(home, ttl_secs=60).take("req-18")
+
+
+def test_a_killed_workers_requests_stay_answerable_until_their_ttl(home):
+    proc = _writer(home, 5)
+    proc.kill()
+    proc.wait(10)
+    proc.stdin.close()
+    proc.stdout.close()
+    assert PendingFinder(home, ttl_secs=60).take("req-4").features[0] == 4.0
+    assert remove_dead_rings(home, ttl_secs=60) == []  # still within its ttl
+    removed = remove_dead_rings(home, ttl_secs=0)
+    assert len(removed) == 1 and not any(n.startswith("pending-") for n in os.listdir(segment_dir(home)))
+
+
+def test_a_slot_being_written_is_never_returned(home):
+    ring = PendingRing(home, 4, 3, capacity=4)
+    ring.add("a", np.ones(4, np.float32), 1, 0.5, 0.0, (0.5, 0.25, 0.25))
+    ring._slots["seq"][0] = 3  # the writer is between its two seq stores
+    with pytest.raises(UnknownRequestError):
+        PendingFinder(home, ttl_secs=60).take("a")
+    ring._slots["seq"][0] = 2
+    assert PendingFinder(home, ttl_secs=60).take("a").features.tolist() == [1.0] * 4
+    ring.close()
+
+
+_HOLDER = "import sys, time; from vortex.serving.control import ControlLock; " \
+          "assert ControlLock(sys.argv[1]).try_acquire(); print('held', flush=True); time.sleep(600)"
+
+
+def test_one_control_plane_per_home_and_the_role_is_free_once_its_holder_is_killed(home):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")] + [p for p in sys.path if p]))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(home)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = ControlLock(home)
+        assert not mine.try_acquire() and not mine.held
+        with open(mine.path) as f:
+            assert int(f.read()) == holder.pid  # who holds it, for a person reading the home
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while not mine.try_acquire():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ControlLock(home).try_acquire() is False  # another object, same process: refused
+        mine.release()
+        assert ControlLock(home).try_acquire()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+        holder.stdout.close()
