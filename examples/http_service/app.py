@@ -19,7 +19,13 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from vortex import BackgroundTrainingConfig, RuntimeDetectorConfig
-from vortex.serving import ServiceSpec, VortexMiddleware, VortexService, lifespan, vortex_app
+from vortex.serving import (
+    ServiceSpec,
+    VortexMiddleware,
+    VortexService,
+    lifespan,
+    vortex_app,
+)
 
 HOME = os.environ.get("VORTEX_HOME", ".vortex-http")
 MIN_SAMPLES = int(os.environ.get("VORTEX_MIN_SAMPLES", "500"))

@@ -177,7 +177,13 @@ def test_works_in_a_plain_starlette_app(home):
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
 
-    from vortex.serving import ServiceSpec, VortexMiddleware, VortexService, lifespan, vortex_app
+    from vortex.serving import (
+        ServiceSpec,
+        VortexMiddleware,
+        VortexService,
+        lifespan,
+        vortex_app,
+    )
 
     spec = ServiceSpec(home=str(home), model_factory="vortex.training.models:mlp", feature_dim=4,
                        n_classes=3, factory_kwargs={"in_features": 4, "out_features": 3})

@@ -37,13 +37,14 @@ import contextlib
 import json
 import math
 import time
-from typing import Any, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from ..errors import UnknownRequestError
 from .service import VortexService
 from .worker import MAX_REQUEST_ID, RequestContext, current_request, mint_request_id
 
-__all__ = ["VortexMiddleware", "vortex_app", "lifespan", "MAX_BODY_BYTES", "EVENTS_POLL_SECS"]
+__all__ = ["EVENTS_POLL_SECS", "MAX_BODY_BYTES", "VortexMiddleware", "lifespan", "vortex_app"]
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest feedback body accepted."""
@@ -185,7 +186,7 @@ def vortex_app(service: VortexService, mounts: Mapping[str, Any] | None = None) 
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
 
-    routes = [Route("/feedback", feedback, methods=["POST"]), Route("/status", status),
+    routes: list[Any] = [Route("/feedback", feedback, methods=["POST"]), Route("/status", status),
               Route("/metrics", metrics), Route("/events", events)]
     routes += [Mount(path, app) for path, app in (mounts or {}).items()]
     return Router(routes)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["fleet_exposition", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "fleet_exposition"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import UnknownRequestError
 from ..shm.location import ensure_private_dir, segment_dir
 
-__all__ = ["PendingRing", "PendingEntry", "PendingFinder", "remove_dead_rings", "request_key"]
+__all__ = ["PendingEntry", "PendingFinder", "PendingRing", "remove_dead_rings", "request_key"]
 
 _PREFIX, _SUFFIX = "pending-", ".ring"
 _NAME_RE = re.compile(r"^pending-[0-9a-f]{16}\.ring$")
@@ -67,7 +67,7 @@ class PendingEntry:
     version: int | None
     confidence: float
     output: float
-    probabilities: np.ndarray | None  # classification
+    probabilities: np.ndarray  # classification (regression: unused)
     features: np.ndarray
 
 
@@ -231,7 +231,7 @@ def remove_dead_rings(home: str | os.PathLike[str], ttl_secs: float) -> list[str
     request is older than ``ttl_secs`` (until then its feedback is still accepted by the other
     workers); the control plane calls it. Returns the names removed."""
     directory = segment_dir(home)
-    removed = []
+    removed: list[str] = []
     try:
         names = [n for n in os.listdir(directory) if _NAME_RE.match(n)]
     except FileNotFoundError:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -73,7 +74,7 @@ class ServiceSpec:
         """``"classification"`` or ``"regression"``."""
         return "classification" if self.n_classes else "regression"
 
-    def with_home(self, home: str | os.PathLike[str]) -> "ServiceSpec":
+    def with_home(self, home: str | os.PathLike[str]) -> ServiceSpec:
         """The same spec on another home."""
         from dataclasses import replace
 

@@ -27,7 +27,7 @@ from ..home import HomeLayout
 from .pending import PendingFinder, PendingRing
 from .spec import ServiceSpec
 
-__all__ = ["ServingWorker", "RequestContext", "current_request", "mint_request_id", "MAX_REQUEST_ID"]
+__all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request", "mint_request_id"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,9 @@ class ServingWorker:
         """Answer ``x`` (as :meth:`vortex.Orchestrator.infer`); the returned prediction's
         ``request_id`` is the HTTP request's id (:data:`current_request`; minted outside an
         HTTP request), which :meth:`feedback` on any worker of the home accepts."""
+        ring = self._ring
+        if ring is None:
+            raise RuntimeError("ServingWorker.infer() before start()")
         context = current_request.get()
         prediction = self.orchestrator.infer(x, mode)
         if context is None:
@@ -191,9 +194,10 @@ class ServingWorker:
             context.confidence = prediction.confidence
         features = np.asarray(x, dtype=np.float32).reshape(-1)  # validated by infer
         output = float(prediction.output)
-        self._ring.add(request_id, features, prediction.model_version, prediction.confidence,
-                       output, prediction.probabilities)
-        return dataclasses.replace(prediction, request_id=request_id)
+        ring.add(request_id, features, prediction.model_version, prediction.confidence,
+                output, prediction.probabilities)
+        # the HTTP request id (a string) where the orchestrator has its own counter's
+        return dataclasses.replace(prediction, request_id=request_id)  # type: ignore[arg-type]
 
     def feedback(self, request_id: Any, label: Any, *, episode: Any = 0) -> float:
         """Record the ground truth of a request answered by any worker of the home; returns
