@@ -1,25 +1,17 @@
-"""Homes for the serving tests; their shared-memory directories are removed afterwards."""
+"""Fixtures of the serving tests: ``home`` (as the shared-memory tests': its segment directory
+is removed afterwards) and the example app imported on it."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import pytest
 
-from vortex.shm.location import segment_dir
+from shm.conftest import home  # noqa: F401  (the fixture, shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(REPO, "examples", "http_service")
-
-
-@pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    yield h
-    shutil.rmtree(segment_dir(h), ignore_errors=True)
 
 
 @pytest.fixture
