@@ -19,6 +19,7 @@ def example_app(home, monkeypatch):
     """examples/http_service/app.py imported on ``home`` (a fresh module each time)."""
     monkeypatch.setenv("VORTEX_HOME", str(home))
     monkeypatch.setenv("VORTEX_INITIAL_EPOCHS", "1")
+    monkeypatch.setenv("VORTEX_CONTROL", "never")  # the routes of a worker; the roles are tested elsewhere
     monkeypatch.syspath_prepend(EXAMPLE)
     sys.modules.pop("app", None)
     import app

@@ -305,6 +305,7 @@ def test_kill9_of_workers_and_control_planes_loses_no_acknowledged_feedback(home
 
     from vortex.training.buffer import Snapshot
 
+    print(f"acknowledged feedbacks {len(acknowledged)}, requests failed in flight {len(failures)}")
     assert not http_errors, http_errors[:5]
     # at most one request in flight per client connection on each of the two killed workers
     assert len(failures) <= 2 * CLIENTS, failures
