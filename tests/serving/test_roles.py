@@ -112,3 +112,17 @@ def test_one_control_plane_per_home_and_the_role_is_free_once_its_holder_is_kill
             holder.kill()
             holder.wait(10)
         holder.stdout.close()
+
+
+@pytest.mark.parametrize("spec,words", [("no_such_module:SPEC", "cannot be imported"),
+                                        ("vortex.serving.spec:ServiceSpec", "missing"),
+                                        ("os:sep", "not a ServiceSpec"), ("nocolon", "package.module:NAME")])
+def test_vortex_control_refuses_a_bad_spec_in_one_line_and_touches_no_home(tmp_path, spec, words):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")] + [p for p in sys.path if p]))
+    out = subprocess.run([sys.executable, "-c", "import sys; from vortex.cli import main; sys.exit(main())",
+                          "control", "--spec", spec, "--home", str(tmp_path / "h")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode in (1, 2), out
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vortex control: error:") and words in lines[0], out.stderr
+    assert not (tmp_path / "h").exists()

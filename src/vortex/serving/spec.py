@@ -100,7 +100,10 @@ def load_spec(ref: str) -> ServiceSpec:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"spec={ref!r}: cannot be imported ({exc})") from exc
     if callable(value) and not isinstance(value, ServiceSpec):
-        value = value()
+        try:
+            value = value()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"spec={ref!r}: calling it to get the spec failed ({exc})") from exc
     if not isinstance(value, ServiceSpec):
         raise ConfigError(f"spec={ref!r}: is a {type(value).__name__}, not a ServiceSpec")
     return value
