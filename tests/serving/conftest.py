@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-
 from shm.conftest import home  # noqa: F401  (the fixture, shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,7 +14,7 @@ EXAMPLE = os.path.join(REPO, "examples", "http_service")
 
 
 @pytest.fixture
-def example_app(home, monkeypatch):
+def example_app(home, monkeypatch):  # noqa: F811 (the shared fixture, requested)
     """examples/http_service/app.py imported on ``home`` (a fresh module each time)."""
     monkeypatch.setenv("VORTEX_HOME", str(home))
     monkeypatch.setenv("VORTEX_INITIAL_EPOCHS", "1")

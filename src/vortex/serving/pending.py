@@ -147,13 +147,11 @@ class PendingRing:
         _SEQ.pack_into(mm, at, 2 * n + 2)
 
     def close(self) -> None:
-        """Unmap and remove the ring (a clean exit: nothing more can be answered from it)."""
+        """Unmap the ring and release it. The file stays: the other workers still answer the
+        feedback of its requests, until :func:`remove_dead_rings` removes it after their ttl."""
         del self._slots  # its view of the mapping, before the mapping closes
         self._mm.close()
-        try:
-            os.unlink(self.path)
-        finally:
-            os.close(self._fd)
+        os.close(self._fd)
 
 
 class _RingView:
@@ -214,7 +212,7 @@ class PendingFinder:
         Raises
         ------
         UnknownRequestError
-            No worker holds it (never issued, evicted, or its worker exited cleanly), it
+            No worker holds it (never issued, evicted, or its ring removed after the ttl), it
             expired, or this worker already took its feedback.
         """
         key = request_key(request_id)

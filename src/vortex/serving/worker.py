@@ -88,7 +88,7 @@ class ServingWorker:
         self.layout = HomeLayout(os.path.abspath(spec.home))
         self.follow_interval = follow_interval
         self._registry: Any = None
-        loaded = self._load_active()
+        loaded = self._load_active(None)
         version, model = loaded if loaded is not None else (None, spec.build_initial_model())
         # Its own pending table is not used for feedback (the pending ring is, from any
         # worker): keep it small.
@@ -97,7 +97,7 @@ class ServingWorker:
                                          task=spec.task, factory_kwargs=spec.factory_kwargs,
                                          pending_capacity=64)
         self._slot = self.orchestrator._slot  # the slot its request path reads
-        if version is not None:
+        if version is not None:  # the same model, now with its registry version
             self._slot.swap(model, version)
         self.tunables = None
         if spec.tunables is not None:
@@ -125,7 +125,8 @@ class ServingWorker:
 
     def stop(self) -> None:
         """Stop following; close the segment (read to its end by the control plane) and the
-        pending ring. Idempotent."""
+        pending ring (its requests stay answerable by the other workers until their ttl).
+        Idempotent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -137,9 +138,9 @@ class ServingWorker:
         self.orchestrator.close()
 
     # ------------------------------------------------------------------ following
-    def _load_active(self) -> tuple[int, Any] | None:
+    def _load_active(self, served: int | None) -> tuple[int, Any] | None:
         """``(version, model)`` of the registry's active version, or None if there is none
-        (or it is the one served already)."""
+        or it is ``served``."""
         if self._registry is None:
             if not os.path.isdir(self.layout.models):
                 return None
@@ -147,7 +148,7 @@ class ServingWorker:
 
             self._registry = ModelRegistry(self.layout.models)
         active = self._registry.active_version
-        if active is None or (hasattr(self, "_slot") and active == self._slot.version):
+        if active is None or active == served:
             return None
         from ..training.models import build_model
 
@@ -157,7 +158,7 @@ class ServingWorker:
 
     def follow_once(self) -> int | None:
         """Serve the registry's active version if it changed; returns the version now served."""
-        loaded = self._load_active()
+        loaded = self._load_active(self._slot.version)
         if loaded is not None:
             version, model = loaded
             import torch
