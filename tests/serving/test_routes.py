@@ -46,18 +46,20 @@ def test_request_id_minted_echoed_and_taken_by_feedback(served):
         async with _client(served.app) as c:
             minted = await _predict(c, x[0])
             given = await _predict(c, x[1], request_id="client-chosen-42")
+            unusable = await _predict(c, x[2], request_id="x" * 300)  # too long: replaced
             r = await c.post("/vortex/feedback", json={"request_id": minted.headers["x-request-id"],
                                                        "label": int(y[0])})
             r2 = await c.post("/vortex/feedback", json={"request_id": "client-chosen-42", "label": int(y[1])})
-            return minted, given, r, r2
+            return minted, given, unusable, r, r2
 
-    minted, given, r, r2 = run(go())
+    minted, given, unusable, r, r2 = run(go())
+    assert len(unusable.headers["x-request-id"]) == 32 == len(unusable.json()["request_id"])
     assert len(minted.headers["x-request-id"]) == 32 and minted.json()["request_id"] == minted.headers["x-request-id"]
     assert given.headers["x-request-id"] == "client-chosen-42" == given.json()["request_id"]
     assert r.status_code == 200 and r2.status_code == 200
     assert 0.0 <= r.json()["error"] <= 1.0
     seg = served.service.running.segment
-    assert seg.records == 2 and seg.samples == 2  # the middleware recorded both requests
+    assert seg.records == 3 and seg.samples == 2  # the middleware recorded every request
 
 
 BAD = [

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import UnknownRequestError
 from .service import VortexService
-from .worker import MAX_REQUEST_ID, RequestContext, current_request, mint_request_id
+from .worker import RequestContext, check_request_id, current_request, mint_request_id
 
 __all__ = ["EVENTS_POLL_SECS", "MAX_BODY_BYTES", "VortexMiddleware", "lifespan", "vortex_app"]
 
@@ -56,11 +56,11 @@ _HEADER = b"x-request-id"
 
 
 def _usable(raw: bytes) -> str | None:
+    """The client's request id if it is usable as one (else the middleware mints one)."""
     try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
+        return check_request_id(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
         return None
-    return text if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable() else None
 
 
 class VortexMiddleware:
