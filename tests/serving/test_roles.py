@@ -3,6 +3,7 @@ answered by another process), and the control-plane lock (one holder; free once 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,3 +124,42 @@ def test_vortex_control_refuses_a_bad_spec_in_one_line_and_touches_no_home(tmp_p
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("vortex control: error:") and words in lines[0], out.stderr
     assert not (tmp_path / "h").exists()
+
+
+def _attach(orch):
+    from vortex import BackgroundTrainingConfig, RuntimeDetectorConfig
+
+    orch.with_runtime_detector(RuntimeDetectorConfig(window_size=100))
+    orch.with_background_trainer(BackgroundTrainingConfig(enabled=False, min_samples_for_training=10))
+
+
+def test_the_control_plane_feeds_every_workers_records_to_its_detector_and_samples_to_its_buffer(home):
+    from vortex.serving import ControlPlane, ServiceSpec, ServingWorker
+    from vortex.training.buffer import Snapshot
+
+    spec = ServiceSpec(home=str(home), model_factory="vortex.training.models:mlp", feature_dim=4,
+                       n_classes=3, factory_kwargs={"in_features": 4, "out_features": 3}, configure=_attach)
+    plane = ControlPlane(spec)  # not started: the test drives its pump
+    worker = ServingWorker(spec)
+    worker.start()
+    try:
+        rng = np.random.default_rng(0)
+        answers = [worker.infer(rng.random(4).astype(np.float32)) for _ in range(10)]
+        errors = [worker.feedback(a.request_id, i % 3, episode=100 + i) for i, a in enumerate(answers[:4])]
+        assert plane.pump() == 14
+        detector, trainer = plane.orchestrator.detector, plane.orchestrator.trainer
+        assert detector.total_samples == 10
+        assert detector.stats().recent_prediction_error == pytest.approx(np.mean(errors))
+        assert len(trainer.buffer) == 4
+        plane.commit()
+        saved = Snapshot.read_ipc(home / "buffer.arrow")
+        assert sorted(saved.episode.tolist()) == [100, 101, 102, 103]
+        assert saved.error.tolist() == pytest.approx(errors)
+        assert plane.pump() == 0  # read once; the committed cursors hold
+        plane.publish()
+        status = json.loads((home / "control.json").read_text())
+        assert status["control"]["records"] == 10 and status["control"]["samples"] == 4
+        assert [w["pid"] for w in status["workers"]] == [os.getpid()]
+    finally:
+        worker.stop()
+        plane.stop()

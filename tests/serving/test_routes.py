@@ -212,3 +212,37 @@ def test_works_in_a_plain_starlette_app(home):
         assert f.status_code == 200 and f.json()["request_id"] == "s-1"
     finally:
         service.stop()
+
+
+def test_events_stream_reports_what_the_control_plane_publishes_once(served, home, monkeypatch):
+    from vortex.serving import asgi
+
+    monkeypatch.setattr(asgi, "EVENTS_POLL_SECS", 0.01)
+    weakness = {"type": "confidence_drop", "timestamp": 1.0, "severity": 0.5}
+    proposal = {"id": "p1", "status": "pending_review"}
+
+    def publish(weaknesses, proposals):
+        (home / "control.json").write_text(json.dumps({"weaknesses": weaknesses, "proposals": proposals}))
+
+    async def go(replay):
+        passes = 0
+
+        async def disconnected():
+            nonlocal passes
+            passes += 1
+            if passes == 2:  # the control plane publishes news between two polls
+                publish([weakness, {**weakness, "timestamp": 2.0}], [{**proposal, "status": "applied"}])
+            return passes > 3
+
+        return [chunk async for chunk in asgi._event_stream(served.service, replay, disconnected)]
+
+    publish([weakness], [proposal])
+    chunks = run(go(replay=False))
+    events = [(c.split(b"\n")[0], json.loads(c.split(b"\n")[1][6:])) for c in chunks[1:]]
+    assert chunks[0].startswith(b":")  # a comment first: the stream is open
+    assert events == [(b"event: weakness", {**weakness, "timestamp": 2.0}),
+                      (b"event: proposal", {**proposal, "status": "applied"})]
+    publish([weakness], [proposal])
+    replayed = run(go(replay=True))
+    assert [c.split(b"\n")[0] for c in replayed[1:]] == [b"event: weakness", b"event: proposal",
+                                                       b"event: weakness", b"event: proposal"]
