@@ -174,7 +174,8 @@ def vortex_app(service: VortexService, mounts: Mapping[str, Any] | None = None) 
         return JSONResponse({"request_id": data["request_id"], "error": error})
 
     async def status(request: Request) -> Response:
-        return Response(json.dumps(service.status(), default=str), media_type="application/json")
+        status = await asyncio.to_thread(service.status)  # reads the published status file
+        return Response(json.dumps(status, default=str), media_type="application/json")
 
     async def metrics(request: Request) -> Response:
         body = await asyncio.to_thread(fleet_exposition, service.running.layout.root)
