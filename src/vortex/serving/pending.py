@@ -140,7 +140,7 @@ class PendingRing:
                               confidence, output)
         if probabilities is not None:
             self._outputs.pack_into(mm, at + 48, *probabilities)
-        row = memoryview(np.ascontiguousarray(features, np.float32)).cast("B")
+        row = np.ascontiguousarray(features, np.float32).data.cast("B")
         if len(row) != self._feature_bytes:
             raise ValueError(f"features has {len(row) // 4} values; the ring takes {self._feature_bytes // 4}")
         mm[at + self._features_at:at + self._features_at + len(row)] = row
