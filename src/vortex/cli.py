@@ -8,6 +8,7 @@
     vortex proposals list|show|approve|reject|rollback ...
     vortex models list|log|at|swap|cleanup|verify ...
     vortex audit verify
+    vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
     vortex dashboard [--home .vortex] [--port 8765]   a live web dashboard of a home
 """
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .dashboard.cli import register as register_dashboard
     from .demo.cli import register as register_demo
     from .rsi.cli import register as register_rsi
+    from .serving.control import register as register_control
     from .status import register as register_status
     from .training.cli import register as register_models
 
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_status(sub)
     register_rsi(sub)
     register_models(sub)
+    register_control(sub)
     register_dashboard(sub)
     return parser
 
