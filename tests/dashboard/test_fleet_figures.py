@@ -3,6 +3,7 @@ by a real worker process, without disturbing the control plane's cursors."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -74,3 +75,42 @@ def _check(home) -> None:
     after = view.snapshot()
     assert after["fleet"]["workers"][0]["alive"] is False
     assert after["header"]["control_plane"] != "1 serving worker(s) alive"
+
+
+def _attach(orch):
+    from vortex import BackgroundTrainingConfig, RuntimeDetectorConfig
+
+    orch.with_runtime_detector(RuntimeDetectorConfig(window_size=100))
+    orch.with_background_trainer(BackgroundTrainingConfig(enabled=False, min_samples_for_training=10))
+
+
+def test_a_served_homes_control_plane_status_gives_the_in_memory_figures(tmp_path):
+    from vortex.serving import ControlPlane, ServiceSpec, ServingWorker
+
+    home = tmp_path / "served"
+    spec = ServiceSpec(home=str(home), model_factory="vortex.training.models:mlp", feature_dim=4,
+                       n_classes=3, factory_kwargs={"in_features": 4, "out_features": 3}, configure=_attach)
+    plane = ControlPlane(spec)  # not started: the test drives its pump and publication
+    worker = ServingWorker(spec)
+    worker.start()
+    try:
+        rng = np.random.default_rng(0)
+        answers = [worker.infer(rng.random(4).astype(np.float32)) for _ in range(12)]
+        for i, a in enumerate(answers[:5]):
+            worker.feedback(a.request_id, i % 3)
+        plane.pump()
+        plane.publish()
+        s = HomeView(home).snapshot()
+        assert s["problems"] == []
+        tracker = plane.orchestrator.tracker.summary()
+        inference = s["metrics"]["inference"]
+        assert inference["total_inferences"] == tracker["total_inferences"] == 12
+        assert {m: f["count"] for m, f in inference["modes"].items()} == \
+            {m: f["count"] for m, f in tracker["modes"].items()}
+        assert s["metrics"]["detection"]["samples_collected"] == 12
+        assert s["header"]["control_plane"].startswith(f"process {os.getpid()} running")
+        assert s["header"]["label_coverage"] == pytest.approx(5 / 12)  # the worker's segment
+    finally:
+        worker.stop()
+        plane.stop()
+        shutil.rmtree(segment_dir(home), ignore_errors=True)

@@ -6,14 +6,16 @@ a running service, in another process, or after it stopped):
 * the model registry (versions, their validation figures, the serving log),
 * ``runs.json`` (training runs), the proposals and the audit log (and whether its chain
   verifies), the degraded record, the persisted sample buffer,
+* the status the control plane of a served home publishes (``control.json``, see
+  :mod:`vortex.serving.control`): the in-memory figures of its detector, tracker and trainer,
 * the serving workers' shared-memory segments (:class:`vortex.shm.FleetReader`), read without
   ever committing, so the control plane's cursors are untouched: request rate, latency
   percentiles, confidence, prediction error and label coverage over the last minute.
 
 A process that embeds the dashboard beside its own :class:`vortex.Orchestrator` (``vortex demo
 --dashboard``, a service mounting it) may also hand in ``live``: a callable returning
-``system_status().to_dict()``, whose in-memory figures (per mode, per flux position, weaknesses
-that led to no proposal, triggers) have no file on disk.
+``system_status().to_dict()``: the in-memory figures (per mode, per flux position, weaknesses
+that led to no proposal, triggers) of a service that publishes no ``control.json``.
 
 A classifier's prediction error is ``1 - p(label)``; the accuracy figures read from disk count a
 request correct when ``p(label) > 0.5`` (error below 0.5), which implies the top class was the
@@ -65,13 +67,19 @@ def _error_figures(errors: Any) -> dict[str, Any]:
 
 
 class _FleetWindow:
-    """The workers' metric records of the last minute, read from shared memory without
-    committing (the control plane's cursors are not this reader's)."""
+    """The workers' metric records and labelled samples of the last minute, read from shared
+    memory without committing (the control plane's cursors are not this reader's).
+
+    A request's feedback reaches the segments as a labelled sample (its error), pushed by
+    whichever worker received it; a worker that records the error with the request itself
+    leaves it in the metric record. The error figures come from the samples when there are any.
+    """
 
     def __init__(self, home: str) -> None:
         self.home = home
         self._fleet: Any = None
-        self._records: collections.deque = collections.deque()
+        self._records: collections.deque = collections.deque()  # (t_ns, latency, confidence, error)
+        self._labels: collections.deque = collections.deque()  # (unix time, error) of samples
         self.problem: str | None = None
 
     def poll(self) -> dict[str, Any] | None:
@@ -91,14 +99,18 @@ class _FleetWindow:
             return None
         if not workers and not totals.records:
             return None
-        now_ns = time.monotonic_ns()
+        now_ns, now = time.monotonic_ns(), time.time()
         new = batch.all_metrics()
         for i in range(len(new)):
             self._records.append((int(new.t_ns[i]), float(new.latency_ms[i]),
                                   float(new.confidence[i]), float(new.error[i])))
+        for rows in batch.samples.values():  # each labelled sample is one request's feedback
+            self._labels.extend(zip(rows.timestamp.tolist(), rows.error.tolist()))
         cutoff = now_ns - int(_WINDOW_SECS * 1e9)
         while self._records and self._records[0][0] < cutoff:
             self._records.popleft()
+        while self._labels and self._labels[0][0] < now - _WINDOW_SECS:
+            self._labels.popleft()
         out: dict[str, Any] = {
             "workers": [{"pid": w.pid, "alive": w.alive, "records": w.records, "samples": w.samples}
                         for w in workers],
@@ -112,6 +124,9 @@ class _FleetWindow:
                        p50_latency_ms=float(np.percentile(rec[:, 1], 50)),
                        p99_latency_ms=float(np.percentile(rec[:, 1], 99)),
                        mean_confidence=float(rec[:, 2].mean()), **_error_figures(rec[:, 3]))
+            if self._labels:  # feedback arrives as samples (a served home's workers)
+                errors = np.array([e for _, e in self._labels], dtype=np.float64)
+                out.update(_error_figures(errors), label_coverage=min(1.0, len(errors) / len(rec)))
         return out
 
 
@@ -162,8 +177,11 @@ class HomeView:
             fleet = self._fleet.poll()
             if self._fleet.problem:
                 problems.append(f"shared memory: {self._fleet.problem}")
-            live = read("live status", self.live) if self.live is not None else None
-            header = self._header(now, models, fleet, live, degraded)
+            if self.live is not None:
+                live, source = read("live status", self.live), "this process's service"
+            else:
+                live, source = read("control plane status", self._control), "the control plane's status"
+            header = self._header(now, models, fleet, live, source, degraded)
             self._history.append({"t": now, **{k: header.get(k) for k in
                                                ("p99_latency_ms", "mean_confidence", "error_rate",
                                                 "accuracy")}})
@@ -248,6 +266,27 @@ class HomeView:
                 "events": [{"ts": e["ts"], "event": e["event"], "data": e["data"]}
                            for e in entries if e["event"] in _MARKER_EVENTS or e["event"] == "cycle"]}
 
+    def _control(self) -> dict[str, Any] | None:
+        """The status a served home's control plane publishes (``Orchestrator.system_status``
+        plus ``control`` and ``workers``; see :mod:`vortex.serving.control`), or None."""
+        import json
+
+        from ..errors import CorruptFileError
+
+        path = self.layout.control_status
+        try:
+            with open(path, encoding="utf-8") as f:
+                status = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptFileError(path, f"not valid JSON ({exc})",
+                                   remedy="the control plane rewrites it every half second") from None
+        if not isinstance(status, dict):
+            raise CorruptFileError(path, "not a status object",
+                                   remedy="the control plane rewrites it every half second")
+        return status
+
     def _degraded(self) -> dict[str, Any] | None:
         from ..degraded import read_record
 
@@ -293,7 +332,8 @@ class HomeView:
 
     # ------------------------------------------------------------------ derived
     def _header(self, now: float, models: dict[str, Any] | None, fleet: dict[str, Any] | None,
-                live: dict[str, Any] | None, degraded: dict[str, Any] | None) -> dict[str, Any]:
+                live: dict[str, Any] | None, source: str,
+                degraded: dict[str, Any] | None) -> dict[str, Any]:
         h: dict[str, Any] = {"serving_version": models["active_version"] if models else None,
                              "source": None}
         if fleet and "requests_per_sec" in fleet:
@@ -317,8 +357,8 @@ class HomeView:
                      error_rate=_finite(runtime.get("recent_prediction_error")),
                      accuracy=perf.get("success_rate"),
                      label_coverage=(perf.get("total_outcomes") or 0) / total if total else None)
-            h["source"] = "this process's service"
-        h["control_plane"] = _control_plane(fleet, live, degraded)
+            h["source"] = source
+        h["control_plane"] = _control_plane(now, fleet, live, self.live is not None, degraded)
         return h
 
     def _weaknesses(self, proposals: list[dict[str, Any]], audit: dict[str, Any] | None,
@@ -419,11 +459,18 @@ def _since(buffer: dict[str, Any] | None, start: float | None, end: float | None
     return {"accuracy": figures["accuracy"], "samples": figures["labelled"]}
 
 
-def _control_plane(fleet: dict[str, Any] | None, live: dict[str, Any] | None,
-                   degraded: dict[str, Any] | None) -> str:
+def _control_plane(now: float, fleet: dict[str, Any] | None, live: dict[str, Any] | None,
+                   in_process: bool, degraded: dict[str, Any] | None) -> str:
     """A sentence on who runs the home now."""
-    if live is not None:
+    if in_process:
         return "running in this process"
+    if live is not None and isinstance(live.get("control"), dict) \
+            and isinstance(live["control"].get("pid"), int):
+        from .._io import pid_alive
+
+        pid, age = live["control"]["pid"], now - (_finite(live.get("timestamp")) or now)
+        return (f"process {pid} {'running' if pid_alive(pid) else 'gone'}, "
+                f"its status published {age:.0f} s ago")
     if fleet and any(w["alive"] for w in fleet["workers"]):
         n = sum(w["alive"] for w in fleet["workers"])
         return f"{n} serving worker(s) alive"
