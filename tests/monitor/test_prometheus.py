@@ -1,14 +1,10 @@
 """The Prometheus exposition: what a scrape of a detector, an Orchestrator and a home's worker
 processes shows, checked against what was recorded, and by promtool."""
 
-import json
 import math
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -21,7 +17,8 @@ from vortex.shm import FleetReader, LogHistogram
 from vortex.shm.histogram import CONFIDENCE_LE, LATENCY_LE_SECONDS
 from vortex.training.models import mlp
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from fleet_processes import get, post
+
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is missing: install Debian's prometheus package "
@@ -47,40 +44,6 @@ def promtool_problems(body: bytes) -> str:
 
 
 # -- processes of a home ---------------------------------------------------------------------
-
-def start(kind: str, home) -> tuple[subprocess.Popen, int]:
-    """A worker or exporter process of tests/monitor/fleet_processes.py and its port."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fleet_processes.py"), kind,
-                             str(home)], stdout=subprocess.PIPE, env=env, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("port "), f"{kind} did not start: {line!r}"
-    return proc, int(line.split()[1])
-
-
-def post(port: int, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-@pytest.fixture
-def processes():
-    procs = []
-
-    def spawn(kind, home):
-        proc, port = start(kind, home)
-        procs.append(proc)
-        return proc, port
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-
 
 def expected_buckets(name, values, le):
     cum = LogHistogram.of(values).cumulative(le + (math.inf,))
@@ -131,9 +94,9 @@ def test_fleet_exposition_is_exact_across_worker_processes_alive_and_dead(tmp_pa
     assert s[("vortex_workers_folded_total", ())] == 1
     # the exporter process serves the same over HTTP
     _, port = processes("exporter", home)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
-        assert resp.headers["Content-Type"] == CONTENT_TYPE
-        check(resp.read())
+    body, content_type = get(f"http://127.0.0.1:{port}/metrics")
+    assert content_type == CONTENT_TYPE
+    check(body)
 
 
 def test_a_long_lived_fleet_reader_is_a_source_too(tmp_path):

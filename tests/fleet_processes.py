@@ -1,4 +1,5 @@
-"""Processes of a multi-worker service for the Prometheus tests (run as a script).
+"""Processes of a multi-worker service for the Prometheus tests: run as a script in the child,
+imported (:func:`start`, :func:`post`, :func:`get`) by the tests.
 
 ``worker HOME``: a serving worker. It creates its WorkerSegment under HOME, serves HTTP on a
 loopback port (printed on stdout as ``port N``) and, for each ``POST /infer`` whose JSON body is
@@ -13,9 +14,39 @@ a loopback port (printed the same way): what a router or sidecar does for Promet
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def start(kind: str, home: object) -> tuple[subprocess.Popen, int]:
+    """A ``worker`` or ``exporter`` process for ``home``, and its port (kill it when done and
+    close its ``stdout``)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), kind, str(home)],
+                            stdout=subprocess.PIPE, env=env, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("port "):
+        proc.kill()
+        raise RuntimeError(f"{kind} process did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def post(port: int, path: str, body: dict) -> dict:
+    """POST ``body`` as JSON to a loopback port; the JSON reply."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def get(url: str) -> tuple[bytes, str]:
+    """GET ``url``: the body and its Content-Type."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read(), resp.headers["Content-Type"]
 
 
 def serve(handler: type[BaseHTTPRequestHandler]) -> None:

@@ -1,0 +1,125 @@
+"""A real Prometheus server (Debian's package) scrapes the exposition of several worker
+processes of one home, and PromQL answers what the client sent: the request count, and a p99
+that histogram_quantile computes from the merged classic buckets."""
+
+import json
+import math
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from vortex.shm import FleetReader
+from vortex.shm.histogram import LATENCY_LE_SECONDS
+
+from fleet_processes import post
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="the Prometheus server is missing: install Debian's prometheus "
+                               "package (scripts/_venv.sh does where it runs as root)")
+
+REQUESTS, SLOW, FEEDBACK = 400, 12, 10
+P99 = 'histogram_quantile(0.99, sum by (le) (rate(vortex_inference_duration_seconds_bucket[1m])))'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Prometheus:
+    """A Prometheus server on loopback scraping one target every second, storing in a temp
+    dir."""
+
+    def __init__(self, tmp_path, target_port: int) -> None:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: vortex\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
+        self.port = free_port()
+        self.log = open(tmp_path / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_for(lambda: self.query('up{job="vortex"}') == [1.0], "the first scrape")
+
+    def query(self, promql: str) -> list[float] | None:
+        """The values of an instant query's vector (None while the server is not up)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                data = json.loads(resp.read())
+        except OSError:
+            return None
+        assert data["status"] == "success", data
+        return [float(r["value"][1]) for r in data["data"]["result"]]
+
+    def wait_for(self, predicate, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, "prometheus exited; see prometheus.log"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def test_promql_over_a_scraped_multi_worker_home(tmp_path, processes):
+    home = tmp_path / "home"
+    workers = [processes("worker", home) for _ in range(3)]
+    _, exporter_port = processes("exporter", home)
+    prom = Prometheus(tmp_path, exporter_port)
+    try:
+        prom.wait_for(lambda: prom.query("sum(vortex_inferences_total)") == [0.0], "a zero count")
+        # the client: 3% of the requests take ~60 ms of work, the rest ~1 ms, over 3 workers
+        slow = set(np.random.default_rng(3).choice(REQUESTS, SLOW, replace=False).tolist())
+        latencies_ms = [post(workers[i % 3][1], "/infer",
+                             {"work_ms": 60.0 if i in slow else 1.0, "confidence": 0.9})["latency_ms"]
+                        for i in range(REQUESTS)]
+        for i in range(FEEDBACK):
+            post(workers[i % 3][1], "/feedback", {"label": i})
+        workers[0][0].send_signal(signal.SIGKILL)  # its counts must stay
+        workers[0][0].wait(timeout=30)
+
+        prom.wait_for(lambda: prom.query("sum(vortex_inferences_total)") == [float(REQUESTS)],
+                      f"sum(vortex_inferences_total) == {REQUESTS}")
+        assert prom.query("sum(vortex_feedback_samples_total)") == [float(FEEDBACK)]
+        assert prom.query('sum(vortex_workers{state="exited"})') == [1.0]
+
+        # p99: in the classic bucket that holds the true p99 of what the workers measured
+        true_p99 = float(np.quantile(np.array(latencies_ms) / 1e3, 0.99, method="inverted_cdf"))
+        bounds = (0.0,) + LATENCY_LE_SECONDS + (math.inf,)
+        k = next(k for k in range(1, len(bounds)) if true_p99 <= bounds[k])
+        (p99,) = prom.query(P99)
+        assert bounds[k - 1] < p99 <= bounds[k], (p99, true_p99)
+        assert 0.05 < p99 <= 0.1  # the ~60 ms requests, not the ~1 ms ones
+
+        # the control plane folds the dead worker: Prometheus sees no counter reset
+        with FleetReader(home) as fleet:
+            fleet.read_new()
+            assert len(fleet.commit()) == 1
+        prom.wait_for(lambda: prom.query("sum(vortex_workers_folded_total)") == [1.0],
+                      "the folded worker in a scrape")
+        assert prom.query("sum(vortex_inferences_total)") == [float(REQUESTS)]
+        assert prom.query("sum(resets(vortex_inferences_total[1m]))") == [0.0]
+        assert prom.query("sum(resets(vortex_inference_duration_seconds_count[1m]))") == [0.0]
+    finally:
+        prom.close()
