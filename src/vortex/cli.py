@@ -8,6 +8,7 @@
     vortex proposals list|show|approve|reject|rollback ...
     vortex models list|log|at|swap|cleanup|verify ...
     vortex audit verify
+    vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._cli_support import USAGE, Parser, run_command
 def build_parser() -> argparse.ArgumentParser:
     from .demo.cli import register as register_demo
     from .rsi.cli import register as register_rsi
+    from .serving.control import register as register_control
     from .status import register as register_status
     from .training.cli import register as register_models
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_status(sub)
     register_rsi(sub)
     register_models(sub)
+    register_control(sub)
     return parser
 
 
