@@ -59,22 +59,24 @@ def test_fleet_exposition_is_exact_across_worker_processes_alive_and_dead(tmp_pa
     for i in range(90):
         work = float(rng.choice([0.2, 1.0, 3.0, 30.0]))
         conf = round(float(rng.uniform(0.05, 1.0)), 3)
-        latencies_ms.append(post(workers[i % 3][1], "/infer", {"work_ms": work, "confidence": conf})["latency_ms"])
+        latencies_ms.append(post(workers[i % 3][1], "/infer", {"work_ms": work, "confidence": conf,
+                                                              "failed": i % 10 == 4})["latency_ms"])
         confidences.append(conf)
     for i in range(7):
         post(workers[i % 3][1], "/feedback", {"label": i})
 
     def check(body):
         s = parse(body)
-        want = {**expected_buckets("vortex_inference_duration_seconds",
+        want = {**expected_buckets("vortex_request_duration_seconds",
                                    np.array(latencies_ms) / 1e3, LATENCY_LE_SECONDS),
-                **expected_buckets("vortex_inference_confidence", confidences, CONFIDENCE_LE)}
+                **expected_buckets("vortex_request_confidence", confidences, CONFIDENCE_LE)}
         assert {k: s[k] for k in want} == want
-        assert s[("vortex_inference_duration_seconds_count", ())] == 90
-        assert s[("vortex_inference_duration_seconds_sum", ())] == pytest.approx(sum(latencies_ms) / 1e3)
-        assert s[("vortex_inference_confidence_sum", ())] == pytest.approx(sum(confidences))
-        assert s[("vortex_inferences_total", ())] == 90
-        assert s[("vortex_feedback_samples_total", ())] == 7
+        assert s[("vortex_request_duration_seconds_count", ())] == 90
+        assert s[("vortex_request_duration_seconds_sum", ())] == pytest.approx(sum(latencies_ms) / 1e3)
+        assert s[("vortex_request_confidence_sum", ())] == pytest.approx(sum(confidences))
+        assert s[("vortex_requests_total", ())] == 90
+        assert s[("vortex_feedback_total", ())] == 7
+        assert s[("vortex_request_errors_total", ())] == 9
         return s
 
     s = check(exposition(home))
@@ -106,9 +108,9 @@ def test_a_long_lived_fleet_reader_is_a_source_too(tmp_path):
         for ms in (0.5, 5.0, 50.0):
             seg.record_sample(ms, 0.5)
         s = parse(exposition(fleet))
-    assert s[("vortex_inference_duration_seconds_bucket", (("le", "0.005"),))] == 2  # 5 ms is le 0.005
-    assert s[("vortex_inference_duration_seconds_bucket", (("le", "0.0025"),))] == 1
-    assert s[("vortex_inferences_total", ())] == 3
+    assert s[("vortex_request_duration_seconds_bucket", (("le", "0.005"),))] == 2  # 5 ms is le 0.005
+    assert s[("vortex_request_duration_seconds_bucket", (("le", "0.0025"),))] == 1
+    assert s[("vortex_requests_total", ())] == 3
 
 
 def test_detector_and_tracker_figures_in_base_units():
@@ -170,7 +172,7 @@ def test_single_process_orchestrator(tmp_path):
         sum(p.latency_ms for p in preds) / 1e3)
     assert sum(v for (name, _), v in s.items() if name == "vortex_outcomes_total") == 5
     # no worker records under this home: no fleet figures pretending to be empty
-    assert ("vortex_inferences_total", ()) not in s
+    assert ("vortex_requests_total", ()) not in s
 
 
 def test_an_orchestrator_whose_home_has_workers_exports_the_fleet(tmp_path):
@@ -181,8 +183,8 @@ def test_an_orchestrator_whose_home_has_workers_exports_the_fleet(tmp_path):
         seg.record_sample(2.0, 0.7)
         orch.infer(np.zeros(4, np.float32))
         s = parse(exposition(orch))
-    assert s[("vortex_inferences_total", ())] == 1
-    assert s[("vortex_inference_duration_seconds_bucket", (("le", "0.0025"),))] == 1
+    assert s[("vortex_requests_total", ())] == 1
+    assert s[("vortex_request_duration_seconds_bucket", (("le", "0.0025"),))] == 1
     assert s[("vortex_mode_latency_seconds_count", (("mode", "fast"),))] == 1
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
                                "package (scripts/_venv.sh does where it runs as root)")
 
 REQUESTS, SLOW, FEEDBACK = 400, 12, 10
-P99 = 'histogram_quantile(0.99, sum by (le) (rate(vortex_inference_duration_seconds_bucket[1m])))'
+P99 = 'histogram_quantile(0.99, sum by (le) (rate(vortex_request_duration_seconds_bucket[1m])))'
 
 
 def free_port() -> int:
@@ -88,7 +88,7 @@ def test_promql_over_a_scraped_multi_worker_home(tmp_path, processes):
     _, exporter_port = processes("exporter", home)
     prom = Prometheus(tmp_path, exporter_port)
     try:
-        prom.wait_for(lambda: prom.query("sum(vortex_inferences_total)") == [0.0], "a zero count")
+        prom.wait_for(lambda: prom.query("sum(vortex_requests_total)") == [0.0], "a zero count")
         # the client: 3% of the requests take ~60 ms of work, the rest ~1 ms, over 3 workers
         slow = set(np.random.default_rng(3).choice(REQUESTS, SLOW, replace=False).tolist())
         latencies_ms = [post(workers[i % 3][1], "/infer",
@@ -99,9 +99,9 @@ def test_promql_over_a_scraped_multi_worker_home(tmp_path, processes):
         workers[0][0].send_signal(signal.SIGKILL)  # its counts must stay
         workers[0][0].wait(timeout=30)
 
-        prom.wait_for(lambda: prom.query("sum(vortex_inferences_total)") == [float(REQUESTS)],
-                      f"sum(vortex_inferences_total) == {REQUESTS}")
-        assert prom.query("sum(vortex_feedback_samples_total)") == [float(FEEDBACK)]
+        prom.wait_for(lambda: prom.query("sum(vortex_requests_total)") == [float(REQUESTS)],
+                      f"sum(vortex_requests_total) == {REQUESTS}")
+        assert prom.query("sum(vortex_feedback_total)") == [float(FEEDBACK)]
         assert prom.query('sum(vortex_workers{state="exited"})') == [1.0]
 
         # p99: in the classic bucket that holds the true p99 of what the workers measured
@@ -118,8 +118,8 @@ def test_promql_over_a_scraped_multi_worker_home(tmp_path, processes):
             assert len(fleet.commit()) == 1
         prom.wait_for(lambda: prom.query("sum(vortex_workers_folded_total)") == [1.0],
                       "the folded worker in a scrape")
-        assert prom.query("sum(vortex_inferences_total)") == [float(REQUESTS)]
-        assert prom.query("sum(resets(vortex_inferences_total[1m]))") == [0.0]
-        assert prom.query("sum(resets(vortex_inference_duration_seconds_count[1m]))") == [0.0]
+        assert prom.query("sum(vortex_requests_total)") == [float(REQUESTS)]
+        assert prom.query("sum(resets(vortex_requests_total[1m]))") == [0.0]
+        assert prom.query("sum(resets(vortex_request_duration_seconds_count[1m]))") == [0.0]
     finally:
         prom.close()

@@ -9,11 +9,11 @@ One call serves ``GET /metrics``::
 
 * a home (path) or a :class:`vortex.shm.FleetReader`: every serving worker of the home, from
   their shared-memory segments. Latency (seconds) and confidence are classic histograms, exact
-  prefix sums of the workers' merged log-bucket histograms; requests, labelled samples and
-  prediction errors are counters summed over the workers, alive or dead (a dead worker's
-  counts stay, folded into the fleet state), so ``histogram_quantile(0.99, sum by (le)
-  (rate(vortex_inference_duration_seconds_bucket[1m])))`` is the p99 of every worker of every
-  replica, and ``sum(rate(vortex_inferences_total[1m]))`` their request rate.
+  prefix sums of the workers' merged log-bucket histograms; requests, errors and feedback are
+  counters summed over the workers, alive or dead (a dead worker's counts stay, folded into
+  the fleet state), so ``histogram_quantile(0.99, sum by (le)
+  (rate(vortex_request_duration_seconds_bucket[1m])))`` is the p99 of every worker of every
+  replica, and ``sum(rate(vortex_requests_total[1m]))`` their request rate.
 * an :class:`vortex.Orchestrator` (one process, both roles): the above for its home when
   workers record there, plus its detector, its per-mode figures (Prometheus summaries: the
   quantiles of the process's recent window, which cannot be aggregated across processes, with
@@ -173,21 +173,20 @@ def fleet_metrics(ns: str, fleet: "FleetReader") -> Iterator[Metric]:
 
     totals = fleet.totals()
     workers = fleet.workers()
-    yield _histogram(f"{ns}_inference_duration_seconds",
-                     "Model inference latency of every serving worker", totals.latency,
+    yield _histogram(f"{ns}_request_duration_seconds",
+                     "Request latency recorded by every serving worker", totals.latency,
                      LATENCY_LE_SECONDS)
-    yield _histogram(f"{ns}_inference_confidence",
+    yield _histogram(f"{ns}_request_confidence",
                      "Confidence of the predictions of every serving worker", totals.confidence,
                      CONFIDENCE_LE)
-    yield CounterMetricFamily(f"{ns}_inferences", "Inferences recorded by every serving worker",
+    yield CounterMetricFamily(f"{ns}_requests", "Requests recorded by every serving worker",
                               value=totals.records)
-    yield CounterMetricFamily(f"{ns}_feedback_samples",
-                              "Labelled samples (feedback) pushed by every serving worker",
+    yield CounterMetricFamily(f"{ns}_request_errors",
+                              "Requests recorded with an error (the ASGI middleware records a "
+                              "5xx response as one)", value=totals.error_count)
+    yield CounterMetricFamily(f"{ns}_feedback",
+                              "Labelled samples (feedback) recorded by every serving worker",
                               value=totals.samples)
-    error = SummaryMetricFamily(f"{ns}_prediction_error",
-                                "Prediction error of the inferences whose ground truth arrived",
-                                count_value=totals.error_count, sum_value=totals.error_sum)
-    yield error
     alive = sum(w.alive for w in workers)
     state = GaugeMetricFamily(f"{ns}_workers", "Serving workers with a segment, by state",
                               labels=["state"])
