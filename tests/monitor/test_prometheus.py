@@ -4,6 +4,7 @@ processes shows, checked against what was recorded, and by promtool."""
 import math
 import shutil
 import signal
+import sys
 import subprocess
 
 import numpy as np
@@ -217,3 +218,38 @@ def test_promtool_finds_nothing_to_report(tmp_path):
     for kind, body in bodies.items():
         assert promtool_problems(body) == "", kind
         assert b"_ms" not in body, kind
+
+
+CHURN = r"""
+import sys
+from vortex.shm import FleetReader, WorkerSegment
+home, n = sys.argv[1], int(sys.argv[2])
+fleet = FleetReader(home)
+for i in range(n):  # a worker comes, records 10 requests, exits; the control plane folds it
+    seg = WorkerSegment.create(home, feature_dim=1)
+    for _ in range(10):
+        seg.record_sample(1.0, 0.5)
+    seg.close()
+    fleet.read_new()
+    fleet.commit()
+"""
+
+
+def test_counters_never_go_down_while_the_control_plane_folds_workers(tmp_path):
+    """Scrapes race a control plane (another process) that folds a worker every few ms: the
+    fold saves the state, then removes the segment, and a scrape must not see neither."""
+    home = tmp_path / "home"
+    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(home), "400"])
+    seen = [0.0]
+    try:
+        while churn.poll() is None:
+            s = parse(exposition(home))
+            seen.append(s.get(("vortex_requests_total", ()), 0.0))
+            assert seen[-1] >= seen[-2], f"counter went down: {seen[-2]} -> {seen[-1]}"
+            assert s.get(("vortex_request_duration_seconds_count", ()), 0.0) == seen[-1]
+    finally:
+        churn.kill() if churn.poll() is None else None
+        churn.wait()
+    assert churn.returncode == 0
+    assert parse(exposition(home))[("vortex_requests_total", ())] == 4000
+    assert len(seen) > 20  # the scrapes did race the folds

@@ -42,6 +42,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from ..errors import VortexError
+
 if TYPE_CHECKING:
     from ..shm import FleetReader, LogHistogram
 
@@ -151,8 +153,8 @@ def fleet_snapshot(home: str | os.PathLike[str]) -> Iterator["FleetReader"]:
             break
         fleet.close()
     else:
-        raise RuntimeError(f"the fleet state {state} changed during each of "
-                           f"{_SNAPSHOT_ATTEMPTS} reads")
+        raise VortexError(f"the fleet state {state} changed during each of {_SNAPSHOT_ATTEMPTS} "
+                          "reads: is more than one control plane folding this home's workers?")
     try:
         yield fleet
     finally:
