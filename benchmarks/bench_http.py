@@ -12,10 +12,11 @@ bare app. Goals (issue 14): Vortex >= 0.97x the bare app's throughput and >= the
 instrumentator's, p50 and p99 <= 1.05x bare.
 
 uvicorn runs with uvloop and httptools (``uvicorn[standard]``, what it is deployed with). Its
-pure-Python default (asyncio + h11) answers every request ~40 ms late under ``--workers``: the
-listening socket the workers inherit has lost its protocol number, so asyncio does not set
-``TCP_NODELAY`` on the connections, and the response's second write waits for the client's
-delayed ACK (Nagle). Measured here: 22 req/s on one connection instead of 2,000.
+pure-Python default (asyncio + h11) answers every keep-alive request ~40 ms late under
+``--workers``: ``Config.bind_socket`` creates the listener with protocol 0, accepted sockets
+inherit it, asyncio sets ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets, and the response's
+second write waits for the client's delayed ACK (Nagle; uvicorn issue Kludex/uvicorn#3149).
+Measured here: 22 req/s on one connection instead of 2,000.
 
 Run it alone: ``python benchmarks/bench_http.py --rounds 5 --seconds 5``; under pytest
 (``pytest benchmarks/bench_http.py --benchmark-only -s``) it runs 5 rounds of 4 s. With
@@ -36,9 +37,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -194,32 +195,32 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
     torch.manual_seed(1)
     versions = [registry.active_version, registry.register(mlp(in_features=64, hidden=128, out_features=10, seed=1))]
     runs_before = _training_runs(port)
-    idle, busy, swapped = [], [], 0
+    swapped: list[int] = []
+
+    def feed(stop: threading.Event) -> None:  # labelled samples: the trainer's runs
+        i = 0
+        while not stop.is_set():
+            rid = _json(port, "POST", "/predict", {"features": FEATURES})["request_id"]
+            _json(port, "POST", "/vortex/feedback", {"request_id": rid, "label": i % 10})
+            i += 1
+            time.sleep(0.005)
+
+    def swap(stop: threading.Event, n: int) -> None:
+        for k in range(n):
+            if stop.wait(seconds / (n + 1)):
+                return
+            registry.set_active(versions[(k + 1) % 2], "bench_http")
+            swapped.append(k)
+
+    idle, busy = [], []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
         for r in range(rounds):  # the swaps spread over the rounds
-            round_swaps = swaps // rounds + (r < swaps % rounds)
             idle.append(wrk(port, seconds, script))
             stop = threading.Event()
-
-            def feed() -> None:  # labelled samples: the trainer's runs
-                i = 0
-                while not stop.is_set():
-                    rid = _json(port, "POST", "/predict", {"features": FEATURES})["request_id"]
-                    _json(port, "POST", "/vortex/feedback", {"request_id": rid, "label": i % 10})
-                    i += 1
-                    time.sleep(0.005)
-
-            def swap() -> None:
-                nonlocal swapped
-                for k in range(round_swaps):
-                    if stop.wait(seconds / (round_swaps + 1)):
-                        return
-                    registry.set_active(versions[(k + 1) % 2], "bench_http")
-                    swapped += 1
-
-            threads = [threading.Thread(target=feed), threading.Thread(target=swap)]
+            threads = [threading.Thread(target=feed, args=(stop,)),
+                       threading.Thread(target=swap, args=(stop, swaps // rounds + (r < swaps % rounds)))]
             for t in threads:
                 t.start()
             try:
@@ -229,7 +230,7 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
                 for t in threads:
                     t.join(60)
     summary = {k: _summary(runs) for k, runs in (("idle", idle), ("busy", busy))}
-    return {**summary, "swaps": swapped, "training_runs": _training_runs(port) - runs_before,
+    return {**summary, "swaps": len(swapped), "training_runs": _training_runs(port) - runs_before,
             "p99_busy_x_idle": summary["busy"]["p99_ms"] / summary["idle"]["p99_ms"]}
 
 
@@ -260,8 +261,8 @@ def _flat(results: dict) -> dict[str, float]:
 
 
 def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str:
-    lines = [f"{'variant':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
-             f"{'req/s x':>9}{'p50 x':>8}{'p99 x':>8}"]
+    lines = [(f"{'variant':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
+              f"{'req/s x':>9}{'p50 x':>8}{'p99 x':>8}")]
     for v, r in results.items():
         lines.append(f"{v:<16}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                      f"{r['failures']:>4}/{r['requests']:<5}{r['rps_x_bare']:>7.3f}"

@@ -41,8 +41,9 @@ if VARIANT in ("bare", "instrumentator"):
 
     @app.post("/predict")
     async def predict(body: Features) -> dict:
+        x = torch.from_numpy(np.asarray(body.features, dtype=np.float32))[None]  # as Vortex converts
         with torch.inference_mode():
-            probs = torch.softmax(model(torch.tensor([body.features])), dim=1)[0]
+            probs = torch.softmax(model(x), dim=1)[0]
         confidence, label = probs.max(dim=0)
         return {"label": int(label), "confidence": float(confidence)}
 
@@ -53,7 +54,13 @@ if VARIANT in ("bare", "instrumentator"):
 
 elif VARIANT == "vortex":
     from vortex import BackgroundTrainingConfig
-    from vortex.serving import ServiceSpec, VortexMiddleware, VortexService, lifespan, vortex_app
+    from vortex.serving import (
+        ServiceSpec,
+        VortexMiddleware,
+        VortexService,
+        lifespan,
+        vortex_app,
+    )
 
     def configure(orch) -> None:
         # the control plane: the detector over every worker's records, and a training run as

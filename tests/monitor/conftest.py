@@ -1,5 +1,4 @@
 import pytest
-
 from fleet_processes import start
 
 

@@ -14,11 +14,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from fleet_processes import post
 
 from vortex.shm import FleetReader
 from vortex.shm.histogram import LATENCY_LE_SECONDS
-
-from fleet_processes import post
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(

@@ -37,8 +37,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Union
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                    Metric, SummaryMetricFamily)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
@@ -47,7 +52,7 @@ from ..errors import VortexError
 if TYPE_CHECKING:
     from ..shm import FleetReader, LogHistogram
 
-__all__ = ["VortexCollector", "exposition", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "VortexCollector", "exposition"]
 
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of :func:`exposition`'s body (text format 0.0.4)."""
@@ -132,7 +137,7 @@ def _kind(source: Any) -> str:
 # -- the fleet: every worker of a home -----------------------------------------------------
 
 @contextmanager
-def fleet_snapshot(home: str | os.PathLike[str]) -> Iterator["FleetReader"]:
+def fleet_snapshot(home: str | os.PathLike[str]) -> Iterator[FleetReader]:
     """A read-only :class:`vortex.shm.FleetReader` of ``home`` whose folded totals and open
     segments belong to one moment.
 
@@ -169,7 +174,7 @@ def _identity(path: Any) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def fleet_metrics(ns: str, fleet: "FleetReader") -> Iterator[Metric]:
+def fleet_metrics(ns: str, fleet: FleetReader) -> Iterator[Metric]:
     """Histograms and counters over every worker ``fleet`` sees, present and folded."""
     from ..shm.histogram import CONFIDENCE_LE, LATENCY_LE_SECONDS
 
@@ -203,7 +208,7 @@ def fleet_metrics(ns: str, fleet: "FleetReader") -> Iterator[Metric]:
                             value=len(fleet.problems))
 
 
-def _histogram(name: str, doc: str, hist: "LogHistogram", le: tuple[float, ...]) -> Metric:
+def _histogram(name: str, doc: str, hist: LogHistogram, le: tuple[float, ...]) -> Metric:
     cumulative = hist.cumulative(le + (math.inf,))
     buckets = [(_le(b), int(c)) for b, c in zip(le + (math.inf,), cumulative)]
     # _count is the +Inf bucket by definition; _sum is the workers' running total
