@@ -19,11 +19,18 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from vortex import BackgroundTrainingConfig, RuntimeDetectorConfig
-from vortex.serving import ServiceSpec, VortexMiddleware, VortexService, lifespan, vortex_app
+from vortex.serving import (
+    ServiceSpec,
+    VortexMiddleware,
+    VortexService,
+    lifespan,
+    vortex_app,
+)
 
 HOME = os.environ.get("VORTEX_HOME", ".vortex-http")
 MIN_SAMPLES = int(os.environ.get("VORTEX_MIN_SAMPLES", "500"))
 INITIAL_EPOCHS = int(os.environ.get("VORTEX_INITIAL_EPOCHS", "15"))
+TRAIN = os.environ.get("VORTEX_TRAIN", "1") == "1"  # 0: collect feedback, never train
 FACTORY_KWARGS = {"in_features": 64, "hidden": 64, "out_features": 10, "seed": 0}
 
 
@@ -60,7 +67,7 @@ def configure(orch) -> None:
     background training from their feedback."""
     orch.with_runtime_detector(RuntimeDetectorConfig(monitor_interval_ms=500, window_size=500))
     orch.with_background_trainer(BackgroundTrainingConfig(
-        min_samples_for_training=MIN_SAMPLES, training_interval_secs=3600, num_epochs=5,
+        enabled=TRAIN, min_samples_for_training=MIN_SAMPLES, training_interval_secs=3600, num_epochs=5,
         batch_size=64, learning_rate=3e-3))
 
 

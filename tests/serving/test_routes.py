@@ -46,18 +46,20 @@ def test_request_id_minted_echoed_and_taken_by_feedback(served):
         async with _client(served.app) as c:
             minted = await _predict(c, x[0])
             given = await _predict(c, x[1], request_id="client-chosen-42")
+            unusable = await _predict(c, x[2], request_id="x" * 300)  # too long: replaced
             r = await c.post("/vortex/feedback", json={"request_id": minted.headers["x-request-id"],
                                                        "label": int(y[0])})
             r2 = await c.post("/vortex/feedback", json={"request_id": "client-chosen-42", "label": int(y[1])})
-            return minted, given, r, r2
+            return minted, given, unusable, r, r2
 
-    minted, given, r, r2 = run(go())
+    minted, given, unusable, r, r2 = run(go())
+    assert len(unusable.headers["x-request-id"]) == 32 == len(unusable.json()["request_id"])
     assert len(minted.headers["x-request-id"]) == 32 and minted.json()["request_id"] == minted.headers["x-request-id"]
     assert given.headers["x-request-id"] == "client-chosen-42" == given.json()["request_id"]
     assert r.status_code == 200 and r2.status_code == 200
     assert 0.0 <= r.json()["error"] <= 1.0
     seg = served.service.running.segment
-    assert seg.records == 2 and seg.samples == 2  # the middleware recorded both requests
+    assert seg.records == 3 and seg.samples == 2  # the middleware recorded every request
 
 
 BAD = [
@@ -177,7 +179,13 @@ def test_works_in_a_plain_starlette_app(home):
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
 
-    from vortex.serving import ServiceSpec, VortexMiddleware, VortexService, lifespan, vortex_app
+    from vortex.serving import (
+        ServiceSpec,
+        VortexMiddleware,
+        VortexService,
+        lifespan,
+        vortex_app,
+    )
 
     spec = ServiceSpec(home=str(home), model_factory="vortex.training.models:mlp", feature_dim=4,
                        n_classes=3, factory_kwargs={"in_features": 4, "out_features": 3})
@@ -204,3 +212,37 @@ def test_works_in_a_plain_starlette_app(home):
         assert f.status_code == 200 and f.json()["request_id"] == "s-1"
     finally:
         service.stop()
+
+
+def test_events_stream_reports_what_the_control_plane_publishes_once(served, home, monkeypatch):
+    from vortex.serving import asgi
+
+    monkeypatch.setattr(asgi, "EVENTS_POLL_SECS", 0.01)
+    weakness = {"type": "confidence_drop", "timestamp": 1.0, "severity": 0.5}
+    proposal = {"id": "p1", "status": "pending_review"}
+
+    def publish(weaknesses, proposals):
+        (home / "control.json").write_text(json.dumps({"weaknesses": weaknesses, "proposals": proposals}))
+
+    async def go(replay):
+        passes = 0
+
+        async def disconnected():
+            nonlocal passes
+            passes += 1
+            if passes == 2:  # the control plane publishes news between two polls
+                publish([weakness, {**weakness, "timestamp": 2.0}], [{**proposal, "status": "applied"}])
+            return passes > 3
+
+        return [chunk async for chunk in asgi._event_stream(served.service, replay, disconnected)]
+
+    publish([weakness], [proposal])
+    chunks = run(go(replay=False))
+    events = [(c.split(b"\n")[0], json.loads(c.split(b"\n")[1][6:])) for c in chunks[1:]]
+    assert chunks[0].startswith(b":")  # a comment first: the stream is open
+    assert events == [(b"event: weakness", {**weakness, "timestamp": 2.0}),
+                      (b"event: proposal", {**proposal, "status": "applied"})]
+    publish([weakness], [proposal])
+    replayed = run(go(replay=True))
+    assert [c.split(b"\n")[0] for c in replayed[1:]] == [b"event: weakness", b"event: proposal",
+                                                       b"event: weakness", b"event: proposal"]

@@ -37,13 +37,14 @@ import contextlib
 import json
 import math
 import time
-from typing import Any, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from ..errors import UnknownRequestError
 from .service import VortexService
-from .worker import MAX_REQUEST_ID, RequestContext, current_request, mint_request_id
+from .worker import RequestContext, check_request_id, current_request, mint_request_id
 
-__all__ = ["VortexMiddleware", "vortex_app", "lifespan", "MAX_BODY_BYTES", "EVENTS_POLL_SECS"]
+__all__ = ["EVENTS_POLL_SECS", "MAX_BODY_BYTES", "VortexMiddleware", "lifespan", "vortex_app"]
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest feedback body accepted."""
@@ -55,11 +56,11 @@ _HEADER = b"x-request-id"
 
 
 def _usable(raw: bytes) -> str | None:
+    """The client's request id if it is usable as one (else the middleware mints one)."""
     try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
+        return check_request_id(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
         return None
-    return text if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable() else None
 
 
 class VortexMiddleware:
@@ -173,7 +174,8 @@ def vortex_app(service: VortexService, mounts: Mapping[str, Any] | None = None) 
         return JSONResponse({"request_id": data["request_id"], "error": error})
 
     async def status(request: Request) -> Response:
-        return Response(json.dumps(service.status(), default=str), media_type="application/json")
+        status = await asyncio.to_thread(service.status)  # reads the published status file
+        return Response(json.dumps(status, default=str), media_type="application/json")
 
     async def metrics(request: Request) -> Response:
         body = await asyncio.to_thread(fleet_exposition, service.running.layout.root)
@@ -185,7 +187,7 @@ def vortex_app(service: VortexService, mounts: Mapping[str, Any] | None = None) 
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
 
-    routes = [Route("/feedback", feedback, methods=["POST"]), Route("/status", status),
+    routes: list[Any] = [Route("/feedback", feedback, methods=["POST"]), Route("/status", status),
               Route("/metrics", metrics), Route("/events", events)]
     routes += [Mount(path, app) for path, app in (mounts or {}).items()]
     return Router(routes)

@@ -37,7 +37,7 @@ from ..home import HomeLayout
 from .pending import remove_dead_rings
 from .spec import ServiceSpec, load_spec
 
-__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "run_control", "register"]
+__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "register", "run_control"]
 
 log = logging.getLogger(__name__)
 

@@ -7,4 +7,4 @@ from __future__ import annotations
 from ..monitor.prometheus import CONTENT_TYPE
 from ..monitor.prometheus import exposition as fleet_exposition
 
-__all__ = ["fleet_exposition", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "fleet_exposition"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -73,7 +74,7 @@ class ServiceSpec:
         """``"classification"`` or ``"regression"``."""
         return "classification" if self.n_classes else "regression"
 
-    def with_home(self, home: str | os.PathLike[str]) -> "ServiceSpec":
+    def with_home(self, home: str | os.PathLike[str]) -> ServiceSpec:
         """The same spec on another home."""
         from dataclasses import replace
 
@@ -99,7 +100,10 @@ def load_spec(ref: str) -> ServiceSpec:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"spec={ref!r}: cannot be imported ({exc})") from exc
     if callable(value) and not isinstance(value, ServiceSpec):
-        value = value()
+        try:
+            value = value()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"spec={ref!r}: calling it to get the spec failed ({exc})") from exc
     if not isinstance(value, ServiceSpec):
         raise ConfigError(f"spec={ref!r}: is a {type(value).__name__}, not a ServiceSpec")
     return value

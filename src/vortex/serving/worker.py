@@ -27,7 +27,7 @@ from ..home import HomeLayout
 from .pending import PendingFinder, PendingRing
 from .spec import ServiceSpec
 
-__all__ = ["ServingWorker", "RequestContext", "current_request", "mint_request_id", "MAX_REQUEST_ID"]
+__all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request", "mint_request_id"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ServingWorker:
         self.layout = HomeLayout(os.path.abspath(spec.home))
         self.follow_interval = follow_interval
         self._registry: Any = None
-        loaded = self._load_active()
+        loaded = self._load_active(None)
         version, model = loaded if loaded is not None else (None, spec.build_initial_model())
         # Its own pending table is not used for feedback (the pending ring is, from any
         # worker): keep it small.
@@ -97,7 +97,7 @@ class ServingWorker:
                                          task=spec.task, factory_kwargs=spec.factory_kwargs,
                                          pending_capacity=64)
         self._slot = self.orchestrator._slot  # the slot its request path reads
-        if version is not None:
+        if version is not None:  # the same model, now with its registry version
             self._slot.swap(model, version)
         self.tunables = None
         if spec.tunables is not None:
@@ -125,7 +125,8 @@ class ServingWorker:
 
     def stop(self) -> None:
         """Stop following; close the segment (read to its end by the control plane) and the
-        pending ring. Idempotent."""
+        pending ring (its requests stay answerable by the other workers until their ttl).
+        Idempotent."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -137,9 +138,9 @@ class ServingWorker:
         self.orchestrator.close()
 
     # ------------------------------------------------------------------ following
-    def _load_active(self) -> tuple[int, Any] | None:
+    def _load_active(self, served: int | None) -> tuple[int, Any] | None:
         """``(version, model)`` of the registry's active version, or None if there is none
-        (or it is the one served already)."""
+        or it is ``served``."""
         if self._registry is None:
             if not os.path.isdir(self.layout.models):
                 return None
@@ -147,7 +148,7 @@ class ServingWorker:
 
             self._registry = ModelRegistry(self.layout.models)
         active = self._registry.active_version
-        if active is None or (hasattr(self, "_slot") and active == self._slot.version):
+        if active is None or active == served:
             return None
         from ..training.models import build_model
 
@@ -157,7 +158,7 @@ class ServingWorker:
 
     def follow_once(self) -> int | None:
         """Serve the registry's active version if it changed; returns the version now served."""
-        loaded = self._load_active()
+        loaded = self._load_active(self._slot.version)
         if loaded is not None:
             version, model = loaded
             import torch
@@ -181,6 +182,9 @@ class ServingWorker:
         """Answer ``x`` (as :meth:`vortex.Orchestrator.infer`); the returned prediction's
         ``request_id`` is the HTTP request's id (:data:`current_request`; minted outside an
         HTTP request), which :meth:`feedback` on any worker of the home accepts."""
+        ring = self._ring
+        if ring is None:
+            raise RuntimeError("ServingWorker.infer() before start()")
         context = current_request.get()
         prediction = self.orchestrator.infer(x, mode)
         if context is None:
@@ -191,9 +195,10 @@ class ServingWorker:
             context.confidence = prediction.confidence
         features = np.asarray(x, dtype=np.float32).reshape(-1)  # validated by infer
         output = float(prediction.output)
-        self._ring.add(request_id, features, prediction.model_version, prediction.confidence,
-                       output, prediction.probabilities)
-        return dataclasses.replace(prediction, request_id=request_id)
+        ring.add(request_id, features, prediction.model_version, prediction.confidence,
+                output, prediction.probabilities)
+        # the HTTP request id (a string) where the orchestrator has its own counter's
+        return dataclasses.replace(prediction, request_id=request_id)  # type: ignore[arg-type]
 
     def feedback(self, request_id: Any, label: Any, *, episode: Any = 0) -> float:
         """Record the ground truth of a request answered by any worker of the home; returns
@@ -240,6 +245,7 @@ class ServingWorker:
         return {
             "pid": os.getpid(),
             "model_version": self._slot.version,
+            "swapped_at": self._slot.swapped_at,
             "tunables": dict(self.tunables.values()) if self.tunables is not None else {},
             "records": seg.records if seg is not None and not seg.closed else None,
             "samples": seg.samples if seg is not None and not seg.closed else None,
