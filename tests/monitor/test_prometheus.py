@@ -166,16 +166,22 @@ def make_orchestrator(home):
 
 
 def test_single_process_orchestrator(tmp_path):
-    with make_orchestrator(tmp_path / "home") as orch:
+    with make_orchestrator(tmp_path / "home").with_background_trainer() as orch:
         preds = [orch.infer(np.full(4, i, np.float32)) for i in range(12)]
         for p in preds[:5]:
             orch.feedback(p.request_id, p.output)
-        s = parse(exposition(orch))
+        body = exposition(orch)
+        s = parse(body)
+        if PROMTOOL is not None:
+            assert promtool_problems(body) == ""
     assert s[("vortex_detector_samples_total", ())] == 12
     assert s[("vortex_mode_latency_seconds_count", (("mode", "fast"),))] == 12
     assert s[("vortex_mode_latency_seconds_sum", (("mode", "fast"),))] == pytest.approx(
         sum(p.latency_ms for p in preds) / 1e3)
     assert sum(v for (name, _), v in s.items() if name == "vortex_outcomes_total") == 5
+    assert s[("vortex_training_runs_total", (("outcome", "started"),))] == 0
+    assert s[("vortex_model_swaps_total", ())] == 0
+    assert s[("vortex_training_buffer_samples", ())] == 5  # the feedback, buffered
     # no worker records under this home: no fleet figures pretending to be empty
     assert ("vortex_requests_total", ()) not in s
 
