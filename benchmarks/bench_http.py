@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pytest
 
+from vortex.shm.location import segment_dir
+
 HERE = Path(__file__).resolve().parent
 FEATURES = [float(i % 17) / 16.0 for i in range(64)]
 CONNECTIONS = 8
@@ -105,6 +107,7 @@ def serve(variant: str, workers: int = 2) -> Iterator[tuple[int, Callable[[], No
                 proc.kill()
                 proc.wait()
             log.close()
+            shutil.rmtree(segment_dir(scratch), ignore_errors=True)  # the workers' segments
 
 
 def _wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120.0) -> None:

@@ -1,5 +1,6 @@
 import pytest
 from fleet_processes import start
+from shm.conftest import home  # noqa: F401  (the fixture: its segments are removed afterwards)
 
 
 @pytest.fixture

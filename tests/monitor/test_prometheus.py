@@ -56,8 +56,7 @@ def expected_buckets(name, values, le):
             for b, c in zip(le + (math.inf,), cum)}
 
 
-def test_fleet_exposition_is_exact_across_worker_processes_alive_and_dead(tmp_path, processes):
-    home = tmp_path / "home"
+def test_fleet_exposition_is_exact_across_worker_processes_alive_and_dead(home, processes):
     workers = [processes("worker", home) for _ in range(3)]
     rng = np.random.default_rng(7)
     latencies_ms, confidences = [], []
@@ -106,10 +105,10 @@ def test_fleet_exposition_is_exact_across_worker_processes_alive_and_dead(tmp_pa
     check(body)
 
 
-def test_a_long_lived_fleet_reader_is_a_source_too(tmp_path):
+def test_a_long_lived_fleet_reader_is_a_source_too(home):
     from vortex.shm import WorkerSegment
 
-    with WorkerSegment.create(tmp_path, feature_dim=1) as seg, FleetReader(tmp_path) as fleet:
+    with WorkerSegment.create(home, feature_dim=1) as seg, FleetReader(home) as fleet:
         for ms in (0.5, 5.0, 50.0):
             seg.record_sample(ms, 0.5)
         s = parse(exposition(fleet))
@@ -165,8 +164,8 @@ def make_orchestrator(home):
                         factory_kwargs=kw).with_runtime_detector()
 
 
-def test_single_process_orchestrator(tmp_path):
-    with make_orchestrator(tmp_path / "home").with_background_trainer() as orch:
+def test_single_process_orchestrator(home):
+    with make_orchestrator(home).with_background_trainer() as orch:
         preds = [orch.infer(np.full(4, i, np.float32)) for i in range(12)]
         for p in preds[:5]:
             orch.feedback(p.request_id, p.output)
@@ -186,10 +185,9 @@ def test_single_process_orchestrator(tmp_path):
     assert ("vortex_requests_total", ()) not in s
 
 
-def test_an_orchestrator_whose_home_has_workers_exports_the_fleet(tmp_path):
+def test_an_orchestrator_whose_home_has_workers_exports_the_fleet(home):
     from vortex.shm import WorkerSegment
 
-    home = tmp_path / "home"
     with WorkerSegment.create(home, feature_dim=4) as seg, make_orchestrator(home) as orch:
         seg.record_sample(2.0, 0.7)
         orch.infer(np.zeros(4, np.float32))
@@ -206,10 +204,9 @@ def test_a_source_of_another_kind_is_refused(bad):
 
 
 @needs_promtool
-def test_promtool_finds_nothing_to_report(tmp_path):
+def test_promtool_finds_nothing_to_report(home):
     from vortex.shm import WorkerSegment
 
-    home = tmp_path / "home"
     det = RuntimeDetector(memory_probe=lambda: 0.3)
     tracker = PerformanceTracker()
     with WorkerSegment.create(home, feature_dim=4) as seg, make_orchestrator(home) as orch:
@@ -245,10 +242,9 @@ for i in range(n):  # a worker comes, records 10 requests, exits; the control pl
 """
 
 
-def test_counters_never_go_down_while_the_control_plane_folds_workers(tmp_path):
+def test_counters_never_go_down_while_the_control_plane_folds_workers(home):
     """Scrapes race a control plane (another process) that folds a worker every few ms: the
     fold saves the state, then removes the segment, and a scrape must not see neither."""
-    home = tmp_path / "home"
     churn = subprocess.Popen([sys.executable, "-c", CHURN, str(home), "400"])
     seen = [0.0]
     try:

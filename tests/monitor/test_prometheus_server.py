@@ -81,8 +81,7 @@ class Prometheus:
         self.log.close()
 
 
-def test_promql_over_a_scraped_multi_worker_home(tmp_path, processes):
-    home = tmp_path / "home"
+def test_promql_over_a_scraped_multi_worker_home(tmp_path, home, processes):
     workers = [processes("worker", home) for _ in range(3)]
     _, exporter_port = processes("exporter", home)
     prom = Prometheus(tmp_path, exporter_port)
