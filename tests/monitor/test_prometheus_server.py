@@ -4,10 +4,12 @@ that histogram_quantile computes from the merged classic buckets."""
 
 import json
 import math
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -19,6 +21,7 @@ from fleet_processes import post
 from vortex.shm import FleetReader
 from vortex.shm.histogram import LATENCY_LE_SECONDS
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="the Prometheus server is missing: install Debian's prometheus "
@@ -38,12 +41,13 @@ class Prometheus:
     """A Prometheus server on loopback scraping one target every second, storing in a temp
     dir."""
 
-    def __init__(self, tmp_path, target_port: int) -> None:
+    def __init__(self, tmp_path, target_port: int, metrics_path: str = "/metrics") -> None:
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             "  - job_name: vortex\n"
+            f"    metrics_path: {metrics_path}\n"
             f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
         self.port = free_port()
         self.log = open(tmp_path / "prometheus.log", "wb")
@@ -121,3 +125,64 @@ def test_promql_over_a_scraped_multi_worker_home(tmp_path, home, processes):
         assert prom.query("sum(resets(vortex_request_duration_seconds_count[1m]))") == [0.0]
     finally:
         prom.close()
+
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples", "http_service")
+
+
+@pytest.mark.slow
+def test_promql_over_the_example_app_under_uvicorn_workers(tmp_path, home):
+    """examples/http_service under ``uvicorn --workers 2``, scraped at ``/vortex/metrics``: the
+    request count is what the client sent (every predict, whichever worker answered it), the
+    feedback count too, and the p99 is no more than the client's (which adds the network)."""
+    from sklearn.datasets import load_digits
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([EXAMPLE, *sys.path]), "VORTEX_HOME": str(home),
+           "VORTEX_INITIAL_EPOCHS": "0", "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", EXAMPLE, "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env, start_new_session=True)
+    x = load_digits().data / 16.0
+    sent, latencies = 0, []
+
+    def predict(i: int) -> dict:
+        nonlocal sent
+        start = time.perf_counter()
+        reply = post(port, "/predict", {"features": x[i % len(x)].tolist()})
+        latencies.append(time.perf_counter() - start)
+        sent += 1
+        return reply
+
+    prom = None
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # until a worker answers
+            assert server.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            try:
+                predict(0)
+                break
+            except OSError:
+                time.sleep(0.3)
+        prom = Prometheus(tmp_path, port, "/vortex/metrics")
+        ids = [predict(i)["request_id"] for i in range(300)]
+        for i, rid in enumerate(ids[:20]):
+            post(port, "/vortex/feedback", {"request_id": rid, "label": int(i % 10)})
+        prom.wait_for(lambda: prom.query("sum(vortex_requests_total)") == [float(sent)],
+                      f"sum(vortex_requests_total) == {sent}")
+        assert prom.query("sum(vortex_feedback_total)") == [20.0]
+        assert prom.query("sum(vortex_request_errors_total)") == [0.0]
+        (p99,) = prom.query(P99)
+        client_p99 = float(np.quantile(latencies, 0.99, method="inverted_cdf"))
+        upper = next(b for b in LATENCY_LE_SECONDS + (math.inf,) if client_p99 <= b)
+        assert 0.0 < p99 <= upper, (p99, client_p99)
+    finally:
+        if prom is not None:
+            prom.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
