@@ -50,17 +50,17 @@ FEATURES = [float(i % 17) / 16.0 for i in range(64)]
 CONNECTIONS = 8
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.body = '%s'
+wrk.body = 'BODY'
 wrk.headers["Content-Type"] = "application/json"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    '\\n{"requests": %%d, "duration_us": %%d, "connect": %%d, "read": %%d, "write": %%d, '
-    .. '"status": %%d, "timeout": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    '\\n{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-""" % json.dumps({"features": FEATURES})
+""".replace("BODY", json.dumps({"features": FEATURES}))
 
 
 def available_variants() -> tuple[list[str], dict[str, str]]:

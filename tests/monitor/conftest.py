@@ -9,8 +9,8 @@ def processes():
     tests/fleet_processes.py, killed at the end of the test."""
     procs = []
 
-    def spawn(kind, home):
-        proc, port = start(kind, home)
+    def spawn(kind, where):
+        proc, port = start(kind, where)
         procs.append(proc)
         return proc, port
 
