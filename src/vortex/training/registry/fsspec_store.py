@@ -64,8 +64,11 @@ class FsspecStore:
     """
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
-        from fsspec.core import url_to_fs
-
+        try:
+            from fsspec.core import url_to_fs
+        except ImportError as exc:
+            raise RegistryError(f"registry root {root!r} is a URL, which needs fsspec "
+                                f"(pip install 'vortex[remote]')") from exc
         self.root = root.rstrip("/")
         self.fs, self._base = url_to_fs(self.root, **(storage_options or {}))
         self._base = self._base.rstrip("/")
