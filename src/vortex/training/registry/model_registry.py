@@ -56,7 +56,7 @@ from ...errors import (ChecksumMismatchError, CorruptFileError, RegistryError,
                        VersionNotFoundError)
 from ..._io import MISSING, FileKey
 from ..statuses import VersionStatus
-from .schema import (COLUMNS, META_NAME, META_REMEDY, check_rows, checked_metadata, decode_table,
+from .schema import (COLUMNS, META_NAME, check_rows, checked_metadata, decode_table,
                      encodable, encode_table)
 from .serving_log import LEGACY_LOG_NAME, LOG_NAME, log_entry, log_line, parse_log, read_legacy_log
 from .store import RegistryStore, open_store

@@ -215,8 +215,6 @@ def decode_table(data: bytes | None, path: str):
     RegistryCorruptError
         The file is damaged, or holds columns or rows no registry writes.
     """
-    import pyarrow as pa
-
     schema = arrow_schema()
     if data is None:
         return schema.empty_table()
