@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import posixpath
 import threading
-import uuid
 import zlib
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
 from ...errors import RegistryError
+from ..._fsspec import filesystem, put_whole
 from ..._io import MISSING, FileKey, seal
 
 __all__ = ["FsspecStore"]
 
-# Protocols whose write of one file is a single all-or-nothing object PUT.
-_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
-# ...of which these take If-Match / If-None-Match on a PUT (passed through by the fsspec driver).
+# Object stores that take If-Match / If-None-Match on a PUT (passed through by the fsspec driver).
 _CONDITIONAL = frozenset({"s3", "s3a"})
 
 
@@ -64,16 +62,10 @@ class FsspecStore:
     """
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
-        try:
-            from fsspec.core import url_to_fs
-        except ImportError as exc:
-            raise RegistryError(f"registry root {root!r} is a URL, which needs fsspec "
-                                f"(pip install 'vortex[remote]')") from exc
         self.root = root.rstrip("/")
-        self.fs, self._base = url_to_fs(self.root, **(storage_options or {}))
+        self.fs, self._base = filesystem(self.root, storage_options)
         self._base = self._base.rstrip("/")
         protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
-        self._object_store = bool(protocols & _OBJECT_STORES)
         self._conditional = bool(protocols & _CONDITIONAL)
         # the ETag (None: missing) each file had when this process last looked at it
         self._seen: dict[str, str | None] = {}
@@ -114,23 +106,18 @@ class FsspecStore:
         """
         path = self._at(name)
         with self._lock:
-            if self._object_store:
-                condition: dict[str, str] = {}
-                if self._conditional and name in self._seen:
-                    tag = self._seen[name]
-                    condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
-                try:
-                    self.fs.pipe_file(path, bytes(data), **condition)
-                except Exception as exc:
-                    if condition and _precondition_failed(exc):
-                        raise RegistryError(
-                            f"{self.path(name)} was changed by another writer since this process "
-                            f"read it; nothing was written (retry the operation)") from exc
-                    raise
-            else:
-                temp = self._at(f".vtx-{name}.{uuid.uuid4().hex}.tmp")
-                self.fs.pipe_file(temp, bytes(data))
-                self.fs.mv(temp, path)
+            condition: dict[str, str] = {}
+            if self._conditional and name in self._seen:
+                tag = self._seen[name]
+                condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+            try:
+                put_whole(self.fs, path, data, **condition)
+            except Exception as exc:
+                if condition and _precondition_failed(exc):
+                    raise RegistryError(
+                        f"{self.path(name)} was changed by another writer since this process "
+                        f"read it; nothing was written (retry the operation)") from exc
+                raise
             self.key(name)  # what this process wrote is what it has seen
 
     def write_sealed(self, name: str, body: Any) -> None:

@@ -13,17 +13,14 @@ A store names files by their name inside the registry (``"versions.arrow"``); a
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from ..._fsspec import is_url
 from ..._io import FileKey
 
 __all__ = ["RegistryStore", "open_store", "is_url"]
-
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
 
 class RegistryStore(Protocol):
     """The storage operations a :class:`~.model_registry.ModelRegistry` needs."""
@@ -62,12 +59,6 @@ class RegistryStore(Protocol):
 
     def remove_orphan_temps(self) -> list[str]:
         """Delete temporary files of writers that died mid-write; their names."""
-
-
-def is_url(root: str | os.PathLike[str]) -> bool:
-    """Whether ``root`` is a URL with a scheme other than ``file``."""
-    text = os.fspath(root)
-    return isinstance(text, str) and bool(_URL.match(text)) and not text.startswith("file://")
 
 
 def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None

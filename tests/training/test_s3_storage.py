@@ -1,5 +1,6 @@
-"""A registry on object storage: a real S3-compatible server (moto's server mode) started by
-the test on loopback, reached through s3fs as a remote machine would."""
+"""The registry and the saved sample buffer on object storage: a real S3-compatible server
+(moto's server mode) started by the test on loopback, reached through s3fs as a remote machine
+would."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ pytest.importorskip("moto.server", reason="moto[server] (test extra) provides th
 
 from safetensors.numpy import save  # noqa: E402
 
-from vortex.errors import ChecksumMismatchError, RegistryCorruptError, RegistryError  # noqa: E402
+from vortex.errors import (ChecksumMismatchError, RegistryCorruptError, RegistryError,  # noqa: E402
+                           SnapshotFormatError)
+from vortex.training.buffer import SampleBuffer  # noqa: E402
 from vortex.training.registry import ModelRegistry, verify_registry  # noqa: E402
 from vortex.training.registry.fsspec_store import FsspecStore  # noqa: E402
 
@@ -148,3 +151,25 @@ def test_swaps_from_two_registries_on_s3_keep_one_chain(s3):
     log = ModelRegistry(url, storage_options=options).serving_log()
     assert [(e["from_version"], e["to_version"]) for e in log] == [
         (None, versions[0]), (versions[0], versions[1]), (versions[1], versions[2])]
+
+
+def test_the_sample_buffer_saves_to_and_loads_from_s3(s3):
+    url, options, fs = s3
+    buf = SampleBuffer(feature_dim=3, capacity=50)
+    rng = np.random.default_rng(0)
+    for i in range(70):  # wraps: the newest 50 are kept
+        buf.push(rng.random(3).astype(np.float32), i % 10, 0.9, 0.1, episode=i // 7)
+    spool = f"{url.rsplit('/', 1)[0]}/buffer.arrow"
+    next_seq = buf.save(spool, storage_options=options)
+    assert next_seq == 70 and fs.exists(spool)
+    again = SampleBuffer.load(spool, storage_options=options)  # as another machine would
+    mine, theirs = buf.snapshot(), again.snapshot()
+    assert np.array_equal(mine.features, theirs.features) and np.array_equal(mine.seq, theirs.seq)
+    assert again.next_seq == 70 and again.capacity == 50
+    data = bytearray(fs.cat_file(spool))
+    data[100] ^= 0x08
+    fs.pipe_file(spool, bytes(data))
+    with pytest.raises(SnapshotFormatError, match="seal"):
+        SampleBuffer.load(spool, storage_options=options)
+    with pytest.raises(FileNotFoundError):
+        SampleBuffer.load(f"{spool}.missing", storage_options=options)
