@@ -33,7 +33,7 @@ and ``retired`` for versions that served before.  Pinned versions (:meth:`ModelR
 are never removed by :meth:`ModelRegistry.cleanup`, and neither are the active version and
 the one it replaced (the version a rollback returns to).
 
-This module is ~520 lines because :class:`ModelRegistry` is one state machine over three
+This module is ~610 lines because :class:`ModelRegistry` is one state machine over three
 files (cached views, the compare-and-swap of the active version, the crash-safe write order);
 the formats and the storage live in their own modules.
 """
