@@ -302,8 +302,7 @@ def _tunable(i: int, raw: Any) -> TunableSpec:
     key = f"tunables[{i}]"
     if not isinstance(raw, dict):
         _fail(key, raw, "must be a table")
-    unknown = set(raw) - {"name", "file", "type", "min", "max", "choices", "step", "scale",
-                          "addresses"}
+    unknown = set(raw) - {f.name for f in fields(TunableSpec)}
     if unknown:
         _fail(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "unknown key")
     name = raw.get("name")
