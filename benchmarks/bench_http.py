@@ -289,6 +289,8 @@ def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str
 def test_http_load_side_by_side(benchmark, request):
     if shutil.which("wrk") is None:
         pytest.skip("wrk is missing: apt-get install wrk (scripts/_venv.sh does where it runs as root)")
+    for module in ("uvicorn", "uvloop", "httptools", "fastapi"):
+        pytest.importorskip(module, reason=f"{module} is missing (the test extra installs it)")
     quick = bool(request.config.getoption("benchmark_disable", False))
     variants, missing = available_variants()
     benchmark.group = "http: uvicorn --workers 2"
