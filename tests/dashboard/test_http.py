@@ -110,9 +110,11 @@ def test_bad_input_gets_one_line_naming_it(home, serve):
         (f"api/proposals/{decided}/approve", {"by": "ann"}, 409, "only a proposed"),  # stale
         (f"api/proposals/{decided}/approve", {"by": ""}, 400, "name"),
         (f"api/proposals/{decided}/approve", {}, 400, "name"),
-        ("api/models/abc/swap", {"by": "ann"}, 400, "'abc'"),
-        ("api/models/0/swap", {"by": "ann"}, 400, "start at 1"),
+        ("api/models/abc/swap", {"by": "ann", "expect_active": active}, 400, "'abc'"),
+        ("api/models/0/swap", {"by": "ann", "expect_active": active}, 400, "start at 1"),
         ("api/models/99/swap", {"by": "ann", "expect_active": active}, 404, "99"),
+        (f"api/models/{other}/swap", {"by": "ann"}, 400, "expect_active"),
+        ("api/models/rollback", {"by": "ann"}, 400, "expect_active"),
         (f"api/models/{other}/swap", {"by": "ann", "expect_active": active + 1}, 409, "meanwhile"),
         (f"api/models/{other}/swap", {"by": "ann", "expect_active": "x"}, 400, "'x'"),
     ]

@@ -113,6 +113,14 @@ def _version(text: Any, what: str) -> int | None:
     return value
 
 
+def _expected(body: dict[str, Any]) -> int | None:
+    """The version the person saw serving (null: none), which a swap must still find serving."""
+    if "expect_active" not in body:
+        raise _Refused(400, "expect_active: give the version you saw serving (null if none), so "
+                            "that a swap made meanwhile is not overridden")
+    return _version(body["expect_active"], "expect_active")
+
+
 def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
                   live: LiveStatus | None = None, allowed_hosts: Sequence[str] | None = None,
                   debug: bool = False) -> Any:
@@ -238,7 +246,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
             body = await checked_body(request)
             by = _name(body)
             version = _version(request.path_params["version"], "version")
-            expect = _version(body.get("expect_active"), "expect_active")
+            expect = _expected(body)
         except _Refused as exc:
             return error(exc)
         return await run(swap_model, home, version, by, expect)
@@ -247,7 +255,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
         try:
             body = await checked_body(request)
             by = _name(body)
-            expect = _version(body.get("expect_active"), "expect_active")
+            expect = _expected(body)
             models = (await run_in_threadpool(snapshot))["models"]
             if not models or models["rollback_to"] is None:
                 raise _Refused(409, "there is no earlier version to roll back to")

@@ -149,7 +149,7 @@ class HomeView:
         self._history: collections.deque = collections.deque(maxlen=_HISTORY)
         self._last_live: tuple[float, int] | None = None
         self._store: Any = None
-        self._buffer_cache: tuple[Any, dict[str, Any] | None] = (None, None)
+        self._cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # name -> (file keys, value)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the whole page
@@ -253,7 +253,21 @@ class HomeView:
                                            "errors", "duration_secs")}})
         return out, self._store.corrupt()
 
+    def _cached(self, name: str, paths: tuple[str, ...], read: Callable[[], Any]) -> Any:
+        """``read()``, again only once one of ``paths`` changed (the page polls every second;
+        the sample buffer and the audit log are rewritten or appended far less often)."""
+        from .._io import file_key
+
+        key = tuple(file_key(p) for p in paths)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._cache[name] = (key, read())
+        return hit[1]
+
     def _audit(self) -> dict[str, Any] | None:
+        return self._cached("audit", (self.layout.audit, self.layout.audit_head), self._read_audit)
+
+    def _read_audit(self) -> dict[str, Any] | None:
         if not os.path.exists(self.layout.audit):
             return None
         from ..rsi.audit import AuditLog
@@ -295,17 +309,11 @@ class HomeView:
     def _buffer(self) -> dict[str, Any] | None:
         """The persisted samples: their count, flux-position success and, per time bucket,
         confidence, error and accuracy (the chart's past where no dashboard was watching)."""
-        from .._io import MISSING, file_key
+        return self._cached("buffer", (self.layout.buffer,), self._read_buffer)
 
-        key = file_key(self.layout.buffer)
-        if key == MISSING:
+    def _read_buffer(self) -> dict[str, Any] | None:
+        if not os.path.exists(self.layout.buffer):
             return None
-        if self._buffer_cache[0] == key:  # rewritten only when a service saves its buffer
-            return self._buffer_cache[1]
-        self._buffer_cache = (key, self._read_buffer())
-        return self._buffer_cache[1]
-
-    def _read_buffer(self) -> dict[str, Any]:
         import numpy as np
 
         from ..training.buffer import Snapshot
