@@ -277,7 +277,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
                             status_code=500, headers=_HEADERS)
 
     routes = [
-        Route("/", page), Route("/index.html", page),
+        Route("/", page),
         Route("/api/state", state),
         Route("/api/proposals/{id}/{action:str}", proposal_action, methods=["POST"]),
         Route("/api/models/rollback", model_rollback, methods=["POST"]),
