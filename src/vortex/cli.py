@@ -9,6 +9,7 @@
     vortex models list|log|at|swap|cleanup|verify ...
     vortex audit verify
     vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
+    vortex dashboard [--home .vortex] [--port 8765]   a live web dashboard of a home
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._cli_support import USAGE, Parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dashboard.cli import register as register_dashboard
     from .demo.cli import register as register_demo
     from .rsi.cli import register as register_rsi
     from .serving.control import register as register_control
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_rsi(sub)
     register_models(sub)
     register_control(sub)
+    register_dashboard(sub)
     return parser
 
 
