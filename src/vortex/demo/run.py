@@ -13,11 +13,9 @@ recovers. The run prints a timeline and writes ``report.json`` and ``timeline.pn
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
-import logging
 import math
 import os
 import shlex
@@ -33,7 +31,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from .stages import DemoEvidence, Served, loop_checklist
 
-__all__ = ["DemoSettings", "run_demo", "main"]
+__all__ = ["DemoSettings", "run_demo", "inspect_commands", "service_tree"]
 
 SERVICE_TEMPLATE = Path(__file__).with_name("digits_service")
 MODEL_FACTORY = "vortex.training.models:mlp"
@@ -399,39 +397,9 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     atomic_write_bytes(path, png.getvalue(), mode=0o644)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .cli import register
-
-    parser = argparse.ArgumentParser(prog="vortex")
-    register(parser.add_subparsers(dest="command", required=True))
-    return run_from_args(parser.parse_args(["demo", *(argv or [])]))
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """``vortex demo``: run it, print the checklist and how to inspect the result; the exit
-    status is 0 only when every stage of the loop was reached."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    home, out = Path(args.home), Path(args.out)
-    if not args.keep and home.exists():
-        shutil.rmtree(home)
-    settings = (DemoSettings.quick_settings(home, out) if args.quick
-                else DemoSettings(home=home, out_dir=out))
-    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed,
-                               "judge_python": args.judge_python})
-    report = run_demo(settings)
-    print(f"\n{report['checklist_text']}")
-    print(f"\n{report['requests']} requests in {report['duration_secs']} s; "
-          f"report: {out / 'report.json'}, plot: {out / 'timeline.png'}")
-    print("\ninspect the result:\n" + "\n".join(f"  {c}" for c in inspect_commands(home)))
-    return 0 if report["checklist"]["complete"] else 1
-
-
 def inspect_commands(home: Path) -> list[str]:
     """The commands that show what a run left in ``home``, as typed from the current directory."""
     where = shlex.quote(os.fspath(home))
     return [f"vortex status --home {where}", f"vortex proposals list --home {where}",
             f"vortex models list --home {where}"]
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
