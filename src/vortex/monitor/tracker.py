@@ -174,7 +174,7 @@ class PerformanceTracker:
         modes: dict[str, Any] = {}
         for mode, rec in sorted(self._modes.items()):
             window = rec._window
-            st = window.analyze(0.0)
+            st = rec._stats(0.0)
             count = st.total_recorded
             kept = window.snapshot()
             latencies = kept["latency_ms"]
