@@ -35,9 +35,24 @@ from typing import Any, NoReturn
 from ..errors import VortexError
 
 __all__ = [
-    "USAGE", "STATE", "UsageError", "Parser", "Option", "HOME", "JSON", "Group", "command",
-    "emit", "run_command", "existing_home", "existing_dir", "non_negative_int", "positive_int",
-    "positive_float", "point_in_time", "directory",
+    "HOME",
+    "JSON",
+    "STATE",
+    "USAGE",
+    "Group",
+    "Option",
+    "Parser",
+    "UsageError",
+    "command",
+    "directory",
+    "emit",
+    "existing_dir",
+    "existing_home",
+    "non_negative_int",
+    "point_in_time",
+    "positive_float",
+    "positive_int",
+    "run_command",
 ]
 
 USAGE = 2
@@ -54,6 +69,7 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with status 2 and ``message`` as one line on stderr."""
         self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -214,10 +230,10 @@ def point_in_time(text: str) -> float:
                 f"{text!r} is neither unix seconds nor an ISO 8601 time such as "
                 "2026-11-25T03:00") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.timezone.utc)
+            when = when.replace(tzinfo=_dt.UTC)
         return when.timestamp()
     try:  # the times the output can print
-        _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        _dt.datetime.fromtimestamp(value, _dt.UTC)
     except (OverflowError, OSError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a representable time") from None
     return value

@@ -41,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_replaceable(home: str) -> None:
     """A fresh run deletes ``--home`` first: refuse unless it is absent, empty, or an earlier
-    demo's (it holds the demo service's copy), so that a mistyped ``--home ~`` deletes nothing."""
+    demo's (it holds the demo service's copy), so that a mistyped ``--home ~`` deletes nothing.
+    """
     if not os.path.lexists(home):
         return
     if not os.path.isdir(home) or os.path.islink(home):

@@ -25,15 +25,27 @@ import sys
 from typing import Any
 
 from ..home import HomeLayout
-from .common import (HOME, JSON, Group, Option, emit, existing_dir, existing_home, non_negative_int,
-                     point_in_time, positive_float, positive_int)
+from .common import (
+    HOME,
+    JSON,
+    Group,
+    Option,
+    emit,
+    existing_dir,
+    existing_home,
+    non_negative_int,
+    point_in_time,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["register"]
 
 
 def _registry_root(args: argparse.Namespace) -> str:
     """The directory of the registry the command names; it must exist (no command here
-    creates one)."""
+    creates one).
+    """
     if args.registry:
         return existing_dir(args.registry, "model registry")
     return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
@@ -48,7 +60,7 @@ def _registry(args: argparse.Namespace) -> Any:
 def _iso(t: float | None) -> str:
     if t is None:
         return "-"
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="seconds")
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -59,8 +71,8 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
 
@@ -70,7 +82,8 @@ def _list(args: argparse.Namespace) -> int:
     text = _table(
         ["version", "status", "pinned", "parent", "created (UTC)", "trigger", "samples", "epochs",
          "train_loss", "val_loss", "val_acc", "improv_%", "CI_%"],
-        [[str(r["version"]), r["status"], "yes" if r["pinned"] else "-", _fmt(r["parent"]), _iso(r["created_at"]), r["trigger"] or "-",
+        [[str(r["version"]), r["status"], "yes" if r["pinned"] else "-", _fmt(r["parent"]),
+          _iso(r["created_at"]), r["trigger"] or "-",
           _fmt(r["samples"]), _fmt(r["epochs"]), _fmt(r["train_loss"]), _fmt(r["val_loss"]),
           _fmt(r["val_accuracy"]), _fmt(r["improvement_pct"], "+.2f"),
           "-" if r["ci_low"] is None else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"] for r in rows])
@@ -124,7 +137,8 @@ def _pin(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Every damaged file of the registry (metadata, serving log, each version's weights);
-    exit status 1 when there is any, with a one-line summary on stderr."""
+    exit status 1 when there is any, with a one-line summary on stderr.
+    """
     from ..training.registry import ModelRegistry, verify_registry
 
     root = _registry_root(args)

@@ -22,7 +22,8 @@ def _summary(p: Any) -> dict[str, Any]:
 
 def _store(home: str) -> Any:
     """The proposal store of an existing home, or None when it never held a proposal (a
-    read-only command then creates nothing)."""
+    read-only command then creates nothing).
+    """
     from ..rsi.proposal import ProposalStore
 
     if not os.path.isdir(HomeLayout(existing_home(home)).proposals):

@@ -31,7 +31,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from .stages import DemoEvidence, Served, loop_checklist
 
-__all__ = ["DemoSettings", "run_demo", "inspect_commands", "service_tree"]
+__all__ = ["DemoSettings", "inspect_commands", "run_demo", "service_tree"]
 
 SERVICE_TEMPLATE = Path(__file__).with_name("digits_service")
 MODEL_FACTORY = "vortex.training.models:mlp"
@@ -59,7 +59,8 @@ class DemoSettings:
     judge_python: str | None = None
 
     @classmethod
-    def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
+    def quick_settings(cls, home: Path, out_dir: Path) -> DemoSettings:
+        """The shorter run of ``vortex demo --quick`` (CI and the tests)."""
         return cls(home=home, out_dir=out_dir, clean_requests=300, max_drift_requests=20_000,
                    after_fix_requests=300, requests_per_sec=300.0, time_budget_secs=90.0,
                    initial_epochs=40, quick=True)
@@ -139,6 +140,8 @@ def _import_service(tree: Path):
     init = tree / "digits_service" / "__init__.py"
     spec = importlib.util.spec_from_file_location("vortex_demo_digits_service", init,
                                                   submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the demo service from {init}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -160,11 +163,11 @@ def _service_mode(service):
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo; returns the report (also written to ``out_dir/report.json``), whose
-    ``checklist`` says which stages of the loop were reached (see :mod:`vortex.demo.stages`)."""
+    ``checklist`` says which stages of the loop were reached (see :mod:`vortex.demo.stages`).
+    """
     import torch
 
-    from .. import (BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig,
-                    RuntimeDetectorConfig)
+    from .. import BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig, RuntimeDetectorConfig
 
     torch.set_num_threads(1)  # leave the other core to the sandbox and the trainer
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -372,7 +375,7 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     for ax, key, label in zip(axes, ("correct", "nll", "version"),
                               ("accuracy (rolling 50)", "NLL of the label (rolling 50)",
-                               "model version serving")):
+                               "model version serving"), strict=True):
         if key == "version":
             ax.step(n, [r.version for r in records], where="post", lw=1.2)
         else:

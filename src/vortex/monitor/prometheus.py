@@ -37,7 +37,7 @@ class VortexCollector(Collector):
         Prefix of every metric name.
     """
 
-    def __init__(self, detector: "RuntimeDetector", tracker: "PerformanceTracker | None" = None,
+    def __init__(self, detector: RuntimeDetector, tracker: PerformanceTracker | None = None,
                  namespace: str = "vortex") -> None:
         self.detector = detector
         self.tracker = tracker
@@ -81,7 +81,7 @@ class VortexCollector(Collector):
             yield from self._tracker_metrics(ns, self.tracker)
 
     @staticmethod
-    def _tracker_metrics(ns: str, tracker: "PerformanceTracker") -> Iterator[Metric]:
+    def _tracker_metrics(ns: str, tracker: PerformanceTracker) -> Iterator[Metric]:
         summary = tracker.summary()
         count = CounterMetricFamily(f"{ns}_inferences", "Inferences recorded, by mode",
                                     labels=["mode"])

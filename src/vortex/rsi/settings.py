@@ -65,8 +65,13 @@ from typing import Any
 from ..errors import ConfigError
 from ..monitor.weaknesses import WeaknessType
 
-__all__ = ["TunableSpec", "SandboxLimits", "CommandProposerSettings", "VortexSettings",
-           "load_settings"]
+__all__ = [
+    "CommandProposerSettings",
+    "SandboxLimits",
+    "TunableSpec",
+    "VortexSettings",
+    "load_settings",
+]
 
 _TYPES = ("int", "float", "bool", "choice")
 _DIRECTIONS = ("increase", "decrease", "true", "false")
@@ -79,7 +84,7 @@ def _fail(key: str, value: Any, why: str) -> None:
 def _str_list(key: str, value: Any, *, required: bool = False) -> tuple[str, ...]:
     if value is None and not required:
         return ()
-    if not isinstance(value, list) or not value and required or not all(
+    if not isinstance(value, list) or (not value and required) or not all(
             isinstance(v, str) and v for v in value):
         _fail(key, value, "must be a non-empty list of strings" if required
               else "must be a list of non-empty strings")
@@ -140,7 +145,8 @@ class TunableSpec:
 @dataclass(frozen=True)
 class SandboxLimits:
     """Resource limits of every sandboxed command, and how strict the isolation must be
-    (see :mod:`vortex.rsi.jail`)."""
+    (see :mod:`vortex.rsi.jail`).
+    """
 
     timeout_secs: float = 120.0
     memory_mb: int = 2048
@@ -268,7 +274,8 @@ def _within(rel: str, paths: tuple[str, ...]) -> bool:
 
 def _check_commands(test: tuple[str, ...], bench: tuple[str, ...], judge: tuple[str, ...]) -> None:
     """The judge runs pytest and the benchmark script itself (from the original tree, under a
-    Vortex runner), so it must know what they are."""
+    Vortex runner), so it must know what they are.
+    """
     if list(test[:3]) != ["{python}", "-m", "pytest"]:
         _fail("test_command", list(test), 'must be ["{python}", "-m", "pytest", ...]: the '
               "judge runs pytest itself, configured from the original tree")

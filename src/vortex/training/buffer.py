@@ -22,20 +22,20 @@ import os
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._fast_ring import SampleRingWriter
 from .._io import atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps
 from .._native import _core
-from .._fast_ring import SampleRingWriter
 from ..errors import SnapshotFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
     import torch
 
-__all__ = ["SampleBuffer", "Snapshot", "FORMAT_TAG"]
+__all__ = ["FORMAT_TAG", "SampleBuffer", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
     crc = zlib.crc32(repr(sorted((k, v) for k, v in metadata.items() if k != _CRC_KEY)).encode())
     for a in arrays:
         if a.size:
-            crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+            crc = zlib.crc32(np.ascontiguousarray(a).data.cast("B"), crc)
     return f"{crc:08x}"
 
 
@@ -128,7 +128,7 @@ class Snapshot:
     def _arrays(self) -> list[np.ndarray]:
         return [self.features, *(getattr(self, name) for name in _COLUMNS)]
 
-    def schema(self, metadata: dict[str, str] | None = None) -> "pyarrow.Schema":
+    def schema(self, metadata: dict[str, str] | None = None) -> pyarrow.Schema:
         """The Arrow schema of :meth:`to_arrow` (with ``metadata`` added)."""
         import pyarrow as pa
 
@@ -140,7 +140,7 @@ class Snapshot:
                 "vortex.label_dtype": self.label_dtype, **(metadata or {})}
         return pa.schema(fields, metadata=meta)
 
-    def to_arrow(self, metadata: dict[str, str] | None = None) -> "pyarrow.RecordBatch":
+    def to_arrow(self, metadata: dict[str, str] | None = None) -> pyarrow.RecordBatch:
         """The rows as a RecordBatch; features as ``FixedSizeList<float32>``.
 
         The Arrow arrays point at this snapshot's NumPy memory (no copy) when the arrays are
@@ -155,7 +155,7 @@ class Snapshot:
         schema = self.schema(metadata)
         return pa.RecordBatch.from_arrays(columns, schema=schema)
 
-    def to_torch(self) -> dict[str, "torch.Tensor"]:
+    def to_torch(self) -> dict[str, torch.Tensor]:
         """The columns as torch tensors sharing this snapshot's memory (``torch.from_numpy``).
 
         Keys: features, labels, confidence, error, timestamp, seq, episode.
@@ -183,7 +183,7 @@ class Snapshot:
         atomic_write_sealed(path, sink.getvalue())
 
     @classmethod
-    def read_ipc(cls, path: str | os.PathLike[str]) -> "Snapshot":
+    def read_ipc(cls, path: str | os.PathLike[str]) -> Snapshot:
         """Read a file written by :meth:`write_ipc` (or :meth:`SampleBuffer.save`).
 
         Raises
@@ -199,7 +199,7 @@ class Snapshot:
         return snap
 
     @classmethod
-    def _read(cls, path: str | os.PathLike[str]) -> tuple["Snapshot", dict[str, str]]:
+    def _read(cls, path: str | os.PathLike[str]) -> tuple[Snapshot, dict[str, str]]:
         import pyarrow as pa
 
         path = os.fspath(path)
@@ -417,7 +417,7 @@ class SampleBuffer(SampleRingWriter):
             raise SnapshotFormatError(path, f"invalid sample values ({exc})", remedy=_REMEDY) from exc
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], capacity: int | None = None) -> "SampleBuffer":
+    def load(cls, path: str | os.PathLike[str], capacity: int | None = None) -> SampleBuffer:
         """A new buffer holding the rows of a file written by :meth:`save`.
 
         Parameters

@@ -60,14 +60,29 @@ import weakref
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import (ChecksumMismatchError, CorruptFileError, RegistryCorruptError, RegistryError,
-                      VersionNotFoundError)
-from .._io import (MISSING, FileKey, append_if_unchanged, atomic_write_bytes, atomic_write_sealed,
-                   file_key, fsync_dir, is_arrow_ipc_file, read_sealed, remove_orphan_temps)
+from .._io import (
+    MISSING,
+    FileKey,
+    append_if_unchanged,
+    atomic_write_bytes,
+    atomic_write_sealed,
+    file_key,
+    fsync_dir,
+    is_arrow_ipc_file,
+    read_sealed,
+    remove_orphan_temps,
+)
+from ..errors import (
+    ChecksumMismatchError,
+    CorruptFileError,
+    RegistryCorruptError,
+    RegistryError,
+    VersionNotFoundError,
+)
 
-__all__ = ["ModelRegistry", "COLUMNS", "LOG_COLUMNS", "state_dict_bytes", "verify_registry"]
+__all__ = ["COLUMNS", "LOG_COLUMNS", "ModelRegistry", "state_dict_bytes", "verify_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +164,7 @@ def _parse_log_line(line: bytes, path: str, number: int, offset: int,
     """
     m = _LOG_CRC.search(line)
     has_crc = m is not None and m.end() == len(line)
-    if has_crc:
+    if m is not None and has_crc:
         body = line[:m.start()] + b"}"
         if zlib.crc32(body) != int(m[1], 16):
             raise _log_corrupt(path, number, offset, "fails its checksum")
@@ -226,15 +241,16 @@ def state_dict_bytes(state: Any) -> bytes:
 
         return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
     import numpy as np
-    from safetensors.numpy import save
+    from safetensors.numpy import save as save_numpy
 
-    return save({k: np.ascontiguousarray(v) for k, v in state.items()})
+    return save_numpy({k: np.ascontiguousarray(v) for k, v in state.items()})
 
 
 def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """``register``'s metadata with each value checked against its column's type, before
     anything is written (ValueError naming the column and the value; a refusal leaves no file).
-    A non-finite metric is stored as null; the status defaults to "candidate"."""
+    A non-finite metric is stored as null; the status defaults to "candidate".
+    """
     from .._scalars import as_index, as_real
 
     if metadata is not None and not isinstance(metadata, Mapping):
@@ -480,7 +496,8 @@ class ModelRegistry:
 
     def get(self, version: int) -> dict[str, Any]:
         """Metadata row of ``version`` (as in :meth:`list_versions`); :class:`VersionNotFoundError`
-        if it is not stored."""
+        if it is not stored.
+        """
         row = self._row(version)
         entries = self._log_rows()
         active = entries[-1]["to_version"] if entries else None
@@ -549,15 +566,16 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ writing
     def _lock_fd(self) -> int:
-        """This process's descriptor of the writers' lock file, opened once.
+        """The descriptor this process holds of the writers' lock file, opened once.
 
         Re-opened in a forked child: an ``flock`` belongs to the open file, which a fork
         shares, so a child locking its inherited descriptor would not exclude its parent.
         """
-        if self._lock_owner != os.getpid():
+        if self._lock_owner != os.getpid() or self._lock_file is None:
             fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             weakref.finalize(self, os.close, fd)
             self._lock_file, self._lock_owner = fd, os.getpid()
+            return fd
         return self._lock_file
 
     @contextmanager
@@ -575,7 +593,7 @@ class ModelRegistry:
         table = self._meta[1][0] if self._meta is not None else _schema().empty_table()
         stored = int((table.schema.metadata or {}).get(b"next_version", b"1"))
         used = [r["version"] for r in self._rows()] + [e["to_version"] for e in self.serving_log()]
-        return max(used + [self._max_file_version(), stored - 1], default=0) + 1
+        return max([*used, self._max_file_version(), stored - 1], default=0) + 1
 
     def _write_rows(self, rows: list[dict[str, Any]], next_version: int | None = None,
                     pinned: set[int] | frozenset[int] | None = None) -> None:
@@ -618,14 +636,14 @@ class ModelRegistry:
         with self._writing():
             rows = self._rows()
             version = self._next_version()
-            row = {c: None for c in COLUMNS}
+            row: dict[str, Any] = dict.fromkeys(COLUMNS)
             row.update(meta)
             row.update(version=version, created_at=meta.get("created_at") or time.time(),
                        sha256=hashlib.sha256(data).hexdigest())
             path = self.weights_path(version)
             atomic_write_bytes(path, data)
             try:
-                self._write_rows(rows + [row], version + 1)
+                self._write_rows([*rows, row], version + 1)
             except BaseException:  # the weights file must not outlive a row that was never listed
                 self._unlink(path)
                 raise
@@ -681,7 +699,7 @@ class ModelRegistry:
         log.info("model version %d %s", version, "pinned" if pinned else "unpinned")
 
     def set_active(self, version: int, reason: str = "manual", *, at: float | None = None,
-                   verify: bool = True, expect_active: int | None | object = ...) -> bool:
+                   verify: bool = True, expect_active: int | object | None = ...) -> bool:
         """Make ``version`` the served one and append the change to the serving log.
 
         The weights are verified first (unless the caller just did, ``verify=False``): a
@@ -736,7 +754,7 @@ class ModelRegistry:
         return True
 
     def _start_log(self, version: int, reason: str, at: float | None,
-                   expect_active: Any) -> dict[str, Any] | None | bool:
+                   expect_active: Any) -> dict[str, Any] | Literal[False] | None:
         """Create the serving log with its first entry (after any legacy entries); return it.
 
         None if another process created the log first (the caller then appends instead);
@@ -752,7 +770,7 @@ class ModelRegistry:
                 return False
             if not any(row["version"] == version for row in rows):
                 raise VersionNotFoundError(f"model version {version} is not in the registry {self.root}")
-            entries = entries + [_log_entry(entries, version, reason, at)]
+            entries = [*entries, _log_entry(entries, version, reason, at)]
             data = b"".join(_log_line(e) for e in entries)
             atomic_write_bytes(self._log_path, data)
             self._log = (file_key(self._log_path), entries, len(data), b"")
@@ -825,11 +843,8 @@ class ModelRegistry:
             listed = {r["version"] for r in rows} - set(removed)
             for name in os.listdir(self.root):
                 m = _WEIGHTS_RE.match(name)
-                if m and int(m.group(1)) not in listed:
-                    self._unlink(os.path.join(self.root, name))
-                elif name.startswith(".tmp-"):  # temp files of versions before _io's names
-                    self._unlink(os.path.join(self.root, name))
-                elif name == _LEGACY_LOG_NAME and os.path.exists(self._log_path):  # already folded in
+                if ((m and int(m.group(1)) not in listed) or name.startswith(".tmp-")
+                        or (name == _LEGACY_LOG_NAME and os.path.exists(self._log_path))):
                     self._unlink(os.path.join(self.root, name))
             remove_orphan_temps(self.root)
         if removed:
