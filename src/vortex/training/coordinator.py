@@ -51,6 +51,7 @@ from ..home import HomeLayout
 from .models import build_model
 from .registry import ModelRegistry
 from .slot import ModelSlot, prepare_model
+from .statuses import RunStatus, VersionStatus
 from .validation import ValidationResult, should_swap
 from .worker import CANDIDATE_FILE, RESULT_FILE
 
@@ -92,16 +93,14 @@ class TrainingRun:
     its candidate was finally compared with: the one serving when the run concluded (it differs
     from the parent when a swap happened during the run).
 
-    ``status`` is one of "swapped" (candidate validated better and now serves), "rejected"
-    (validated, not better enough), "registered" (better but ``auto_swap_models`` is off),
-    "not_kept" (as "registered" with ``enable_versioning`` off: not stored), "skipped" (too
-    few samples or disabled), "failed" (worker error or crash), "timeout" or "cancelled".
+    ``status`` is a :class:`~vortex.training.statuses.RunStatus` (a ``str`` enum: "swapped",
+    "rejected", "registered", "not_kept", "skipped", "failed", "timeout" or "cancelled").
     """
 
     run_id: int
     trigger: TrainingTrigger
     reason: str | None
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     samples: int = 0
@@ -532,7 +531,7 @@ class BackgroundTrainingCoordinator:
         with self._run_lock:
             with self._cond:
                 if from_loop and self._stopping:  # stop() came between picking the job and now
-                    return TrainingRun(run_id=0, trigger=trig, reason=reason, status="cancelled",
+                    return TrainingRun(run_id=0, trigger=trig, reason=reason, status=RunStatus.CANCELLED,
                                        error="coordinator stopping")
                 self._pending = None
                 self._in_run = True  # from here on, cancel_run() reaches this run
@@ -541,11 +540,11 @@ class BackgroundTrainingCoordinator:
             try:
                 self._execute(run)
             except Exception as exc:
-                run.status = "cancelled" if self._cancel.is_set() else (
-                    "timeout" if isinstance(exc, TimeoutError) else "failed")
+                run.status = RunStatus.CANCELLED if self._cancel.is_set() else (
+                    RunStatus.TIMEOUT if isinstance(exc, TimeoutError) else RunStatus.FAILED)
                 run.error = f"{type(exc).__name__}: {exc}"
                 # a cancellation was asked for (e.g. by stop()): worth a line, not a warning
-                log.log(logging.INFO if run.status == "cancelled" else logging.WARNING,
+                log.log(logging.INFO if run.status == RunStatus.CANCELLED else logging.WARNING,
                         "training run %d %s: %s", run.run_id, run.status, run.error)
             finally:
                 run.finished_at = time.time()
@@ -554,12 +553,12 @@ class BackgroundTrainingCoordinator:
 
     def _finish(self, run: TrainingRun) -> None:
         c = self._counts
-        if run.status == "skipped":
+        if run.status == RunStatus.SKIPPED:
             c["skipped"] += 1
-        elif run.status in ("failed", "timeout"):
+        elif run.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
             c["failed"] += 1
             self._last_error = run.error
-        elif run.status == "cancelled":
+        elif run.status == RunStatus.CANCELLED:
             c["cancelled"] += 1
         else:
             c["completed"] += 1
@@ -582,10 +581,10 @@ class BackgroundTrainingCoordinator:
         cfg = self.config
         t0 = time.perf_counter()
         if not cfg.enabled:
-            run.status, run.error = "skipped", "training is disabled (config.enabled=False)"
+            run.status, run.error = RunStatus.SKIPPED, "training is disabled (config.enabled=False)"
             return
         if len(self._buffer) < cfg.min_samples_for_training:
-            run.status = "skipped"
+            run.status = RunStatus.SKIPPED
             run.error = (f"{len(self._buffer)} buffered samples < min_samples_for_training="
                          f"{cfg.min_samples_for_training}")
             return
@@ -736,7 +735,7 @@ class BackgroundTrainingCoordinator:
             swap = better and cfg.auto_swap_models
             if run.version is None:
                 if not (cfg.enable_versioning or swap):
-                    run.status = "rejected" if not better else "not_kept"
+                    run.status = RunStatus.REJECTED if not better else RunStatus.NOT_KEPT
                     log.info("run %d: candidate not kept (%s)", run.run_id, why)
                     return
                 v = run.validation or {}
@@ -745,19 +744,20 @@ class BackgroundTrainingCoordinator:
                     "epochs": result["epochs"], "train_loss": run.train_loss,
                     "val_loss": v.get("candidate_loss"), "val_accuracy": v.get("candidate_accuracy"),
                     "improvement_pct": v.get("improvement_pct"), "ci_low": v.get("ci_low"),
-                    "ci_high": v.get("ci_high"), "status": "candidate" if better else "rejected"})
+                    "ci_high": v.get("ci_high"),
+                    "status": VersionStatus.CANDIDATE if better else VersionStatus.REJECTED})
             elif not better:
-                self.registry.set_status(run.version, "rejected")
+                self.registry.set_status(run.version, VersionStatus.REJECTED)
             if not swap:
-                run.status = "registered" if better else "rejected"
+                run.status = RunStatus.REGISTERED if better else RunStatus.REJECTED
                 break
             reason = f"auto: {run.trigger.value}" + (f" ({run.reason})" if run.reason else "") + f", {why}"
             if self._swap(run.version, reason, watch=True, expect_active=run.validated_against):
-                run.status, run.swapped = "swapped", True
+                run.status, run.swapped = RunStatus.SWAPPED, True
                 break
             self._sync_external()  # another swap came first: judge again against that one
         else:
-            run.status = "registered"
+            run.status = RunStatus.REGISTERED
             why += f"; not swapped: the active version changed {_MAX_REVALIDATIONS + 1} times meanwhile"
         log.info("run %d: version %s %s (%s)", run.run_id, run.version, run.status, why)
         try:
@@ -937,7 +937,7 @@ class BackgroundTrainingCoordinator:
                 self.registry.verify(target)
             except (VersionNotFoundError, ChecksumMismatchError) as exc:
                 target = self.registry.register(w.old_model, {
-                    "parent": w.old_version, "trigger": "rollback", "status": "candidate"})
+                    "parent": w.old_version, "trigger": "rollback", "status": VersionStatus.CANDIDATE})
                 reason += (f" (version {w.old_version} could not be used: {type(exc).__name__}; "
                            f"the weights that served as it restored as version {target})")
             if not self.registry.set_active(target, reason, verify=False, expect_active=w.new_version):
@@ -947,7 +947,7 @@ class BackgroundTrainingCoordinator:
             self.changes.changed("training", f"rolled back to version {target}")
         log.warning("rolled back to version %d: %s", target, reason)
         try:
-            self.registry.set_status(w.new_version, "rejected")
+            self.registry.set_status(w.new_version, VersionStatus.REJECTED)
         except VersionNotFoundError:
             pass  # removed meanwhile: nothing left to mark
 
@@ -988,6 +988,7 @@ class BackgroundTrainingCoordinator:
                 items = json.loads(f.read())
             for d in items:
                 d["trigger"] = TrainingTrigger.parse(d["trigger"])
+                d["status"] = RunStatus(d["status"])
                 self._history.append(TrainingRun(**d))
             if self._history:
                 self._next_run_id = self._history[-1].run_id + 1
