@@ -8,9 +8,10 @@
     vortex proposals list|show|approve|reject|rollback ...
     vortex models list|log|at|swap|cleanup|pin|unpin|verify ...
     vortex audit verify
+    vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
 
 Every command group is one module of this package (``status``, ``audit``, ``proposals``,
-``models``, ``demo``) that defines ``register(subparsers)``; :func:`build_parser` finds them
+``models``, ``demo``, ``control``) that defines ``register(subparsers)``; :func:`build_parser` finds them
 by listing the package, so **adding a command group is adding one module**::
 
     # src/vortex/cli/control.py
