@@ -14,17 +14,17 @@ Every command group is one module of this package (``status``, ``audit``, ``prop
 ``models``, ``demo``, ``control``) that defines ``register(subparsers)``; :func:`build_parser` finds them
 by listing the package, so **adding a command group is adding one module**::
 
-    # src/vortex/cli/control.py
-    '''``vortex control``: ...'''
+    # src/vortex/cli/dashboard.py
+    '''``vortex dashboard serve``: ...'''
     from .common import Group
 
-    def _pause(args) -> int:
-        from ..control import ...        # the domain code, imported when the command runs
+    def _serve(args) -> int:
+        from ..dashboard import ...      # the domain code, imported when the command runs
         ...
 
     def register(subparsers) -> None:
-        group = Group(subparsers, "control", "pause and resume serving workers")
-        group.action("pause", _pause, "stop taking requests")
+        group = Group(subparsers, "dashboard", "the home's dashboard")  # --home, --json
+        group.action("serve", _serve, "serve it over HTTP").add_argument("--port", type=int)
 
 :mod:`vortex.cli.common` holds what the groups share: the ``--home`` and ``--json`` options
 (accepted before or after the action), the output, one-line errors and exit statuses (0 ok,
