@@ -1,6 +1,8 @@
-// pybind11 binding of vortex::MetricWindow (csrc/metric_window.hpp) as vortex._core.MetricWindow.
-// The per-request record path lives in Cython (src/vortex/_fast_metrics.pyx), which operates on the
-// same C++ object through `_address()`.
+// pybind11 binding of vortex::MetricWindow (csrc/metric_window.hpp) as vortex._core.MetricWindow:
+// construction, the batch record, snapshot, resize, clear. Each C++ method has one binding: the
+// per-request ones (record, set_error, analyze) are bound only in Cython
+// (src/vortex/_fast_metrics.pyx, MetricRecorder), which operates on this very object through
+// `_address()`, so their argument checks are written once.
 #include "pybind11.hpp"
 
 #include <cstdint>
@@ -12,10 +14,6 @@
 namespace {
 
 using vortex::MetricWindow;
-using vortex::WindowStats;
-
-// Above this many samples an analysis is long enough to be worth releasing the GIL.
-constexpr std::size_t kReleaseGilAbove = 1 << 14;
 
 std::string repr_double(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
 
@@ -71,14 +69,10 @@ void record_batch(MetricWindow& w, const py::handle& lat_obj, const py::handle& 
                                     "; nothing was recorded");
 }
 
-WindowStats analyze(const MetricWindow& w, double threshold) {
-    if (!(threshold == threshold)) throw std::invalid_argument("latency threshold must not be NaN");
-    if (w.size() > kReleaseGilAbove) {
-        // Safe without the GIL: pure C++ over the window's own buffer, under its lock.
-        py::gil_scoped_release nogil;
-        return w.analyze(threshold);
-    }
-    return w.analyze(threshold);
+std::size_t checked_capacity(py::ssize_t capacity) {
+    if (capacity < 1)
+        throw std::invalid_argument("capacity=" + std::to_string(capacity) + ": must be >= 1");
+    return static_cast<std::size_t>(capacity);
 }
 
 py::dict snapshot(const MetricWindow& w) {
@@ -107,37 +101,10 @@ py::dict snapshot(const MetricWindow& w) {
 }  // namespace
 
 void bind_metrics(py::module_& m) {
-    py::class_<WindowStats>(m, "WindowStats",
-                            "Statistics of one analysis pass over a MetricWindow "
-                            "(recent = newest 10 samples, baseline = older half once >= 20).")
-        .def_readonly("total_recorded", &WindowStats::total_recorded)
-        .def_readonly("size", &WindowStats::size)
-        .def_readonly("capacity", &WindowStats::capacity)
-        .def_readonly("recent_count", &WindowStats::recent_count)
-        .def_readonly("baseline_count", &WindowStats::baseline_count)
-        .def_readonly("recent_latency_mean", &WindowStats::recent_latency_mean)
-        .def_readonly("recent_latency_max", &WindowStats::recent_latency_max)
-        .def_readonly("recent_over_threshold", &WindowStats::recent_over_threshold)
-        .def_readonly("recent_over_latency_mean", &WindowStats::recent_over_latency_mean)
-        .def_readonly("recent_confidence_mean", &WindowStats::recent_confidence_mean)
-        .def_readonly("recent_error_count", &WindowStats::recent_error_count)
-        .def_readonly("recent_error_mean", &WindowStats::recent_error_mean)
-        .def_readonly("baseline_latency_mean", &WindowStats::baseline_latency_mean)
-        .def_readonly("baseline_confidence_mean", &WindowStats::baseline_confidence_mean)
-        .def_readonly("baseline_error_count", &WindowStats::baseline_error_count)
-        .def_readonly("baseline_error_mean", &WindowStats::baseline_error_mean)
-        .def_readonly("oldest_ns", &WindowStats::oldest_ns)
-        .def_readonly("newest_ns", &WindowStats::newest_ns)
-        .def_readonly("all_latency_sum", &WindowStats::all_latency_sum)
-        .def_readonly("all_confidence_sum", &WindowStats::all_confidence_sum);
-
     py::class_<MetricWindow>(m, "MetricWindow",
                              "Fixed-capacity ring of (timestamp, latency, confidence, error) samples.")
         .def(py::init([](py::ssize_t capacity) {
-                 if (capacity < 1)
-                     throw std::invalid_argument("capacity=" + std::to_string(capacity) +
-                                                 ": must be >= 1");
-                 return new MetricWindow(static_cast<std::size_t>(capacity));
+                 return new MetricWindow(checked_capacity(capacity));
              }),
              py::arg("capacity"))
         .def_property_readonly_static("RECENT", [](py::object) { return MetricWindow::kRecent; })
@@ -145,46 +112,13 @@ void bind_metrics(py::module_& m) {
                                       [](py::object) { return MetricWindow::kMinBaseline; })
         .def_property_readonly_static("MIN_ANALYSIS",
                                       [](py::object) { return MetricWindow::kMinAnalysis; })
-        .def(
-            "record",
-            [](MetricWindow& w, double lat, double conf, double err) {
-                if (!vortex::valid_latency(lat))
-                    throw std::invalid_argument("latency_ms=" + repr_double(lat) + ": " +
-                                                kColumnRules[0]);
-                if (!vortex::valid_confidence(conf))
-                    throw std::invalid_argument("confidence=" + repr_double(conf) + ": " +
-                                                kColumnRules[1]);
-                if (!vortex::valid_error(err))
-                    throw std::invalid_argument("prediction_error=" + repr_double(err) + ": " +
-                                                kColumnRules[2]);
-                return w.record(lat, conf, err);
-            },
-            py::arg("latency_ms"), py::arg("confidence"),
-            py::arg("prediction_error") = std::numeric_limits<double>::quiet_NaN(),
-            "Records one sample; returns its id (for set_error).")
-        .def(
-            "set_error",
-            [](MetricWindow& w, uint64_t id, double err) {
-                if (!(err >= 0.0 && err <= DBL_MAX))
-                    throw std::invalid_argument("prediction_error=" + repr_double(err) +
-                                                ": prediction error must be finite and >= 0");
-                return w.set_error(id, err);
-            },
-            py::arg("sample_id"), py::arg("prediction_error"),
-            "Attaches a late prediction error to sample `sample_id`; False if it left the window.")
         .def("record_batch", &record_batch, py::arg("latencies_ms"), py::arg("confidences"),
              py::arg("prediction_errors") = py::none())
-        .def("analyze", &analyze, py::arg("latency_threshold_ms"))
         .def("snapshot", &snapshot,
              "The window's samples, oldest first, as a dict of NumPy arrays (timestamp_ns, "
              "latency_ms, confidence, error).")
         .def("resize",
-             [](MetricWindow& w, py::ssize_t capacity) {
-                 if (capacity < 1)
-                     throw std::invalid_argument("capacity=" + std::to_string(capacity) +
-                                                 ": must be >= 1");
-                 w.resize(static_cast<std::size_t>(capacity));
-             },
+             [](MetricWindow& w, py::ssize_t capacity) { w.resize(checked_capacity(capacity)); },
              py::arg("capacity"))
         .def("clear", &MetricWindow::clear)
         .def("__len__", &MetricWindow::size)

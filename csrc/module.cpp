@@ -8,7 +8,13 @@ void bind_metrics(py::module_& m);
 void bind_io(py::module_& m);
 void bind_shm(py::module_& m);
 
-PYBIND11_MODULE(_core, m) {
+// Free-threading ready (py::mod_gil_not_used(); a no-op on an interpreter with a GIL): nothing
+// here relies on the GIL. Every bound object serialises its own state (MetricWindow and
+// ShmWriter with a spinlock, SampleRing and ShmReader with a mutex), because their C++ work
+// already runs with the GIL released and the Cython fast paths reach the same objects; the
+// free functions (atomic file writes, bucket bounds) touch only their arguments; and nothing
+// keeps Python objects in static storage.
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.doc() = "Vortex compiled core (private; use the public vortex.* modules).";
     m.attr("__version__") = VORTEX_VERSION;
 #if defined(__clang__)

@@ -44,7 +44,7 @@ _LAZY: dict[str, str] = {
     "SystemStatus": "vortex.orchestrator",
 }
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 - the lazily imported names are the keys of _LAZY
     "__version__",
     "BackgroundTrainingConfig",
     "ConfigError",

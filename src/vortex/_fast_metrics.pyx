@@ -7,7 +7,6 @@ that. The recorder keeps a reference to the owning pybind11 object, so the raw p
 holds stays valid for its whole life.
 """
 
-from libc.float cimport DBL_MAX
 from libc.math cimport NAN
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
@@ -36,14 +35,13 @@ cdef extern from "metric_window.hpp" namespace "vortex" nogil:
         size_t size() noexcept
 
 
-# Above this many samples an analysis is long enough to be worth releasing the GIL (as in
-# csrc/bind_metrics.cpp).
+# Above this many samples an analysis is long enough to be worth releasing the GIL.
 cdef enum:
     _RELEASE_GIL_ABOVE = 16384
 
 
 cdef class Stats:
-    """One analysis pass's statistics (the fields of ``vortex._core.WindowStats``), with
+    """One analysis pass's statistics (the fields of C++ ``vortex::WindowStats``), with
     attribute access cheap enough for the detector's per-tick checks."""
 
     cdef readonly uint64_t total_recorded, size, capacity, recent_count, baseline_count
@@ -140,17 +138,16 @@ cdef class MetricRecorder:
         """
         cdef uint64_t sid = <uint64_t>_int64(sample_id, "sample_id", 0)
         cdef double err = _real(prediction_error, "prediction_error")
-        if not (err >= 0.0 and err <= DBL_MAX):
-            _reject("prediction_error", err, "prediction error must be finite and >= 0")
+        _check_known_error(err)
         if self._ptr == NULL:
             raise RuntimeError("recorder is not attached to a metric window")
         return self._ptr.set_error(sid, err)
 
     def _stats(self, double latency_threshold_ms):
-        """One analysis pass (``MetricWindow.analyze``) as a :class:`Stats`.
+        """One analysis pass (C++ ``MetricWindow::analyze``) as a :class:`Stats`.
 
-        Several times cheaper than the pybind11 call plus its attribute reads, which matters
-        for the detector's per-tick checks on small windows.
+        Its only binding: a Cython call plus C-level attribute reads is several times cheaper
+        than a pybind11 one, which matters for the detector's per-tick checks on small windows.
         """
         cdef WindowStats s
         if self._ptr == NULL:

@@ -19,8 +19,17 @@ from typing import Any, NoReturn
 
 from .errors import ConfigError
 
-__all__ = ["fail", "number", "boolean", "strings", "field_prefix", "fail_field", "check_number",
-           "check_bool", "check_strings"]
+__all__ = [
+    "boolean",
+    "check_bool",
+    "check_number",
+    "check_strings",
+    "fail",
+    "fail_field",
+    "field_prefix",
+    "number",
+    "strings",
+]
 
 _INT64_MAX = 2 ** 63 - 1
 _FLOAT_MAX = sys.float_info.max

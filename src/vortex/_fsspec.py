@@ -17,7 +17,7 @@ import re
 import uuid
 from typing import Any
 
-__all__ = ["is_url", "filesystem", "put_whole", "read_url", "write_url"]
+__all__ = ["filesystem", "is_url", "put_whole", "read_url", "write_url"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Protocols whose write of one file is a single all-or-nothing object PUT.

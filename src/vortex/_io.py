@@ -29,14 +29,36 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
-__all__ = ["FileKey", "FileLock", "MISSING", "SEAL_SIZE", "append_if_unchanged", "atomic_write",
-           "atomic_write_at", "atomic_write_bytes", "atomic_write_json", "atomic_write_sealed",
-           "atomic_write_sealed_json", "atomic_write_text", "file_key", "fsync_dir",
-           "is_arrow_ipc_file", "is_temp_name", "owner_alive", "owner_token", "pid_alive",
-           "read_sealed", "read_sealed_json", "remove_orphan_temps", "seal", "unseal"]
+__all__ = [
+    "MISSING",
+    "SEAL_SIZE",
+    "FileKey",
+    "FileLock",
+    "append_if_unchanged",
+    "atomic_write",
+    "atomic_write_at",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_sealed",
+    "atomic_write_sealed_json",
+    "atomic_write_text",
+    "file_key",
+    "fsync_dir",
+    "is_arrow_ipc_file",
+    "is_temp_name",
+    "owner_alive",
+    "owner_token",
+    "pid_alive",
+    "read_sealed",
+    "read_sealed_json",
+    "remove_orphan_temps",
+    "seal",
+    "unseal",
+]
 
 #: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
 FileKey = tuple[int, int, int]
@@ -83,14 +105,16 @@ def _start_time(pid: int) -> str | None:
 
 def owner_token(pid: int | None = None) -> str:
     """``"<pid>.<start time>"`` of this process (or ``pid``): names an owner so that
-    :func:`owner_alive` can later tell, despite PID reuse, whether it still runs."""
+    :func:`owner_alive` can later tell, despite PID reuse, whether it still runs.
+    """
     pid = os.getpid() if pid is None else pid
     return f"{pid}.{_start_time(pid) or 0}"
 
 
 def owner_alive(token: str) -> bool:
     """Whether the process named by an :func:`owner_token` still runs (an unparseable token
-    counts as alive: only a provably dead owner's leftovers are removed)."""
+    counts as alive: only a provably dead owner's leftovers are removed).
+    """
     try:
         pid_text, start = token.split(".", 1)
         pid = int(pid_text)
@@ -318,7 +342,8 @@ def atomic_write_sealed_json(path: str | os.PathLike, obj: Any) -> None:
 def read_sealed_json(path: str | os.PathLike, error: Callable[..., Exception], *,
                      remedy: str) -> Any:
     """The object :func:`atomic_write_sealed_json` wrote to ``path``, verified by its seal
-    first (``error`` as in :func:`read_sealed`; FileNotFoundError if missing)."""
+    first (``error`` as in :func:`read_sealed`; FileNotFoundError if missing).
+    """
     body, _ = read_sealed(path, error, remedy=remedy)
     try:
         return json.loads(bytes(body))
@@ -384,7 +409,7 @@ class FileLock:
         self._depth = 0
         self._fd = -1
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self._thread_lock.acquire()
         if self._depth == 0:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .errors import CoreNotBuiltError
 
 try:
-    from . import _core  # noqa: F401
+    from . import _core
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise CoreNotBuiltError(
         "vortex's compiled core is not built; run `pip install .` in the source tree "

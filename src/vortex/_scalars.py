@@ -18,7 +18,7 @@ import numbers
 import operator
 from typing import Any
 
-__all__ = ["as_real", "as_index", "as_class_label", "INT64_MIN", "INT64_MAX"]
+__all__ = ["INT64_MAX", "INT64_MIN", "as_class_label", "as_index", "as_real"]
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -50,7 +50,8 @@ def as_real(value: Any, name: str, rule: str = "must be a real number") -> float
 
 def as_index(value: Any, name: str, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
     """``value`` as an int in ``[lo, hi]``; floats, even integral ones (``2.0``), are refused,
-    as ``operator.index`` refuses them."""
+    as ``operator.index`` refuses them.
+    """
     if type(value) is int:
         index = value
     else:

@@ -28,8 +28,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Change", "ChangeBoard"]
 
@@ -68,13 +69,15 @@ class ChangeBoard:
 
     def subscribe(self, on_change: Callable[[Change], str | None]) -> None:
         """Call ``on_change(change)`` on every change; it ends its component's running watch
-        (returning a description of it, or None when none ran) and restarts its baseline."""
+        (returning a description of it, or None when none ran) and restarts its baseline.
+        """
         with self._lock:
             self._subscribers = (*self._subscribers, on_change)
 
     def changed(self, source: str, description: str) -> Change:
         """Announce a change; every running watch ends. Call it once the change serves, and
-        before the changer starts its own watch (whose baseline it took before the change)."""
+        before the changer starts its own watch (whose baseline it took before the change).
+        """
         change = Change(source, description, time.time())
         for on_change in self._subscribers:
             try:

@@ -15,17 +15,20 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from ._fields import check_bool as _boolean, check_number as _number, fail_field as _fail
+from ._fields import check_bool as _boolean
+from ._fields import check_number as _number
+from ._fields import fail_field as _fail
 from .errors import ConfigError, ConfigKeyError
 
 __all__ = [
-    "RuntimeDetectorConfig",
-    "FluxConfig",
     "BackgroundTrainingConfig",
+    "FluxConfig",
     "RSIConfig",
+    "RuntimeDetectorConfig",
 ]
 
 _C = TypeVar("_C", bound="_Config")
@@ -56,7 +59,7 @@ class _CheckedKeywords(type):
     """
 
     def __call__(cls, *args, **kwargs):  # unannotated: type checkers keep the dataclass signature
-        known = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        known = cls.__dataclass_fields__
         if args or not kwargs.keys() <= known.keys():
             kwargs = _checked_keywords(cls, args, kwargs)
         return super().__call__(*args, **kwargs)
@@ -98,7 +101,7 @@ class _Config(metaclass=_CheckedKeywords):
     old keyword (and reading its old attribute) with a ``DeprecationWarning``.
     """
 
-    _renamed: dict[str, tuple[str, str]] = {}
+    _renamed: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init_subclass__(cls, renamed: Mapping[str, tuple[str, str]] | None = None,
                           **kwargs: Any) -> None:

@@ -22,15 +22,23 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ._io import atomic_write_bytes, pid_alive
 from .errors import CorruptFileError
 from .home import HomeLayout
 
-__all__ = ["Fallback", "report", "active", "subscribe", "unsubscribe", "write_record",
-           "read_record"]
+__all__ = [
+    "Fallback",
+    "active",
+    "read_record",
+    "report",
+    "subscribe",
+    "unsubscribe",
+    "write_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +46,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Fallback:
     """One fallback: which ``component``, what it does instead (``fallback``), and why
-    (``cause``); ``since`` is the wall-clock time it was first reported in this process."""
+    (``cause``); ``since`` is the wall-clock time it was first reported in this process.
+    """
 
     component: str
     fallback: str
@@ -97,7 +106,8 @@ def unsubscribe(listener: Callable[[Fallback], None]) -> None:
 
 def write_record(home: str | os.PathLike[str]) -> None:
     """Write this process's fallbacks to ``<home>/degraded.json`` (atomically; an empty list
-    replaces what an earlier process on the home recorded)."""
+    replaces what an earlier process on the home recorded).
+    """
     data = {"pid": os.getpid(), "written_at": time.time(),
             "fallbacks": [f.to_dict() for f in active()]}
     atomic_write_bytes(HomeLayout(home).degraded,

@@ -9,31 +9,31 @@ bad configuration raises :class:`ConfigError`, which is also a ``ValueError``.
 from __future__ import annotations
 
 __all__ = [
-    "VortexError",
+    "AppliedRecordCorruptError",
+    "AuditLogError",
+    "ChecksumMismatchError",
     "ConfigError",
     "ConfigKeyError",
-    "CorruptFileError",
     "CoreNotBuiltError",
-    "SnapshotFormatError",
-    "SegmentCorruptError",
-    "TrainingError",
-    "RegistryError",
-    "RegistryCorruptError",
-    "ChecksumMismatchError",
-    "VersionNotFoundError",
+    "CorruptFileError",
+    "JournalCorruptError",
     "ModelSwapError",
-    "RSIError",
     "PatchError",
-    "SandboxError",
+    "ProposalCorruptError",
     "ProposalNotFoundError",
     "ProposalStateError",
+    "RSIError",
+    "RegistryCorruptError",
+    "RegistryError",
     "RollbackConflictError",
+    "SandboxError",
+    "SegmentCorruptError",
+    "SnapshotFormatError",
+    "TrainingError",
     "TreeChangedError",
-    "AuditLogError",
-    "ProposalCorruptError",
-    "JournalCorruptError",
-    "AppliedRecordCorruptError",
     "UnknownRequestError",
+    "VersionNotFoundError",
+    "VortexError",
 ]
 
 
@@ -92,7 +92,7 @@ class CorruptFileError(VortexError):
         return (_rebuild_corrupt, (type(self), self.path, self.problem, self.position, self.remedy))
 
 
-def _rebuild_corrupt(cls: type, path: str, problem: str, position: int | None,
+def _rebuild_corrupt(cls: type[CorruptFileError], path: str, problem: str, position: int | None,
                      remedy: str | None) -> CorruptFileError:
     err = cls.__new__(cls)
     CorruptFileError.__init__(err, path, problem, position=position, remedy=remedy)
@@ -110,7 +110,8 @@ class SnapshotFormatError(CorruptFileError, ValueError):
 class SegmentCorruptError(CorruptFileError):
     """A worker's shared-memory segment (``vortex.shm``) is not a whole segment of this format:
     a damaged or truncated header, a record that fails its checksum, counters that contradict
-    the rings. Other workers' segments are unaffected."""
+    the rings. Other workers' segments are unaffected.
+    """
 
 
 class TrainingError(VortexError):
@@ -170,12 +171,14 @@ class RollbackConflictError(RSIError):
 class TreeChangedError(PatchError):
     """The target tree is not the one a proposal was tested against; nothing was applied.
 
-    The engine re-tests the proposal on the current tree before applying it."""
+    The engine re-tests the proposal on the current tree before applying it.
+    """
 
 
 class AuditLogError(CorruptFileError, RSIError):
     """The audit log (or its head file) is damaged: a line fails its hash or link, or the log
-    is shorter than its recorded head (truncated)."""
+    is shorter than its recorded head (truncated).
+    """
 
 
 class ProposalCorruptError(CorruptFileError, RSIError):
@@ -184,12 +187,14 @@ class ProposalCorruptError(CorruptFileError, RSIError):
 
 class JournalCorruptError(CorruptFileError, RSIError):
     """A journal of the RSI apply fails its checksums: recovery wrote nothing from it, moved it
-    aside, and applies are refused until a person has checked the tree files it names."""
+    aside, and applies are refused until a person has checked the tree files it names.
+    """
 
 
 class AppliedRecordCorruptError(CorruptFileError, RSIError):
     """An applied record (``applied/<id>.json``, the originals a rollback restores) fails its
-    checksums; the rollback is refused and nothing is changed."""
+    checksums; the rollback is refused and nothing is changed.
+    """
 
 
 class UnknownRequestError(VortexError, KeyError):

@@ -110,7 +110,8 @@ class HomeLayout:
     def shm(self) -> str:
         """Folder of the serving workers' shared-memory segments: in ``/dev/shm``, named after
         this home's real path, or ``<home>/shm`` where ``/dev/shm`` is not usable (the reasons
-        are in :mod:`vortex.shm.location`)."""
+        are in :mod:`vortex.shm.location`).
+        """
         from .shm.location import segment_dir
 
         return os.fspath(segment_dir(self.root))

@@ -35,16 +35,17 @@ import queue
 import reprlib
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import degraded
+from ._fast_serving import RequestPath, pending_add
+from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
 from .changes import ChangeBoard
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
 from .errors import ConfigError, UnknownRequestError, VortexError
-from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
-from ._fast_serving import RequestPath, pending_add
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
@@ -119,7 +120,8 @@ class _PendingTable:
 
     def add(self, item: tuple) -> int:
         """Store ``item`` under the next request id and return that id (compiled: the request
-        path calls the same code directly)."""
+        path calls the same code directly).
+        """
         return pending_add(self, item)
 
     def _sweep(self, newest: int) -> None:
@@ -173,7 +175,8 @@ _NLL_CAP = -math.log(5e-324)  # the NLL of a label given probability 0 (the smal
 
 def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
     """``(class, confidence, probabilities)`` of any logits NumPy can read (the general path
-    behind ``_fast_serving.softmax_top``)."""
+    behind ``_fast_serving.softmax_top``).
+    """
     import numpy as np
 
     out = np.asarray(raw, dtype=np.float64).reshape(-1)  # a tensor or an array
@@ -189,7 +192,8 @@ class SystemStatus:
 
     ``degraded`` lists the fallbacks this process took because its environment lacks
     something (component, fallback, cause; see :mod:`vortex.degraded`); ``changes`` the newest
-    changes to what serves and the watches they ended (see :mod:`vortex.changes`)."""
+    changes to what serves and the watches they ended (see :mod:`vortex.changes`).
+    """
 
     timestamp: float
     home: str
@@ -385,7 +389,7 @@ class Orchestrator:
 
         return ModelSlot(model, None)
 
-    def with_runtime_detector(self, config: RuntimeDetectorConfig | None = None) -> "Orchestrator":
+    def with_runtime_detector(self, config: RuntimeDetectorConfig | None = None) -> Orchestrator:
         """Attach the runtime detector (its weaknesses trigger RSI cycles when RSI is enabled)."""
         from .monitor import RuntimeDetector
 
@@ -395,7 +399,7 @@ class Orchestrator:
         return self
 
     def with_self_modification(self, target: str | os.PathLike, config: RSIConfig | None = None,
-                               **engine_kwargs: Any) -> "Orchestrator":
+                               **engine_kwargs: Any) -> Orchestrator:
         """Attach the RSI engine to a source tree with ``[tool.vortex]`` settings."""
         from .rsi import RSIEngine
 
@@ -410,9 +414,10 @@ class Orchestrator:
         self._wire()
         return self
 
-    def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> "Orchestrator":
+    def with_background_trainer(self, config: BackgroundTrainingConfig | None = None) -> Orchestrator:
         """Attach background training; the samples a previous run saved in
-        ``<home>/buffer.arrow`` are reloaded (by the coordinator)."""
+        ``<home>/buffer.arrow`` are reloaded (by the coordinator).
+        """
         from .training import BackgroundTrainingCoordinator
 
         if self.model_factory is None:
@@ -429,7 +434,7 @@ class Orchestrator:
         self._wire()
         return self
 
-    def enable_rsi(self, config: RSIConfig) -> "Orchestrator":
+    def enable_rsi(self, config: RSIConfig) -> Orchestrator:
         """Set the RSI configuration (``enabled=True`` lets triggers and schedules run cycles)."""
         if not isinstance(config, RSIConfig):
             raise ConfigError(f"Orchestrator.enable_rsi(config={config!r}): must be an RSIConfig")
@@ -478,7 +483,7 @@ class Orchestrator:
         if self._maintenance_thread is not None:
             self._maintenance_thread.join(timeout=5)
 
-    def __enter__(self) -> "Orchestrator":
+    def __enter__(self) -> Orchestrator:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -641,7 +646,8 @@ class Orchestrator:
     def rsi_metrics(self) -> dict[str, Any]:
         """The tracker's figures in the form the RSI engine reads, with those of the newest
         requests (the detector's window, else 1,000): a cycle judges what serves now, not the
-        service's lifetime averages."""
+        service's lifetime averages.
+        """
         window = self.detector.config.window_size if self.detector is not None else 1000
         return self.tracker.summary(recent=min(window, self.tracker.latency_window))
 
@@ -730,7 +736,8 @@ class Orchestrator:
 
     def system_status(self) -> SystemStatus:
         """Performance, runtime stats and weaknesses, RSI stats and proposals, training stats,
-        model versions and the current model, as one :class:`SystemStatus`."""
+        model versions and the current model, as one :class:`SystemStatus`.
+        """
         return SystemStatus(
             timestamp=time.time(),
             home=str(self.home),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["t_quantile", "student_t_interval", "paired_bootstrap_interval"]
+__all__ = ["paired_bootstrap_interval", "student_t_interval", "t_quantile"]
 
 
 def _t_central(t: float, df: int) -> float:

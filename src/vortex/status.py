@@ -1,4 +1,4 @@
-"""``vortex status``: what a Vortex home directory holds, read from disk.
+"""What a Vortex home directory holds, read from disk (``vortex status`` shows it).
 
 It works on a home whether or not a service is running on it: the model registry and its
 serving log, the proposals and their statuses, the audit log's integrity, the last training
@@ -8,16 +8,14 @@ because its environment lacked something (``degraded``, see :mod:`vortex.degrade
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import Counter
 from typing import Any
 
-from ._cli_support import command, existing_home
 from .home import HomeLayout
 
-__all__ = ["home_status", "register"]
+__all__ = ["home_status"]
 
 
 def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
@@ -32,8 +30,10 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
     vortex.errors.CorruptFileError
         A file under ``home`` is damaged (the error names it).
     """
-    home = existing_home(os.fspath(home))
+    home = os.fspath(home)
     layout = HomeLayout(home)
+    if not layout.exists():
+        raise FileNotFoundError(f"no Vortex home at {home!r}")
     out: dict[str, Any] = {"home": os.path.abspath(home)}
 
     models_dir = layout.models
@@ -98,42 +98,3 @@ def _read_runs(path: str) -> list[dict[str, Any]]:
         raise CorruptFileError(path, "not a list of training runs with a status",
                                remedy="it only records past runs; move it aside")
     return runs
-
-
-def _text(s: dict[str, Any]) -> str:
-    lines = [f"home: {s['home']}"]
-    m = s["models"]
-    lines.append("models: none" if m is None else
-                 f"models: {m['versions']} versions, active v{m['active_version']}, "
-                 f"{m['swaps']} serving-log entries")
-    if s["proposals"] is not None:
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(s["proposals"].items())) or "none"
-        a = s["audit"]
-        lines.append(f"proposals: {counts}")
-        lines.append(f"audit log: {'intact' if a['ok'] else 'BROKEN at line ' + str(a['first_bad_line'])}"
-                     f", {a['entries']} entries")
-    t = s["training"]
-    if t is not None:
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(t["by_status"].items()))
-        lines.append(f"training runs: {t['runs']} ({counts})")
-    lines.append(f"buffered samples: {s['buffered_samples']}")
-    d = s["degraded"]
-    if d is not None:
-        who = f"process {d['pid']}, {'running' if d['process_running'] else 'no longer running'}"
-        lines.append(f"degraded: none (recorded by {who})" if not d["fallbacks"] else
-                     f"degraded (recorded by {who}):" + "".join(f"\n  {f['component']}: {f['fallback']}; "
-                                                    f"cause: {f['cause']}" for f in d["fallbacks"]))
-    return "\n".join(lines)
-
-
-def _run(args: argparse.Namespace) -> int:
-    status = home_status(args.home)
-    print(json.dumps(status, indent=2, default=str) if args.json else _text(status))
-    return 0 if status["audit"] is None or status["audit"]["ok"] else 1
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("status", help="what a Vortex home directory holds")
-    p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    command(p, _run)

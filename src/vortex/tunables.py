@@ -22,8 +22,9 @@ import re
 import threading
 import time
 import tomllib
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from ._scalars import as_real
 

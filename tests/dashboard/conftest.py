@@ -71,7 +71,7 @@ def home(demo_run, tmp_path) -> Path:
 @pytest.fixture
 def serve():
     """serve(app) -> the base URL of ``app`` served by uvicorn on a free loopback port."""
-    from vortex.dashboard.cli import DashboardServer
+    from vortex.dashboard.server import DashboardServer
 
     servers: list[DashboardServer] = []
 

@@ -308,7 +308,7 @@ def test_eight_threads_record_exact_counts():
     assert errors == []
     st = det.stats()
     assert st.total_samples == 8 * n and st.samples_in_window == 1000
-    assert det._window.analyze(0.0).all_latency_sum == 8 * (n // 50) * sum(range(50))
+    assert det._stats(0.0).all_latency_sum == 8 * (n // 50) * sum(range(50))
 
 
 def test_monitor_thread_runs_and_stops():
@@ -470,13 +470,18 @@ def test_record_error_rejects_bad_values_and_changes_nothing(bad):
 
 def test_raw_window_set_error_matches_the_slot_after_wraparound():
     from vortex._core import MetricWindow
+    from vortex._fast_metrics import MetricRecorder
 
-    w = MetricWindow(16)
-    ids = [w.record(float(i), 0.5) for i in range(40)]
+    class Recorder(MetricRecorder):
+        def __init__(self, window):
+            self._attach(window)
+
+    rec = Recorder(MetricWindow(16))  # record and set_error are bound once, on the recorder
+    ids = [rec.record_request(float(i), 0.5) for i in range(40)]
     assert ids == list(range(40))
-    assert w.set_error(30, 0.25) and w.set_error(39, 0.75)
-    assert not w.set_error(23, 0.1)
-    snap = w.snapshot()
+    assert rec.record_error(30, 0.25) and rec.record_error(39, 0.75)
+    assert not rec.record_error(23, 0.1)
+    snap = rec._window.snapshot()
     assert snap["latency_ms"][30 - 24] == 30.0 and snap["error"][30 - 24] == 0.25
     assert snap["error"][-1] == 0.75
     assert np.isnan(snap["error"]).sum() == 14

@@ -48,7 +48,7 @@ _HEADERS = {
 }
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """A request refused with an HTTP status and a one-line message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -65,7 +65,7 @@ def _status_of(exc: BaseException) -> int:
         VersionNotFoundError,
     )
 
-    if isinstance(exc, _Refused):
+    if isinstance(exc, _RefusedError):
         return exc.status
     if isinstance(exc, (ProposalNotFoundError, VersionNotFoundError)):
         return 404
@@ -97,7 +97,7 @@ def _same_origin(request: Any) -> bool:
 def _name(body: dict[str, Any]) -> str:
     by = body.get("by")
     if not isinstance(by, str) or not by.strip() or len(by) > _MAX_NAME or not by.isprintable():
-        raise _Refused(400, f"by={by!r}: give your name (1 to {_MAX_NAME} printable characters); "
+        raise _RefusedError(400, f"by={by!r}: give your name (1 to {_MAX_NAME} printable characters); "
                             "it is recorded in the audit log")
     return by.strip()
 
@@ -106,17 +106,17 @@ def _version(text: Any, what: str) -> int | None:
     if text is None:
         return None
     if isinstance(text, bool) or not (isinstance(text, int) or (isinstance(text, str) and text.isdigit())):
-        raise _Refused(400, f"{what}={text!r} is not a version number")
+        raise _RefusedError(400, f"{what}={text!r} is not a version number")
     value = int(text)
     if value < 1:
-        raise _Refused(400, f"{what}={text!r}: versions start at 1")
+        raise _RefusedError(400, f"{what}={text!r}: versions start at 1")
     return value
 
 
 def _expected(body: dict[str, Any]) -> int | None:
     """The version the person saw serving (null: none), which a swap must still find serving."""
     if "expect_active" not in body:
-        raise _Refused(400, "expect_active: give the version you saw serving (null if none), so "
+        raise _RefusedError(400, "expect_active: give the version you saw serving (null if none), so "
                             "that a swap made meanwhile is not overridden")
     return _version(body["expect_active"], "expect_active")
 
@@ -187,7 +187,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
     def error(exc: BaseException) -> Response:
         status = _status_of(exc)
         if status == 500:
-            log.warning("dashboard action failed: %s", exc, exc_info=not isinstance(exc, _Refused))
+            log.warning("dashboard action failed: %s", exc, exc_info=not isinstance(exc, _RefusedError))
         return JSONResponse({"error": _message(exc)}, status_code=status, headers=_HEADERS)
 
     async def page(request: Request) -> Response:
@@ -206,19 +206,19 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
     async def checked_body(request: Request) -> dict[str, Any]:
         """The JSON body of an action that passed the cross-site and token checks."""
         if not _same_origin(request):
-            raise _Refused(403, "cross-site request refused")
+            raise _RefusedError(403, "cross-site request refused")
         given = request.headers.get(TOKEN_HEADER.lower(), "")
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise _Refused(403, f"missing or wrong token ({TOKEN_HEADER} header): actions need "
+            raise _RefusedError(403, f"missing or wrong token ({TOKEN_HEADER} header): actions need "
                                 "the token printed when the dashboard started")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise _Refused(415, "send the action as JSON (Content-Type: application/json)")
+            raise _RefusedError(415, "send the action as JSON (Content-Type: application/json)")
         try:
             body = await request.json()
         except ValueError:
-            raise _Refused(400, "the body is not valid JSON") from None
+            raise _RefusedError(400, "the body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise _Refused(400, "the body must be a JSON object")
+            raise _RefusedError(400, "the body must be a JSON object")
         return body
 
     async def run(fn: Any, *args: Any) -> Response:
@@ -236,8 +236,8 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
             action = request.path_params["action"]
             reason = body.get("reason") or ""
             if not isinstance(reason, str):
-                raise _Refused(400, f"reason={reason!r} must be text")
-        except _Refused as exc:
+                raise _RefusedError(400, f"reason={reason!r} must be text")
+        except _RefusedError as exc:
             return error(exc)
         return await run(act_on_proposal, home, request.path_params["id"], action, by, reason)
 
@@ -247,7 +247,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
             by = _name(body)
             version = _version(request.path_params["version"], "version")
             expect = _expected(body)
-        except _Refused as exc:
+        except _RefusedError as exc:
             return error(exc)
         return await run(swap_model, home, version, by, expect)
 
@@ -258,8 +258,8 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
             expect = _expected(body)
             models = (await run_in_threadpool(snapshot))["models"]
             if not models or models["rollback_to"] is None:
-                raise _Refused(409, "there is no earlier version to roll back to")
-        except _Refused as exc:
+                raise _RefusedError(409, "there is no earlier version to roll back to")
+        except _RefusedError as exc:
             return error(exc)
         return await run(swap_model, home, models["rollback_to"], by, expect)
 

@@ -105,7 +105,7 @@ class _FleetWindow:
             self._records.append((int(new.t_ns[i]), float(new.latency_ms[i]),
                                   float(new.confidence[i]), float(new.error[i])))
         for rows in batch.samples.values():  # each labelled sample is one request's feedback
-            self._labels.extend(zip(rows.timestamp.tolist(), rows.error.tolist()))
+            self._labels.extend(zip(rows.timestamp.tolist(), rows.error.tolist(), strict=True))
         cutoff = now_ns - int(_WINDOW_SECS * 1e9)
         while self._records and self._records[0][0] < cutoff:
             self._records.popleft()
@@ -155,7 +155,8 @@ class HomeView:
     # ------------------------------------------------------------------ the whole page
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows, JSON-ready. A damaged file shows as a ``problems`` entry
-        naming it; the rest of the page still shows."""
+        naming it; the rest of the page still shows.
+        """
         with self._lock:
             problems: list[str] = []
 
@@ -255,7 +256,8 @@ class HomeView:
 
     def _cached(self, name: str, paths: tuple[str, ...], read: Callable[[], Any]) -> Any:
         """``read()``, again only once one of ``paths`` changed (the page polls every second;
-        the sample buffer and the audit log are rewritten or appended far less often)."""
+        the sample buffer and the audit log are rewritten or appended far less often).
+        """
         from .._io import file_key
 
         key = tuple(file_key(p) for p in paths)
@@ -282,7 +284,8 @@ class HomeView:
 
     def _control(self) -> dict[str, Any] | None:
         """The status a served home's control plane publishes (``Orchestrator.system_status``
-        plus ``control`` and ``workers``; see :mod:`vortex.serving.control`), or None."""
+        plus ``control`` and ``workers``; see :mod:`vortex.serving.control`), or None.
+        """
         import json
 
         from ..errors import CorruptFileError
@@ -308,7 +311,8 @@ class HomeView:
 
     def _buffer(self) -> dict[str, Any] | None:
         """The persisted samples: their count, flux-position success and, per time bucket,
-        confidence, error and accuracy (the chart's past where no dashboard was watching)."""
+        confidence, error and accuracy (the chart's past where no dashboard was watching).
+        """
         return self._cached("buffer", (self.layout.buffer,), self._read_buffer)
 
     def _read_buffer(self) -> dict[str, Any] | None:
@@ -372,7 +376,8 @@ class HomeView:
     def _weaknesses(self, proposals: list[dict[str, Any]], audit: dict[str, Any] | None,
                     live: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Each weakness once, with the proposals it led to: those recorded with a proposal,
-        those the audit log's cycles name, and (live) the detector's recent ones."""
+        those the audit log's cycles name, and (live) the detector's recent ones.
+        """
         found: dict[tuple[str, float], dict[str, Any]] = {}
 
         def add(w: dict[str, Any], proposal: str | None = None) -> None:

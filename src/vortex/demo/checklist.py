@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StageStatus", "Stage", "Checklist"]
+__all__ = ["Checklist", "Stage", "StageStatus"]
 
 
 class StageStatus(str, enum.Enum):
@@ -35,7 +35,8 @@ _MARKS = {StageStatus.REACHED: "[x]", StageStatus.NOT_REACHED: "[ ]", StageStatu
 @dataclass(frozen=True)
 class Stage:
     """One stage: its ``name``, ``status``, the measured ``figure`` (reached) or the ``reason``
-    (not reached, errored), and the figures as data (``facts``)."""
+    (not reached, errored), and the figures as data (``facts``).
+    """
 
     name: str
     status: StageStatus
@@ -43,6 +44,7 @@ class Stage:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stage as JSON-ready data (``report.json``)."""
         return {"name": self.name, "status": self.status.value, "text": self.text,
                 "facts": self.facts}
 
@@ -78,7 +80,8 @@ class Checklist:
 
     def render(self) -> str:
         """The checklist as text, one line per stage (``[x]`` reached, ``[ ]`` not reached,
-        ``[!]`` errored), then the verdict."""
+        ``[!]`` errored), then the verdict.
+        """
         width = max((len(s.name) for s in self.stages), default=0)
         lines = [f"{self.title}, stage by stage:"]
         for s in self.stages:
@@ -91,5 +94,6 @@ class Checklist:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """The checklist as JSON-ready data (``report.json``)."""
         return {"title": self.title, "complete": self.complete,
                 "stages": [s.to_dict() for s in self.stages]}

@@ -13,11 +13,9 @@ recovers. The run prints a timeline and writes ``report.json`` and ``timeline.pn
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
-import logging
 import math
 import os
 import shlex
@@ -33,7 +31,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from .stages import DemoEvidence, Served, loop_checklist
 
-__all__ = ["DemoSettings", "run_demo", "main"]
+__all__ = ["DemoSettings", "inspect_commands", "run_demo", "service_tree"]
 
 SERVICE_TEMPLATE = Path(__file__).with_name("digits_service")
 MODEL_FACTORY = "vortex.training.models:mlp"
@@ -62,7 +60,8 @@ class DemoSettings:
     dashboard_port: int | None = None  # serve the live dashboard during the run (0: any port)
 
     @classmethod
-    def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
+    def quick_settings(cls, home: Path, out_dir: Path) -> DemoSettings:
+        """The shorter run of ``vortex demo --quick`` (CI and the tests)."""
         return cls(home=home, out_dir=out_dir, clean_requests=300, max_drift_requests=20_000,
                    after_fix_requests=300, requests_per_sec=300.0, time_budget_secs=90.0,
                    initial_epochs=40, quick=True)
@@ -142,6 +141,8 @@ def _import_service(tree: Path):
     init = tree / "digits_service" / "__init__.py"
     spec = importlib.util.spec_from_file_location("vortex_demo_digits_service", init,
                                                   submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the demo service from {init}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -163,11 +164,11 @@ def _service_mode(service):
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the demo; returns the report (also written to ``out_dir/report.json``), whose
-    ``checklist`` says which stages of the loop were reached (see :mod:`vortex.demo.stages`)."""
+    ``checklist`` says which stages of the loop were reached (see :mod:`vortex.demo.stages`).
+    """
     import torch
 
-    from .. import (BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig,
-                    RuntimeDetectorConfig)
+    from .. import BackgroundTrainingConfig, FluxConfig, Orchestrator, RSIConfig, RuntimeDetectorConfig
 
     torch.set_num_threads(1)  # leave the other core to the sandbox and the trainer
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +209,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     dashboard = None
     if settings.dashboard_port is not None:
-        from ..dashboard.cli import serve_in_background
+        from ..dashboard.server import serve_in_background
 
         dashboard = serve_in_background(os.fspath(home), lambda: json.loads(orch.system_status().to_json()),
                                         port=settings.dashboard_port)
@@ -385,7 +386,7 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
     for ax, key, label in zip(axes, ("correct", "nll", "version"),
                               ("accuracy (rolling 50)", "NLL of the label (rolling 50)",
-                               "model version serving")):
+                               "model version serving"), strict=True):
         if key == "version":
             ax.step(n, [r.version for r in records], where="post", lw=1.2)
         else:
@@ -410,40 +411,9 @@ def _plot(records, timeline: _Timeline, drift_started: int, path: Path) -> None:
     atomic_write_bytes(path, png.getvalue(), mode=0o644)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .cli import register
-
-    parser = argparse.ArgumentParser(prog="vortex")
-    register(parser.add_subparsers(dest="command", required=True))
-    return run_from_args(parser.parse_args(["demo", *(argv or [])]))
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """``vortex demo``: run it, print the checklist and how to inspect the result; the exit
-    status is 0 only when every stage of the loop was reached."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    home, out = Path(args.home), Path(args.out)
-    if not args.keep and home.exists():
-        shutil.rmtree(home)
-    settings = (DemoSettings.quick_settings(home, out) if args.quick
-                else DemoSettings(home=home, out_dir=out))
-    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed,
-                               "judge_python": args.judge_python,
-                               "dashboard_port": getattr(args, "dashboard", None)})
-    report = run_demo(settings)
-    print(f"\n{report['checklist_text']}")
-    print(f"\n{report['requests']} requests in {report['duration_secs']} s; "
-          f"report: {out / 'report.json'}, plot: {out / 'timeline.png'}")
-    print("\ninspect the result:\n" + "\n".join(f"  {c}" for c in inspect_commands(home)))
-    return 0 if report["checklist"]["complete"] else 1
-
-
 def inspect_commands(home: Path) -> list[str]:
     """The commands that show what a run left in ``home``, as typed from the current directory."""
     where = shlex.quote(os.fspath(home))
     return [f"vortex status --home {where}", f"vortex proposals list --home {where}",
             f"vortex models list --home {where}"]
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

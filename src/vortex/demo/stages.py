@@ -16,7 +16,7 @@ from typing import Any
 
 from .checklist import Checklist
 
-__all__ = ["Served", "DemoEvidence", "loop_checklist", "STAGES", "MIN_EFFECT_REQUESTS"]
+__all__ = ["MIN_EFFECT_REQUESTS", "STAGES", "DemoEvidence", "Served", "loop_checklist"]
 
 STAGES = ("weakness detected", "proposal tested in isolation", "patch applied",
           "patch's effect on served requests", "training run (triggered by the patch)",
@@ -31,7 +31,8 @@ MIN_EFFECT_REQUESTS = 30
 class Served:
     """One served request: its number (1-based), whether the answer was right, the negative
     log-likelihood of the true label, the model version and tunables generation (0 before the
-    first patch took effect) that answered it, and whether its input was drifted."""
+    first patch took effect) that answered it, and whether its input was drifted.
+    """
 
     request: int
     correct: bool
@@ -136,8 +137,11 @@ def _proposal_tested(ev: DemoEvidence, c: Checklist) -> dict[str, Any] | None:
 def _patch_applied(ev: DemoEvidence, c: Checklist, p: dict[str, Any] | None) -> int | None:
     """The tunables generation the applied patch started (None if none was applied)."""
     name = STAGES[2]
-    if p is None or not _applied(p):
-        tested = (p or {}).get("test_result") or {}
+    if p is None:
+        c.not_reached(name, "nothing passed a sandbox test")
+        return None
+    if not _applied(p):
+        tested = p.get("test_result") or {}
         why = (f"the sandbox could not judge {p['id']}" if tested.get("errored") else
                "nothing passed a sandbox test" if not tested.get("passed") else
                f"{p['id']} is {p['status']}: " + str(p["history"][-1][2]))
@@ -175,7 +179,7 @@ def _effect(ev: DemoEvidence, c: Checklist, generation: int | None) -> None:
     metric = _tested_metric(ev, generation)
     if metric not in ("nll", "error_rate"):  # a latency patch, say: judged by the NLL here
         metric = "nll"
-    figures = {}
+    figures: dict[str, dict[str, Any]] = {}
     for name_, value in (("nll", lambda s: s.nll), ("error_rate", lambda s: float(not s.correct))):
         a, b = [value(s) for s in before], [value(s) for s in after]
         change, lo, hi = _diff_interval(a, b)

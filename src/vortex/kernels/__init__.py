@@ -1,0 +1,1 @@
+"""Numba kernels of the training hot paths (FluxDynamics weights: :mod:`.flux`)."""

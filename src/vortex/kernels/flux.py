@@ -26,18 +26,20 @@ Numerical conventions, shared with the NumPy reference in ``tests/naive.py``:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+from llvmlite import binding as _llvm
 from llvmlite import ir
 from numba.core import cgutils, types
-from llvmlite import binding as _llvm
 from numba.extending import intrinsic
 
 __all__ = ["flux_weights", "warmup"]
 
 # contract: multiply-adds fuse; reassoc: the weight sum is vectorised (summation order differs
 # from a serial sum by rounding only). No flag that changes NaN/inf semantics.
-_JIT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy",
+_JIT: dict[str, Any] = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy",
             fastmath={"contract", "reassoc"})
 
 
@@ -52,7 +54,8 @@ _TINY = 2.2250738585072014e-308  # smallest normal double: smaller forward facto
 def _prefetch(typingctx, array, index):
     """Hint the CPU to start loading ``array[index]``'s cache line (LLVM ``llvm.prefetch``:
     read, keep in all levels); no effect on results, and an address out of range is harmless
-    (a prefetch never faults), though callers stay in range."""
+    (a prefetch never faults), though callers stay in range.
+    """
     sig = types.void(array, index)
 
     def codegen(context, builder, signature, args):
@@ -99,7 +102,8 @@ def _block_outputs(chain, powers, f_last, lam, w_max, pos_pattern, held_pattern,
 @numba.njit(**_JIT)
 def _prepare(error, episode, seq, episode_after, gamma, chain, coef, m):  # pragma: no cover
     """chain[t] = error[t] (NaN as 0); coef[t] = gamma where sample t+1 is in the same
-    episode, else 0. Returns bit 1: an error outside [0, 1]; bit 2: seq not consecutive."""
+    episode, else 0. Returns bit 1: an error outside [0, 1]; bit 2: seq not consecutive.
+    """
     bad = 0
     off = 0
     for t in range(m - 1):
@@ -226,7 +230,8 @@ def _tables(block, held9, half_life):  # pragma: no cover - compiled
     """Per-call tables of :func:`_flux_blocks` for consecutive seqs from a multiple of 9.
 
     Index j (0 <= j < block + 9) stands for seq % 9 == j % 9: held_pattern, keep_pattern,
-    pos_pattern (``1 + j % 9``), keep_count[j] (trained among the first j). powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
+    pos_pattern (``1 + j % 9``), keep_count[j] (trained among the first j).
+    powrev[t] = 0.5 ** ((block - 1 - t) / half_life), the forward factor of the sample
     t places into a full block relative to its last sample, as a product of two powers from
     256-entry tables (2 roundings instead of 1; ~500 pow calls instead of one per entry).
     Built here rather than with NumPy, whose array-wide %, isin and pow took ~3 ms a call.
@@ -302,7 +307,7 @@ def flux_weights(seq: np.ndarray, episode: np.ndarray, error: np.ndarray, *, hal
         Arrays of different lengths or not 1-D, non-integer seq/episode, a negative seq,
         an error outside [0, 1].
     """
-    arrays = []
+    arrays: list[np.ndarray[Any, Any]] = []
     for name, arr, kinds, dtype in (("seq", seq, "iu", np.int64), ("episode", episode, "iu", np.int64),
                                     ("error", error, "f", np.float32)):
         a = np.asarray(arr)
@@ -319,8 +324,8 @@ def flux_weights(seq: np.ndarray, episode: np.ndarray, error: np.ndarray, *, hal
         out = (np.empty(n, np.float32), np.empty(n, np.int8), np.empty(n, np.bool_),
                np.empty(n, np.bool_))
     else:
-        for a, dtype in zip(out, (np.float32, np.int8, np.bool_, np.bool_)):
-            if (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,)
+        for a, out_dtype in zip(out, (np.float32, np.int8, np.bool_, np.bool_), strict=True):
+            if (not isinstance(a, np.ndarray) or a.dtype != out_dtype or a.shape != (n,)
                     or not a.flags.c_contiguous or not a.flags.writeable):
                 raise ValueError(f"out: each array must be a writable contiguous ({n},) array "
                                  "of float32, int8, bool, bool")

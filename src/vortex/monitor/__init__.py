@@ -19,7 +19,7 @@ _LAZY: dict[str, str] = {
     "VortexCollector": "vortex.monitor.prometheus",
 }
 
-__all__ = ["RSITriggerEvent", "Weakness", "WeaknessType", *_LAZY]
+__all__ = ["RSITriggerEvent", "Weakness", "WeaknessType", *_LAZY]  # noqa: PLE0604 - names (keys)
 
 
 def __getattr__(name: str) -> Any:

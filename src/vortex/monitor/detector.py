@@ -15,6 +15,7 @@ pass.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -22,18 +23,19 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .._native import _core
 from .._fast_metrics import MetricRecorder
+from .._native import _core
+from .._scalars import as_index
 from ..config import RuntimeDetectorConfig
 from ..errors import ConfigError
-from .._scalars import as_index
 from .memory import ProcessMemoryProbe
 from .weaknesses import RSITriggerEvent, Weakness, WeaknessType
 
-__all__ = ["RuntimeDetector", "DetectorStats"]
+__all__ = ["DetectorStats", "RuntimeDetector"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ class RuntimeDetector(MetricRecorder):
     ['latency_spike']
     """
 
-    events: "queue.Queue[RSITriggerEvent]"
+    events: queue.Queue[RSITriggerEvent]
     """Trigger events, for consumers that poll instead of subscribing (bounded, oldest dropped)."""
 
     def __init__(self, config: RuntimeDetectorConfig | None = None, *,
@@ -219,7 +221,8 @@ class RuntimeDetector(MetricRecorder):
 
     def memory_fraction(self) -> float:
         """Resident memory over the process's limit (cgroup limit if set, else RAM), now; NaN
-        when the resident memory cannot be read (no memory-pressure weakness is raised then)."""
+        when the resident memory cannot be read (no memory-pressure weakness is raised then).
+        """
         return float(self._memory_probe())
 
     def throughput_rps(self) -> float:
@@ -368,7 +371,7 @@ class RuntimeDetector(MetricRecorder):
             recent = [t for t in times if now - t <= cfg.pattern_period_secs]
             if len(recent) < cfg.pattern_min_occurrences:
                 continue
-            intervals = [b - a for a, b in zip(recent, recent[1:])]
+            intervals = [b - a for a, b in itertools.pairwise(recent)]
             mean = statistics.fmean(intervals)
             if mean <= 0.0:
                 continue
@@ -458,7 +461,7 @@ class RuntimeDetector(MetricRecorder):
             except Exception:
                 logger.exception("runtime detector analysis failed; continuing")
 
-    def __enter__(self) -> "RuntimeDetector":
+    def __enter__(self) -> RuntimeDetector:
         self.start()
         return self
 

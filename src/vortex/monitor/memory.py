@@ -18,9 +18,9 @@ import math
 import os
 import weakref
 
-from .._native import _core  # noqa: F401  (first, for its actionable error if unbuilt)
-from .._fast_metrics import statm_resident_pages
 from .. import degraded
+from .._fast_metrics import statm_resident_pages
+from .._native import _core  # noqa: F401  (first, for its actionable error if unbuilt)
 
 __all__ = ["ProcessMemoryProbe", "memory_limit_bytes", "resident_bytes"]
 
@@ -171,7 +171,7 @@ _DEFAULT: ProcessMemoryProbe | None = None
 
 
 def _default_probe() -> ProcessMemoryProbe:
-    global _DEFAULT
+    global _DEFAULT  # noqa: PLW0603 - one probe per process, created on first use
     if _DEFAULT is None:
         _DEFAULT = ProcessMemoryProbe()
     return _DEFAULT

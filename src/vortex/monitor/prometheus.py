@@ -209,8 +209,8 @@ def fleet_metrics(ns: str, fleet: FleetReader) -> Iterator[Metric]:
 
 
 def _histogram(name: str, doc: str, hist: LogHistogram, le: tuple[float, ...]) -> Metric:
-    cumulative = hist.cumulative(le + (math.inf,))
-    buckets = [(_le(b), int(c)) for b, c in zip(le + (math.inf,), cumulative)]
+    cumulative = hist.cumulative((*le, math.inf))
+    buckets = [(_le(b), int(c)) for b, c in zip((*le, math.inf), cumulative, strict=True)]
     # _count is the +Inf bucket by definition; _sum is the workers' running total
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.total)
 

@@ -21,10 +21,10 @@ import threading
 from collections import deque
 from typing import Any
 
-from .._native import _core
 from .._fast_metrics import MetricRecorder
+from .._native import _core
 
-__all__ = ["PerformanceTracker", "SACRED_POSITIONS", "flux_position"]
+__all__ = ["SACRED_POSITIONS", "PerformanceTracker", "flux_position"]
 
 SACRED_POSITIONS = (3, 6, 9)
 
@@ -100,13 +100,15 @@ class PerformanceTracker:
     def recorder(self, mode: str) -> Any:
         """``record_sample(latency_ms, confidence)`` of ``mode`` (created if new): what
         :meth:`record` does without a ``seq``, minus finding the mode (the orchestrator's
-        request path keeps one per serving mode)."""
+        request path keeps one per serving mode).
+        """
         rec = self._modes.get(mode) if isinstance(mode, str) else None
         return (rec if rec is not None else self._new_mode(mode)).record_sample
 
     def _new_mode(self, mode: str, first: tuple[float, float] | None = None) -> _ModeRecorder:
         """The recorder of ``mode``, created (with its ``first`` sample, validated before the
-        mode appears) if it is new."""
+        mode appears) if it is new.
+        """
         if not isinstance(mode, str) or not mode:
             raise ValueError(f"mode={mode!r}: must be a non-empty string")
         with self._lock:
@@ -126,7 +128,8 @@ class PerformanceTracker:
 
     def record_outcome(self, seq: int, correct: bool) -> None:
         """Record whether the inference with sequence number ``seq`` turned out correct
-        (``correct`` a bool; anything else raises ``ValueError`` and nothing is recorded)."""
+        (``correct`` a bool; anything else raises ``ValueError`` and nothing is recorded).
+        """
         p = 1 + _check_seq(seq) % 9
         if not isinstance(correct, bool):
             correct = _check_flag(correct)
@@ -174,7 +177,7 @@ class PerformanceTracker:
         modes: dict[str, Any] = {}
         for mode, rec in sorted(self._modes.items()):
             window = rec._window
-            st = window.analyze(0.0)
+            st = rec._stats(0.0)
             count = st.total_recorded
             kept = window.snapshot()
             latencies = kept["latency_ms"]

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["WeaknessType", "Weakness", "RSITriggerEvent"]
+__all__ = ["RSITriggerEvent", "Weakness", "WeaknessType"]
 
 
 class WeaknessType(str, enum.Enum):
@@ -60,7 +60,7 @@ class Weakness:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Weakness":
+    def from_dict(cls, d: dict[str, Any]) -> Weakness:
         return cls(**{**d, "type": WeaknessType(d["type"])})
 
 

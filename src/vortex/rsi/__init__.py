@@ -8,19 +8,56 @@ from .audit import AuditLog, AuditVerification
 from .diffs import FilePatch, Hunk, check_paths, make_diff, parse_diff
 from .engine import RSICycleResult, RSIEngine, weaknesses_from_metrics
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel, TunableMove
-from .proposers import (CommandProposer, ConfidenceProposer, ErrorHandlingProposer, MemoryProposer,
-                        OutcomeMemory, PerformanceProposer, ProposalDraft, ProposerContext,
-                        TunableProposer, default_proposers, fit_temperature)
+from .proposers import (
+                        CommandProposer,
+                        ConfidenceProposer,
+                        ErrorHandlingProposer,
+                        MemoryProposer,
+                        OutcomeMemory,
+                        PerformanceProposer,
+                        ProposalDraft,
+                        ProposerContext,
+                        TunableProposer,
+                        default_proposers,
+                        fit_temperature,
+)
 from .risk import assess_risk
 from .sandbox import Sandbox, TestResult, paired_interval, t_quantile
 from .settings import VortexSettings, load_settings
 
 __all__ = [
-    "Applier", "AuditLog", "AuditVerification", "FilePatch", "Hunk", "check_paths", "make_diff",
-    "parse_diff", "RSICycleResult", "RSIEngine", "weaknesses_from_metrics", "ImprovementProposal",
-    "ProposalStatus", "ProposalStore", "RiskLevel", "TunableMove", "CommandProposer",
-    "ConfidenceProposer", "ErrorHandlingProposer", "MemoryProposer", "OutcomeMemory",
-    "PerformanceProposer", "ProposalDraft", "ProposerContext", "TunableProposer",
-    "default_proposers", "fit_temperature", "assess_risk", "Sandbox", "TestResult",
-    "paired_interval", "t_quantile", "VortexSettings", "load_settings",
+                        "Applier",
+                        "AuditLog",
+                        "AuditVerification",
+                        "CommandProposer",
+                        "ConfidenceProposer",
+                        "ErrorHandlingProposer",
+                        "FilePatch",
+                        "Hunk",
+                        "ImprovementProposal",
+                        "MemoryProposer",
+                        "OutcomeMemory",
+                        "PerformanceProposer",
+                        "ProposalDraft",
+                        "ProposalStatus",
+                        "ProposalStore",
+                        "ProposerContext",
+                        "RSICycleResult",
+                        "RSIEngine",
+                        "RiskLevel",
+                        "Sandbox",
+                        "TestResult",
+                        "TunableMove",
+                        "TunableProposer",
+                        "VortexSettings",
+                        "assess_risk",
+                        "check_paths",
+                        "default_proposers",
+                        "fit_temperature",
+                        "load_settings",
+                        "make_diff",
+                        "paired_interval",
+                        "parse_diff",
+                        "t_quantile",
+                        "weaknesses_from_metrics",
 ]

@@ -48,7 +48,8 @@ _WATCHED = {"pytest": ("pytest", "_pytest", "pluggy"), "script": ("builtins", "t
 
 def _snapshot(watched):
     """(module name, attribute[, class attribute]) -> (object, code object or None), for the
-    loaded modules named by ``watched`` (and their submodules)."""
+    loaded modules named by ``watched`` (and their submodules).
+    """
     out = {}
     for name, mod in list(sys.modules.items()):
         if not isinstance(mod, types.ModuleType) or not any(
@@ -79,7 +80,8 @@ def _tampered(before):
                 now = vars(vars(mod).get(key[1])).get(key[2])
         except TypeError:
             now = None
-        if now is not obj or (code is not None and getattr(getattr(now, "__func__", now), "__code__", None) is not code):
+        now_code = getattr(getattr(now, "__func__", now), "__code__", None)
+        if now is not obj or (code is not None and now_code is not code):
             changed.append(".".join(key))
     return changed
 
@@ -87,7 +89,8 @@ def _tampered(before):
 def _origin(tb, root, tool_dirs):
     """Where a skip or xfail was raised: the innermost frame of the traceback outside pytest and
     this runner (``__tracebackhide__`` is not honoured here), relative to the tree; None when
-    pytest itself raised it (a ``skip``/``skipif``/``xfail`` mark of the test)."""
+    pytest itself raised it (a ``skip``/``skipif``/``xfail`` mark of the test).
+    """
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame.f_code.co_filename)
@@ -101,7 +104,8 @@ def _origin(tb, root, tool_dirs):
 
 class _Recorder:
     """A pytest plugin: every test's outcome by node id, where each skip came from, collection
-    errors, loaded conftests."""
+    errors, loaded conftests.
+    """
 
     def __init__(self, root, tool_dirs):
         self.root, self.tool_dirs = root, tool_dirs
@@ -199,7 +203,7 @@ def main():
         os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
         try:
             import pytest
-        except BaseException as exc:  # noqa: BLE001 - the runner's own words are the cause
+        except BaseException as exc:
             emit("error", error=f"{type(exc).__name__}: {exc}")
             return 3
         # before plugins' own set-up patches (undone again when pytest.main returns) and before
@@ -234,7 +238,7 @@ def main():
         runpy.run_path(order["script"], run_name="__main__")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except Exception:  # noqa: BLE001 - the script failed: its traceback goes to stderr
+    except Exception:
         import traceback
 
         traceback.print_exc()
@@ -243,8 +247,8 @@ def main():
         replaced = sys.stdout is not capture
         sys.stdout = capture.real
     objects = []
-    for line in "".join(capture.parts).splitlines():
-        line = line.strip()
+    for raw_line in "".join(capture.parts).splitlines():
+        line = raw_line.strip()
         if line.startswith("{"):
             try:
                 obj = json.loads(line)

@@ -38,17 +38,32 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from ..errors import (AppliedRecordCorruptError, JournalCorruptError, PatchError,
-                      RollbackConflictError, TreeChangedError)
+from .._io import (
+    FileLock,
+    atomic_write_at,
+    atomic_write_sealed_json,
+    fsync_dir,
+    is_temp_name,
+    owner_alive,
+    owner_token,
+    read_sealed_json,
+    remove_orphan_temps,
+)
+from ..errors import (
+    AppliedRecordCorruptError,
+    JournalCorruptError,
+    PatchError,
+    RollbackConflictError,
+    TreeChangedError,
+)
 from ..home import HomeLayout
-from .._io import (FileLock, atomic_write_at, atomic_write_sealed_json, fsync_dir, is_temp_name,
-                   owner_alive, owner_token, read_sealed_json, remove_orphan_temps)
 from .diffs import describe_diff, git_executable, touched_paths
 from .trees import tree_sha256
 
-__all__ = ["Applier", "SCRATCH_PREFIX", "remove_orphan_scratch"]
+__all__ = ["SCRATCH_PREFIX", "Applier", "remove_orphan_scratch"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +84,8 @@ def _sha(data: bytes | None) -> str | None:
 
 def remove_orphan_scratch(directory: str | None = None) -> list[str]:
     """Delete the scratch directories of :meth:`Applier.compute` in ``directory`` (default the
-    temp directory) whose creating process is provably dead; returns their names."""
+    temp directory) whose creating process is provably dead; returns their names.
+    """
     directory = directory or tempfile.gettempdir()
     removed = []
     for name in os.listdir(directory) if os.path.isdir(directory) else ():
@@ -89,7 +105,8 @@ def _symlink_refused(rel: str, part: str) -> PatchError:
 
 def _open_dir(root_fd: int, rel_dir: str, rel: str, *, create: bool) -> int:
     """A descriptor of directory ``rel_dir`` below ``root_fd``, each component opened with
-    ``O_NOFOLLOW`` (made with ``create``). FileNotFoundError if missing."""
+    ``O_NOFOLLOW`` (made with ``create``). FileNotFoundError if missing.
+    """
     fd = os.dup(root_fd)
     try:
         for part in filter(None, rel_dir.split("/")):
@@ -131,7 +148,8 @@ class _Tree:
 
     def read(self, rel: str) -> tuple[bytes | None, int]:
         """Contents (None if absent) and permission bits of ``rel``; PatchError if it or a
-        directory above it is a symlink or not a regular file."""
+        directory above it is a symlink or not a regular file.
+        """
         try:
             dfd, name = self._dir(rel)
         except FileNotFoundError:
@@ -161,7 +179,8 @@ class _Tree:
 
     def write(self, rel: str, data: bytes | None, mode: int) -> None:
         """Atomically make ``rel`` hold ``data`` (None: remove it); the name itself is replaced,
-        never followed."""
+        never followed.
+        """
         dfd, name = self._dir(rel, create=data is not None)
         try:
             if data is None:
@@ -193,7 +212,8 @@ class _Tree:
 
 def _file_entries(files: list[dict[str, Any]], path: str, error: type, remedy: str) -> list[dict[str, Any]]:
     """``files`` of a journal or applied record with ``before``/``after`` decoded and each
-    checked against its recorded sha256."""
+    checked against its recorded sha256.
+    """
     out = []
     for i, f in enumerate(files):
         try:
@@ -222,7 +242,8 @@ def _encode_files(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _named_paths(raw: bytes) -> list[str]:
     """Tree paths a damaged journal still names, read as far as its bytes allow: its
-    ``covers`` list (sorted first, ahead of the contents) or else its ``path`` fields."""
+    ``covers`` list (sorted first, ahead of the contents) or else its ``path`` fields.
+    """
     covers = re.search(rb'"covers": \[([^\]]*)', raw)
     found = re.findall(rb'"([^"\\]{1,4096})"', covers.group(1)) if covers else []
     found += re.findall(rb'"path": "([^"\\]{1,4096})"', raw)
@@ -287,7 +308,7 @@ class Applier:
             with open(patch, "w", encoding="utf-8") as fh:
                 fh.write(diff if diff.endswith("\n") else diff + "\n")
             r = subprocess.run([git, "apply", "--whitespace=nowarn", "-p1", patch], cwd=tree,
-                               env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                               check=False, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                     "GIT_CEILING_DIRECTORIES": scratch, "HOME": scratch},
                                capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
@@ -346,7 +367,8 @@ class Applier:
 
     def problems(self) -> list[JournalCorruptError]:
         """Damaged journals set aside by :meth:`recover` and not yet cleared by a person; while
-        there is one, :meth:`apply` and :meth:`rollback` refuse."""
+        there is one, :meth:`apply` and :meth:`rollback` refuse.
+        """
         out = []
         for name in sorted(os.listdir(self.journal_dir)):
             if _CORRUPT_SUFFIX not in name:
@@ -400,7 +422,8 @@ class Applier:
     def recover(self) -> list[str]:
         """Replay leftover journals (see module docstring); returns ``"<id>:<op>:<outcome>"``
         with outcome ``undone``, ``completed`` or ``corrupt`` (set aside, see :meth:`problems`).
-        Also removes temp files of killed writes and orphaned scratch directories."""
+        Also removes temp files of killed writes and orphaned scratch directories.
+        """
         done = []
         with self._lock:
             for d in (self.journal_dir, self.applied_dir):

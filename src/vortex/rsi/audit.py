@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import AuditLogError
 from .._io import atomic_write_bytes
+from ..errors import AuditLogError
 
-__all__ = ["AuditLog", "AuditVerification", "RECOVERY_EVENT"]
+__all__ = ["RECOVERY_EVENT", "AuditLog", "AuditVerification"]
 
 _GENESIS = "0" * 64
 _FIELDS = frozenset({"seq", "ts", "event", "data", "prev", "hash"})
@@ -153,7 +153,7 @@ class AuditLog:
                    "together, keeping them for investigation")
 
     # ------------------------------------------------------------------ head
-    def _read_head(self) -> tuple[int, str] | None | str:
+    def _read_head(self) -> tuple[int, str] | str | None:
         """(seq, hash) of the head file, None if there is none, or why it is unreadable."""
         try:
             with open(self.head_path, "rb") as fh:
@@ -169,7 +169,7 @@ class AuditLog:
             return f"head file {self.head_path} is unreadable ({exc})"
         return seq, digest
 
-    def _head_status(self, last: dict[str, Any] | None, head: tuple[int, str] | None | str
+    def _head_status(self, last: dict[str, Any] | None, head: tuple[int, str] | str | None
                      ) -> tuple[str, str]:
         """(status, explanation) of ``head`` against the last entry ``last``."""
         if isinstance(head, str):
@@ -219,7 +219,8 @@ class AuditLog:
 
     def _recover_locked(self, fh: BinaryIO) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Deal with a torn tail and a head that does not match (the log's flock is held);
-        returns the recovery records to append and the last entry."""
+        returns the recovery records to append and the last entry.
+        """
         notes: list[dict[str, Any]] = []
         tail = self._tail(fh)
         last = tail.last
@@ -303,7 +304,8 @@ class AuditLog:
     def recover(self) -> list[dict[str, Any]]:
         """Recover a torn tail or a head that does not match (as :meth:`append` does before
         writing); returns the recovery records appended (none when the log was clean). Creates
-        nothing for a missing log."""
+        nothing for a missing log.
+        """
         return self._locked_append([], always=False)[0]
 
     def entries(self) -> list[dict[str, Any]]:
@@ -359,7 +361,7 @@ class AuditLog:
             try:
                 for n, raw in enumerate(fh, start=1):
                     if not raw.endswith(b"\n"):
-                        torn, n = raw, n - 1
+                        torn, n = raw, n - 1  # noqa: PLW2901 - n counts the complete lines
                         break
                     e = _parse(raw)
                     if e is None:
@@ -384,8 +386,9 @@ class AuditLog:
         if unterminated is not None and (unterminated["prev"] != prev or unterminated["seq"] != n):
             unterminated = None
         status, why = self._head_status(unterminated or last, head)
-        common = dict(head_seq=head[0] if isinstance(head, tuple) else None, head_status=status,
-                      torn_tail_bytes=len(torn), recoveries=tuple(recoveries))
+        common: dict[str, Any] = dict(head_seq=head[0] if isinstance(head, tuple) else None,
+                                      head_status=status, torn_tail_bytes=len(torn),
+                                      recoveries=tuple(recoveries))
         notes = tuple(x for x in (why,) if x and status in ("behind", "missing"))
         for r in recoveries:
             if r.get("kind") in _LOSS_KINDS:

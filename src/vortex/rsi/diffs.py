@@ -1,4 +1,4 @@
-"""Unified diffs: generation with :mod:`difflib`, parsing, and what a diff really does.
+r"""Unified diffs: generation with :mod:`difflib`, parsing, and what a diff really does.
 
 Applying a diff is left to a real patch tool (``git apply``, see :mod:`vortex.rsi.sandbox` and
 :mod:`vortex.rsi.apply`), so what a diff *means* is what git will do with it.
@@ -7,8 +7,8 @@ touches, how (modified, created, deleted, renamed, copied), with which modes and
 binary, and checks that git's reading and :func:`parse_diff`'s reading of the text agree file
 by file (paths, kinds, modes, binary, added and removed line counts); a diff on which they
 disagree is refused, so the risk rating (which looks at the lines) rates exactly what git
-applies. Lines are split on ``\\n`` only, as git splits them: a bare CR, form feed or
-``\\u2028`` inside a line stays inside that line.
+applies. Lines are split on ``\n`` only, as git splits them: a bare CR, form feed or
+``\u2028`` inside a line stays inside that line.
 
 Refused always: paths that could write outside the tree (absolute, ``..``, through a symlink,
 resolving outside), paths inside ``.git`` or another directory the sandbox does not copy,
@@ -25,14 +25,23 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Collection
 
 from ..errors import PatchError, SandboxError
 from .trees import SKIP_NAMES
 
-__all__ = ["Hunk", "FilePatch", "FileChange", "make_diff", "parse_diff", "check_paths",
-           "describe_diff", "touched_paths", "ALLOWABLE"]
+__all__ = [
+    "ALLOWABLE",
+    "FileChange",
+    "FilePatch",
+    "Hunk",
+    "check_paths",
+    "describe_diff",
+    "make_diff",
+    "parse_diff",
+    "touched_paths",
+]
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 #: What a proposer may declare, each refused by default.
@@ -56,7 +65,8 @@ class Hunk:
 @dataclass
 class FilePatch:
     """The part of a diff that concerns one file, as its text says (``None`` path = the file is
-    created / deleted). Modes are integers (``0o100644``)."""
+    created / deleted). Modes are integers (``0o100644``).
+    """
 
     old_path: str | None
     new_path: str | None
@@ -82,9 +92,10 @@ class FilePatch:
 
 @dataclass(frozen=True)
 class FileChange:
-    """What git does to one file. ``status`` is ``modified``, ``created``, ``deleted``,
+    r"""What git does to one file. ``status`` is ``modified``, ``created``, ``deleted``,
     ``renamed`` or ``copied``; ``old_path`` is the source of a rename or copy (else the path);
-    ``patch`` carries the hunks (lines split on ``\\n`` only)."""
+    ``patch`` carries the hunks (lines split on ``\n`` only).
+    """
 
     path: str
     old_path: str | None
@@ -110,10 +121,10 @@ class FileChange:
 
 
 def _lines(text: str) -> list[str]:
-    """``text`` split after each ``\n`` and nowhere else (as git and patch split it)."""
+    r"""``text`` split after each ``\n`` and nowhere else (as git and patch split it)."""
     parts = text.split("\n")
     out = [p + "\n" for p in parts[:-1]]
-    return out + [parts[-1]] if parts[-1] else out
+    return [*out, parts[-1]] if parts[-1] else out
 
 
 def make_diff(path: str, old: str, new: str, *, context: int = 3) -> str:
@@ -160,8 +171,8 @@ def _git_header_names(line: str) -> tuple[str | None, str | None]:
 
 
 def parse_diff(diff: str) -> list[FilePatch]:
-    """Parse a unified diff (git style, with its extended headers, or plain ``---``/``+++``).
-    Lines are split on ``\\n`` only.
+    r"""Parse a unified diff (git style, with its extended headers, or plain ``---``/``+++``).
+    Lines are split on ``\n`` only.
 
     Raises
     ------
@@ -330,7 +341,7 @@ def _git_reading(diff: str) -> list[_GitFile]:
                "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
         data = diff if diff.endswith("\n") else diff + "\n"
         r = subprocess.run([git, "apply", "--numstat", "--summary", "-z", "-p1", "-"], cwd=scratch,
-                           input=data.encode("utf-8", "surrogateescape"), env=env,
+                           check=False, input=data.encode("utf-8", "surrogateescape"), env=env,
                            capture_output=True, timeout=60)
     if r.returncode != 0:
         raise PatchError(f"git cannot read the diff: {r.stderr.decode('utf-8', 'replace').strip()}")
@@ -418,7 +429,7 @@ def describe_diff(diff: str, root: str, *, allow: Collection[str] = ()) -> list[
         raise PatchError(f"git reads {len(theirs)} file patches where the text shows {len(ours)}: "
                          "refusing a diff that does not mean what it shows")
     changes = []
-    for f, g in zip(ours, theirs):
+    for f, g in zip(ours, theirs, strict=True):
         status = _status(f)
         mine = (f.path, status, f.binary, (0, 0) if f.binary else (f.added_lines, f.removed_lines))
         git = (g.path, g.status, g.binary, (g.added, g.removed))

@@ -27,17 +27,17 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
+from .._io import owner_alive, owner_token, remove_orphan_temps
 from ..changes import ChangeBoard
 from ..config import RSIConfig
-from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, SandboxError,
-                      TreeChangedError)
+from ..errors import ConfigError, PatchError, ProposalStateError, RSIError, SandboxError, TreeChangedError
 from ..home import HomeLayout
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
-from .._io import owner_alive, owner_token, remove_orphan_temps
 from .apply import Applier
 from .audit import AuditLog
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel
@@ -47,7 +47,7 @@ from .sandbox import Sandbox, TestResult
 from .settings import VortexSettings, load_settings
 from .trees import tree_sha256
 
-__all__ = ["RSIEngine", "RSICycleResult", "weaknesses_from_metrics", "WATCHED_METRIC", "SERVED_METRIC"]
+__all__ = ["SERVED_METRIC", "WATCHED_METRIC", "RSICycleResult", "RSIEngine", "weaknesses_from_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
 def _figure(d: dict[str, Any], key: str, count_key: str) -> tuple[float | None, int, str]:
     """``d``'s figure ``key`` of the newest requests (``recent_<key>``, counted by
     ``recent_count`` or ``recent_outcomes``) when present, else the all-time one: the value,
-    the requests it covers, and the words that say which."""
+    the requests it covers, and the words that say which.
+    """
     recent = _num(d.get(f"recent_{key}"))
     if recent is not None:
         n = int(_num(d.get("recent_count", d.get("recent_outcomes"))) or 0)
@@ -148,7 +149,8 @@ def _figure(d: dict[str, Any], key: str, count_key: str) -> tuple[float | None, 
 @dataclass
 class RSICycleResult:
     """What one :meth:`RSIEngine.rsi_cycle` did (``errored``: tests whose judge could not run;
-    ``retried``: errored proposals tested again)."""
+    ``retried``: errored proposals tested again).
+    """
 
     started_at: float
     duration_secs: float = 0.0
@@ -180,7 +182,8 @@ class _Watch:
 
 def _isolated(res: TestResult) -> bool:
     """Whether the test ran with adequate isolation (every command in the jail); without it
-    nothing is auto-applied. The one place the engine reads the sandbox's isolation verdict."""
+    nothing is auto-applied. The one place the engine reads the sandbox's isolation verdict.
+    """
     return bool(res.isolated)
 
 
@@ -337,7 +340,8 @@ class RSIEngine:
     def propose(self, weakness: Weakness) -> ImprovementProposal | None:
         """Ask the proposers (in order) for a change addressing ``weakness``; save it.
 
-        A proposer error is logged and the next proposer asked; RSIError if all failed."""
+        A proposer error is logged and the next proposer asked; RSIError if all failed.
+        """
         ctx = ProposerContext(self.settings, self.memory, self.calibration_data)
         errors = []
         for proposer in self.proposers:
@@ -583,7 +587,8 @@ class RSIEngine:
     def needs_observations(self) -> bool:
         """Whether :meth:`observe` has any use: False while no watch runs and
         ``watch_requests`` is 0 (no post-apply watch, so no pre-apply baseline either); the
-        request path then skips the call."""
+        request path then skips the call.
+        """
         return self._watch is not None or self.config.watch_requests > 0
 
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
@@ -594,7 +599,8 @@ class RSIEngine:
         confidence when answered; once its ground truth is known, ``error`` (1 - p(label), or
         any error in [0, 1]), ``correct`` (gives ``misclassified``, 0 or 1; and ``error`` when
         none is given) and ``nll`` (-log p(label)). Never raises because of the watch: judging
-        it runs in a background thread whose failures are audited."""
+        it runs in a background thread whose failures are audited.
+        """
         misclassified = None if correct is None else (0.0 if correct else 1.0)
         if error is None:
             error = misclassified
@@ -623,7 +629,8 @@ class RSIEngine:
         """What the watch after ``p`` judges: the served figure, whether lower is better, and
         why that one. It is the benchmark metric ``p`` was tested on (or the settings' metric
         for its weakness) when served requests measure it (:data:`SERVED_METRIC`), else the
-        weakness kind's default (:data:`WATCHED_METRIC`)."""
+        weakness kind's default (:data:`WATCHED_METRIC`).
+        """
         tested = (p.test_result or {}).get("metric") or self.settings.metric_for(p.weakness_type)
         if tested in SERVED_METRIC:
             metric, lower = SERVED_METRIC[tested]
@@ -633,7 +640,8 @@ class RSIEngine:
 
     def _start_watch(self, p: ImprovementProposal) -> None:
         """Watch ``p``, applied and serving, against the requests served since the last change
-        before it; the apply is announced first, which ends any running watch."""
+        before it; the apply is announced first, which ends any running watch.
+        """
         metric, lower, why = self.watched_metric(p)
         with self._watch_lock:
             recent = list(self._recent[metric])
@@ -650,7 +658,8 @@ class RSIEngine:
 
     def _on_change(self, change: Any) -> str | None:
         """A change to what serves (see :mod:`vortex.changes`): end the post-apply watch and
-        start the pre-apply baseline anew; returns what watch it ended."""
+        start the pre-apply baseline anew; returns what watch it ended.
+        """
         with self._watch_lock:
             w, self._watch = self._watch, None
             for d in self._recent.values():
@@ -690,7 +699,8 @@ class RSIEngine:
 
     def _background_failed(self, event: str, exc: BaseException, **detail: Any) -> None:
         """Log and audit (as ``event``) a failure of a background thread's work; never raises:
-        the thread must live on, and nothing may reach the request path."""
+        the thread must live on, and nothing may reach the request path.
+        """
         log.error("%s: %r", event, exc, exc_info=exc)
         try:
             self.audit.append(event, error=f"{type(exc).__name__}: {exc}", **detail)
@@ -708,7 +718,8 @@ class RSIEngine:
         """One cycle: detect (from the ``metrics`` of the newest requests), add ``weaknesses``
         handed in (each stands for its kind), take the most severe ``max_weaknesses_per_cycle``
         kinds; for each, re-test its errored proposal when one is due, else propose; test;
-        apply or queue."""
+        apply or queue.
+        """
         res = RSICycleResult(started_at=time.time())
         t0 = time.monotonic()
         with self._cycle_lock:
@@ -725,7 +736,7 @@ class RSIEngine:
                 # it stands for its kind over one found in the summary
                 best: dict[WeaknessType, Weakness] = {}
                 for source in (found, weaknesses or ()):
-                    most = {}
+                    most: dict[WeaknessType, Weakness] = {}
                     for w in source:
                         if w.type not in most or w.severity > most[w.type].severity:
                             most[w.type] = w
@@ -802,7 +813,8 @@ class RSIEngine:
 
     def on_trigger(self, event: RSITriggerEvent) -> None:
         """Detector subscription: runs a cycle on the event's weaknesses in a background
-        thread (never blocks the detector); events arriving meanwhile are merged."""
+        thread (never blocks the detector); events arriving meanwhile are merged.
+        """
         if not self.config.enabled:
             return
         with self._watch_lock:
@@ -869,7 +881,8 @@ class RSIEngine:
         ``cause``, ``retry_after``: epoch seconds, None when no automatic retry is left);
         ``corrupt_proposals``: damaged proposal files; ``apply_blocked_by``: damaged journals
         set aside (applies are refused until a person clears them); ``recovered``: what the
-        start-up recovery did."""
+        start-up recovery did.
+        """
         ps = self.store.list()
         counts = {s.value: 0 for s in ProposalStatus}
         for p in ps:

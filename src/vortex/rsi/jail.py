@@ -75,14 +75,22 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .. import degraded
 from .settings import SandboxLimits
 
-__all__ = ["Bind", "Isolation", "JailRun", "Jail", "probe_isolation", "interpreter_binds",
-           "SANDBOX_UID"]
+__all__ = [
+    "SANDBOX_UID",
+    "Bind",
+    "Isolation",
+    "Jail",
+    "JailRun",
+    "interpreter_binds",
+    "probe_isolation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +142,8 @@ class JailRun:
     """One finished command. ``channel`` holds what the command wrote to the result descriptor
     (see :meth:`Jail.run`); ``setup_error`` is set when the jail itself could not start;
     ``survivors`` lists processes of the run found alive after it was killed (always empty
-    unless containment failed)."""
+    unless containment failed).
+    """
 
     argv: list[str]
     returncode: int | None
@@ -251,7 +260,8 @@ def _tasks_of_uid(uid: int) -> int:
 
 def _kill_verified(pid: int, belongs: Callable[[int], bool]) -> None:
     """SIGKILL ``pid`` through a pidfd, after checking (on the pidfd's process) that it still
-    belongs to the run: a PID freed and reused meanwhile is never signalled."""
+    belongs to the run: a PID freed and reused meanwhile is never signalled.
+    """
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -281,7 +291,7 @@ def _prefixes(python: str) -> tuple[str, ...]:
     code = ("import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
             "sys.base_exec_prefix, sys.executable]))")
     try:
-        r = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([python, "-I", "-c", code], check=False, capture_output=True, text=True, timeout=30)
         return tuple(json.loads(r.stdout))
     except (OSError, ValueError, subprocess.SubprocessError):
         return (os.path.dirname(os.path.dirname(os.path.abspath(python))),) * 4 + (python,)
@@ -291,7 +301,8 @@ def interpreter_binds(python: str | None = None) -> list[Bind]:
     """Read-only binds that make the interpreter ``python`` (default ``sys.executable``) and its
     environment work in the jail: its prefixes (a venv and the Python it was made from), at
     their own paths; none for a prefix under ``/usr``, which the jail binds anyway. Never their
-    parents."""
+    parents.
+    """
     *prefixes, exe = _prefixes(python or sys.executable)
     paths = {os.path.realpath(p) for p in prefixes}
     exe_dir = os.path.dirname(os.path.realpath(exe))
@@ -313,7 +324,7 @@ def interpreter_binds(python: str | None = None) -> list[Bind]:
 
 def _bwrap_version(exe: str) -> str:
     try:
-        r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True, timeout=10)
         return r.stdout.strip() or "bwrap"
     except (OSError, subprocess.SubprocessError):
         return "bwrap"
@@ -321,7 +332,8 @@ def _bwrap_version(exe: str) -> str:
 
 class Jail:
     """Runs commands under the limits, jailed when ``isolation.isolated`` (see the module
-    docstring)."""
+    docstring).
+    """
 
     def __init__(self, limits: SandboxLimits, isolation: Isolation,
                  python: str | None = None) -> None:
@@ -460,7 +472,7 @@ class Jail:
             try:
                 proc = subprocess.Popen(cmd, cwd=popen_cwd, env=popen_env, stdin=in_r, stdout=out_w,
                                         stderr=err_w, pass_fds=pass_fds, start_new_session=True,
-                                        preexec_fn=self._preexec(nproc, stage, drop))
+                                        preexec_fn=self._preexec(nproc, stage, drop))  # noqa: PLW1509 - the child runs prebound libc calls only: no imports, no locks
             except (OSError, subprocess.SubprocessError) as exc:
                 os.close(err_w)
                 pipes.remove(err_w)
@@ -491,7 +503,7 @@ class Jail:
             for fd in pipes:
                 os.close(fd)
 
-    def _plan_binds(self, binds: Sequence[Bind]):  # type: ignore[no-untyped-def]
+    def _plan_binds(self, binds: Sequence[Bind]):
         """(staging mounts, uid/gid to drop to, binds as bwrap sees them)."""
         binds = [*interpreter_binds(self.python), *binds]
         if not self._root:
@@ -579,10 +591,10 @@ class Jail:
                             chan += data
                     else:
                         sink.add(data)
-                if watchdog and _system_tasks() - base_tasks > lim.max_processes:
-                    if len(_with_marker(token.encode())) > lim.max_processes:
-                        over_limit = True
-                        break
+                if (watchdog and _system_tasks() - base_tasks > lim.max_processes
+                        and len(_with_marker(token.encode())) > lim.max_processes):
+                    over_limit = True
+                    break
         finally:
             sel.close()
             survivors = self._finish(proc, ns, pidfd, token, jailed)
@@ -594,7 +606,8 @@ class Jail:
     def _finish(self, proc: subprocess.Popen, ns: str | None, pidfd: int | None, token: str,
                 jailed: bool) -> list[int]:
         """Kill whatever is left of the run and verify that nothing is: returns the processes
-        that were still alive after the first kill (they were then killed one by one)."""
+        that were still alive after the first kill (they were then killed one by one).
+        """
         if pidfd is not None:  # the PID namespace's init: its death takes every member with it
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -651,7 +664,8 @@ def _staging_root() -> str:
     that bwrap, running as the unprivileged uid, can reach them: ``/tmp/vortex-jail-<euid>``,
     kept for the life of the machine's /tmp. On the host its entries stay empty (the mounts exist
     only in each launcher's namespace), so concurrent jails share it. Only used when it is a
-    directory of ours that nobody else can write; else a fresh one is made."""
+    directory of ours that nobody else can write; else a fresh one is made.
+    """
     path = f"/tmp/vortex-jail-{os.geteuid()}"
     try:
         os.mkdir(path, 0o755)
@@ -691,7 +705,7 @@ def _drain(fd: int) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(exe: str | None, uid: int, gid: int) -> Isolation:
     root = os.geteuid() == 0
     host_uid = uid if root else os.getuid()
@@ -715,7 +729,8 @@ def probe_isolation(limits: SandboxLimits | None = None) -> Isolation:
     """What isolation this host offers (cached per uid/gid; one jailed ``python -c`` run).
 
     When commands cannot be jailed, the fallback is reported to :mod:`vortex.degraded`
-    (a warning logged once per process, shown by ``system_status`` and ``vortex status``)."""
+    (a warning logged once per process, shown by ``system_status`` and ``vortex status``).
+    """
     limits = limits or SandboxLimits()
     iso = _probe(shutil.which("bwrap"), limits.uid, limits.gid)
     if not iso.isolated:

@@ -32,15 +32,28 @@ import math
 import os
 import shutil
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from ..stats import student_t_interval as paired_interval, t_quantile
+from ..stats import student_t_interval as paired_interval
+from ..stats import t_quantile
 from .settings import VortexSettings
 
-__all__ = ["t_quantile", "paired_interval", "find_pytest_config", "install_pytest_config",
-           "pytest_argv", "read_channel", "ChannelReport", "TestOutcomes", "compare_outcomes",
-           "parse_benchmark", "judge_files_touched", "RUNNER"]
+__all__ = [
+    "RUNNER",
+    "ChannelReport",
+    "TestOutcomes",
+    "compare_outcomes",
+    "find_pytest_config",
+    "install_pytest_config",
+    "judge_files_touched",
+    "paired_interval",
+    "parse_benchmark",
+    "pytest_argv",
+    "read_channel",
+    "t_quantile",
+]
 
 #: The runner script, run by path (``python -I -B``) inside the jail.
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_judge_runner.py")
@@ -71,7 +84,8 @@ def _has_pytest_section(path: str) -> bool:
 def find_pytest_config(root: str, args: Sequence[str]) -> str | None:
     """The pytest configuration file the original tree gives its test run, found as pytest
     does (from the common directory of the test paths up to ``root``, in pytest's order of
-    file names), but never above ``root``: the tree is self-contained."""
+    file names), but never above ``root``: the tree is self-contained.
+    """
     dirs = [os.path.normpath(os.path.join(root, a.split("::")[0])) for a in args
             if not a.startswith("-") and os.path.exists(os.path.join(root, a.split("::")[0]))]
     start = os.path.commonpath(dirs) if dirs else root
@@ -90,7 +104,8 @@ def find_pytest_config(root: str, args: Sequence[str]) -> str | None:
 
 def install_pytest_config(root: str, args: Sequence[str], dest_dir: str) -> str:
     """Copy the original tree's pytest configuration (or an empty one) into ``dest_dir``,
-    keeping its file name (pytest reads it by its name); returns the copy's file name."""
+    keeping its file name (pytest reads it by its name); returns the copy's file name.
+    """
     src = find_pytest_config(root, args)
     if src is None:
         with open(os.path.join(dest_dir, "pytest.ini"), "w", encoding="utf-8") as fh:
@@ -102,7 +117,7 @@ def install_pytest_config(root: str, args: Sequence[str], dest_dir: str) -> str:
 
 
 def pytest_argv(settings: VortexSettings, *, config: str, tree: str) -> list[str]:
-    """pytest's arguments: the runner's fixed ones, then the test command's."""
+    """Pytest's arguments: the runner's fixed ones, then the test command's."""
     args = settings.pytest_args
     fixed = ["-c", config, "--rootdir", tree, "--confcutdir", tree, "-p", "no:cacheprovider"]
     if not any(a.startswith("--import-mode") for a in args):
@@ -121,7 +136,8 @@ def judge_files_touched(paths: Sequence[str]) -> list[str]:
 class ChannelReport:
     """What the runner reported: ``ready`` (it started), ``result`` (the final record),
     ``error`` (the judge could not run, in the runner's words) and ``problems`` (records that
-    do not carry the nonce, or too many of them: someone else wrote to the channel)."""
+    do not carry the nonce, or too many of them: someone else wrote to the channel).
+    """
 
     ready: bool = False
     result: dict[str, Any] | None = None
@@ -172,7 +188,7 @@ class TestOutcomes:
     origins: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "TestOutcomes":
+    def from_record(cls, rec: dict[str, Any]) -> TestOutcomes:
         outcomes = rec.get("outcomes")
         if not isinstance(outcomes, dict):
             raise ValueError("result record without outcomes")
@@ -199,7 +215,8 @@ def compare_outcomes(original: TestOutcomes, candidate: TestOutcomes,
     A test skipped or xfailed on the candidate only is accepted when the judge decided so: a
     mark of the test, or a ``pytest.skip``/``xfail`` in a file of the judge paths (``in_judge``)
     (a test that skips when the tunables differ from their defaults); raised from anywhere
-    else, from the code under test say, it is a problem."""
+    else, from the code under test say, it is a problem.
+    """
     problems = []
     if candidate.collect_errors:
         problems.append(f"collection errors in {', '.join(candidate.collect_errors[:5])}")

@@ -11,22 +11,23 @@ compare-and-set under a lock all writers hold.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import hashlib
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
+from .._io import FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed_json, remove_orphan_temps
 from ..errors import ProposalCorruptError, ProposalNotFoundError, ProposalStateError
 from ..home import HomeLayout
 from ..monitor.weaknesses import Weakness
-from .._io import (FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed_json,
-                   remove_orphan_temps)
 
-__all__ = ["ProposalStatus", "RiskLevel", "TunableMove", "ImprovementProposal", "ProposalStore"]
+__all__ = ["ImprovementProposal", "ProposalStatus", "ProposalStore", "RiskLevel", "TunableMove"]
 
 
 class ProposalStatus(str, enum.Enum):
@@ -36,7 +37,8 @@ class ProposalStatus(str, enum.Enum):
     ``errored`` is not a verdict: the judge could not run (no test runner, no git, the jail
     could not start, a timeout on a busy host). It blocks no move and is retried.
     ``approved → proposed`` is recovery's move when an apply was interrupted and its journal
-    put the tree back: the proposal is approvable again, with its test result."""
+    put the tree back: the proposal is approvable again, with its test result.
+    """
 
     PROPOSED = "proposed"
     TESTING = "testing"
@@ -169,7 +171,7 @@ class ImprovementProposal:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImprovementProposal":
+    def from_dict(cls, d: dict[str, Any]) -> ImprovementProposal:
         d = dict(d)
         d.pop("diff_sha256", None)
         d["risk"] = RiskLevel(d["risk"])
@@ -310,7 +312,7 @@ class ProposalStore:
             ps = sorted(self._cache.values(), key=lambda p: (p.created_at, p.id))
         return [p for p in ps if status is None or p.status == status]
 
-    def corrupt(self) -> list[ProposalCorruptError]:
+    def corrupt(self) -> builtins.list[ProposalCorruptError]:
         """The damaged proposal files (as their errors, each naming its file)."""
         with self._lock:
             self.refresh()

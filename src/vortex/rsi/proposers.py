@@ -29,20 +29,32 @@ import signal
 import subprocess
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
+from .._io import MISSING, FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed
 from ..errors import CorruptFileError, PatchError, RSIError
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
-from .._io import MISSING, FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed
 from .diffs import make_diff, parse_diff
 from .proposal import TunableMove
 from .settings import TunableSpec, VortexSettings
 
-__all__ = ["ProposalDraft", "OutcomeMemory", "ProposerContext", "Proposer", "TunableProposer",
-           "PerformanceProposer", "ConfidenceProposer", "ErrorHandlingProposer", "MemoryProposer",
-           "CommandProposer", "fit_temperature", "default_proposers"]
+__all__ = [
+    "CommandProposer",
+    "ConfidenceProposer",
+    "ErrorHandlingProposer",
+    "MemoryProposer",
+    "OutcomeMemory",
+    "PerformanceProposer",
+    "ProposalDraft",
+    "Proposer",
+    "ProposerContext",
+    "TunableProposer",
+    "default_proposers",
+    "fit_temperature",
+]
 
 CalibrationData = Callable[[], "tuple[Any, Any]"]
 
@@ -71,7 +83,8 @@ class OutcomeMemory:
     JSON; an unsealed list written by earlier versions is read too).
 
     Shared by every process on the home: :meth:`block` re-reads the file and adds to it under
-    ``<path>.lock``, and reads notice a file another process changed."""
+    ``<path>.lock``, and reads notice a file another process changed.
+    """
 
     _REMEDY = "delete it: the directions it blocked are then proposed again"
 
@@ -165,9 +178,9 @@ def _step(spec: TunableSpec, value: Any, direction: str) -> Any:
         new = value * spec.step if sign > 0 else value / spec.step
     else:
         new = value + sign * spec.step
-    new = min(max(new, spec.min), spec.max)  # type: ignore[type-var]
+    new = min(max(new, spec.min), spec.max)
     if spec.type == "int":
-        new = int(round(new))
+        new = int(round(new))  # noqa: RUF046 - round() of a NumPy float is not an int
         if new == value:  # rounding stalled: move by one
             new = value + sign
             if not spec.in_bounds(new):
@@ -207,7 +220,8 @@ class TunableProposer:
     def propose(self, weakness: Weakness, ctx: ProposerContext,
                 exclude: frozenset[str] = frozenset()) -> ProposalDraft | None:
         """A one-step move of the first declared tunable (not in ``exclude``) addressing the
-        weakness in its declared direction, that memory has not blocked; None if there is none."""
+        weakness in its declared direction, that memory has not blocked; None if there is none.
+        """
         kind = weakness.type.value
         for spec in ctx.settings.tunables:
             if spec.name in exclude:
@@ -330,7 +344,7 @@ class ConfidenceProposer(TunableProposer):
         spec = next((t for t in ctx.settings.tunables if t.name == self.temperature_tunable), None)
         declared = spec.addresses.get(kind) if spec is not None else None
         data = ctx.calibration_data() if declared is not None and ctx.calibration_data is not None else None
-        if data is not None and len(data[1]) >= self.min_samples:
+        if spec is not None and data is not None and len(data[1]) >= self.min_samples:
             logits, labels = data
             lo = spec.min if spec.min is not None else 0.05
             hi = spec.max if spec.max is not None else 20.0
@@ -358,7 +372,8 @@ class ConfidenceProposer(TunableProposer):
 
 class CommandProposer:
     """Runs ``settings.command_proposer.command`` with the weakness report on stdin; its stdout
-    is the diff. A timeout kills the program's process group."""
+    is the diff. A timeout kills the program's process group.
+    """
 
     name = "command"
 

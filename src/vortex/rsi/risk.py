@@ -1,4 +1,4 @@
-"""Risk of a diff, computed from what git will do with it (never declared by the proposer).
+r"""Risk of a diff, computed from what git will do with it (never declared by the proposer).
 
 The diff is read with :func:`vortex.rsi.diffs.describe_diff` (git's own reading, cross-checked
 with the text), then each file is rated; the level of a diff is the highest of its files.
@@ -12,7 +12,7 @@ with the text), then each file is rated; the level of a diff is the highest of i
   (``*.sh`` or a ``#!`` first line), ``conftest.py``, ``sitecustomize.py``,
   ``usercustomize.py``, ``*.pth``
 * changes only comments or blank lines                                      → low; a line with a
-  line break other than ``\\n`` (a bare CR, ``\\x0b``, ``\\u2028`` ...) is not a comment, nor
+  line break other than ``\n`` (a bare CR, ``\x0b``, ``\u2028`` ...) is not a comment, nor
   is a coding declaration or a ``#!`` line. Documentation (``*.md``, ``*.rst``, and ``*.txt``
   named README/CHANGELOG/LICENSE/... or under ``docs/``) counts as comments throughout
 * changes a declared tunable's value, inside its bounds                     → low
@@ -26,7 +26,7 @@ import fnmatch
 import os
 import re
 import tomllib
-from typing import Collection
+from collections.abc import Collection
 
 from .diffs import FileChange, describe_diff
 from .proposal import RiskLevel
@@ -78,7 +78,8 @@ def _shebang(root: str, path: str, change: FileChange) -> bool:
 def sensitive_reason(path: str, root: str | None = None, change: FileChange | None = None) -> str | None:
     """Why a change to ``path`` is never low risk (None: no such reason). Matches the path's
     name and, for patterns with a directory, the whole path; with ``root`` and ``change``, a
-    file starting with ``#!`` (before or after the change) counts as a script."""
+    file starting with ``#!`` (before or after the change) counts as a script.
+    """
     name = os.path.basename(path)
     for why, globs in _SENSITIVE:
         for g in globs:

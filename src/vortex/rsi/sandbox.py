@@ -51,22 +51,33 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Collection
+from typing import Any
 
 import vortex
 
 from ..errors import PatchError, SandboxError
 from .diffs import FileChange, describe_diff, git_executable, touched_paths
 from .jail import Bind, Isolation, Jail, JailRun, probe_isolation
-from .judge import (RUNNER, ChannelReport, TestOutcomes, compare_outcomes, install_pytest_config,
-                    judge_files_touched, paired_interval, parse_benchmark, pytest_argv,
-                    read_channel, t_quantile)
+from .judge import (
+    RUNNER,
+    ChannelReport,
+    TestOutcomes,
+    compare_outcomes,
+    install_pytest_config,
+    judge_files_touched,
+    paired_interval,
+    parse_benchmark,
+    pytest_argv,
+    read_channel,
+    t_quantile,
+)
 from .settings import VortexSettings
 from .trees import SKIP_NAMES, tree_sha256
 
-__all__ = ["TestResult", "Sandbox", "copy_tree", "t_quantile", "paired_interval"]
+__all__ = ["Sandbox", "TestResult", "copy_tree", "paired_interval", "t_quantile"]
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +150,18 @@ class TestResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TestResult":
+    def from_dict(cls, d: dict[str, Any]) -> TestResult:
         d = dict(d)
         if d.get("delta_interval") is not None:
             d["delta_interval"] = tuple(d["delta_interval"])
         return cls(**d)
 
 
-class _Errored(Exception):
+class _Errored(Exception):  # noqa: N818 - control flow inside the sandbox, never raised out
     """The judge could not run: no verdict."""
 
 
-class _Rejected(Exception):
+class _Rejected(Exception):  # noqa: N818 - control flow inside the sandbox, never raised out
     """The candidate failed."""
 
 
@@ -168,7 +179,8 @@ def copy_tree(src: str, dst: str) -> int:
     """Copy the tree ``src`` to ``dst`` (symlinks kept as links, caches and ``*.pyc``
     skipped, permission bits kept, never hard links); returns the number of files. Directories
     are made first, then files are copied by a few threads (the copies run in the kernel,
-    outside the GIL)."""
+    outside the GIL).
+    """
     pairs: list[tuple[str, str]] = []
     os.makedirs(dst, exist_ok=True)
     shutil.copymode(src, dst)
@@ -273,7 +285,8 @@ class Sandbox:
              confidence: float = 0.95, allow: Collection[str] = ()) -> TestResult:
         """Test ``diff`` (see the module docstring); ``allow`` is what its proposer declared
         (renames, copies, modes, binary: :func:`vortex.rsi.diffs.describe_diff`). Never raises
-        for a failing candidate or a judge that could not run: both are in the result."""
+        for a failing candidate or a judge that could not run: both are in the result.
+        """
         with self._lock:
             t0 = time.monotonic()
             iso = self.isolation
@@ -407,7 +420,7 @@ class Sandbox:
                "GIT_CONFIG_GLOBAL": os.devnull}
         try:
             r = subprocess.run([git, "apply", "--whitespace=nowarn", "-p1", patch], cwd=tree,
-                               env=env, capture_output=True, text=True, timeout=60, umask=0o022)
+                               check=False, env=env, capture_output=True, text=True, timeout=60, umask=0o022)
         except subprocess.TimeoutExpired:
             raise _Errored("git apply timed out") from None
         if r.returncode != 0:
@@ -423,7 +436,7 @@ class Sandbox:
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 _place(src, dst)
 
-    def _verify_judge(self, trial: "_Trial", when: str) -> None:
+    def _verify_judge(self, trial: _Trial, when: str) -> None:
         expected = trial.expected
         for name, tree in trial.trees.items():
             got = _judge_digest(tree, self.settings.judge)
@@ -433,10 +446,11 @@ class Sandbox:
                                f"{when}: {', '.join(bad[:5])}")
 
     # -- runs
-    def _runner(self, trial: "_Trial", tree: str, script: tuple[str, list[str]] | None = None
+    def _runner(self, trial: _Trial, tree: str, script: tuple[str, list[str]] | None = None
                 ) -> tuple[JailRun, ChannelReport]:
         """Run Vortex's judge runner on one tree of ``trial`` in a jail of its own: the tests,
-        or ``script`` (path in the tree, arguments)."""
+        or ``script`` (path in the tree, arguments).
+        """
         jail = self.jail
         lib = Bind(self._vortex_dir, f"{_LIB}/vortex")
         tree_b, judge_b = Bind(trial.trees[tree], _TREE), Bind(trial.judge_dir, _JUDGE)
@@ -483,7 +497,7 @@ class Sandbox:
                             f"code under test ended or broke the run: {tail[-500:]}")
         return report.result
 
-    def _baseline_tests(self, res: TestResult, trial: "_Trial") -> TestOutcomes:
+    def _baseline_tests(self, res: TestResult, trial: _Trial) -> TestOutcomes:
         run, report = self._runner(trial, "baseline")
         res.command_secs += run.duration_secs
         self._verify_judge(trial, when="after the original's tests")
@@ -503,7 +517,7 @@ class Sandbox:
                            "in [tool.vortex] judge)")
         return original
 
-    def _bench_once(self, trial: "_Trial", tree: str) -> tuple[dict[str, tuple[float, str]], float]:
+    def _bench_once(self, trial: _Trial, tree: str) -> tuple[dict[str, tuple[float, str]], float]:
         run, report = self._runner(trial, tree, self.settings.benchmark_script)
         self._verify_judge(trial, when="after a benchmark run")
         baseline = tree == "baseline"
@@ -522,7 +536,7 @@ class Sandbox:
                 raise _Errored(str(exc)) from None
             raise
 
-    def _benchmark(self, res: TestResult, trial: "_Trial", repeats: int, confidence: float) -> None:
+    def _benchmark(self, res: TestResult, trial: _Trial, repeats: int, confidence: float) -> None:
         before: list[dict[str, tuple[float, str]]] = []
         after: list[dict[str, tuple[float, str]]] = []
         pairs = [("baseline", before), ("candidate", after)]
@@ -546,7 +560,7 @@ class Sandbox:
         better = before[0][metric][1]
         sign = -1.0 if better == "lower" else 1.0
         scale = abs(res.benchmark_before[metric]) or 1.0
-        diffs = [sign * (a[metric][0] - b[metric][0]) / scale for a, b in zip(after, before)]
+        diffs = [sign * (a[metric][0] - b[metric][0]) / scale for a, b in zip(after, before, strict=True)]
         mean, lo, hi = paired_interval(diffs, confidence)
         res.performance_delta, res.delta_interval = mean, (lo, hi)
         res.improved = lo > 0
@@ -555,7 +569,8 @@ class Sandbox:
 @dataclass
 class _Trial:
     """One test's work directory: its trees (by role), the judge's files, the expected judge
-    digest."""
+    digest.
+    """
 
     work: str
     trees: dict[str, str] = field(default_factory=dict)

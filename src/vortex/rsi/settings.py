@@ -65,8 +65,13 @@ from .._fields import check_bool, check_number, check_strings, fail, fail_field,
 from ..errors import ConfigError
 from ..monitor.weaknesses import WeaknessType
 
-__all__ = ["TunableSpec", "SandboxLimits", "CommandProposerSettings", "VortexSettings",
-           "load_settings"]
+__all__ = [
+    "CommandProposerSettings",
+    "SandboxLimits",
+    "TunableSpec",
+    "VortexSettings",
+    "load_settings",
+]
 
 _TYPES = ("int", "float", "bool", "choice")
 _DIRECTIONS = ("increase", "decrease", "true", "false")
@@ -168,7 +173,8 @@ class TunableSpec:
 @dataclass(frozen=True)
 class SandboxLimits:
     """Resource limits of every sandboxed command, and how strict the isolation must be
-    (see :mod:`vortex.rsi.jail`)."""
+    (see :mod:`vortex.rsi.jail`).
+    """
 
     timeout_secs: float = 120.0
     memory_mb: int = 2048
@@ -326,7 +332,8 @@ def _within(rel: str, paths: tuple[str, ...]) -> bool:
 
 def _check_commands(test: tuple[str, ...], bench: tuple[str, ...], judge: tuple[str, ...]) -> None:
     """The judge runs pytest and the benchmark script itself (from the original tree, under a
-    Vortex runner), so it must know what they are."""
+    Vortex runner), so it must know what they are.
+    """
     if list(test[:3]) != ["{python}", "-m", "pytest"]:
         _fail("test_command", list(test), 'must be ["{python}", "-m", "pytest", ...]: the '
               "judge runs pytest itself, configured from the original tree")

@@ -20,7 +20,8 @@ SKIP_NAMES = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", "
 def tree_sha256(root: str | os.PathLike[str]) -> str:
     """sha256 over every file under ``root`` (path, kind, permission bits, size, contents), in sorted
     order; directories in :data:`SKIP_NAMES` and ``*.pyc`` files are left out. A symlink counts
-    by its target string and is never followed."""
+    by its target string and is never followed.
+    """
     root = os.fspath(root)
     h = hashlib.sha256()
     entries: list[str] = []

@@ -78,7 +78,7 @@ class VortexMiddleware:
         self.app = app
         self.service = service
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:  # noqa: D102 - the ASGI protocol
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -135,7 +135,8 @@ async def _read_body(receive: Callable) -> bytes | None:
 
 def vortex_app(service: VortexService, mounts: Mapping[str, Any] | None = None) -> Any:
     """The ASGI app of Vortex's routes, to mount at ``/vortex``; ``mounts`` adds more apps
-    under it (e.g. ``{"/ui": dashboard_app}``)."""
+    under it (e.g. ``{"/ui": dashboard_app}``).
+    """
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Mount, Route, Router
@@ -227,7 +228,8 @@ async def _event_stream(service: VortexService, replay: bool,
 
 def lifespan(service: VortexService) -> Callable[[Any], Any]:
     """A lifespan for ``FastAPI(lifespan=...)`` / ``Starlette(lifespan=...)`` that starts the
-    service in each worker process and stops it at shutdown."""
+    service in each worker process and stops it at shutdown.
+    """
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[None]:

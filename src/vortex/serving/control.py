@@ -20,7 +20,6 @@ file, so a successor re-reads whatever its predecessor had not saved (delivery a
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -35,9 +34,9 @@ from typing import Any
 from .._io import atomic_write_text
 from ..home import HomeLayout
 from .pending import remove_dead_rings
-from .spec import ServiceSpec, load_spec
+from .spec import ServiceSpec
 
-__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "register", "run_control"]
+__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "run_control"]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,8 @@ class ControlPlane:
 
     def pump(self) -> int:
         """Feed what the workers recorded since the last pump to the components; returns the
-        number of records and samples read."""
+        number of records and samples read.
+        """
         orch = self.orchestrator
         batch = self.fleet.read_new()
         detector, rsi, trainer = orch.detector, orch.rsi, orch.trainer
@@ -182,7 +182,7 @@ class ControlPlane:
         for name, records in batch.metrics.items():
             self.counts["lost_records"] += records.lost
             awaiting = self._awaiting.setdefault(name, deque(maxlen=1 << 16))
-            for lat, conf in zip(records.latency_ms.tolist(), records.confidence.tolist()):
+            for lat, conf in zip(records.latency_ms.tolist(), records.confidence.tolist(), strict=True):
                 self._record(lat, conf)
                 if detector is not None:
                     awaiting.append(detector.record_request(lat, conf))
@@ -297,27 +297,10 @@ class ControlStandby:
         self.lock.release()
 
 
-def register(subparsers: Any) -> None:
-    """Add ``vortex control`` to the CLI."""
-    from .._cli_support import command
-
-    p = subparsers.add_parser("control", help="run the control plane of a served model's home "
-                              "(waits while another process holds it)")
-    p.add_argument("--spec", required=True, help="the service: 'package.module:SPEC'")
-    p.add_argument("--home", default=None, help="the Vortex home (default: the spec's)")
-    command(p, _run_command)
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    if args.home is not None:
-        spec = spec.with_home(args.home)
-    return run_control(spec)
-
-
 def run_control(spec: ServiceSpec, stop: threading.Event | None = None) -> int:
     """Run the control plane of ``spec``'s home until SIGTERM or SIGINT (or ``stop``): wait
-    for the role while another process holds it, then hold it. Returns 0."""
+    for the role while another process holds it, then hold it. Returns 0.
+    """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

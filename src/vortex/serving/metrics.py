@@ -1,6 +1,7 @@
 """``GET /vortex/metrics``: the Prometheus exposition of every worker of a home, which
 :func:`vortex.monitor.prometheus.exposition` builds (histograms merged and counters summed over
-every worker, alive or gone)."""
+every worker, alive or gone).
+"""
 
 from __future__ import annotations
 

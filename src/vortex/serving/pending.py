@@ -81,7 +81,7 @@ class PendingEntry:
 
 
 class PendingRing:
-    """This worker's ring of requests awaiting feedback (create it after the fork).
+    """The ring of this worker's requests awaiting feedback (create it after the fork).
 
     Parameters
     ----------
@@ -148,7 +148,8 @@ class PendingRing:
 
     def close(self) -> None:
         """Unmap the ring and release it. The file stays: the other workers still answer the
-        feedback of its requests, until :func:`remove_dead_rings` removes it after their ttl."""
+        feedback of its requests, until :func:`remove_dead_rings` removes it after their ttl.
+        """
         del self._slots  # its view of the mapping, before the mapping closes
         self._mm.close()
         os.close(self._fd)
@@ -253,7 +254,8 @@ class PendingFinder:
 def remove_dead_rings(home: str | os.PathLike[str], ttl_secs: float) -> list[str]:
     """Remove the rings of workers that are gone (their ``flock`` is free) once their newest
     request is older than ``ttl_secs`` (until then its feedback is still accepted by the other
-    workers); the control plane calls it. Returns the names removed."""
+    workers); the control plane calls it. Returns the names removed.
+    """
     directory = segment_dir(home)
     removed: list[str] = []
     try:

@@ -84,7 +84,8 @@ class VortexService:
 
     def control_status(self) -> dict[str, Any] | None:
         """The control plane's last published status (from whichever process holds it), or
-        None before the first publication."""
+        None before the first publication.
+        """
         try:
             with open(self.running.layout.control_status, encoding="utf-8") as f:
                 return json.load(f)
@@ -92,6 +93,6 @@ class VortexService:
             return None
 
     def status(self) -> dict[str, Any]:
-        """This worker's status, its role, and the control plane's published status."""
+        """The status of this worker, its role, and the control plane's published status."""
         return {"role": "worker+control" if self.holds_control else "worker",
                 "worker": self.running.status(), "control": self.control_status()}

@@ -91,7 +91,8 @@ class ServiceSpec:
 
 def load_spec(ref: str) -> ServiceSpec:
     """The :class:`ServiceSpec` named ``"package.module:NAME"`` (NAME a spec or a function
-    returning one); ConfigError naming ``ref`` otherwise."""
+    returning one); ConfigError naming ``ref`` otherwise.
+    """
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"spec={ref!r}: must be 'package.module:NAME'")

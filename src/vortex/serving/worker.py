@@ -126,7 +126,8 @@ class ServingWorker:
     def stop(self) -> None:
         """Stop following; close the segment (read to its end by the control plane) and the
         pending ring (its requests stay answerable by the other workers until their ttl).
-        Idempotent."""
+        Idempotent.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -140,7 +141,8 @@ class ServingWorker:
     # ------------------------------------------------------------------ following
     def _load_active(self, served: int | None) -> tuple[int, Any] | None:
         """``(version, model)`` of the registry's active version, or None if there is none
-        or it is ``served``."""
+        or it is ``served``.
+        """
         if self._registry is None:
             if not os.path.isdir(self.layout.models):
                 return None
@@ -181,7 +183,8 @@ class ServingWorker:
     def infer(self, x: Any, mode: str = "fast") -> Any:
         """Answer ``x`` (as :meth:`vortex.Orchestrator.infer`); the returned prediction's
         ``request_id`` is the HTTP request's id (:data:`current_request`; minted outside an
-        HTTP request), which :meth:`feedback` on any worker of the home accepts."""
+        HTTP request), which :meth:`feedback` on any worker of the home accepts.
+        """
         ring = self._ring
         if ring is None:
             raise RuntimeError("ServingWorker.infer() before start()")

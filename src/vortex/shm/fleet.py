@@ -33,7 +33,7 @@ from .reader import SegmentReader
 from .records import MetricRecords, SampleRows, SegmentTotals
 from .state import FleetState
 
-__all__ = ["FleetReader", "FleetBatch", "WorkerInfo"]
+__all__ = ["FleetBatch", "FleetReader", "WorkerInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class FleetBatch:
 
     def all_samples(self) -> SampleRows | None:
         """Every worker's samples end to end (None if there are no workers); ValueError when
-        workers have different shapes."""
+        workers have different shapes.
+        """
         return SampleRows.concat(list(self.samples.values())) if self.samples else None
 
 
@@ -206,7 +207,8 @@ class FleetReader:
 
     def totals(self) -> SegmentTotals:
         """Everything every worker counted: the folded workers' totals plus every open
-        segment's (see :class:`vortex.shm.SegmentTotals` for the precision while they run)."""
+        segment's (see :class:`vortex.shm.SegmentTotals` for the precision while they run).
+        """
         total = self._state.retired
         for name, reader in list(self._readers.items()):
             try:
@@ -217,7 +219,8 @@ class FleetReader:
 
     def histograms(self) -> tuple[LogHistogram, LogHistogram]:
         """Merged ``(latency in seconds, confidence)`` histograms over every worker, present and
-        folded: counters that only ever grow, as Prometheus expects."""
+        folded: counters that only ever grow, as Prometheus expects.
+        """
         t = self.totals()
         return t.latency, t.confidence
 
@@ -289,7 +292,7 @@ class FleetReader:
         self._readers.clear()
         self._keys.clear()
 
-    def __enter__(self) -> "FleetReader":
+    def __enter__(self) -> FleetReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

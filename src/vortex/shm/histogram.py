@@ -19,14 +19,22 @@ which returns the midpoint of the bucket holding the order statistic, is within
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .._native import _core
 
-__all__ = ["BOUNDS", "N_BUCKETS", "RELATIVE_ERROR", "LATENCY_LE_SECONDS", "CONFIDENCE_LE",
-           "LogHistogram", "bucket_indices"]
+__all__ = [
+    "BOUNDS",
+    "CONFIDENCE_LE",
+    "LATENCY_LE_SECONDS",
+    "N_BUCKETS",
+    "RELATIVE_ERROR",
+    "LogHistogram",
+    "bucket_indices",
+]
 
 BOUNDS: np.ndarray = _core.bucket_bounds()
 """Upper bounds of buckets ``0 .. N_BUCKETS - 2``; the last bucket is ``+Inf``."""
@@ -71,7 +79,7 @@ class LogHistogram:
         self.total = float(total)
 
     @classmethod
-    def of(cls, values: Iterable[float] | np.ndarray) -> "LogHistogram":
+    def of(cls, values: Iterable[float] | np.ndarray) -> LogHistogram:
         """The histogram of ``values`` (a worker counting them one by one gets the same)."""
         arr = np.asarray(values, dtype=np.float64).ravel()
         counts = np.bincount(bucket_indices(arr), minlength=N_BUCKETS).astype(np.uint64)
@@ -82,7 +90,7 @@ class LogHistogram:
         """Number of values counted."""
         return int(self.counts.sum())
 
-    def __add__(self, other: "LogHistogram") -> "LogHistogram":
+    def __add__(self, other: LogHistogram) -> LogHistogram:
         if not isinstance(other, LogHistogram):
             return NotImplemented
         return LogHistogram(self.counts + other.counts, self.total + other.total)
@@ -141,7 +149,7 @@ class LogHistogram:
         return {"counts": {str(int(i)): int(self.counts[i]) for i in nz}, "total": self.total}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "LogHistogram":
+    def from_json(cls, obj: dict[str, Any]) -> LogHistogram:
         """Inverse of :meth:`to_json` (ValueError on anything else)."""
         counts = np.zeros(N_BUCKETS, dtype=np.uint64)
         for key, value in dict(obj["counts"]).items():

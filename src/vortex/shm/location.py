@@ -26,8 +26,15 @@ from pathlib import Path
 
 from ..errors import VortexError
 
-__all__ = ["SEGMENT_SUFFIX", "STATE_NAME", "segment_dir", "segment_name", "parse_segment_name",
-           "ensure_private_dir", "SegmentDirError"]
+__all__ = [
+    "SEGMENT_SUFFIX",
+    "STATE_NAME",
+    "SegmentDirError",
+    "ensure_private_dir",
+    "parse_segment_name",
+    "segment_dir",
+    "segment_name",
+]
 
 SHM_ROOT = "/dev/shm"
 SEGMENT_SUFFIX = ".seg"
@@ -38,7 +45,8 @@ _NAME_RE = re.compile(r"^worker-(?P<pid>\d+)-(?P<start>\d+)-(?P<id>[0-9a-f]{16})
 class SegmentDirError(VortexError, PermissionError):
     """The segment directory is not a private directory of this user (a symlink, another
     owner, writable by others): refused, since its segments would be readable or replaceable by
-    someone else."""
+    someone else.
+    """
 
 
 def segment_dir(home: str | os.PathLike[str]) -> Path:

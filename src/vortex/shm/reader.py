@@ -90,7 +90,8 @@ class SegmentReader:
 
     def matches_name(self) -> bool:
         """True if the file name names this segment's writer and id (a renamed or forged file
-        does not)."""
+        does not).
+        """
         return parse_segment_name(self.name) == (self.pid, self.start_ticks, self.segment_id)
 
     def alive(self) -> bool:
@@ -124,7 +125,8 @@ class SegmentReader:
 
     def totals(self) -> SegmentTotals:
         """Histograms and totals of everything the segment counted (final once the writer is
-        gone; see :class:`SegmentTotals` for the live case)."""
+        gone; see :class:`SegmentTotals` for the live case).
+        """
         return _totals(self._reader.aggregate())
 
     def counters(self) -> tuple[int, int, bool]:
@@ -150,7 +152,7 @@ class SegmentReader:
         """Unmap the segment (the file stays)."""
         self._reader.close()
 
-    def __enter__(self) -> "SegmentReader":
+    def __enter__(self) -> SegmentReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -44,13 +44,15 @@ class MetricRecords:
         return len(self.index)
 
     @classmethod
-    def concat(cls, parts: "list[MetricRecords]") -> "MetricRecords":
+    def concat(cls, parts: list[MetricRecords]) -> MetricRecords:
         """The records of several reads (or workers) end to end."""
         if not parts:
             return _EMPTY_METRICS
-        cols = [np.concatenate([getattr(p, c) for p in parts]) for c in ("index", "t_ns", "latency_ms",
-                                                                       "confidence", "error")]
-        return cls(*cols, lost=sum(p.lost for p in parts))
+        def cat(column: str) -> np.ndarray:
+            return np.concatenate([getattr(p, column) for p in parts])
+
+        return cls(index=cat("index"), t_ns=cat("t_ns"), latency_ms=cat("latency_ms"),
+                   confidence=cat("confidence"), error=cat("error"), lost=sum(p.lost for p in parts))
 
 
 _EMPTY_METRICS = MetricRecords(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
@@ -92,7 +94,7 @@ class SampleRows:
         return len(self.seq)
 
     @classmethod
-    def concat(cls, parts: "list[SampleRows]") -> "SampleRows":
+    def concat(cls, parts: list[SampleRows]) -> SampleRows:
         """The rows of several reads (or workers) end to end; all must have one shape.
 
         Raises
@@ -105,10 +107,12 @@ class SampleRows:
         shapes = {(p.features.shape[1], p.labels.dtype) for p in parts}
         if len(shapes) > 1:
             raise ValueError(f"samples of different shapes cannot be concatenated: {sorted(map(str, shapes))}")
-        cols = [np.concatenate([getattr(p, c) for p in parts]) for c in ("seq", "features", "labels",
-                                                                       "confidence", "error", "timestamp",
-                                                                       "episode")]
-        return cls(*cols, lost=sum(p.lost for p in parts))
+        def cat(column: str) -> np.ndarray:
+            return np.concatenate([getattr(p, column) for p in parts])
+
+        return cls(seq=cat("seq"), features=cat("features"), labels=cat("labels"),
+                   confidence=cat("confidence"), error=cat("error"), timestamp=cat("timestamp"),
+                   episode=cat("episode"), lost=sum(p.lost for p in parts))
 
 
 @dataclass(frozen=True)
@@ -142,11 +146,11 @@ class SegmentTotals:
     newest_ns: int = 0
 
     @classmethod
-    def empty(cls) -> "SegmentTotals":
+    def empty(cls) -> SegmentTotals:
         """Nothing counted."""
         return cls(LogHistogram(), LogHistogram())
 
-    def __add__(self, other: "SegmentTotals") -> "SegmentTotals":
+    def __add__(self, other: SegmentTotals) -> SegmentTotals:
         if not isinstance(other, SegmentTotals):
             return NotImplemented
         return SegmentTotals(self.latency + other.latency, self.confidence + other.confidence,
@@ -161,7 +165,7 @@ class SegmentTotals:
                 "error_sum": self.error_sum, "samples": self.samples, "newest_ns": self.newest_ns}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "SegmentTotals":
+    def from_json(cls, obj: dict) -> SegmentTotals:
         """Inverse of :meth:`to_json` (ValueError, KeyError or TypeError on anything else)."""
         ints = [obj[k] for k in ("records", "error_count", "samples", "newest_ns")]
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):

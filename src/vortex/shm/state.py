@@ -51,7 +51,7 @@ class FleetState:
     folded: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "FleetState":
+    def load(cls, path: str | os.PathLike[str]) -> FleetState:
         """The state at ``path``; an empty state if there is none.
 
         Raises
@@ -66,7 +66,7 @@ class FleetState:
         try:
             if obj["version"] != _VERSION:
                 raise ValueError(f"version {obj['version']!r}")
-            cursors = {str(name): _ints(c, 3) for name, c in obj["cursors"].items()}
+            cursors = {str(name): _cursor(c) for name, c in obj["cursors"].items()}
             folded = {str(name): _ints([i], 1)[0] for name, i in obj["folded"].items()}
             return cls(cursors, SegmentTotals.from_json(obj["retired"]),
                        _ints([obj["retired_workers"]], 1)[0], folded)
@@ -82,6 +82,11 @@ class FleetState:
             "retired_workers": self.retired_workers,
             "folded": dict(sorted(self.folded.items())),
         })
+
+
+def _cursor(values: Any) -> tuple[int, int, int]:
+    a, b, c = _ints(values, 3)
+    return a, b, c
 
 
 def _ints(values: Any, n: int) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import os
 import secrets
 import weakref
 from pathlib import Path
+from typing import Any
 
 from .._fast_shm import SegmentRecorder
 from .._io import _start_time, remove_orphan_temps
@@ -20,14 +21,14 @@ from .._native import _core
 from .._scalars import as_index
 from .location import ensure_private_dir, segment_dir, segment_name
 
-__all__ = ["WorkerSegment", "LABEL_KINDS"]
+__all__ = ["LABEL_KINDS", "WorkerSegment"]
 
 LABEL_KINDS = {"int64": 0, "float32": 1}
 _MAX_DIM = 1 << 20
 _MAX_CAPACITY = 1 << 32
 
 # Segments this process writes; a child forked from it must not write them (see _after_fork).
-_OPEN: "weakref.WeakSet[WorkerSegment]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[WorkerSegment] = weakref.WeakSet()
 
 
 class WorkerSegment(SegmentRecorder):
@@ -59,13 +60,15 @@ class WorkerSegment(SegmentRecorder):
     window: int
     ring_capacity: int
     label_dtype: str
+    _writer: Any  # the vortex._core.ShmWriter that owns the mapping
+    _pid: int  # the creating process (a forked child must not close its parent's segment)
 
     def __init__(self) -> None:  # use create()
         raise TypeError("use WorkerSegment.create(home, feature_dim, ...)")
 
     @classmethod
     def create(cls, home: str | os.PathLike[str], feature_dim: int, window: int = 16384,
-               ring_capacity: int = 10_000, label_dtype: str = "int64") -> "WorkerSegment":
+               ring_capacity: int = 10_000, label_dtype: str = "int64") -> WorkerSegment:
         """Create this process's segment for ``home``.
 
         Parameters
@@ -143,7 +146,7 @@ class WorkerSegment(SegmentRecorder):
             self._writer.close()
         _OPEN.discard(self)
 
-    def __enter__(self) -> "WorkerSegment":
+    def __enter__(self) -> WorkerSegment:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -160,7 +163,8 @@ class WorkerSegment(SegmentRecorder):
 
 def _after_fork() -> None:
     """In a forked child: the parent's segments are the parent's. Drop their mappings (the
-    parent's lock stays with the parent's descriptor) so the child can never write them."""
+    parent's lock stays with the parent's descriptor) so the child can never write them.
+    """
     for seg in list(_OPEN):
         seg._abandon()
     _OPEN.clear()

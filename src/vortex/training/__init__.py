@@ -34,7 +34,7 @@ _LAZY: dict[str, str] = {
     "mlp": "vortex.training.models",
 }
 
-__all__ = [*_LAZY]
+__all__ = [*_LAZY]  # noqa: PLE0604 - the lazily imported names (keys of _LAZY)
 
 
 def __getattr__(name: str) -> Any:

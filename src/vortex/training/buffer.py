@@ -22,22 +22,21 @@ import os
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._fsspec import is_url, read_url, write_url
-from .._io import (atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps, seal,
-                   unseal)
-from .._native import _core
 from .._fast_ring import SampleRingWriter
+from .._fsspec import is_url, read_url, write_url
+from .._io import atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps, seal, unseal
+from .._native import _core
 from ..errors import SnapshotFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
     import torch
 
-__all__ = ["SampleBuffer", "Snapshot", "FORMAT_TAG"]
+__all__ = ["FORMAT_TAG", "SampleBuffer", "Snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
     crc = zlib.crc32(repr(sorted((k, v) for k, v in metadata.items() if k != _CRC_KEY)).encode())
     for a in arrays:
         if a.size:
-            crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+            crc = zlib.crc32(np.ascontiguousarray(a).data.cast("B"), crc)
     return f"{crc:08x}"
 
 
@@ -130,7 +129,7 @@ class Snapshot:
     def _arrays(self) -> list[np.ndarray]:
         return [self.features, *(getattr(self, name) for name in _COLUMNS)]
 
-    def schema(self, metadata: dict[str, str] | None = None) -> "pyarrow.Schema":
+    def schema(self, metadata: dict[str, str] | None = None) -> pyarrow.Schema:
         """The Arrow schema of :meth:`to_arrow` (with ``metadata`` added)."""
         import pyarrow as pa
 
@@ -142,7 +141,7 @@ class Snapshot:
                 "vortex.label_dtype": self.label_dtype, **(metadata or {})}
         return pa.schema(fields, metadata=meta)
 
-    def to_arrow(self, metadata: dict[str, str] | None = None) -> "pyarrow.RecordBatch":
+    def to_arrow(self, metadata: dict[str, str] | None = None) -> pyarrow.RecordBatch:
         """The rows as a RecordBatch; features as ``FixedSizeList<float32>``.
 
         The Arrow arrays point at this snapshot's NumPy memory (no copy) when the arrays are
@@ -157,7 +156,7 @@ class Snapshot:
         schema = self.schema(metadata)
         return pa.RecordBatch.from_arrays(columns, schema=schema)
 
-    def to_torch(self) -> dict[str, "torch.Tensor"]:
+    def to_torch(self) -> dict[str, torch.Tensor]:
         """The columns as torch tensors sharing this snapshot's memory (``torch.from_numpy``).
 
         Keys: features, labels, confidence, error, timestamp, seq, episode.
@@ -193,7 +192,7 @@ class Snapshot:
 
     @classmethod
     def read_ipc(cls, path: str | os.PathLike[str], *,
-                 storage_options: dict[str, Any] | None = None) -> "Snapshot":
+                 storage_options: dict[str, Any] | None = None) -> Snapshot:
         """Read a file written by :meth:`write_ipc` (or :meth:`SampleBuffer.save`).
 
         Raises
@@ -210,7 +209,7 @@ class Snapshot:
 
     @classmethod
     def _read(cls, path: str | os.PathLike[str],
-              storage_options: dict[str, Any] | None = None) -> tuple["Snapshot", dict[str, str]]:
+              storage_options: dict[str, Any] | None = None) -> tuple[Snapshot, dict[str, str]]:
         import pyarrow as pa
 
         path = os.fspath(path)
@@ -269,7 +268,8 @@ class Snapshot:
 
 def _remove_orphans_of(path: str | os.PathLike[str]) -> None:
     """Delete the temporary files that killed writes to ``path`` left beside it (a local
-    path: on shared storage, whose a temporary file is cannot be told across machines)."""
+    path: on shared storage, whose a temporary file is cannot be told across machines).
+    """
     if is_url(path):
         return
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
@@ -440,7 +440,7 @@ class SampleBuffer(SampleRingWriter):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], capacity: int | None = None, *,
-             storage_options: dict[str, Any] | None = None) -> "SampleBuffer":
+             storage_options: dict[str, Any] | None = None) -> SampleBuffer:
         """A new buffer holding the rows of a file written by :meth:`save`.
 
         Parameters

@@ -43,20 +43,19 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._io import atomic_write_bytes, pid_alive, remove_orphan_temps
 from ..changes import ChangeBoard
 from ..config import BackgroundTrainingConfig, as_dict
-from ..errors import (ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError,
-                      VersionNotFoundError)
+from ..errors import ChecksumMismatchError, ModelSwapError, RegistryError, TrainingError, VersionNotFoundError
 from ..home import HomeLayout
-from .._io import atomic_write_bytes, pid_alive, remove_orphan_temps
 from .models import build_model
 from .registry import ModelRegistry
-from .statuses import RunStatus, VersionStatus
 from .slot import ModelSlot, prepare_model
+from .statuses import RunStatus, VersionStatus
 from .validation import ValidationResult, should_swap
 from .worker import CANDIDATE_FILE, RESULT_FILE
 
-__all__ = ["BackgroundTrainingCoordinator", "TrainingTrigger", "TrainingRun", "TrainingStats"]
+__all__ = ["BackgroundTrainingCoordinator", "TrainingRun", "TrainingStats", "TrainingTrigger"]
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ class BackgroundTrainingCoordinator:
         self._example = torch.zeros(1, feature_dim)
         self._slot = ModelSlot(model, active, example=self._example)
         self._models: OrderedDict[int, tuple[str, Any]] = OrderedDict()
-        self._remember(active, self.registry.get(active)["sha256"], model)  # type: ignore[arg-type]
+        self._remember(active, self.registry.get(active)["sha256"], model)
 
         self._cond = threading.Condition()
         self._run_lock = threading.Lock()
@@ -369,7 +368,8 @@ class BackgroundTrainingCoordinator:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Start the background threads: training (scheduled and pending triggers) and
-        housekeeping (following outside swaps, saving the buffer)."""
+        housekeeping (following outside swaps, saving the buffer).
+        """
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -423,7 +423,8 @@ class BackgroundTrainingCoordinator:
 
     def _housekeeping(self) -> None:
         """Follow outside swaps within a second and save the buffer periodically, during runs
-        too (runs happen on the training thread, not here)."""
+        too (runs happen on the training thread, not here).
+        """
         interval = self.config.buffer_persist_interval_secs
         next_persist = time.monotonic() + interval
         while not self._keeper_stop.wait(_SYNC_SECS if not interval else
@@ -685,7 +686,8 @@ class BackgroundTrainingCoordinator:
     def _validate_against(self, run: TrainingRun, run_dir: str, snap_path: str,
                           version: int) -> dict[str, Any] | None:
         """The run's candidate compared with ``version`` on the same held-out rows, by a
-        validation-only worker (the serving process does no model evaluation)."""
+        validation-only worker (the serving process does no model evaluation).
+        """
         out = os.path.join(run_dir, f"against-v{version}")
         self._run_workers(out, snap_path, version, 1, run.run_id,
                           candidate=os.path.join(run_dir, CANDIDATE_FILE))
@@ -742,7 +744,8 @@ class BackgroundTrainingCoordinator:
                     "epochs": result["epochs"], "train_loss": run.train_loss,
                     "val_loss": v.get("candidate_loss"), "val_accuracy": v.get("candidate_accuracy"),
                     "improvement_pct": v.get("improvement_pct"), "ci_low": v.get("ci_low"),
-                    "ci_high": v.get("ci_high"), "status": VersionStatus.CANDIDATE if better else VersionStatus.REJECTED})
+                    "ci_high": v.get("ci_high"),
+                    "status": VersionStatus.CANDIDATE if better else VersionStatus.REJECTED})
             elif not better:
                 self.registry.set_status(run.version, VersionStatus.REJECTED)
             if not swap:
@@ -795,7 +798,8 @@ class BackgroundTrainingCoordinator:
 
     def _swap(self, version: int, reason: str, watch: bool, expect_active: Any = ...) -> bool:
         """Serve ``version`` and record it; False if ``expect_active`` (see
-        :meth:`ModelRegistry.set_active`) no longer serves (nothing changed then)."""
+        :meth:`ModelRegistry.set_active`) no longer serves (nothing changed then).
+        """
         with self._swap_lock:
             model = self._load_prepared(version)
             old_version = self._slot.version
@@ -807,7 +811,7 @@ class BackgroundTrainingCoordinator:
             new_watch = None
             with self._live_lock:  # the baseline: what the old version served since the last change
                 history = self._live.get(old_version) if old_version is not None else None
-                if watch and self.config.watch_requests > 0 and history:
+                if watch and self.config.watch_requests > 0 and history and old_version is not None:
                     errs = [e for e, _ in history]
                     confs = [c for _, c in history if not math.isnan(c)]
                     new_watch = _Watch(version, old_version, old.model, sum(errs) / len(errs),
@@ -822,7 +826,8 @@ class BackgroundTrainingCoordinator:
 
     def _on_change(self, change: Any) -> str | None:
         """A change to what serves (see :mod:`vortex.changes`): end the post-swap watch and
-        start the live baseline anew; returns what watch it ended."""
+        start the live baseline anew; returns what watch it ended.
+        """
         with self._live_lock:
             w, self._watch = self._watch, None
             self._live.clear()
@@ -833,7 +838,8 @@ class BackgroundTrainingCoordinator:
 
     def _sync_external(self) -> None:
         """Serve the registry's active version if another process (``vortex models swap``)
-        changed it. Never raises: a failure is logged once and counted."""
+        changed it. Never raises: a failure is logged once and counted.
+        """
         try:
             if self.registry.active_version in (None, self._slot.version):
                 return

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["mlp", "resolve_factory", "build_model"]
+__all__ = ["build_model", "mlp", "resolve_factory"]
 
 
 def mlp(in_features: int, hidden: int | Sequence[int] = 64, out_features: int = 1,

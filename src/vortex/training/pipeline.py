@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import FluxConfig
 from .flux import FluxDynamics, FluxWeights
 
-__all__ = ["TrainingPipeline", "PipelineData", "WeightedDataset", "HoldoutDataset", "weighted_loss"]
+__all__ = ["HoldoutDataset", "PipelineData", "TrainingPipeline", "WeightedDataset", "weighted_loss"]
 
 _TASKS = ("classification", "regression")
 
@@ -35,7 +35,8 @@ def _batch(batch: Any) -> Any:
 
 class _TensorRows(Dataset):
     """Rows of aligned tensors; ``__getitems__`` gathers a whole batch with one index op
-    instead of stacking per-row tensors (which costs a Python call per row)."""
+    instead of stacking per-row tensors (which costs a Python call per row).
+    """
 
     def __init__(self, *tensors: torch.Tensor) -> None:
         self._tensors = tensors
@@ -74,7 +75,8 @@ class WeightedDataset(_TensorRows):
 
 class HoldoutDataset(_TensorRows):
     """Held-out (sacred position) rows as ``(features, label)``; attributes as
-    :class:`WeightedDataset` without weights, plus ``positions`` (int8 flux positions)."""
+    :class:`WeightedDataset` without weights, plus ``positions`` (int8 flux positions).
+    """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, seq: torch.Tensor,
                  positions: torch.Tensor) -> None:
@@ -150,10 +152,10 @@ class TrainingPipeline:
     def _labels(self, labels: np.ndarray) -> torch.Tensor:
         if self.task == "regression":
             return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
-        if labels.dtype.kind == "f":
-            if not np.all(np.isfinite(labels)) or not np.array_equal(labels, np.round(labels)):
-                raise ValueError("classification needs integer labels; the snapshot has "
-                                 "non-integral float labels")
+        if labels.dtype.kind == "f" and (not np.all(np.isfinite(labels))
+                                         or not np.array_equal(labels, np.round(labels))):
+            raise ValueError("classification needs integer labels; the snapshot has "
+                             "non-integral float labels")
         return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
 
     def build(self, snapshot: Any) -> PipelineData:

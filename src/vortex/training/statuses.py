@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["VersionStatus", "RunStatus"]
+__all__ = ["RunStatus", "VersionStatus"]
 
 
 class VersionStatus(enum.StrEnum):

@@ -1,11 +1,11 @@
-"""Training worker: one process per rank, torch DistributedDataParallel across ranks.
+r"""Training worker: one process per rank, torch DistributedDataParallel across ranks.
 
 Run by :class:`~vortex.training.coordinator.BackgroundTrainingCoordinator` (one subprocess per
 rank on this machine), or by hand / under ``torchrun`` on several machines with the same
 arguments::
 
-    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
-        -m vortex.training.worker --snapshot /shared/snap.arrow --out /shared/run7 \\
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m vortex.training.worker --snapshot /shared/snap.arrow --out /shared/run7 \
         --factory vortex.training.models:mlp --factory-kwargs '{"in_features": 64, "out_features": 10}'
 
 Every rank reads the whole Arrow IPC snapshot (so the file must be reachable from every
@@ -47,7 +47,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Adam", "WorkerArgs", "die_with_parent", "main", "train", "evaluate", "per_sample_loss"]
+__all__ = ["Adam", "WorkerArgs", "die_with_parent", "evaluate", "main", "per_sample_loss", "train"]
 
 log = logging.getLogger("vortex.training.worker")
 
@@ -112,7 +112,7 @@ class WorkerArgs:
 
 
 def _json_object(text: str) -> dict[str, Any]:
-    """argparse type of the JSON-object options: a clear one-line error for anything else."""
+    """Argparse type of the JSON-object options: a clear one-line error for anything else."""
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -185,7 +185,7 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
 
 def per_sample_loss(output, target, task: str):
     """Per-sample loss: cross-entropy (classification) or squared error averaged over outputs."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: N812 - torch's own convention
 
     if task == "classification":
         return F.cross_entropy(output, target, reduction="none")
@@ -226,7 +226,7 @@ class Adam:
         step_size = self.lr / (1 - b1 ** self.steps)
         bias_correction2_sqrt = math.sqrt(1 - b2 ** self.steps)
         with torch.no_grad():
-            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
                 if p.grad is None:
                     continue
                 g = p.grad
@@ -250,7 +250,7 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
     import torch
 
     net = step_model if step_model is not None else model
-    dist = None
+    dist: Any = None  # torch.distributed, imported only with several ranks
     if world_size > 1:
         import torch.distributed as dist
     opt = Adam(model.parameters(), lr=lr)
@@ -272,7 +272,7 @@ def train(model, x, y, w, *, task: str, epochs: int, lr: float, batch_size: int,
         batch_w = torch.stack([ws_host[i:i + batch_size].sum() for i in starts]).tolist() if n else []
         # [sum(w * l), sum(w)] over this rank's rows
         total = torch.zeros(2, dtype=torch.float64, device=device)
-        for start, w_global in zip(starts, batch_w):
+        for start, w_global in zip(starts, batch_w, strict=True):
             stop = min(start + batch_size, n)
             if stop - start < world_size or not w_global > 0:
                 continue
@@ -349,14 +349,15 @@ def _device(choice: str):
 
 def run(args: WorkerArgs) -> dict[str, Any]:
     """Train (or, with ``--candidate``, only validate), write the outputs; return the result
-    dict (rank 0) or {}."""
+    dict (rank 0) or {}.
+    """
     t0 = time.perf_counter()
     import torch
 
+    from .._io import atomic_write_bytes
     from .models import build_model
     from .registry import ModelRegistry, state_dict_bytes
     from .validation import compare_models
-    from .._io import atomic_write_bytes
 
     torch.set_num_threads(args.threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -364,7 +365,7 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     if args.candidate is not None and world_size != 1:
         raise ValueError(f"--candidate validates in one process, not WORLD_SIZE={world_size}")
     device = _device(args.device)
-    dist = None
+    dist: Any = None  # torch.distributed, imported only with several ranks
     if world_size > 1:
         import torch.distributed as dist
 

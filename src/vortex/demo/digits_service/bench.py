@@ -10,9 +10,8 @@ import json
 import time
 
 import numpy as np
-from sklearn.datasets import load_digits
-
 from digits_service import predict, shift
+from sklearn.datasets import load_digits
 
 
 def _softmax_regression(x: np.ndarray, y: np.ndarray, epochs: int = 300, lr: float = 0.5):

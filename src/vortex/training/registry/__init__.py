@@ -18,5 +18,12 @@ from .model_registry import ModelRegistry, state_dict_bytes, verify_registry
 from .schema import COLUMNS, VersionMeta
 from .serving_log import LOG_COLUMNS
 
-__all__ = ["ModelRegistry", "VersionMeta", "VersionStatus", "COLUMNS", "LOG_COLUMNS",
-           "state_dict_bytes", "verify_registry"]
+__all__ = [
+           "COLUMNS",
+           "LOG_COLUMNS",
+           "ModelRegistry",
+           "VersionMeta",
+           "VersionStatus",
+           "state_dict_bytes",
+           "verify_registry",
+]

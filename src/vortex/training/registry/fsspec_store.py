@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from ...errors import RegistryError
 from ..._fsspec import filesystem, put_whole
 from ..._io import MISSING, FileKey, seal
+from ...errors import RegistryError
 
 __all__ = ["FsspecStore"]
 
@@ -127,7 +127,8 @@ class FsspecStore:
     def append(self, name: str, offset: int, data: bytes,
                watched: Sequence[tuple[str, FileKey]]) -> FileKey | None:
         """Rewrite the file as its first ``offset`` bytes plus ``data`` if ``watched`` is
-        unchanged (checked now, and on S3 again by the PUT's condition)."""
+        unchanged (checked now, and on S3 again by the PUT's condition).
+        """
         with self._lock:
             if any(self.key(n) != k for n, k in watched):
                 return None
@@ -159,5 +160,6 @@ class FsspecStore:
 
     def remove_orphan_temps(self) -> list[str]:
         """Nothing: whose a temporary file is cannot be told across machines, so temporary
-        names are left to :meth:`ModelRegistry.cleanup`."""
+        names are left to :meth:`ModelRegistry.cleanup`.
+        """
         return []

@@ -71,7 +71,7 @@ class LocalStore:
         return os.listdir(self.root)
 
     def _lock_fd(self) -> int:
-        """This process's descriptor of the writers' lock file, opened once.
+        """The descriptor this process holds of the writers' lock file, opened once.
 
         Re-opened in a forked child: an ``flock`` belongs to the open file, which a fork
         shares, so a child locking its inherited descriptor would not exclude its parent.

@@ -50,14 +50,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
-from ...errors import (ChecksumMismatchError, CorruptFileError, RegistryError,
-                       VersionNotFoundError)
 from ..._io import MISSING, FileKey
+from ...errors import ChecksumMismatchError, CorruptFileError, RegistryError, VersionNotFoundError
 from ..statuses import VersionStatus
-from .schema import (COLUMNS, META_NAME, check_rows, checked_metadata, decode_table,
-                     encodable, encode_table)
+from .schema import COLUMNS, META_NAME, check_rows, checked_metadata, decode_table, encodable, encode_table
 from .serving_log import LEGACY_LOG_NAME, LOG_NAME, log_entry, log_line, parse_log, read_legacy_log
 from .store import RegistryStore, open_store
 
@@ -84,9 +82,9 @@ def state_dict_bytes(state: Any) -> bytes:
 
         return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
     import numpy as np
-    from safetensors.numpy import save
+    from safetensors.numpy import save as save_numpy
 
-    return save({k: np.ascontiguousarray(v) for k, v in state.items()})
+    return save_numpy({k: np.ascontiguousarray(v) for k, v in state.items()})
 
 
 class ModelRegistry:
@@ -251,7 +249,8 @@ class ModelRegistry:
 
     def get(self, version: int) -> dict[str, Any]:
         """Metadata row of ``version`` (as in :meth:`list_versions`); :class:`VersionNotFoundError`
-        if it is not stored."""
+        if it is not stored.
+        """
         row = self._row(version)
         entries = self._log_rows()
         active = entries[-1]["to_version"] if entries else None
@@ -328,7 +327,7 @@ class ModelRegistry:
         table = self._meta[1][0] if self._meta is not None else decode_table(None, self._meta_path)
         stored = int((table.schema.metadata or {}).get(b"next_version", b"1"))
         used = [r["version"] for r in self._rows()] + [e["to_version"] for e in self.serving_log()]
-        return max(used + [self._max_file_version(), stored - 1], default=0) + 1
+        return max([*used, self._max_file_version(), stored - 1], default=0) + 1
 
     def _write_rows(self, rows: list[dict[str, Any]], next_version: int | None = None,
                     pinned: set[int] | frozenset[int] | None = None) -> None:
@@ -367,13 +366,13 @@ class ModelRegistry:
         with self._writing():
             rows = self._rows()
             version = self._next_version()
-            row = {c: None for c in COLUMNS}
+            row: dict[str, Any] = dict.fromkeys(COLUMNS)
             row.update(meta)
             row.update(version=version, created_at=meta.get("created_at") or time.time(),
                        sha256=hashlib.sha256(data).hexdigest())
             self._store.write(_weights_name(version), data)
             try:
-                self._write_rows(rows + [row], version + 1)
+                self._write_rows([*rows, row], version + 1)
             except BaseException:  # the weights file must not outlive a row that was never listed
                 self._store.remove(_weights_name(version))
                 raise
@@ -390,7 +389,8 @@ class ModelRegistry:
 
     def set_status(self, version: int, status: str) -> None:
         """Change the stored status of ``version`` (:class:`VersionStatus` ``candidate`` or
-        ``rejected``, or their values)."""
+        ``rejected``, or their values).
+        """
         if status not in VersionStatus.stored():
             raise ValueError(f"status={status!r}: must be 'candidate' or 'rejected'")
         with self._writing():
@@ -430,7 +430,7 @@ class ModelRegistry:
         log.info("model version %d %s", version, "pinned" if pinned else "unpinned")
 
     def set_active(self, version: int, reason: str = "manual", *, at: float | None = None,
-                   verify: bool = True, expect_active: int | None | object = ...) -> bool:
+                   verify: bool = True, expect_active: int | object | None = ...) -> bool:
         """Make ``version`` the served one and append the change to the serving log.
 
         The weights are verified first (unless the caller just did, ``verify=False``): a
@@ -484,7 +484,7 @@ class ModelRegistry:
         return True
 
     def _start_log(self, version: int, reason: str, at: float | None,
-                   expect_active: Any) -> dict[str, Any] | None | bool:
+                   expect_active: Any) -> dict[str, Any] | Literal[False] | None:
         """Create the serving log with its first entry (after any legacy entries); return it.
 
         None if another process created the log first (the caller then appends instead);
@@ -500,7 +500,7 @@ class ModelRegistry:
                 return False
             if not any(row["version"] == version for row in rows):
                 raise VersionNotFoundError(f"model version {version} is not in the registry {self.root}")
-            entries = entries + [log_entry(entries, version, reason, at)]
+            entries = [*entries, log_entry(entries, version, reason, at)]
             data = b"".join(log_line(e) for e in entries)
             self._store.write(LOG_NAME, data)
             self._log = (self._store.key(LOG_NAME), entries, len(data), b"")
@@ -567,11 +567,8 @@ class ModelRegistry:
             names = self._store.names()
             for name in names:
                 m = _WEIGHTS_RE.match(name)
-                if m and int(m.group(1)) not in listed:
-                    self._store.remove(name)
-                elif name.startswith(".tmp-"):  # temp files of versions before _io's names
-                    self._store.remove(name)
-                elif name == LEGACY_LOG_NAME and LOG_NAME in names:  # already folded in
+                if ((m and int(m.group(1)) not in listed) or name.startswith(".tmp-")
+                        or (name == LEGACY_LOG_NAME and LOG_NAME in names)):
                     self._store.remove(name)
             self._store.remove_orphan_temps()
         if removed:

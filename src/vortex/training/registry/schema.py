@@ -19,16 +19,28 @@ import json
 import math
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
-from ...errors import RegistryCorruptError
 from ..._io import is_arrow_ipc_file, unseal
+from ...errors import RegistryCorruptError
 from ..statuses import VersionStatus
 
-__all__ = ["VersionMeta", "Column", "COLUMNS", "META_NAME", "META_REMEDY", "arrow_schema",
-           "checked_metadata", "check_rows", "decode_ipc", "decode_table", "encode_table",
-           "encodable"]
+__all__ = [
+    "COLUMNS",
+    "META_NAME",
+    "META_REMEDY",
+    "Column",
+    "VersionMeta",
+    "arrow_schema",
+    "check_rows",
+    "checked_metadata",
+    "decode_ipc",
+    "decode_table",
+    "encodable",
+    "encode_table",
+]
 
 #: File name of the metadata table inside a registry.
 META_NAME = "versions.arrow"
@@ -40,7 +52,8 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class Column:
     """How ``vortex models list`` shows a field: its header and a format spec for numbers
-    (``"time"``: an ISO 8601 UTC time)."""
+    (``"time"``: an ISO 8601 UTC time).
+    """
 
     name: str
     header: str
@@ -99,7 +112,8 @@ class VersionMeta:
     @classmethod
     def columns(cls) -> tuple[Column, ...]:
         """The fields ``vortex models list`` shows, in order (those marked first, then the
-        others, each in field order)."""
+        others, each in field order).
+        """
         shown = [f for f in fields(cls) if "column" in f.metadata]
         shown.sort(key=lambda f: not f.metadata["first"])  # stable: field order within each
         return tuple(Column(f.name, *f.metadata["column"]) for f in shown)

@@ -31,8 +31,15 @@ from typing import Any
 
 from ...errors import RegistryCorruptError
 
-__all__ = ["LOG_COLUMNS", "LOG_NAME", "LEGACY_LOG_NAME", "read_legacy_log", "log_entry",
-           "log_line", "parse_log"]
+__all__ = [
+    "LEGACY_LOG_NAME",
+    "LOG_COLUMNS",
+    "LOG_NAME",
+    "log_entry",
+    "log_line",
+    "parse_log",
+    "read_legacy_log",
+]
 
 #: Columns of the serving log.
 LOG_COLUMNS: tuple[str, ...] = ("time", "from_version", "to_version", "reason")
@@ -94,7 +101,7 @@ def _parse_log_line(line: bytes, path: str, number: int, offset: int,
     """
     m = _LOG_CRC.search(line)
     has_crc = m is not None and m.end() == len(line)
-    if has_crc:
+    if m is not None and has_crc:
         body = line[:m.start()] + b"}"
         if zlib.crc32(body) != int(m[1], 16):
             raise _log_corrupt(path, number, offset, "fails its checksum")

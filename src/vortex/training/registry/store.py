@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..._fsspec import is_url
 from ..._io import FileKey
 
-__all__ = ["RegistryStore", "open_store", "is_url"]
+__all__ = ["RegistryStore", "is_url", "open_store"]
 
 class RegistryStore(Protocol):
     """The storage operations a :class:`~.model_registry.ModelRegistry` needs."""
@@ -46,7 +46,8 @@ class RegistryStore(Protocol):
     def append(self, name: str, offset: int, data: bytes,
                watched: Sequence[tuple[str, FileKey]]) -> FileKey | None:
         """Write ``data`` at ``offset`` of the existing file if every ``(name, key)`` in
-        ``watched`` is unchanged; its new key, or None (nothing written) if one changed."""
+        ``watched`` is unchanged; its new key, or None (nothing written) if one changed.
+        """
 
     def remove(self, name: str) -> None:
         """Delete the file (no error if it is missing)."""
@@ -64,7 +65,8 @@ class RegistryStore(Protocol):
 def open_store(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
                ) -> RegistryStore:
     """The store of the registry at ``root``: a local directory (created if missing) or,
-    for a URL such as ``s3://bucket/prefix``, fsspec with ``storage_options``."""
+    for a URL such as ``s3://bucket/prefix``, fsspec with ``storage_options``.
+    """
     if is_url(root):
         from .fsspec_store import FsspecStore
 

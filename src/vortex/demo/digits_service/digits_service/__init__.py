@@ -14,7 +14,7 @@ import numpy as np
 
 from vortex.tunables import Tunables
 
-__all__ = ["TUNABLES_PATH", "VIEW_OFFSETS", "tunables", "predict", "shift", "blur"]
+__all__ = ["TUNABLES_PATH", "VIEW_OFFSETS", "blur", "predict", "shift", "tunables"]
 
 TUNABLES_PATH = Path(__file__).with_name("tunables.toml")
 tunables = Tunables(TUNABLES_PATH)

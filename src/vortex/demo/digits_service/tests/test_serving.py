@@ -1,7 +1,6 @@
+import digits_service
 import numpy as np
 import pytest
-
-import digits_service
 from digits_service import VIEW_OFFSETS, blur, predict, shift
 
 

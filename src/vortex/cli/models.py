@@ -19,29 +19,40 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
 import sys
 from typing import Any
 
 from ..home import HomeLayout
-from .._cli_support import (command, existing_dir, existing_home, non_negative_int, point_in_time,
-                            positive_float, positive_int)
+from .common import (
+    HOME,
+    JSON,
+    Group,
+    Option,
+    emit,
+    existing_dir,
+    existing_home,
+    non_negative_int,
+    point_in_time,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["register"]
 
 
 def _registry_root(args: argparse.Namespace) -> str:
     """The directory of the registry the command names; it must exist (no command here
-    creates one)."""
+    creates one).
+    """
     if args.registry:
         return existing_dir(args.registry, "model registry")
     return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
 
 
-def _registry(args: argparse.Namespace):
-    from .registry import ModelRegistry
+def _registry(args: argparse.Namespace) -> Any:
+    from ..training.registry import ModelRegistry
 
     return ModelRegistry(_registry_root(args))
 
@@ -49,7 +60,7 @@ def _registry(args: argparse.Namespace):
 def _iso(t: float | None) -> str:
     if t is None:
         return "-"
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="seconds")
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -67,17 +78,13 @@ def _cell(value: Any, spec: str) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
-
-
 def _list(args: argparse.Namespace) -> int:
-    from .registry.schema import Column, VersionMeta
+    from ..training.registry.schema import Column, VersionMeta
 
     reg = _registry(args)
     rows = reg.list_versions()
@@ -88,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
                   [[_cell(r[c.name], c.format) for c in columns] for r in rows])
     log = reg.serving_log()
     text += f"\n\nactive version: {reg.active_version}\n\n" + _log_text(log[-10:])
-    _print(args, {"active_version": reg.active_version, "versions": rows, "serving_log": log}, text)
+    emit(args, {"active_version": reg.active_version, "versions": rows, "serving_log": log}, text)
     return 0
 
 
@@ -99,14 +106,14 @@ def _log_text(entries: list[dict[str, Any]]) -> str:
 
 def _log(args: argparse.Namespace) -> int:
     entries = _registry(args).serving_log()
-    _print(args, entries, _log_text(entries))
+    emit(args, entries, _log_text(entries))
     return 0
 
 
 def _at(args: argparse.Namespace) -> int:
     t = args.time
     v = _registry(args).version_at(t)
-    _print(args, {"time": t, "version": v}, f"version serving at {_iso(t)}: {_fmt(v)}")
+    emit(args, {"time": t, "version": v}, f"version serving at {_iso(t)}: {_fmt(v)}")
     return 0
 
 
@@ -114,21 +121,21 @@ def _swap(args: argparse.Namespace) -> int:
     reg = _registry(args)
     previous = reg.active_version
     reg.set_active(args.target_version, args.reason)
-    _print(args, {"from_version": previous, "to_version": args.target_version, "reason": args.reason},
+    emit(args, {"from_version": previous, "to_version": args.target_version, "reason": args.reason},
            f"active version: {previous} -> {args.target_version} ({args.reason})")
     return 0
 
 
 def _cleanup(args: argparse.Namespace) -> int:
     removed = _registry(args).cleanup(args.keep, args.max_age_days)
-    _print(args, {"removed": removed}, f"removed versions: {removed or 'none'}")
+    emit(args, {"removed": removed}, f"removed versions: {removed or 'none'}")
     return 0
 
 
 def _pin(args: argparse.Namespace) -> int:
     reg = _registry(args)
     (reg.pin if args.pin else reg.unpin)(args.target_version)
-    _print(args, {"pinned": reg.pinned()},
+    emit(args, {"pinned": reg.pinned()},
            f"version {args.target_version} {'pinned' if args.pin else 'unpinned'}; "
            f"pinned versions: {reg.pinned() or 'none'}")
     return 0
@@ -136,8 +143,9 @@ def _pin(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Every damaged file of the registry (metadata, serving log, each version's weights);
-    exit status 1 when there is any, with a one-line summary on stderr."""
-    from .registry import ModelRegistry, verify_registry
+    exit status 1 when there is any, with a one-line summary on stderr.
+    """
+    from ..training.registry import ModelRegistry, verify_registry
 
     root = _registry_root(args)
     problems = verify_registry(root)
@@ -151,7 +159,7 @@ def _verify(args: argparse.Namespace) -> int:
                             "remedy": p.remedy, "message": str(p)} for p in problems]}
     lines = [f"version {v}: {state}" for v, state in versions.items()]
     lines += [f"DAMAGED {p}" for p in problems]
-    _print(args, report, "\n".join(lines) or "no versions")
+    emit(args, report, "\n".join(lines) or "no versions")
     if problems:
         print(f"{args.command_name}: error: {len(problems)} damaged file(s): "
               + ", ".join(sorted(damaged)), file=sys.stderr)
@@ -159,44 +167,29 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(parser: argparse.ArgumentParser, default: Any) -> None:
-    """``--home``, ``--registry`` and ``--json``: on ``models`` and on each action, so they are
-    accepted before or after it (an action's copy defaults to nothing, keeping ``models``'s)."""
-    home, registry = (".vortex", None) if default is None else (default, default)
-    parser.add_argument("--home", default=home, help="Vortex home directory (registry in <home>/models)")
-    parser.add_argument("--registry", default=registry, help="registry directory (overrides --home)")
-    parser.add_argument("--json", action="store_true", default=default or False,
-                        help="machine-readable output")
+_REGISTRY = Option(("--registry",), {"default": None,
+                                     "help": "registry directory (overrides --home)"})
 
 
 def register(subparsers: Any) -> None:
-    """Add ``vortex models ...`` to the ``vortex`` command's subparsers."""
-    p = subparsers.add_parser("models", help="list, swap and clean up model versions",
-                              description=__doc__.split("\n\n")[0])
-    _options(p, None)
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-
-    def action(name: str, handler: Any, help: str, **defaults: Any) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help)
-        _options(parser, argparse.SUPPRESS)
-        command(parser, handler, **defaults)
-        return parser
-
-    action("list", _list, "versions, metrics and the recent serving log")
-    action("log", _log, "the whole serving log")
-    at = action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")
+    """Add ``vortex models`` to the ``vortex`` command's subparsers."""
+    group = Group(subparsers, "models", "list, swap and clean up model versions",
+                  options=(HOME, _REGISTRY, JSON), description=(__doc__ or "").split("\n\n")[0])
+    group.action("list", _list, "versions, metrics and the recent serving log")
+    group.action("log", _log, "the whole serving log")
+    at = group.action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")
     at.add_argument("time", type=point_in_time)
-    swap = action("swap", _swap, "make a version the active one (roll back or forward)")
+    swap = group.action("swap", _swap, "make a version the active one (roll back or forward)")
     # "version" would clash with vortex --version
     swap.add_argument("target_version", type=positive_int, metavar="VERSION")
     swap.add_argument("--reason", default="manual (vortex models swap)")
-    clean = action("cleanup", _cleanup, "remove old versions (never the active one)")
+    clean = group.action("cleanup", _cleanup, "remove old versions (never the active one)")
     clean.add_argument("--keep", type=non_negative_int, default=5,
                        help="keep this many newest versions")
     clean.add_argument("--max-age-days", type=positive_float, default=None)
     for name, pin, what in (("pin", True, "keep a version whatever cleanup is asked"),
                             ("unpin", False, "let cleanup remove a pinned version again")):
-        action(name, _pin, what, pin=pin).add_argument("target_version", type=positive_int,
-                                                       metavar="VERSION")
-    action("verify", _verify, "check every file (metadata, serving log, each version's sha256) "
-                              "and list every problem")
+        group.action(name, _pin, what, pin=pin).add_argument(
+            "target_version", type=positive_int, metavar="VERSION")
+    group.action("verify", _verify, "check every file (metadata, serving log, each version's "
+                                    "sha256) and list every problem")

@@ -1,4 +1,8 @@
-"""What every ``vortex`` command shares: one-line errors, exit statuses, checked arguments.
+"""What every ``vortex`` command shares: options, output, one-line errors, exit statuses.
+
+A command group is ``vortex <group> [OPTIONS] ACTION [OPTIONS]``: :class:`Group` declares its
+shared options (:data:`HOME`, :data:`JSON`, or its own :class:`Option`) once and accepts them
+before or after the action. :func:`emit` prints a result as text, or as JSON under ``--json``.
 
 A command's error is one line on stderr, ``<command>: error: <message naming the bad value>``
 (with ``--json``, also ``{"error": ..., "message": ...}`` on stdout), and its exit status says
@@ -24,14 +28,31 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
-from .errors import VortexError
+from ..errors import VortexError
 
 __all__ = [
-    "USAGE", "STATE", "UsageError", "Parser", "command", "run_command", "existing_home",
-    "existing_dir", "non_negative_int", "positive_int", "positive_float", "point_in_time",
+    "HOME",
+    "JSON",
+    "STATE",
+    "USAGE",
+    "Group",
+    "Option",
+    "Parser",
+    "UsageError",
+    "command",
     "directory",
+    "emit",
+    "existing_dir",
+    "existing_home",
+    "non_negative_int",
+    "point_in_time",
+    "positive_float",
+    "positive_int",
+    "run_command",
 ]
 
 USAGE = 2
@@ -48,12 +69,86 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str) -> NoReturn:
+        """Exit with status 2 and ``message`` as one line on stderr."""
         self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option a command group shares between itself and each of its actions.
+
+    Parameters
+    ----------
+    flags
+        The option strings, e.g. ``("--home",)``.
+    kwargs
+        What ``ArgumentParser.add_argument`` takes besides the flags (``default``, ``help``...).
+    """
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def add_to(self, parser: argparse.ArgumentParser, *, suppressed: bool = False) -> None:
+        """Add the option to ``parser``; ``suppressed``: with no default of its own.
+
+        An action's copy of a group option is suppressed: argparse then sets it only when it is
+        given after the action, and otherwise keeps the value parsed before it (or the
+        group's default).
+        """
+        kwargs = {**self.kwargs, "default": argparse.SUPPRESS} if suppressed else self.kwargs
+        parser.add_argument(*self.flags, **kwargs)
+
+
+HOME = Option(("--home",), {"default": ".vortex", "help": "Vortex home directory (default .vortex)"})
+JSON = Option(("--json",), {"action": "store_true", "help": "machine-readable output"})
+
+
+class Group:
+    """The command group ``vortex <name> ACTION``; its options go before or after ACTION.
+
+    Parameters
+    ----------
+    subparsers
+        The ``vortex`` parser's subparsers (what a command module's ``register`` receives).
+    name, help
+        The group's name and its one-line help.
+    options
+        The options every action of the group takes (default :data:`HOME` and :data:`JSON`).
+    description
+        The group's ``--help`` text (default ``help``).
+    """
+
+    def __init__(self, subparsers: Any, name: str, help: str, *,
+                 options: Sequence[Option] = (HOME, JSON), description: str | None = None) -> None:
+        self.parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help, description=description or help)
+        self.options = tuple(options)
+        for option in self.options:
+            option.add_to(self.parser)
+        self._actions = self.parser.add_subparsers(dest=f"{name}_command", metavar="ACTION",
+                                                   required=True)
+
+    def action(self, name: str, handler: Handler, help: str,
+               **defaults: Any) -> argparse.ArgumentParser:
+        """Add the action ``name`` run by ``handler``; returns its parser for its own arguments.
+
+        ``defaults`` are set on the parsed arguments (one handler can serve several actions).
+        """
+        parser = self._actions.add_parser(name, help=help, description=help)
+        for option in self.options:
+            option.add_to(parser, suppressed=True)
+        command(parser, handler, **defaults)
+        return parser
 
 
 def command(parser: argparse.ArgumentParser, handler: Handler, **defaults: Any) -> None:
     """Make ``parser`` (a leaf subcommand) run ``handler`` through :func:`run_command`."""
     parser.set_defaults(handler=handler, command_name=parser.prog, **defaults)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print a command's result: ``data`` as JSON under ``--json``, else ``text``."""
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -135,10 +230,10 @@ def point_in_time(text: str) -> float:
                 f"{text!r} is neither unix seconds nor an ISO 8601 time such as "
                 "2026-11-25T03:00") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.timezone.utc)
+            when = when.replace(tzinfo=_dt.UTC)
         return when.timestamp()
     try:  # the times the output can print
-        _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+        _dt.datetime.fromtimestamp(value, _dt.UTC)
     except (OverflowError, OSError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a representable time") from None
     return value

@@ -1,26 +1,22 @@
-"""``vortex dashboard --home H [--host 127.0.0.1] [--port 8765] [--token T]``: serve the
-dashboard of a home (see :mod:`vortex.dashboard`) until interrupted.
+"""Serving the dashboard of a home over HTTP (see :mod:`vortex.dashboard`): in a background
+thread (``vortex demo --dashboard``) or in the foreground until interrupted (``vortex dashboard``,
+whose command line is :mod:`vortex.cli.dashboard`).
 
-It prints the URL to open, with the action token in its fragment (browsers never send a
+:func:`serve_dashboard` prints the URL to open, with the action token in its fragment (browsers never send a
 fragment to a server). Without ``--token`` (or ``VORTEX_DASHBOARD_TOKEN``) a random token is
 made for this run.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
 from typing import Any, TextIO
 
-from .._cli_support import UsageError, command, existing_home
-
 __all__ = [
     "DashboardServer",
     "dashboard_url",
-    "port_number",
-    "register",
     "serve_dashboard",
     "serve_in_background",
 ]
@@ -90,7 +86,8 @@ def serve_in_background(home: str, live: Any = None, host: str = "127.0.0.1",
                         port: int = DEFAULT_PORT, token: str | None = None) -> DashboardServer:
     """The dashboard of ``home`` served from a thread of this process (``vortex demo
     --dashboard``); ``live`` as in :func:`vortex.dashboard.dashboard_app`. Stop it with
-    :meth:`DashboardServer.stop`."""
+    :meth:`DashboardServer.stop`.
+    """
     from .app import dashboard_app
 
     # (IPv6 literals cannot be listed: Starlette's host check cuts the Host header at its first colon)
@@ -103,8 +100,9 @@ def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT
                     token: str | None = None, out: TextIO = sys.stdout) -> int:
     """Serve the dashboard of ``home`` until interrupted (the ``vortex dashboard`` command).
 
-    Prints the URL (with the port actually bound, and the token) once it listens."""
-    server = serve_in_background(existing_home(home), host=host, port=port, token=token)
+    Prints the URL (with the port actually bound, and the token) once it listens.
+    """
+    server = serve_in_background(home, host=host, port=port, token=token)
     print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {server.url}\n"
           f"  actions need the token: {server.app.state.token}", file=out, flush=True)
     if host not in LOOPBACK_NAMES:
@@ -117,29 +115,3 @@ def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT
     finally:
         server.stop()
     return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    token = args.token or os.environ.get("VORTEX_DASHBOARD_TOKEN") or None
-    if token is not None and len(token) < 8:
-        raise UsageError("--token: must be at least 8 characters")
-    return serve_dashboard(args.home, args.host, args.port, token)
-
-
-def port_number(text: str) -> int:
-    """A TCP port number (0: any free port), for argparse."""
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return int(text)
-
-
-def register(subparsers: Any) -> None:
-    """Add ``vortex dashboard`` to the ``vortex`` command's subparsers."""
-    p = subparsers.add_parser("dashboard", help="serve a live web dashboard of a home",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--home", default=".vortex", help="Vortex home directory (default .vortex)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--token", default=None,
-                   help="the token actions need (default: $VORTEX_DASHBOARD_TOKEN, else a random one)")
-    command(p, _run)

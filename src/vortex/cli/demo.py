@@ -1,33 +1,55 @@
-"""``vortex demo``: registers the subcommand without importing the demo's heavy modules."""
+"""``vortex demo``: the end-to-end loop of :mod:`vortex.demo.run` (imported when it runs)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-from .._cli_support import UsageError, command, non_negative_int
-from ..dashboard.cli import port_number
+from .common import UsageError, command, non_negative_int
+from .dashboard import port_number
 
 __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run the demo, print the checklist and how to inspect the result.
+
+    The exit status is 0 only when every stage of the loop was reached.
+    """
     if not args.keep:
         _check_replaceable(args.home)
-    from .run import run_from_args
+    from ..demo.run import DemoSettings, inspect_commands, run_demo
 
-    return run_from_args(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    home, out = Path(args.home), Path(args.out)
+    if not args.keep and home.exists():
+        shutil.rmtree(home)
+    settings = (DemoSettings.quick_settings(home, out) if args.quick
+                else DemoSettings(home=home, out_dir=out))
+    settings = DemoSettings(**{**settings.__dict__, "seed": args.seed,
+                               "judge_python": args.judge_python,
+                               "dashboard_port": args.dashboard})
+    report = run_demo(settings)
+    print(f"\n{report['checklist_text']}")
+    print(f"\n{report['requests']} requests in {report['duration_secs']} s; "
+          f"report: {out / 'report.json'}, plot: {out / 'timeline.png'}")
+    print("\ninspect the result:\n" + "\n".join(f"  {c}" for c in inspect_commands(home)))
+    return 0 if report["checklist"]["complete"] else 1
 
 
 def _check_replaceable(home: str) -> None:
     """A fresh run deletes ``--home`` first: refuse unless it is absent, empty, or an earlier
-    demo's (it holds the demo service's copy), so that a mistyped ``--home ~`` deletes nothing."""
+    demo's (it holds the demo service's copy), so that a mistyped ``--home ~`` deletes nothing.
+    """
     if not os.path.lexists(home):
         return
     if not os.path.isdir(home) or os.path.islink(home):
         raise UsageError(f"--home {home!r} is not a directory")
-    from .run import service_tree
+    from ..demo.run import service_tree
 
     if os.listdir(home) and not (service_tree(home) / "digits_service").is_dir():
         raise UsageError(f"--home {home!r} exists and is not an earlier demo's home; the demo "
@@ -35,6 +57,7 @@ def _check_replaceable(home: str) -> None:
 
 
 def register(subparsers: Any) -> None:
+    """Add ``vortex demo`` to the ``vortex`` command's subparsers."""
     p = subparsers.add_parser(
         "demo", help="the end-to-end autonomous demo on scikit-learn's digits",
         description="Serve a digits classifier, drift its inputs, and watch Vortex detect the "
