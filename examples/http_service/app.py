@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from vortex import BackgroundTrainingConfig, RuntimeDetectorConfig
+from vortex.dashboard import dashboard_app
 from vortex.serving import (
     ServiceSpec,
     VortexMiddleware,
@@ -78,7 +79,12 @@ SPEC = ServiceSpec(home=HOME, model_factory="vortex.training.models:mlp", featur
 service = VortexService(SPEC, control=os.environ.get("VORTEX_CONTROL", "standby"))
 app = FastAPI(title="digits over Vortex", lifespan=lifespan(service))
 app.add_middleware(VortexMiddleware, service=service)
-app.mount("/vortex", vortex_app(service))
+# The live dashboard under /vortex/ui when a token is set: every worker must hold the same one
+# (its actions, approve or swap, are refused without it; its pages show the home's state, so put
+# the service's own authentication in front of /vortex in a public deployment).
+DASHBOARD_TOKEN = os.environ.get("VORTEX_DASHBOARD_TOKEN")
+app.mount("/vortex", vortex_app(service, mounts={"/ui": dashboard_app(HOME, token=DASHBOARD_TOKEN)}
+                                if DASHBOARD_TOKEN else None))
 
 
 class Digit(BaseModel):

@@ -155,7 +155,8 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "tunables.toml").write_text("threshold = 0.5  # decision threshold\n")
-    server = Server(home, VORTEX_MIN_SAMPLES="300", VORTEX_TUNABLES=str(tree / "tunables.toml"))
+    server = Server(home, VORTEX_MIN_SAMPLES="300", VORTEX_TUNABLES=str(tree / "tunables.toml"),
+                    VORTEX_DASHBOARD_TOKEN="example-token-1")
     try:
         server.wait_ready()
         x, y = digits
@@ -212,6 +213,18 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
         print(f"version {active}: workers followed {[round(lag, 3) for lag in lags]} s after the registry write")
         listener.join(10)
         assert ("swap", swap) in events, events
+
+        # the dashboard mounted under /vortex/ui by every worker shows the version that serves,
+        # and refuses a swap without the token (the registry unchanged)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert c.get("/vortex/ui/").status_code == 200
+            models = c.get("/vortex/ui/api/state").json()["models"]
+            assert models["active_version"] == active
+            assert [v["version"] for v in models["versions"]] == [v["version"] for v in registry.list_versions()]
+            refused = c.post("/vortex/ui/api/models/1/swap", json={"name": "x", "expect_active": active},
+                             headers={"Origin": server.url})
+            assert refused.status_code == 403 and "token" in refused.json()["error"], refused.text
+        assert registry.active_version == active
 
         Applier(tree, home).apply("test-tunable", make_diff(
             "tunables.toml", "threshold = 0.5  # decision threshold\n", "threshold = 0.7  # decision threshold\n"))
