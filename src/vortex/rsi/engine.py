@@ -35,6 +35,7 @@ from ..config import RSIConfig
 from ..errors import (ConfigError, PatchError, ProposalStateError, RSIError, SandboxError,
                       TreeChangedError)
 from ..home import HomeLayout
+from ..monitor.rules import RULES
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
 from .._io import owner_alive, owner_token, remove_orphan_temps
@@ -52,16 +53,10 @@ __all__ = ["RSIEngine", "RSICycleResult", "weaknesses_from_metrics", "WATCHED_ME
 log = logging.getLogger(__name__)
 
 # per weakness kind: the per-request metric watched after an apply when the benchmark metric
-# it was tested on is not one measured on served requests, and whether lower is better
+# it was tested on is not one measured on served requests, and whether lower is better; each
+# weakness rule declares its own (see vortex.monitor.rules)
 WATCHED_METRIC: dict[str, tuple[str, bool]] = {
-    WeaknessType.LATENCY_SPIKE.value: ("latency_ms", True),
-    WeaknessType.THROUGHPUT_DROP.value: ("latency_ms", True),
-    WeaknessType.MEMORY_PRESSURE.value: ("latency_ms", True),
-    WeaknessType.RECURRING_PATTERN.value: ("latency_ms", True),
-    WeaknessType.CONFIDENCE_LOW.value: ("confidence", False),
-    WeaknessType.CONFIDENCE_DROP.value: ("confidence", False),
-    WeaknessType.PREDICTION_ERROR_SPIKE.value: ("error", True),
-}
+    rule.kind.value: (rule.watched_metric, rule.lower_is_better) for rule in RULES}
 
 # benchmark metrics a served request measures too: benchmark name -> (observed figure, lower
 # is better). The watch judges a change by the metric it was tested on (a calibration tested
