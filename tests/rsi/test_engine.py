@@ -16,6 +16,7 @@ from vortex.config import RSIConfig
 from vortex.errors import PatchError, ProposalCorruptError, ProposalStateError, RollbackConflictError
 from vortex.monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from vortex.rsi.diffs import make_diff
+from vortex.changes import OBSERVED
 from vortex.rsi.engine import RSIEngine, weaknesses_from_metrics
 from vortex.rsi.proposal import ImprovementProposal, ProposalStatus, RiskLevel
 from vortex.rsi.sandbox import TestResult
@@ -186,7 +187,7 @@ def test_trigger_and_schedule(sample_tree, tmp_path):
         time.sleep(0.02)
     eng.stop(10)
     n = eng.cycles
-    assert n >= 4 and eng._thread is None
+    assert n >= 4 and eng.scheduler.thread is None
     time.sleep(0.2)
     assert eng.cycles == n  # stopped
     stats = eng.stats()
@@ -259,7 +260,7 @@ def test_a_later_change_ends_the_apply_watch(sample_tree, tmp_path):
     for _ in range(5):
         eng.observe(latency_ms=0.6)
     eng.changes.changed("training", "version 3 swapped in (auto)")  # what a coordinator announces
-    assert eng.watching() is None and all(not d for d in eng._recent.values())
+    assert eng.watching() is None and all(not eng.changes.recent(m, 100) for m in OBSERVED)
     for _ in range(3 * CFG.watch_requests):
         eng.observe(latency_ms=5.0)  # the new model is slower: not the patch's doing
     time.sleep(0.2)
@@ -277,7 +278,8 @@ def test_update_config_and_observe_correct(sample_tree, tmp_path):
         eng.update_config({"enabled": True})
     eng.observe(correct=False)
     eng.observe(correct=True, error=0.25)
-    assert list(eng._recent["error"]) == [1.0, 0.25]
+    assert eng.changes.recent("error", 10) == [1.0, 0.25]
+    assert eng.changes.recent("misclassified", 10) == [1.0, 0.0]
 
 
 def test_restart_finishes_interrupted_states(sample_tree, tmp_path):

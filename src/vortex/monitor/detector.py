@@ -258,17 +258,7 @@ class RuntimeDetector(MetricRecorder):
         if not cfg.enabled:
             return []
         now = self._clock() if now is None else now
-        st = self._stats(cfg.latency_spike_threshold_ms)
-        with self._lock:
-            rates = tuple(self._rates)
-        figures = Figures(stats=st if st.size >= _MIN_ANALYSIS else None, samples=st.size,
-                          memory_fraction=self.memory_fraction(), rates=rates, wall=time.time(),
-                          now=now)
-        found: list[Weakness] = []
-        for rule in _WINDOW_RULES if figures.stats is not None else ():
-            found.extend(rule.check(figures, cfg))
-        for rule in _PROCESS_RULES:
-            found.extend(rule.check(figures, cfg))
+        figures, found = self._evaluate(cfg, now)
         event = None
         with self._lock:
             self._analyses += 1
@@ -289,6 +279,32 @@ class RuntimeDetector(MetricRecorder):
         if event is not None:
             self._deliver(event, subscribers)
         return found
+
+    def assess(self) -> list[Weakness]:
+        """The weaknesses the window and the process show now, by the same rules as an
+        analysis pass (:data:`vortex.monitor.rules.RULES`, but the onset rules, which need a
+        pass's history), without counting, recording or triggering anything.
+
+        The RSI engine's scheduled cycles read this: weaknesses come from one detector, with
+        one set of thresholds, whether a trigger or the schedule starts the cycle. ``[]`` with
+        ``enabled=False``."""
+        cfg = self._config
+        return self._evaluate(cfg, self._clock())[1] if cfg.enabled else []
+
+    def _evaluate(self, cfg: RuntimeDetectorConfig, now: float) -> tuple[Figures, list[Weakness]]:
+        """This pass's figures, and what the "window" and "process" rules find in them."""
+        st = self._stats(cfg.latency_spike_threshold_ms)
+        with self._lock:
+            rates = tuple(self._rates)
+        figures = Figures(stats=st if st.size >= _MIN_ANALYSIS else None, samples=st.size,
+                          memory_fraction=self.memory_fraction(), rates=rates, wall=time.time(),
+                          now=now)
+        found: list[Weakness] = []
+        for rule in _WINDOW_RULES if figures.stats is not None else ():
+            found.extend(rule.check(figures, cfg))
+        for rule in _PROCESS_RULES:
+            found.extend(rule.check(figures, cfg))
+        return figures, found
 
     def _onset_weaknesses(self, cfg: RuntimeDetectorConfig, figures: Figures,
                           found: list[Weakness]) -> list[Weakness]:

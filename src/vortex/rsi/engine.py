@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,7 +42,9 @@ from .apply import Applier
 from .audit import AuditLog
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel
 from .proposers import OutcomeMemory, Proposer, ProposerContext, default_proposers
+from .post_apply import SERVED_METRIC, PostApplyWatch
 from .risk import assess_risk
+from .scheduler import CycleScheduler
 from .sandbox import Sandbox, TestResult
 from .settings import VortexSettings, load_settings
 from .trees import tree_sha256
@@ -57,19 +58,6 @@ log = logging.getLogger(__name__)
 # weakness rule declares its own (see vortex.monitor.rules)
 WATCHED_METRIC: dict[str, tuple[str, bool]] = {
     rule.kind.value: (rule.watched_metric, rule.lower_is_better) for rule in RULES}
-
-# benchmark metrics a served request measures too: benchmark name -> (observed figure, lower
-# is better). The watch judges a change by the metric it was tested on (a calibration tested
-# on its NLL, not on the raw confidence it lowers); see RSIEngine.observe for the figures.
-SERVED_METRIC: dict[str, tuple[str, bool]] = {
-    "nll": ("nll", True),
-    "error_rate": ("misclassified", True),
-    "latency_ms": ("latency_ms", True),
-    "confidence": ("confidence", False),
-}
-
-_OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll")
-
 
 def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
@@ -164,15 +152,6 @@ class RSICycleResult:
         return asdict(self)
 
 
-@dataclass
-class _Watch:
-    proposal_id: str
-    metric: str
-    lower_is_better: bool
-    baseline: float
-    values: list[float] = field(default_factory=list)
-
-
 def _isolated(res: TestResult) -> bool:
     """Whether the test ran with adequate isolation (every command in the jail); without it
     nothing is auto-applied. The one place the engine reads the sandbox's isolation verdict."""
@@ -264,16 +243,9 @@ class RSIEngine:
         self.retry_backoff_secs = float(retry_backoff_secs)
         self._lock = threading.RLock()
         self._cycle_lock = threading.Lock()  # one cycle at a time; held across its tests
-        self._watch: _Watch | None = None
-        self._watch_lock = threading.Lock()
-        self._recent: dict[str, deque[float]] = {
-            m: deque(maxlen=max(1, self.config.watch_requests)) for m in _OBSERVED}
         self.changes = changes if changes is not None else ChangeBoard(audit=self.audit.append)
-        self.changes.subscribe(self._on_change)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._trigger_thread: threading.Thread | None = None
-        self._pending: list[Weakness] = []
+        self.watch = PostApplyWatch(self, self.changes)
+        self.scheduler = CycleScheduler(self.rsi_cycle, lambda: self.config, self._background_failed)
         self.cycles = 0
         self.last_cycle: RSICycleResult | None = None
         self.recovered: list[str] = []  # what the start-up recovery did
@@ -513,7 +485,7 @@ class RSIEngine:
             self._reload_tunables()  # first: whoever sees "applied" sees the new values
             self.store.transition(p, ProposalStatus.APPLIED, "applied")
             self.audit.append("proposal_applied", id=p.id, files=record["summary"])
-        self._start_watch(p)
+        self.watch.start(p)
         if self.on_applied is not None:
             try:
                 self.on_applied(p)
@@ -566,122 +538,41 @@ class RSIEngine:
         for t in self.tunables:
             t.reload()
 
-    # ------------------------------------------------------------------ watch after apply
+    # ------------------------------------------------------------------ config and the watch after apply
     def update_config(self, config: RSIConfig) -> None:
-        """Use ``config`` from the next cycle on (the watch window keeps its current size)."""
+        """Use ``config`` from the next cycle and the next watch on (a running watch keeps its size)."""
         if not isinstance(config, RSIConfig):
             raise ValueError(f"config={config!r} must be an RSIConfig")
         with self._lock:
             self.config = config
+        self.changes.keep(config.watch_requests)  # the baseline a watch of this size needs
 
     @property
     def needs_observations(self) -> bool:
-        """Whether :meth:`observe` has any use: False while no watch runs and
-        ``watch_requests`` is 0 (no post-apply watch, so no pre-apply baseline either); the
-        request path then skips the call."""
-        return self._watch is not None or self.config.watch_requests > 0
+        """Whether :meth:`observe` has any use (see :attr:`ChangeBoard.needs_observations`)."""
+        return self.changes.needs_observations
 
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
                 error: float | None = None, correct: bool | None = None,
                 nll: float | None = None) -> None:
-        """Feed one served request's figures (cheap; called on the request path or by the
-        orchestrator). They form the pre-apply baseline and the post-apply watch: latency and
-        confidence when answered; once its ground truth is known, ``error`` (1 - p(label), or
-        any error in [0, 1]), ``correct`` (gives ``misclassified``, 0 or 1; and ``error`` when
-        none is given) and ``nll`` (-log p(label)). Never raises because of the watch: judging
-        it runs in a background thread whose failures are audited."""
+        """Feed one served request's figures to the change board (the pre-apply baseline and
+        the post-apply watch): latency and confidence when answered; once its ground truth is
+        known, ``error`` (1 - p(label), or any error in [0, 1]), ``correct`` (gives
+        ``misclassified``, 0 or 1; and ``error`` when none is given) and ``nll``
+        (-log p(label)). Never raises because of the watch: its judgement runs in a background
+        thread whose failures are audited. (An orchestrator feeds its board directly.)"""
         misclassified = None if correct is None else (0.0 if correct else 1.0)
-        if error is None:
-            error = misclassified
-        figures = {"latency_ms": latency_ms, "confidence": confidence, "error": error,
-                   "misclassified": misclassified, "nll": nll}
-        finished = None
-        with self._watch_lock:
-            for name, v in figures.items():
-                if v is not None and v == v:
-                    self._recent[name].append(float(v))
-            w = self._watch
-            if w is not None:
-                v = figures[w.metric]
-                if v is not None and v == v:
-                    w.values.append(float(v))
-                    if len(w.values) >= self.config.watch_requests:
-                        finished, self._watch = w, None
-        if finished is not None:
-            try:
-                threading.Thread(target=self._judge_watch, args=(finished,), daemon=True,
-                                 name="vortex-rsi-watch").start()
-            except Exception:  # e.g. no thread left: the request must still succeed
-                log.exception("could not start the watch judgement of %s", finished.proposal_id)
+        self.changes.observe(None, latency_ms=latency_ms, confidence=confidence,
+                             error=misclassified if error is None else error,
+                             misclassified=misclassified, nll=nll)
 
     def watched_metric(self, p: ImprovementProposal) -> tuple[str, bool, str]:
-        """What the watch after ``p`` judges: the served figure, whether lower is better, and
-        why that one. It is the benchmark metric ``p`` was tested on (or the settings' metric
-        for its weakness) when served requests measure it (:data:`SERVED_METRIC`), else the
-        weakness kind's default (:data:`WATCHED_METRIC`)."""
-        tested = (p.test_result or {}).get("metric") or self.settings.metric_for(p.weakness_type)
-        if tested in SERVED_METRIC:
-            metric, lower = SERVED_METRIC[tested]
-            return metric, lower, f"the {tested} it was tested on"
-        metric, lower = WATCHED_METRIC.get(p.weakness_type, ("latency_ms", True))
-        return metric, lower, f"its benchmark's {tested} is not measured on served requests"
-
-    def _start_watch(self, p: ImprovementProposal) -> None:
-        """Watch ``p``, applied and serving, against the requests served since the last change
-        before it; the apply is announced first, which ends any running watch."""
-        metric, lower, why = self.watched_metric(p)
-        with self._watch_lock:
-            recent = list(self._recent[metric])
-        self.changes.changed("rsi", f"proposal {p.id} applied ({p.description})")
-        with self._watch_lock:
-            if self.config.watch_requests == 0 or len(recent) < min(10, self.config.watch_requests):
-                note = (f"watch skipped: only {len(recent)} {metric} observations since the last "
-                        "change before the apply")
-            else:
-                self._watch = _Watch(p.id, metric, lower, sum(recent) / len(recent))
-                note = (f"watching {metric} ({why}) for {self.config.watch_requests} requests "
-                        f"(baseline {self._watch.baseline:.6g} over {len(recent)})")
-        self.audit.append("watch_started", id=p.id, metric=metric, note=note)
-
-    def _on_change(self, change: Any) -> str | None:
-        """A change to what serves (see :mod:`vortex.changes`): end the post-apply watch and
-        start the pre-apply baseline anew; returns what watch it ended."""
-        with self._watch_lock:
-            w, self._watch = self._watch, None
-            for d in self._recent.values():
-                d.clear()
-        if w is None:
-            return None
-        return (f"post-apply watch of proposal {w.proposal_id} ({w.metric}, {len(w.values)} of "
-                f"{self.config.watch_requests} requests)")
+        """What the watch after ``p`` judges (see :mod:`vortex.rsi.post_apply`)."""
+        return self.watch.watched_metric(p)
 
     def watching(self) -> str | None:
         """Id of the proposal whose metric is being watched, if any."""
-        w = self._watch
-        return w.proposal_id if w else None
-
-    def _judge_watch(self, w: _Watch) -> None:
-        """Runs in its own thread: every failure is audited (or logged), never raised."""
-        try:
-            after = sum(w.values) / len(w.values)
-            scale = abs(w.baseline) or 1e-12
-            regression = ((after - w.baseline) if w.lower_is_better else (w.baseline - after)) / scale
-            detail = dict(id=w.proposal_id, metric=w.metric, baseline=w.baseline, after=after,
-                          regression=regression, threshold=self.config.watch_regression_threshold,
-                          requests=len(w.values))
-            if regression <= self.config.watch_regression_threshold:
-                self.audit.append("watch_passed", **detail)
-                return
-            reason = (f"watch: {w.metric} regressed {regression:+.1%} (baseline {w.baseline:.6g}, "
-                      f"after {after:.6g} over {len(w.values)} requests) beyond "
-                      f"{self.config.watch_regression_threshold:.1%}")
-            self.audit.append("auto_rollback", reason=reason, **detail)
-            try:
-                self.rollback_proposal(w.proposal_id, reason, by="watch")
-            except Exception as exc:
-                self._background_failed("auto_rollback_failed", exc, **detail)
-        except Exception as exc:
-            self._background_failed("watch_failed", exc, id=w.proposal_id)
+        return self.watch.watching()
 
     def _background_failed(self, event: str, exc: BaseException, **detail: Any) -> None:
         """Log and audit (as ``event``) a failure of a background thread's work; never raises:
@@ -796,60 +687,21 @@ class RSIEngine:
             self.audit.append("proposal_queued", id=p.id, risk=p.risk.value, reason=reason)
 
     def on_trigger(self, event: RSITriggerEvent) -> None:
-        """Detector subscription: runs a cycle on the event's weaknesses in a background
+        """Detector subscription: a cycle on the event's weaknesses, in the scheduler's trigger
         thread (never blocks the detector); events arriving meanwhile are merged."""
-        if not self.config.enabled:
-            return
-        with self._watch_lock:
-            self._pending.extend(event.weaknesses)
-            if self._trigger_thread is not None and self._trigger_thread.is_alive():
-                return
-            self._trigger_thread = threading.Thread(target=self._drain, daemon=True,
-                                                    name="vortex-rsi-trigger")
-            self._trigger_thread.start()
-
-    def _drain(self) -> None:
-        while True:
-            with self._watch_lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._trigger_thread = None
-                    return
-            try:
-                self.rsi_cycle(batch)
-            except Exception as exc:  # keep the worker alive
-                self._background_failed("cycle_failed", exc, trigger="detector")
+        self.scheduler.on_trigger(event)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for triggered cycles to finish; False on timeout."""
-        t = self._trigger_thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
+        return self.scheduler.wait_idle(timeout)
 
     def start(self) -> None:
         """Start scheduled cycles every ``cycle_interval_secs``."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="vortex-rsi-cycle")
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.cycle_interval_secs):
-            try:
-                self.rsi_cycle()
-            except Exception as exc:
-                self._background_failed("cycle_failed", exc, trigger="schedule")
+        self.scheduler.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduled cycles (a running cycle finishes) and wait for triggered ones."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.wait_idle(timeout)
+        self.scheduler.stop(timeout)
 
     # ------------------------------------------------------------------ status
     def list_proposals(self, status: ProposalStatus | None = None) -> list[ImprovementProposal]:
