@@ -265,8 +265,8 @@ cdef class RequestPath:
             record = self.recorders[mode] = self.tracker.recorder(mode)
         record(latency_ms, confidence)
         changes = self.changes
-        if changes is not None and changes.needs_observations:
-            changes.observe(version, latency_ms=latency_ms, confidence=confidence)
+        if changes is not None:
+            changes.answered(version, latency_ms, confidence)
         request_id = _pending_add(self.items, self.ids, self.capacity, self.sweep_above, self.sweep,
                                   (detector_id, features, probs, output, confidence, mode, version, end))
         return _build(self.prediction, self.names,

@@ -24,6 +24,11 @@ processes, and is wired here through callbacks:
 * answered request and feedback -> the change board (:mod:`vortex.changes`): the one signal
   path to the watch after an apply or a swap, observed once per event,
 * feedback -> error metric, training sample, flux-position outcome.
+
+Over 300 lines: the request path's general cases (feature validation, the softmax fallback,
+the feedback's checks) are the compiled path's other half and stay beside its wiring. The
+reporting and pass-throughs live in :mod:`vortex.facade`, the pending table in
+:mod:`vortex.pending`.
 """
 
 from __future__ import annotations
@@ -275,7 +280,8 @@ class Orchestrator(ComponentAccess):
         if config is not None:
             self._rsi_config = config
         self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
-                             metrics=self.rsi_metrics, calibration_data=self._calibration_data,
+                             weakness_source=self.current_weaknesses,
+                             calibration_data=self._calibration_data,
                              on_applied=self._on_proposal_applied, changes=self.changes,
                              **engine_kwargs)
         self.changes.audit = self.rsi.audit.append  # swaps' ended watches too, in the home's trail
@@ -487,12 +493,12 @@ class Orchestrator(ComponentAccess):
             self.trainer.trigger_training(TrainingTrigger.RSI_TRIGGERED,
                                           reason=f"proposal {proposal.id}: {proposal.description}")
 
-    def rsi_metrics(self) -> dict[str, Any]:
-        """The tracker's figures in the form the RSI engine reads, with those of the newest
-        requests (the detector's window, else 1,000): a cycle judges what serves now, not the
-        service's lifetime averages."""
-        window = self.detector.config.window_size if self.detector is not None else 1000
-        return self.tracker.summary(recent=min(window, self.tracker.latency_window))
+    def current_weaknesses(self) -> tuple[int, list[Any]]:
+        """Requests served and the weaknesses the runtime detector's rules see now
+        (:meth:`~vortex.monitor.RuntimeDetector.assess`; none without a detector): what a
+        scheduled RSI cycle acts on, by the same thresholds as the detector's triggers."""
+        found = self.detector.assess() if self.detector is not None else []
+        return self.tracker.total_inferences, found
 
     def _calibration_data(self) -> tuple[Any, Any] | None:
         """Logits and labels of buffered samples, for temperature fitting (classification)."""

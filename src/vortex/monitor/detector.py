@@ -12,6 +12,9 @@ that have ground truth, since labels arrive for only some requests); *baseline* 
 half of the window once it holds at least 20 samples; an analysis of the samples needs at least
 10 of them. Memory pressure and throughput are process-level figures and are checked on every
 pass.
+
+Over 300 lines: the window's recording API, the analysis pass (cooldown, history, onsets), the
+monitor thread and the stats are one object's state; the checks themselves are the rules'.
 """
 
 from __future__ import annotations

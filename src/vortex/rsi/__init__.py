@@ -6,7 +6,7 @@ Light to import: NumPy is only loaded by temperature fitting.
 from .apply import Applier
 from .audit import AuditLog, AuditVerification
 from .diffs import FilePatch, Hunk, check_paths, make_diff, parse_diff
-from .engine import RSICycleResult, RSIEngine, weaknesses_from_metrics
+from .engine import RSICycleResult, RSIEngine
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel, TunableMove
 from .proposers import (CommandProposer, ConfidenceProposer, ErrorHandlingProposer, MemoryProposer,
                         OutcomeMemory, PerformanceProposer, ProposalDraft, ProposerContext,
@@ -17,7 +17,7 @@ from .settings import VortexSettings, load_settings
 
 __all__ = [
     "Applier", "AuditLog", "AuditVerification", "FilePatch", "Hunk", "check_paths", "make_diff",
-    "parse_diff", "RSICycleResult", "RSIEngine", "weaknesses_from_metrics", "ImprovementProposal",
+    "parse_diff", "RSICycleResult", "RSIEngine", "ImprovementProposal",
     "ProposalStatus", "ProposalStore", "RiskLevel", "TunableMove", "CommandProposer",
     "ConfidenceProposer", "ErrorHandlingProposer", "MemoryProposer", "OutcomeMemory",
     "PerformanceProposer", "ProposalDraft", "ProposerContext", "TunableProposer",

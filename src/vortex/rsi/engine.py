@@ -17,6 +17,11 @@ no move blocked) and is re-tested by a later cycle, at most ``max_test_attempts`
 doubling back-off; while it waits, no new proposal is made for its weakness (the proposer would
 only propose the same move again). With no automatic attempt left it stays ``errored`` until a
 person approves (re-tests) or rejects it.
+
+Over 300 lines: the proposal state machine (start-up recovery, propose, test, approve and
+apply, reject, roll back) and the cycle that drives proposals through it share the store, the
+applier's lock and the audit trail. When cycles run is :mod:`vortex.rsi.scheduler`'s job, the
+watch after an apply :mod:`vortex.rsi.post_apply`'s, weaknesses the detector's rules'.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from .sandbox import Sandbox, TestResult
 from .settings import VortexSettings, load_settings
 from .trees import tree_sha256
 
-__all__ = ["RSIEngine", "RSICycleResult", "weaknesses_from_metrics", "WATCHED_METRIC", "SERVED_METRIC"]
+__all__ = ["RSIEngine", "RSICycleResult", "WeaknessSource", "WATCHED_METRIC", "SERVED_METRIC"]
 
 log = logging.getLogger(__name__)
 
@@ -59,74 +64,10 @@ log = logging.getLogger(__name__)
 WATCHED_METRIC: dict[str, tuple[str, bool]] = {
     rule.kind.value: (rule.watched_metric, rule.lower_is_better) for rule in RULES}
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
-        return None
-    return float(x)
-
-
-def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
-                            now: float | None = None) -> tuple[int, list[Weakness]]:
-    """Total inferences and the weaknesses a tracker summary shows against ``config``.
-
-    ``summary`` follows ``PerformanceTracker.summary()``: ``{"total_inferences" (or "total"):
-    int, "modes": {mode: {"count", "mean_latency_ms", "mean_confidence", ...}}, "error_rate":
-    float | None}``; without ``error_rate``, ``1 - success_rate`` (share of outcomes that were
-    right) is used. Missing or None figures are skipped (no ground truth yet: no error rate).
-    The figures of the newest requests (``summary(recent=N)``: ``recent_mean_confidence``,
-    ``recent_mean_latency_ms``, ``recent_success_rate``) come first where present: all-time
-    means lag a change for as long as the service has run, so a cycle judged by them would
-    propose for a stale figure. ``samples_analyzed`` says how many requests a figure covers.
-
-    * a mode whose mean confidence is below ``min_confidence_threshold`` → confidence_low,
-      severity = shortfall / threshold (the worst mode is kept);
-    * ``"thorough"`` mean latency above ``max_thorough_time_ms`` → latency_spike,
-      severity = min(1, excess / limit);
-    * error rate above ``max_error_rate`` → prediction_error_spike,
-      severity = min(1, excess / (1 - limit)).
-    """
-    now = time.time() if now is None else now
-    total = int(_num(summary.get("total", summary.get("total_inferences", 0))) or 0)
-    modes = summary.get("modes") or {}
-    found: dict[WeaknessType, Weakness] = {}
-    for mode, m in modes.items():
-        conf, n, over = _figure(m or {}, "mean_confidence", "count")
-        thr = config.min_confidence_threshold
-        if conf is not None and conf < thr:
-            w = Weakness(WeaknessType.CONFIDENCE_LOW, min(1.0, (thr - conf) / thr),
-                         f"mode {mode!r}: mean confidence {conf:.3f} {over} below {thr:.3f}", now,
-                         conf, thr, n)
-            if WeaknessType.CONFIDENCE_LOW not in found or w.severity > found[WeaknessType.CONFIDENCE_LOW].severity:
-                found[WeaknessType.CONFIDENCE_LOW] = w
-    lat, n, over = _figure(modes.get("thorough") or {}, "mean_latency_ms", "count")
-    if lat is not None and lat > config.max_thorough_time_ms:
-        lim = config.max_thorough_time_ms
-        found[WeaknessType.LATENCY_SPIKE] = Weakness(
-            WeaknessType.LATENCY_SPIKE, min(1.0, (lat - lim) / lim),
-            f"thorough mode mean latency {lat:.3f} ms {over} above {lim:.3f} ms", now, lat, lim, n)
-    err, n, over = _num(summary.get("error_rate")), total, ""
-    if err is None:
-        rate, n, over = _figure(summary, "success_rate", "total_outcomes")
-        err = None if rate is None else 1.0 - rate
-    if err is not None and err > config.max_error_rate:
-        lim = config.max_error_rate
-        found[WeaknessType.PREDICTION_ERROR_SPIKE] = Weakness(
-            WeaknessType.PREDICTION_ERROR_SPIKE, min(1.0, (err - lim) / max(1e-12, 1 - lim)),
-            " ".join(filter(None, (f"error rate {err:.3f}", over, f"above {lim:.3f}"))), now, err,
-            lim, n)
-    return total, list(found.values())
-
-
-def _figure(d: dict[str, Any], key: str, count_key: str) -> tuple[float | None, int, str]:
-    """``d``'s figure ``key`` of the newest requests (``recent_<key>``, counted by
-    ``recent_count`` or ``recent_outcomes``) when present, else the all-time one: the value,
-    the requests it covers, and the words that say which."""
-    recent = _num(d.get(f"recent_{key}"))
-    if recent is not None:
-        n = int(_num(d.get("recent_count", d.get("recent_outcomes"))) or 0)
-        return recent, n, f"over the last {n} requests"
-    return _num(d.get(key)), int(_num(d.get(count_key)) or 0), "over all time"
-
+WeaknessSource = Callable[[], "tuple[int, Sequence[Weakness]]"]
+"""What a scheduled cycle acts on: ``() -> (requests served so far, weaknesses now)``, the
+weaknesses from the runtime detector's rules (:meth:`vortex.monitor.RuntimeDetector.assess`),
+so that a cycle and a trigger judge by one set of thresholds."""
 
 @dataclass
 class RSICycleResult:
@@ -178,9 +119,9 @@ class RSIEngine:
         Directory for all persistent state (see module docstring).
     config
         Thresholds and policies.
-    metrics
-        Callable returning a tracker summary (see :func:`weaknesses_from_metrics`); without it,
-        cycles act only on weaknesses handed in (triggers).
+    weakness_source
+        A :data:`WeaknessSource` (the orchestrator's :meth:`~vortex.Orchestrator.current_weaknesses`);
+        without it, cycles act only on weaknesses handed in (triggers).
     calibration_data
         Callable returning buffered ``(logits, labels)`` for temperature fitting.
     on_applied
@@ -207,7 +148,7 @@ class RSIEngine:
 
     def __init__(self, root: str | os.PathLike[str], home: str | os.PathLike[str],
                  config: RSIConfig | None = None, *,
-                 metrics: Callable[[], dict[str, Any]] | None = None,
+                 weakness_source: WeaknessSource | None = None,
                  calibration_data: Callable[[], Any] | None = None,
                  on_applied: Callable[[ImprovementProposal], None] | None = None,
                  proposers: Sequence[Proposer] | None = None,
@@ -234,7 +175,7 @@ class RSIEngine:
         self.applier = Applier(self.settings.root, self.home)
         self.memory = OutcomeMemory(layout.rsi_memory)
         self.sandbox = Sandbox(self.settings, base_dir=sandbox_dir, python=sandbox_python)
-        self.metrics = metrics
+        self.weakness_source = weakness_source
         self.calibration_data = calibration_data
         self.on_applied = on_applied
         self.proposers = list(proposers) if proposers is not None else default_proposers(self.settings)
@@ -585,15 +526,17 @@ class RSIEngine:
 
     # ------------------------------------------------------------------ cycles
     def detect(self) -> tuple[int, list[Weakness]]:
-        """Total inferences and weaknesses from the ``metrics`` callable (0, [] without one)."""
-        if self.metrics is None:
+        """Requests served and the weaknesses the ``weakness_source`` sees now (0, [] without
+        one)."""
+        if self.weakness_source is None:
             return 0, []
-        return weaknesses_from_metrics(self.metrics(), self.config)
+        total, found = self.weakness_source()
+        return int(total), list(found)
 
     def rsi_cycle(self, weaknesses: Sequence[Weakness] | None = None) -> RSICycleResult:
-        """One cycle: detect (from the ``metrics`` of the newest requests), add ``weaknesses``
-        handed in (each stands for its kind), take the most severe ``max_weaknesses_per_cycle``
-        kinds; for each, re-test its errored proposal when one is due, else propose; test;
+        """One cycle: detect (the ``weakness_source``: the detector's rules over the newest
+        window), add ``weaknesses`` handed in (each stands for its kind), take the most severe
+        ``max_weaknesses_per_cycle`` kinds; for each, re-test its errored proposal when one is due, else propose; test;
         apply or queue."""
         res = RSICycleResult(started_at=time.time())
         t0 = time.monotonic()
@@ -603,12 +546,12 @@ class RSIEngine:
                     res.skipped_reason = "RSI disabled (RSIConfig.enabled=False)"
                     return res
                 total, found = self.detect()
-                if self.metrics is not None and total < self.config.min_inferences_before_rsi:
+                if self.weakness_source is not None and total < self.config.min_inferences_before_rsi:
                     res.skipped_reason = (f"{total} inferences recorded, "
                                           f"{self.config.min_inferences_before_rsi} needed")
                     return res
                 # a weakness handed in (a detector trigger) carries the window that raised it:
-                # it stands for its kind over one found in the summary
+                # it stands for its kind over one the source sees now
                 best: dict[WeaknessType, Weakness] = {}
                 for source in (found, weaknesses or ()):
                     most = {}
