@@ -523,3 +523,36 @@ def test_scheduled_cleanup_removes_old_versions_but_never_the_active_one(tmp_pat
         assert wait_for(lambda: len(o.get_model_versions()) == 1, timeout=30)
         assert [v["version"] for v in o.get_model_versions()] == [1]  # the active one stays
         assert o.current_model_version() == 1
+
+
+def test_a_detector_trigger_reaches_a_cycle_through_one_queue_and_one_thread(tmp_path):
+    """Issue 13: a trigger crossed two queues and two threads named vortex-rsi-trigger (the
+    orchestrator's, then the engine's). Now the monitor thread hands it to the engine's
+    scheduler, whose one thread runs the cycle; triggers arriving meanwhile are merged."""
+    import threading
+
+    from vortex.monitor import RSITriggerEvent, Weakness
+
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    with (make_orch(tmp_path).with_runtime_detector()
+          .with_self_modification(tree, RSIConfig(enabled=True))) as o:
+        release, cycles = threading.Event(), []
+
+        def cycle(weaknesses=None):  # stands in for a cycle that takes its time
+            cycles.append([w.type for w in weaknesses or ()])
+            release.wait(30)
+
+        o.rsi.scheduler._cycle = cycle
+        event = RSITriggerEvent((Weakness(WeaknessType.CONFIDENCE_LOW, 0.5, "low", time.time(),
+                                          0.4, 0.6, 20),))
+        for subscriber in o.detector._subscribers:  # as the monitor thread delivers it
+            subscriber(event)
+        assert wait_for(lambda: len(cycles) == 1, timeout=10)
+        o.detector._subscribers[0](event)
+        o.detector._subscribers[0](event)  # both merged into the one next cycle
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("vortex-rsi-trigger") == 1
+        release.set()
+        assert o.rsi.wait_idle(10)
+        assert cycles == [[WeaknessType.CONFIDENCE_LOW], [WeaknessType.CONFIDENCE_LOW] * 2]

@@ -12,9 +12,11 @@ So every change is announced on one :class:`ChangeBoard`, which is also the one 
 from the request path to the watches: it keeps the served requests' figures since the last
 change (the baseline of the next change, :meth:`ChangeBoard.recent`), runs the one
 :class:`~vortex.watch.RegressionWatch` of the latest change, and is fed each request's
-figures once (:meth:`ChangeBoard.observe`). A change ends the running watch (unjudged; the
-board audits which change superseded it) and starts the baseline anew, whatever metric that
-watch judges: a tunable can move accuracy and latency, a new model its confidence and latency.
+figures once (:meth:`ChangeBoard.answered` when a request is answered,
+:meth:`ChangeBoard.observe` when its ground truth arrives). A change ends the running watch
+(unjudged; the board audits which change superseded it) and starts the baseline anew, whatever
+metric that watch judges: a tunable can move accuracy and latency, a new model its confidence
+and latency.
 One watch runs at a time, it judges the most recent change against what served just before
 it, and a regression is attributed to that change.
 
@@ -153,7 +155,7 @@ class ChangeBoard:
     def recent(self, metric: str, n: int, version: Any = _ANY) -> list[float]:
         """The last ``n`` values of ``metric`` since the last change (of requests served by
         ``version`` when given), oldest first: the baseline of the next change."""
-        with self._lock:
+        with self._lock:  # list() copies the deque in one C call: no append lands mid-copy
             items = list(self._recent.get(metric, ()))
         values = [v for ver, v in items if version is _ANY or ver == version]
         return values[-n:] if n > 0 else []

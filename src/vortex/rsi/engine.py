@@ -554,7 +554,7 @@ class RSIEngine:
                 # it stands for its kind over one the source sees now
                 best: dict[WeaknessType, Weakness] = {}
                 for source in (found, weaknesses or ()):
-                    most = {}
+                    most: dict[WeaknessType, Weakness] = {}
                     for w in source:
                         if w.type not in most or w.severity > most[w.type].severity:
                             most[w.type] = w

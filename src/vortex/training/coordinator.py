@@ -178,10 +178,10 @@ class BackgroundTrainingCoordinator:
                 raise ModelSwapError(f"active version {active} of {self.registry.root} does not fit "
                                      f"the given model: {exc}") from exc
         self.changes = changes if changes is not None else ChangeBoard()
+        example = torch.zeros(1, feature_dim)  # warms up every model before it serves
         self._swapper = ModelSwapper(
-            self.registry, ModelSlot(model, active, example=torch.zeros(1, feature_dim)),
-            lambda: self.config, model_factory, self.factory_kwargs, torch.zeros(1, feature_dim),
-            self.changes, self._background_failure)
+            self.registry, ModelSlot(model, active, example=example), lambda: self.config,
+            model_factory, self.factory_kwargs, example, self.changes, self._background_failure)
         self._swapper.remember(active, self.registry.get(active)["sha256"], model)  # type: ignore[arg-type]
 
         self._cancel = threading.Event()

@@ -202,13 +202,13 @@ class ModelSwapper:
         n = cfg.watch_requests
         if n <= 0:
             return None
-        errors = self.changes.recent("error", n, version=old_version) if old_version is not None else []
-        if not errors:
+        errors = [] if old_version is None else self.changes.recent("error", n, version=old_version)
+        if old_version is None or not errors:
             log.info("no live observations of version %s since the last change: post-swap "
                      "watch skipped", old_version)
             return None
         confidences = self.changes.recent("confidence", n, version=old_version)
-        swapped = _Swapped(version, old_version, old_model)  # type: ignore[arg-type]
+        swapped = _Swapped(version, old_version, old_model)
         return RegressionWatch(
             f"post-swap watch of model version {version}", "error", True, n,
             cfg.watch_regression_margin, sum(errors) / len(errors),
