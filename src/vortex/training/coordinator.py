@@ -236,13 +236,12 @@ class BackgroundTrainingCoordinator:
     def start(self) -> None:
         """Start the background threads: training (scheduled and pending triggers) and
         housekeeping (following outside swaps, saving the buffer)."""
-        with self._triggers.cond:
-            if not self._triggers.start():
-                return
-            self._keeper_stop.clear()
-            self._keeper = threading.Thread(target=self._housekeeping, name="vortex-training-keeper",
-                                            daemon=True)
-            self._keeper.start()
+        if not self._triggers.start():
+            return  # running already
+        self._keeper_stop.clear()
+        self._keeper = threading.Thread(target=self._housekeeping, name="vortex-training-keeper",
+                                        daemon=True)
+        self._keeper.start()
         log.info("background training started (home %s)", self.home)
 
     def stop(self, cancel: bool = False, timeout: float | None = None) -> None:
@@ -251,13 +250,11 @@ class BackgroundTrainingCoordinator:
         A pending trigger stays pending (it runs after the next :meth:`start`). The buffer is
         saved a last time, so a clean stop loses no sample.
         """
-        with self._triggers.cond:
-            self._triggers.stopping = True
-            self._triggers.cond.notify_all()
+        self._triggers.halt()
         self._keeper_stop.set()
         if cancel:
             self.cancel_run()
-        self._triggers.stop(timeout)
+        self._triggers.join(timeout)
         if self._keeper is not None:
             self._keeper.join(timeout)
         self._keeper = None

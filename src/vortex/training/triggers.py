@@ -105,11 +105,15 @@ class TriggerQueue:
             self._thread.start()
         return True
 
-    def stop(self, timeout: float | None) -> None:
-        """Stop the thread (a pending request stays pending) and wait for it."""
+    def halt(self) -> None:
+        """Tell the thread to stop once the run in progress ends; a pending request stays
+        pending (it runs after the next :meth:`start`)."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+
+    def join(self, timeout: float | None) -> None:
+        """Wait for the halted thread to end."""
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
