@@ -90,6 +90,11 @@ def test_observe_never_raises_and_is_skipped_when_nothing_listens(caplog):
     assert not board.needs_observations
     board.observe(None, latency_ms=1.0)
     assert board.recent("latency_ms", 5) == []  # nobody keeps a baseline
+    board.keep(5, ("error",))  # only what a component asks for is kept
+    board.answered(None, 1.0, 0.9)
+    board.labelled(None, 0.5, 1.0, 0.7, 0.9)
+    assert board.recent("error", 5) == [0.5] and board.recent("latency_ms", 5) == []
+    assert board.recent("nll", 5) == [] and board.needs_observations
 
     def broken(verdict):
         raise RuntimeError("rollback failed")

@@ -13,7 +13,8 @@ from the request path to the watches: it keeps the served requests' figures sinc
 change (the baseline of the next change, :meth:`ChangeBoard.recent`), runs the one
 :class:`~vortex.watch.RegressionWatch` of the latest change, and is fed each request's
 figures once (:meth:`ChangeBoard.answered` when a request is answered,
-:meth:`ChangeBoard.observe` when its ground truth arrives). A change ends the running watch
+:meth:`ChangeBoard.labelled` when its ground truth arrives; :meth:`ChangeBoard.observe` for
+any figures). A change ends the running watch
 (unjudged; the board audits which change superseded it) and starts the baseline anew, whatever
 metric that watch judges: a tunable can move accuracy and latency, a new model its confidence
 and latency.
@@ -25,7 +26,7 @@ it, and a regression is attributed to that change.
     board = ChangeBoard(audit=audit_log.append)
     board.keep(50)                                         # baseline: the last 50 requests
     board.answered(version, 12.5, 0.9)                      # request path: answered...
-    board.observe(version, error=0.2, nll=0.22)            # ...and its ground truth
+    board.labelled(version, 0.2, 0.0, 0.22)                 # ...and its ground truth
     baseline = board.recent("error", 50)                    # before the change
     board.changed("training", "version 3 swapped in", watch=RegressionWatch(...))
 """
@@ -37,7 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .watch import RegressionWatch
 
@@ -48,8 +49,12 @@ log = logging.getLogger(__name__)
 _HISTORY = 100
 _ANY = object()
 
-OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll")
-"""The per-request figures :meth:`ChangeBoard.observe` takes."""
+OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll", "labelled_confidence")
+"""The per-request figures :meth:`ChangeBoard.observe` takes: when a request is answered, its
+latency and confidence; when its ground truth arrives, its error, whether it was
+misclassified, its NLL and, again, its confidence (``labelled_confidence``: the confidence of
+the requests the error figures cover)."""
+_ANSWERED = frozenset({"latency_ms", "confidence"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class ChangeBoard:
         self._lock = threading.Lock()
         self._history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self._keep = 0
+        self._kept: frozenset[str] = frozenset()
+        self._keep_answered = self._keep_labelled = False
         self._recent: dict[str, deque[tuple[int | None, float]]] = {}
         self._watch: RegressionWatch | None = None
 
@@ -91,29 +98,34 @@ class ChangeBoard:
             self._subscribers = (*self._subscribers, on_change)
 
     # ------------------------------------------------------------------ the signal path
-    def keep(self, requests: int) -> None:
-        """Keep at least the last ``requests`` values of each figure since the last change
-        (each component asks for the baseline its watches need)."""
+    def keep(self, requests: int, figures: Iterable[str] = OBSERVED) -> None:
+        """Keep at least the last ``requests`` values of ``figures`` since the last change
+        (each component asks for the baseline its watches need; figures nobody keeps are not
+        recorded, so the request path does not pay for them)."""
+        if requests <= 0:
+            return
         with self._lock:
+            self._kept = self._kept | frozenset(figures)
+            self._keep_answered = bool(self._kept & _ANSWERED)
+            self._keep_labelled = bool(self._kept - _ANSWERED)
             if requests > self._keep:
                 self._keep = requests
                 self._recent = {k: deque(d, maxlen=requests) for k, d in self._recent.items()}
 
     @property
     def needs_observations(self) -> bool:
-        """Whether :meth:`observe` has any use: False while no watch runs and nobody keeps a
-        baseline; the request path then skips the call."""
-        return self._keep > 0 or self._watch is not None
+        """Whether a request's ground truth has any use here (:meth:`labelled`): False while no
+        watch runs and nobody keeps a baseline of it; the request path then skips the call."""
+        return self._keep_labelled or self._watch is not None
 
     def observe(self, version: int | None = None, **figures: float | None) -> None:
         """Record one request's figures (names from :data:`OBSERVED`; None or NaN: not
         measured) served by model ``version``: into the baseline, and into the running watch.
-        Called once when a request's ground truth arrives (error, misclassified, nll; an
-        answered request goes through :meth:`answered`). A watch that fills up is judged here,
+        (The request path calls :meth:`answered` and :meth:`labelled`, its positional forms.) A watch that fills up is judged here,
         and its callback runs on this thread; its failures are logged, never raised."""
         if self._keep:
             for name, value in figures.items():
-                if value is not None and value == value:
+                if value is not None and value == value and name in self._kept:
                     d = self._recent.get(name)
                     (self._series(name) if d is None else d).append((version, float(value)))
         if self._watch is not None:
@@ -122,7 +134,7 @@ class ChangeBoard:
     def answered(self, version: int | None, latency_ms: float, confidence: float) -> None:
         """:meth:`observe` of a request just answered, by the request path: positional and
         finite figures, so that it costs about a tenth of a microsecond when nothing watches."""
-        if self._keep:
+        if self._keep_answered:
             recent = self._recent
             lat, conf = recent.get("latency_ms"), recent.get("confidence")
             if lat is None or conf is None:
@@ -133,6 +145,18 @@ class ChangeBoard:
             conf.append((version, confidence))
         if self._watch is not None:
             self._to_watch(version, {"latency_ms": latency_ms, "confidence": confidence})
+
+    def labelled(self, version: int | None, error: float, misclassified: float,
+                 nll: float | None, confidence: float) -> None:
+        """:meth:`observe` of a request whose ground truth arrived, by the request path
+        (positional and finite; ``nll`` None for regression; ``confidence`` the request's, as
+        ``labelled_confidence``)."""
+        if self._keep_labelled:
+            self.observe(version, error=error, misclassified=misclassified, nll=nll,
+                         labelled_confidence=confidence)
+        elif self._watch is not None:
+            self._to_watch(version, {"error": error, "misclassified": misclassified, "nll": nll,
+                                     "labelled_confidence": confidence})
 
     def _series(self, name: str) -> deque[tuple[int | None, float]]:
         return self._recent.setdefault(name, deque(maxlen=self._keep))

@@ -475,7 +475,7 @@ class Orchestrator(ComponentAccess):
         if changes.needs_observations:
             if self._classification:  # the watch of a calibration judges the NLL it was tested on
                 nll = -math.log(probs[label]) if probs[label] > 0.0 else _NLL_CAP
-            changes.observe(version, error=error, misclassified=0.0 if correct else 1.0, nll=nll)
+            changes.labelled(version, error, 0.0 if correct else 1.0, nll, confidence)
         return error
 
     # ------------------------------------------------------------------ RSI wiring

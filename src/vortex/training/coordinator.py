@@ -498,7 +498,7 @@ class BackgroundTrainingCoordinator:
         try:
             if version is None or math.isnan(error):
                 return
-            self.changes.observe(version, error=float(error), confidence=float(confidence))
+            self.changes.observe(version, error=float(error), labelled_confidence=float(confidence))
         except Exception as exc:
             self._background_failure("post-swap watch", exc)
 

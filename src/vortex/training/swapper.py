@@ -85,7 +85,8 @@ class ModelSwapper:
         self._models: OrderedDict[int, tuple[str, Any]] = OrderedDict()
         self.swaps = 0
         self.rollbacks = 0
-        changes.keep(config().watch_requests)
+        # a swap is judged by the live error, guarded by the same requests' confidence
+        changes.keep(config().watch_requests, ("error", "labelled_confidence"))
 
     # ------------------------------------------------------------------ the model cache
     def load_prepared(self, version: int) -> Any:
@@ -207,14 +208,14 @@ class ModelSwapper:
             log.info("no live observations of version %s since the last change: post-swap "
                      "watch skipped", old_version)
             return None
-        confidences = self.changes.recent("confidence", n, version=old_version)
+        confidences = self.changes.recent("labelled_confidence", n, version=old_version)
         swapped = _Swapped(version, old_version, old_model)
         return RegressionWatch(
             f"post-swap watch of model version {version}", "error", True, n,
             cfg.watch_regression_margin, sum(errors) / len(errors),
             on_regress=functools.partial(self._regressed, swapped), relative=False,
             version=version, owner=self, subject=swapped,
-            guard=("confidence", False,
+            guard=("labelled_confidence", False,
                    sum(confidences) / len(confidences) if confidences else math.nan))
 
     def watching(self) -> dict[str, Any] | None:
@@ -228,7 +229,8 @@ class ModelSwapper:
     def _regressed(self, swapped: _Swapped, verdict: Verdict) -> None:
         """The watch's verdict (on the request path): roll back; failures are recorded."""
         try:
-            self.rollback(swapped, f"live {verdict.metric} {verdict.after:.4f} vs {verdict.baseline:.4f}")
+            figure = verdict.metric.removeprefix("labelled_")  # "error" or "confidence"
+            self.rollback(swapped, f"live {figure} {verdict.after:.4f} vs {verdict.baseline:.4f}")
         except Exception as exc:
             self._failed("post-swap watch", exc)
 
