@@ -196,7 +196,7 @@ def main() -> int:
     registry = CollectorRegistry()
     registry.register(VortexCollector(detector, tracker))
     wanted = ("vortex_detector_samples", 'vortex_detector_weaknesses_total{type="lat',
-              'vortex_inference_latency_ms{mode="fast",stat="p99')
+              'vortex_mode_latency_seconds{mode="fast",quantile="0.99')
     lines = [ln for ln in generate_latest(registry).decode().splitlines() if ln.startswith(wanted)]
     print("\nPrometheus scrape (excerpt):\n  " + "\n  ".join(lines))
 

@@ -22,6 +22,19 @@ UNJAILED (no namespaces, no quota) and never applies them automatically. Install
 ************************************************************************************************
 EOF
 fi
+# promtool and the Prometheus server (tests/monitor: the exposition is checked by promtool and
+# scraped by a real server), wrk (benchmarks/bench_http.py's load generator) and, for the tests,
+# the distribution's Chromium (tests/dashboard drive it; never a downloaded browser); their
+# tests skip, saying why, where they are missing
+tools="promtool:prometheus wrk:wrk"
+if [ "${1:-}" = test ]; then tools="$tools chromium:chromium"; fi
+for tool in $tools; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing ${tool#*:}" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null \
+            || echo "WARNING: apt-get install ${tool#*:} failed" >&2
+    fi
+done
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip

@@ -36,7 +36,7 @@ __all__ = ["FileKey", "FileLock", "MISSING", "SEAL_SIZE", "append_if_unchanged",
            "atomic_write_at", "atomic_write_bytes", "atomic_write_json", "atomic_write_sealed",
            "atomic_write_sealed_json", "atomic_write_text", "file_key", "fsync_dir",
            "is_arrow_ipc_file", "is_temp_name", "owner_alive", "owner_token", "pid_alive",
-           "read_sealed", "read_sealed_json", "remove_orphan_temps", "seal"]
+           "read_sealed", "read_sealed_json", "remove_orphan_temps", "seal", "unseal"]
 
 #: What a reader remembers of a file to notice that it changed: (inode, mtime in ns, size).
 FileKey = tuple[int, int, int]
@@ -289,6 +289,13 @@ def read_sealed(path: str | os.PathLike, error: Callable[..., Exception], *,
             data = f.read()
     except IsADirectoryError:
         raise error(path, "is a directory, not a file", remedy=remedy) from None
+    return unseal(data, path, error, unsealed=unsealed, remedy=remedy)
+
+
+def unseal(data: bytes, path: str | os.PathLike, error: Callable[..., Exception], *,
+           unsealed: Callable[[bytes], bool] = lambda data: False,
+           remedy: str | None = None) -> tuple[memoryview, bool]:
+    """:func:`read_sealed` over bytes already read from ``path`` (from any storage)."""
     tail = data[-SEAL_SIZE:]
     if len(data) >= SEAL_SIZE and tail.startswith(_SEAL_MAGIC) and tail.endswith(b"\n"):
         body = memoryview(data)[:-SEAL_SIZE]

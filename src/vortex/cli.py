@@ -8,6 +8,8 @@
     vortex proposals list|show|approve|reject|rollback ...
     vortex models list|log|at|swap|cleanup|verify ...
     vortex audit verify
+    vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
+    vortex dashboard [--home .vortex] [--port 8765]   a live web dashboard of a home
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from ._cli_support import USAGE, Parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dashboard.cli import register as register_dashboard
     from .demo.cli import register as register_demo
     from .rsi.cli import register as register_rsi
+    from .serving.control import register as register_control
     from .status import register as register_status
     from .training.cli import register as register_models
 
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_status(sub)
     register_rsi(sub)
     register_models(sub)
+    register_control(sub)
+    register_dashboard(sub)
     return parser
 
 

@@ -13,13 +13,12 @@ unexpected keyword was, a ``TypeError``.  Configs are frozen; derive a changed o
 from __future__ import annotations
 
 import difflib
-import math
-import sys
 import threading
 import warnings
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
+from ._fields import check_bool as _boolean, check_number as _number, fail_field as _fail
 from .errors import ConfigError, ConfigKeyError
 
 __all__ = [
@@ -31,42 +30,9 @@ __all__ = [
 
 _C = TypeVar("_C", bound="_Config")
 
-_INT64_MAX = 2 ** 63 - 1
-_FLOAT_MAX = sys.float_info.max
-
 MAX_WAIT_SECS = threading.TIMEOUT_MAX
 """Longest period a background thread can wait for (``threading.TIMEOUT_MAX``); longer
 intervals would make its ``Event.wait`` raise ``OverflowError``."""
-
-
-def _fail(obj: object, name: str, value: Any, why: str) -> None:
-    raise ConfigError(f"{type(obj).__name__}.{name}={value!r}: {why}")
-
-
-def _number(obj: object, name: str, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False, integer: bool = False) -> None:
-    """Check that ``obj.name`` is a finite number (an int if ``integer``) inside the bounds.
-
-    Integers must also fit in 64 bits: they reach C code, torch and worker command lines.
-    """
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        _fail(obj, name, value, f"must be {'an integer' if integer else 'a number'}")
-    if integer:
-        hi = _INT64_MAX if hi is None else min(hi, _INT64_MAX)
-    elif not (isinstance(value, float) or -_FLOAT_MAX <= value <= _FLOAT_MAX) or not math.isfinite(value):
-        _fail(obj, name, value, "must be finite")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        _fail(obj, name, value, f"must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        _fail(obj, name, value, f"must be {'<' if hi_open else '<='} {hi}")
-
-
-def _boolean(obj: object, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, bool):
-            _fail(obj, name, value, "must be True or False")
 
 
 def as_dict(config: object) -> dict[str, Any]:

@@ -9,6 +9,8 @@
       runs.json               history of training runs
       buffer.arrow            the persisted sample buffer
       degraded.json           fallbacks in effect in the last process (vortex status)
+      control.lock            held (flock) by the one control plane of the home
+      control.json            the control plane's published status (workers serve it)
       shm/                    shared-memory segments of serving workers, only where /dev/shm
                               is unusable (else /dev/shm/vortex-<hash of the home's path>)
       rsi/
@@ -93,6 +95,16 @@ class HomeLayout:
     def degraded(self) -> str:
         """Fallbacks in effect in the last process that ran on this home."""
         return self._at("degraded.json")
+
+    @property
+    def control_lock(self) -> str:
+        """Lock file whose ``flock`` elects the home's one control plane (vortex.serving)."""
+        return self._at("control.lock")
+
+    @property
+    def control_status(self) -> str:
+        """The control plane's published status (sealed JSON), read by serving workers."""
+        return self._at("control.json")
 
     @property
     def shm(self) -> str:

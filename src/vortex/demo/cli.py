@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .._cli_support import UsageError, command, non_negative_int
+from ..dashboard.cli import port_number
 
 __all__ = ["register"]
 
@@ -50,4 +51,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--judge-python", metavar="PYTHON", default=None,
                    help="interpreter of the sandbox's test and benchmark runs (default: this one)")
+    p.add_argument("--dashboard", nargs="?", const=8765, type=port_number, metavar="PORT",
+                   help="serve the live dashboard on 127.0.0.1 during the demo and print its URL "
+                        "(default port 8765; 0 picks a free one)")
     command(p, _run)

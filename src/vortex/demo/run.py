@@ -59,6 +59,7 @@ class DemoSettings:
     seed: int = 0
     quick: bool = False
     judge_python: str | None = None
+    dashboard_port: int | None = None  # serve the live dashboard during the run (0: any port)
 
     @classmethod
     def quick_settings(cls, home: Path, out_dir: Path) -> "DemoSettings":
@@ -205,6 +206,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                               cycle_interval_secs=3600, watch_requests=100,
                               watch_regression_threshold=0.5))
 
+    dashboard = None
+    if settings.dashboard_port is not None:
+        from ..dashboard.cli import serve_in_background
+
+        dashboard = serve_in_background(os.fspath(home), lambda: json.loads(orch.system_status().to_json()),
+                                        port=settings.dashboard_port)
+        print(f"dashboard (open during the demo): {dashboard.url}", flush=True)
+
     served = 0
     weaknesses: list[dict[str, Any]] = []
 
@@ -264,6 +273,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     finally:
         _clear_bar()
         status = orch.system_status()
+        if dashboard is not None:
+            dashboard.stop()
         orch.close()
     evidence = DemoEvidence(
         drift_started=drift_started, served=records, weaknesses=weaknesses,
@@ -417,7 +428,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = (DemoSettings.quick_settings(home, out) if args.quick
                 else DemoSettings(home=home, out_dir=out))
     settings = DemoSettings(**{**settings.__dict__, "seed": args.seed,
-                               "judge_python": args.judge_python})
+                               "judge_python": args.judge_python,
+                               "dashboard_port": getattr(args, "dashboard", None)})
     report = run_demo(settings)
     print(f"\n{report['checklist_text']}")
     print(f"\n{report['requests']} requests in {report['duration_secs']} s; "

@@ -31,11 +31,11 @@ import json
 import math
 import os
 import shutil
-import statistics
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ..stats import student_t_interval as paired_interval, t_quantile
 from .settings import VortexSettings
 
 __all__ = ["t_quantile", "paired_interval", "find_pytest_config", "install_pytest_config",
@@ -48,69 +48,6 @@ RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_judge_runner
 _CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
 #: Files that change how the judge runs when they change anywhere in the tree.
 JUDGE_CONFIG_NAMES = frozenset({"conftest.py"})
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def _t_central(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4, exact)."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c2 = math.sin(theta), math.cos(theta) ** 2
-    if df % 2 == 1:
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
-    term, total = 1.0, 1.0
-    for k in range(1, df // 2):
-        term *= c2 * (2 * k - 1) / (2 * k)
-        total += term
-    return s * total
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Quantile of Student's t distribution for an integer ``df`` (no SciPy).
-
-    The CDF has a finite closed form for integer df (A&S 26.7.3-4); the quantile is found by
-    bisection on it to ~1e-12. Above df = 1000 the Cornish-Fisher expansion around the normal
-    quantile (A&S 26.7.5) is used; its error there is below 1e-9.
-    """
-    if not 0 < p < 1:
-        raise ValueError(f"p={p!r} must be in (0, 1)")
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"df={df!r} must be an integer >= 1")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    if df > 1000:
-        z = statistics.NormalDist().inv_cdf(p)
-        g1 = (z ** 3 + z) / 4
-        g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
-        g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
-        return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
-    target = 2 * p - 1  # P(|T| < t)
-    lo, hi = 0.0, 1.0
-    while _t_central(hi, df) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if _t_central(mid, df) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
-
-
-def paired_interval(diffs: Sequence[float], confidence: float) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided ``confidence`` Student-t interval."""
-    n = len(diffs)
-    if n < 2:
-        raise ValueError(f"need at least 2 paired differences, got {n}")
-    mean = statistics.fmean(diffs)
-    half = t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -55,13 +55,13 @@ A tunables file is TOML with one ``name = value`` line per tunable (see :mod:`vo
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
+from .._fields import check_bool, check_number, check_strings, fail, fail_field, strings
 from ..errors import ConfigError
 from ..monitor.weaknesses import WeaknessType
 
@@ -72,28 +72,21 @@ _TYPES = ("int", "float", "bool", "choice")
 _DIRECTIONS = ("increase", "decrease", "true", "false")
 
 
+_PREFIX = "[tool.vortex] "
+
+
 def _fail(key: str, value: Any, why: str) -> None:
-    raise ConfigError(f"[tool.vortex] {key}={value!r}: {why}")
+    fail(_PREFIX + key, value, why)
 
 
 def _str_list(key: str, value: Any, *, required: bool = False) -> tuple[str, ...]:
     if value is None and not required:
         return ()
-    if not isinstance(value, list) or not value and required or not all(
-            isinstance(v, str) and v for v in value):
-        _fail(key, value, "must be a non-empty list of strings" if required
-              else "must be a list of non-empty strings")
-    return tuple(value)
+    return strings(_PREFIX + key, value, required=required)
 
 
-def _num(key: str, value: Any, *, lo: float = 0.0, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(key, value, "must be a finite number")
-    if integer and not isinstance(value, int):
-        _fail(key, value, "must be an integer")
-    if value <= lo:
-        _fail(key, value, f"must be > {lo}")
-    return value
+def _weakness_kinds() -> frozenset[str]:
+    return frozenset(w.value for w in WeaknessType)
 
 
 def _rel_path(key: str, value: Any) -> str:
@@ -118,6 +111,41 @@ class TunableSpec:
     step: float = 1.0
     scale: str = "linear"
     addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def field_prefix(self) -> str:
+        """How messages name this tunable's fields (``[tool.vortex] tunables.<name>.``)."""
+        return f"{_PREFIX}tunables.{self.name}."
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            _fail("tunables.name", self.name, "must be an identifier")
+        if not isinstance(self.file, str) or _rel_path(f"tunables.{self.name}.file", self.file) != self.file:
+            fail_field(self, "file", self.file, "must be a normalised path inside the tree")
+        if self.type not in _TYPES:
+            fail_field(self, "type", self.type, f"must be one of {_TYPES}")
+        if self.type in ("int", "float"):
+            for k in ("min", "max"):
+                v = getattr(self, k)
+                if v is None:
+                    fail_field(self, k, v, "is required for a numeric tunable")
+                check_number(self, k, integer=self.type == "int")
+            if self.min >= self.max:  # type: ignore[operator]
+                fail_field(self, "min", self.min, f"must be below max={self.max}")
+        if not isinstance(self.choices, tuple) or (self.type == "choice" and len(self.choices) < 2):
+            fail_field(self, "choices", self.choices, "must list at least two values")
+        if self.scale not in ("linear", "log"):
+            fail_field(self, "scale", self.scale, "must be 'linear' or 'log'")
+        check_number(self, "step", lo=1 if self.scale == "log" else 0, lo_open=True)
+        if not isinstance(self.addresses, dict) or not self.addresses:
+            fail_field(self, "addresses", self.addresses, "must map weakness kinds to a direction")
+        allowed = ("true", "false") if self.type == "bool" else ("increase", "decrease")
+        for kind, direction in self.addresses.items():
+            if kind not in _weakness_kinds():
+                fail_field(self, f"addresses.{kind}", direction,
+                           f"unknown weakness kind; one of {sorted(_weakness_kinds())}")
+            if direction not in allowed:
+                fail_field(self, f"addresses.{kind}", direction, f"must be one of {allowed}")
 
     def in_bounds(self, value: Any) -> bool:
         """Whether ``value`` has the declared type and lies inside the bounds / choices."""
@@ -156,6 +184,19 @@ class SandboxLimits:
     gid: int = 65534
     env_allow: tuple[str, ...] = ()
 
+    field_prefix: ClassVar[str] = _PREFIX + "sandbox."
+
+    def __post_init__(self) -> None:
+        check_number(self, "timeout_secs", lo=0, lo_open=True)
+        for f in fields(self):
+            if f.type == "int":
+                check_number(self, f.name, lo=0, lo_open=True, integer=True)
+        check_bool(self, "require_isolation")
+        check_strings(self, "env_allow")
+        for name in ("uid", "gid"):
+            if getattr(self, name) == 0:
+                fail_field(self, name, 0, "must not be root")
+
 
 @dataclass(frozen=True)
 class CommandProposerSettings:
@@ -164,6 +205,16 @@ class CommandProposerSettings:
     command: tuple[str, ...]
     timeout_secs: float = 120.0
     weaknesses: tuple[str, ...] = ()
+
+    field_prefix: ClassVar[str] = _PREFIX + "command_proposer."
+
+    def __post_init__(self) -> None:
+        check_strings(self, "command", required=True)
+        check_number(self, "timeout_secs", lo=0, lo_open=True)
+        check_strings(self, "weaknesses")
+        for kind in self.weaknesses:
+            if kind not in _weakness_kinds():
+                fail_field(self, "weaknesses", kind, "unknown weakness kind")
 
 
 @dataclass(frozen=True)
@@ -181,6 +232,40 @@ class VortexSettings:
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)
     tunables: tuple[TunableSpec, ...] = ()
     command_proposer: CommandProposerSettings | None = None
+
+    field_prefix: ClassVar[str] = _PREFIX
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root, str) or not os.path.isabs(self.root):
+            fail_field(self, "root", self.root, "must be an absolute path")
+        check_strings(self, "test_command", required=True)
+        for name in ("benchmark_command", "judge", "protected", "pythonpath"):
+            check_strings(self, name)
+        for name in ("judge", "pythonpath"):
+            for p in getattr(self, name):
+                if _rel_path(name, p) != p:
+                    fail_field(self, name, p, "must be a normalised path inside the tree")
+        _check_commands(self.test_command, self.benchmark_command, self.judge)
+        if self.primary_metric is not None and (not isinstance(self.primary_metric, str)
+                                                or not self.primary_metric):
+            fail_field(self, "benchmark.primary", self.primary_metric, "must be a metric name")
+        wm = self.weakness_metrics
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            fail_field(self, "benchmark.metrics", wm, "must map weakness kinds to metric names")
+        for kind in wm:
+            if kind not in _weakness_kinds():
+                fail_field(self, f"benchmark.metrics.{kind}", wm[kind], "unknown weakness kind")
+        if not isinstance(self.sandbox, SandboxLimits):
+            fail_field(self, "sandbox", self.sandbox, "must be a SandboxLimits")
+        if not isinstance(self.tunables, tuple) or not all(isinstance(t, TunableSpec)
+                                                           for t in self.tunables):
+            fail_field(self, "tunables", self.tunables, "must be a tuple of TunableSpec")
+        names = [t.name for t in self.tunables]
+        if len(set(names)) != len(names):
+            fail_field(self, "tunables", names, "names must be unique")
+        if not isinstance(self.command_proposer, (CommandProposerSettings, type(None))):
+            fail_field(self, "command_proposer", self.command_proposer,
+                       "must be a CommandProposerSettings or None")
 
     def tunable(self, name: str) -> TunableSpec:
         for t in self.tunables:
@@ -217,48 +302,21 @@ def _tunable(i: int, raw: Any) -> TunableSpec:
     key = f"tunables[{i}]"
     if not isinstance(raw, dict):
         _fail(key, raw, "must be a table")
-    unknown = set(raw) - {"name", "file", "type", "min", "max", "choices", "step", "scale",
-                          "addresses"}
+    unknown = set(raw) - {f.name for f in fields(TunableSpec)}
     if unknown:
         _fail(f"{key}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]], "unknown key")
     name = raw.get("name")
     if not isinstance(name, str) or not name.isidentifier():
         _fail(f"{key}.name", name, "must be an identifier")
     key = f"tunables.{name}"
-    file = _rel_path(f"{key}.file", raw.get("file"))
-    typ = raw.get("type")
-    if typ not in _TYPES:
-        _fail(f"{key}.type", typ, f"must be one of {_TYPES}")
-    lo, hi, choices = raw.get("min"), raw.get("max"), raw.get("choices", [])
-    if typ in ("int", "float"):
-        for k, v in (("min", lo), ("max", hi)):
-            if v is None:
-                _fail(f"{key}.{k}", v, "is required for a numeric tunable")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (
-                    typ == "int" and not isinstance(v, int)):
-                _fail(f"{key}.{k}", v, f"must be {'an integer' if typ == 'int' else 'a number'}")
-        if lo >= hi:
-            _fail(f"{key}.min", lo, f"must be below max={hi}")
-    if typ == "choice" and (not isinstance(choices, list) or len(choices) < 2):
-        _fail(f"{key}.choices", choices, "must list at least two values")
+    choices = raw.get("choices", [])
+    if not isinstance(choices, list):
+        _fail(f"{key}.choices", choices, "must be a list")
     scale = raw.get("scale", "linear")
-    if scale not in ("linear", "log"):
-        _fail(f"{key}.scale", scale, "must be 'linear' or 'log'")
-    step = _num(f"{key}.step", raw.get("step", 2 if scale == "log" else 1))
-    if scale == "log" and step <= 1:
-        _fail(f"{key}.step", step, "must be > 1 for scale='log' (a factor)")
-    addresses = raw.get("addresses")
-    if not isinstance(addresses, dict) or not addresses:
-        _fail(f"{key}.addresses", addresses, "must map weakness kinds to a direction")
-    kinds = {w.value for w in WeaknessType}
-    for kind, direction in addresses.items():
-        if kind not in kinds:
-            _fail(f"{key}.addresses.{kind}", direction, f"unknown weakness kind; one of {sorted(kinds)}")
-        allowed = ("true", "false") if typ == "bool" else ("increase", "decrease")
-        if direction not in allowed:
-            _fail(f"{key}.addresses.{kind}", direction, f"must be one of {allowed}")
-    return TunableSpec(name=name, file=file, type=typ, min=lo, max=hi, choices=tuple(choices),
-                       step=step, scale=scale, addresses=dict(addresses))
+    return TunableSpec(name=name, file=_rel_path(f"{key}.file", raw.get("file")),
+                       type=raw.get("type"), min=raw.get("min"), max=raw.get("max"),
+                       choices=tuple(choices), step=raw.get("step", 2 if scale == "log" else 1),
+                       scale=scale, addresses=raw.get("addresses"))
 
 
 def _within(rel: str, paths: tuple[str, ...]) -> bool:
@@ -308,69 +366,40 @@ def load_settings(root: str | os.PathLike[str]) -> VortexSettings:
             _fail(k, tv[k], f"unknown key; expected one of {sorted(known)}")
     if "test_command" not in tv:
         _fail("test_command", None, "is required")
-    test_command = _str_list("test_command", tv["test_command"], required=True)
-    bench = _str_list("benchmark_command", tv.get("benchmark_command"))
-    judge = tuple(_rel_path("judge", p) for p in _str_list("judge", tv.get("judge")))
-    _check_commands(test_command, bench, judge)
-    protected = _str_list("protected", tv.get("protected"))
-    pythonpath = tuple(_rel_path("pythonpath", p) for p in _str_list("pythonpath", tv.get("pythonpath")))
-
-    b = tv.get("benchmark", {})
-    if not isinstance(b, dict):
-        _fail("benchmark", b, "must be a table")
-    primary = b.get("primary")
-    if primary is not None and (not isinstance(primary, str) or not primary):
-        _fail("benchmark.primary", primary, "must be a metric name")
-    wm = b.get("metrics", {})
-    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
-        _fail("benchmark.metrics", wm, "must map weakness kinds to metric names")
-    for kind in wm:
-        if kind not in {w.value for w in WeaknessType}:
-            _fail(f"benchmark.metrics.{kind}", wm[kind], "unknown weakness kind")
-
-    s = tv.get("sandbox", {})
-    if not isinstance(s, dict):
-        _fail("sandbox", s, "must be a table")
-    d = SandboxLimits()
-    ints = ("memory_mb", "cpu_secs", "max_processes", "max_file_mb", "max_open_files", "tmp_mb",
-            "shm_mb", "max_output_kb", "uid", "gid")
+    b = _table(tv, "benchmark")
+    s = _table(tv, "sandbox")
     for k in s:
-        if k not in ("timeout_secs", "require_isolation", "env_allow", *ints):
+        if k not in {f.name for f in fields(SandboxLimits)}:
             _fail(f"sandbox.{k}", s[k], "unknown key")
-    require = s.get("require_isolation", d.require_isolation)
-    if not isinstance(require, bool):
-        _fail("sandbox.require_isolation", require, "must be true or false")
-    limits = SandboxLimits(
-        timeout_secs=_num("sandbox.timeout_secs", s.get("timeout_secs", d.timeout_secs)),
-        require_isolation=require,
-        env_allow=_str_list("sandbox.env_allow", s.get("env_allow")),
-        **{k: int(_num(f"sandbox.{k}", s.get(k, getattr(d, k)), integer=True)) for k in ints},
-    )
-    if limits.uid == 0 or limits.gid == 0:
-        _fail("sandbox.uid" if limits.uid == 0 else "sandbox.gid", 0, "must not be root")
-
     raw_t = tv.get("tunables", [])
     if not isinstance(raw_t, list):
         _fail("tunables", raw_t, "must be an array of tables ([[tool.vortex.tunables]])")
-    tunables = tuple(_tunable(i, t) for i, t in enumerate(raw_t))
-    names = [t.name for t in tunables]
-    if len(set(names)) != len(names):
-        _fail("tunables", names, "names must be unique")
-
     cp = tv.get("command_proposer")
-    command_proposer = None
-    if cp is not None:
-        if not isinstance(cp, dict):
-            _fail("command_proposer", cp, "must be a table")
-        kinds = _str_list("command_proposer.weaknesses", cp.get("weaknesses"))
-        for kind in kinds:
-            if kind not in {w.value for w in WeaknessType}:
-                _fail("command_proposer.weaknesses", kind, "unknown weakness kind")
-        command_proposer = CommandProposerSettings(
-            command=_str_list("command_proposer.command", cp.get("command"), required=True),
-            timeout_secs=_num("command_proposer.timeout_secs", cp.get("timeout_secs", 120.0)),
-            weaknesses=kinds)
-    return VortexSettings(root=root, test_command=test_command, benchmark_command=bench,
-                          judge=judge, protected=protected, pythonpath=pythonpath,
-                          primary_metric=primary, weakness_metrics=dict(wm), sandbox=limits,
-                          tunables=tunables, command_proposer=command_proposer)
+    if cp is not None and not isinstance(cp, dict):
+        _fail("command_proposer", cp, "must be a table")
+    # Each dataclass checks its own fields (naming them as the table spells them).
+    return VortexSettings(
+        root=root, test_command=_tuple(tv["test_command"]),
+        benchmark_command=_tuple(tv.get("benchmark_command", ())),
+        judge=tuple(_rel_path("judge", p) for p in _str_list("judge", tv.get("judge"))),
+        protected=_tuple(tv.get("protected", ())),
+        pythonpath=tuple(_rel_path("pythonpath", p)
+                         for p in _str_list("pythonpath", tv.get("pythonpath"))),
+        primary_metric=b.get("primary"), weakness_metrics=b.get("metrics", {}),
+        sandbox=SandboxLimits(**{k: _tuple(v) for k, v in s.items()}),
+        tunables=tuple(_tunable(i, t) for i, t in enumerate(raw_t)),
+        command_proposer=None if cp is None else CommandProposerSettings(
+            command=_tuple(cp.get("command")), timeout_secs=cp.get("timeout_secs", 120.0),
+            weaknesses=_tuple(cp.get("weaknesses", ()))))
+
+
+def _table(tv: dict[str, Any], key: str) -> dict[str, Any]:
+    value = tv.get(key, {})
+    if not isinstance(value, dict):
+        _fail(key, value, "must be a table")
+    return value
+
+
+def _tuple(value: Any) -> Any:
+    """A TOML array as the tuple the dataclasses hold (anything else as it is, to be refused)."""
+    return tuple(value) if isinstance(value, list) else value

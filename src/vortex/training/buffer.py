@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .._io import atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps
+from .._fsspec import is_url, read_url, write_url
+from .._io import (atomic_write_sealed, is_arrow_ipc_file, read_sealed, remove_orphan_temps, seal,
+                   unseal)
 from .._native import _core
 from .._fast_ring import SampleRingWriter
 from ..errors import SnapshotFormatError
@@ -165,11 +167,14 @@ class Snapshot:
         return {"features": torch.from_numpy(self.features),
                 **{name: torch.from_numpy(getattr(self, name)) for name in _COLUMNS}}
 
-    def write_ipc(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+    def write_ipc(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None, *,
+                  storage_options: dict[str, Any] | None = None) -> None:
         """Write the snapshot as an Arrow IPC file, atomically (temp file, fsync, rename).
 
         The file ends with a sha256 seal of its contents, checked by :meth:`read_ipc` before
-        anything parses it.
+        anything parses it. ``path`` may be an fsspec URL (``s3://bucket/home/buffer.arrow``,
+        with ``storage_options`` for its filesystem): the file is then written whole or not at
+        all (:mod:`vortex._fsspec`).
         """
         import pyarrow as pa
 
@@ -180,10 +185,15 @@ class Snapshot:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, batch.schema) as writer:
             writer.write_batch(batch)
-        atomic_write_sealed(path, sink.getvalue())
+        body = sink.getvalue()
+        if is_url(path):
+            write_url(os.fspath(path), body.to_pybytes() + seal(body), storage_options)
+        else:
+            atomic_write_sealed(path, body)
 
     @classmethod
-    def read_ipc(cls, path: str | os.PathLike[str]) -> "Snapshot":
+    def read_ipc(cls, path: str | os.PathLike[str], *,
+                 storage_options: dict[str, Any] | None = None) -> "Snapshot":
         """Read a file written by :meth:`write_ipc` (or :meth:`SampleBuffer.save`).
 
         Raises
@@ -195,11 +205,12 @@ class Snapshot:
         FileNotFoundError
             There is no such file.
         """
-        snap, _ = cls._read(path)
+        snap, _ = cls._read(path, storage_options)
         return snap
 
     @classmethod
-    def _read(cls, path: str | os.PathLike[str]) -> tuple["Snapshot", dict[str, str]]:
+    def _read(cls, path: str | os.PathLike[str],
+              storage_options: dict[str, Any] | None = None) -> tuple["Snapshot", dict[str, str]]:
         import pyarrow as pa
 
         path = os.fspath(path)
@@ -207,7 +218,12 @@ class Snapshot:
         def bad(problem: str) -> SnapshotFormatError:
             return SnapshotFormatError(path, problem, remedy=_REMEDY)
 
-        body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file, remedy=_REMEDY)
+        if is_url(path):
+            body, sealed = unseal(read_url(path, storage_options), path, SnapshotFormatError,
+                                  unsealed=is_arrow_ipc_file, remedy=_REMEDY)
+        else:
+            body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file,
+                                       remedy=_REMEDY)
         try:
             table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
             table.validate(full=True)
@@ -252,7 +268,10 @@ class Snapshot:
 
 
 def _remove_orphans_of(path: str | os.PathLike[str]) -> None:
-    """Delete the temporary files that killed writes to ``path`` left beside it."""
+    """Delete the temporary files that killed writes to ``path`` left beside it (a local
+    path: on shared storage, whose a temporary file is cannot be told across machines)."""
+    if is_url(path):
+        return
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
     remove_orphan_temps(directory, target=name)
 
@@ -370,22 +389,25 @@ class SampleBuffer(SampleRingWriter):
         return Snapshot(*self._ring.sample_uniform(u))
 
     # ----------------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike[str]) -> int:
+    def save(self, path: str | os.PathLike[str], *,
+             storage_options: dict[str, Any] | None = None) -> int:
         """Write every row to an Arrow IPC file, atomically, and return the saved ``next_seq``.
 
         ``next_seq`` and ``capacity`` go into the schema metadata so :meth:`load` continues
         the numbering. Temporary files that earlier saves to ``path`` left when they were
-        killed are removed first.
+        killed are removed first. ``path`` may be an fsspec URL (see :meth:`Snapshot.write_ipc`).
         """
         _remove_orphans_of(path)
         snap, next_seq = self._snapshot(None)
-        snap.write_ipc(path, {"vortex.next_seq": str(next_seq), "vortex.capacity": str(self.capacity)})
+        snap.write_ipc(path, {"vortex.next_seq": str(next_seq), "vortex.capacity": str(self.capacity)},
+                       storage_options=storage_options)
         log.debug("saved %d samples to %s (next_seq=%d)", len(snap), path, next_seq)
         return next_seq
 
     @staticmethod
-    def _read_saved(path: str | os.PathLike[str]) -> tuple[Snapshot, int, int | None]:
-        snap, meta = Snapshot._read(path)
+    def _read_saved(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+                    ) -> tuple[Snapshot, int, int | None]:
+        snap, meta = Snapshot._read(path, storage_options)
         n = len(snap)
 
         def bad(problem: str) -> SnapshotFormatError:
@@ -417,16 +439,19 @@ class SampleBuffer(SampleRingWriter):
             raise SnapshotFormatError(path, f"invalid sample values ({exc})", remedy=_REMEDY) from exc
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], capacity: int | None = None) -> "SampleBuffer":
+    def load(cls, path: str | os.PathLike[str], capacity: int | None = None, *,
+             storage_options: dict[str, Any] | None = None) -> "SampleBuffer":
         """A new buffer holding the rows of a file written by :meth:`save`.
 
         Parameters
         ----------
         path
-            The file.
+            The file, or an fsspec URL.
         capacity
             Capacity of the new buffer; None keeps the saved one. When smaller than the
             saved row count, the newest rows are kept.
+        storage_options
+            For a URL: options of its fsspec filesystem.
 
         Raises
         ------
@@ -434,7 +459,7 @@ class SampleBuffer(SampleRingWriter):
             The file is corrupted or not a saved buffer.
         """
         _remove_orphans_of(path)
-        snap, next_seq, saved_capacity = cls._read_saved(path)
+        snap, next_seq, saved_capacity = cls._read_saved(path, storage_options)
         if capacity is None:
             capacity = saved_capacity if saved_capacity is not None else max(len(snap), 10_000)
         buf = cls(snap.feature_dim, capacity, snap.label_dtype)
@@ -442,7 +467,8 @@ class SampleBuffer(SampleRingWriter):
         log.debug("loaded %d samples from %s (next_seq=%d)", len(buf), path, next_seq)
         return buf
 
-    def load_into(self, path: str | os.PathLike[str]) -> None:
+    def load_into(self, path: str | os.PathLike[str], *,
+                  storage_options: dict[str, Any] | None = None) -> None:
         """Replace this buffer's rows with a saved file's (newest ``capacity`` of them) and
         continue its seq numbering.
 
@@ -453,7 +479,7 @@ class SampleBuffer(SampleRingWriter):
             from this buffer's. The buffer is then unchanged.
         """
         _remove_orphans_of(path)
-        snap, next_seq, _ = self._read_saved(path)
+        snap, next_seq, _ = self._read_saved(path, storage_options)
         if snap.feature_dim != self.feature_dim or snap.label_dtype != self.label_dtype:
             raise SnapshotFormatError(
                 path, f"holds feature_dim={snap.feature_dim}, label_dtype={snap.label_dtype!r}; "

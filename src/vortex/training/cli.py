@@ -58,6 +58,13 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def _cell(value: Any, spec: str) -> str:
+    """A metadata value as ``vortex models list`` shows it (spec from :class:`VersionMeta`)."""
+    if isinstance(value, bool):
+        return "yes" if value else "-"
+    return _iso(value) if spec == "time" else _fmt(value, spec or ".4f")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
@@ -70,15 +77,15 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from .registry.schema import Column, VersionMeta
+
     reg = _registry(args)
     rows = reg.list_versions()
-    text = _table(
-        ["version", "status", "pinned", "parent", "created (UTC)", "trigger", "samples", "epochs",
-         "train_loss", "val_loss", "val_acc", "improv_%", "CI_%"],
-        [[str(r["version"]), r["status"], "yes" if r["pinned"] else "-", _fmt(r["parent"]), _iso(r["created_at"]), r["trigger"] or "-",
-          _fmt(r["samples"]), _fmt(r["epochs"]), _fmt(r["train_loss"]), _fmt(r["val_loss"]),
-          _fmt(r["val_accuracy"]), _fmt(r["improvement_pct"], "+.2f"),
-          "-" if r["ci_low"] is None else f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"] for r in rows])
+    columns = list(VersionMeta.columns())
+    # pinned is kept beside the table, not in a row: shown after the leading columns
+    columns.insert(sum(c.header in ("version", "status") for c in columns), Column("pinned", "pinned"))
+    text = _table([c.header for c in columns],
+                  [[_cell(r[c.name], c.format) for c in columns] for r in rows])
     log = reg.serving_log()
     text += f"\n\nactive version: {reg.active_version}\n\n" + _log_text(log[-10:])
     _print(args, {"active_version": reg.active_version, "versions": rows, "serving_log": log}, text)

@@ -49,6 +49,7 @@ from .launcher import WorkerLauncher, drop_bulky
 from .models import build_model
 from .registry import ModelRegistry
 from .runs import RunHistory, TrainingRun
+from .statuses import RunStatus
 from .slot import ModelSlot
 from .swapper import ModelSwapper
 from .triggers import TrainingTrigger, TriggerQueue
@@ -358,19 +359,19 @@ class BackgroundTrainingCoordinator:
             triggers = self._triggers
             with triggers.cond:
                 if from_loop and triggers.stopping:  # stop() came between picking the job and now
-                    return TrainingRun(run_id=0, trigger=trig, reason=reason, status="cancelled",
-                                       error="coordinator stopping")
+                    return TrainingRun(run_id=0, trigger=trig, reason=reason,
+                                       status=RunStatus.CANCELLED, error="coordinator stopping")
                 triggers.pending = None
                 triggers.in_run = True  # from here on, cancel_run() reaches this run
                 run = self._history.new_run(trig, reason)
             try:
                 self._execute(run)
             except Exception as exc:
-                run.status = "cancelled" if self._cancel.is_set() else (
-                    "timeout" if isinstance(exc, TimeoutError) else "failed")
+                run.status = RunStatus.CANCELLED if self._cancel.is_set() else (
+                    RunStatus.TIMEOUT if isinstance(exc, TimeoutError) else RunStatus.FAILED)
                 run.error = f"{type(exc).__name__}: {exc}"
                 # a cancellation was asked for (e.g. by stop()): worth a line, not a warning
-                log.log(logging.INFO if run.status == "cancelled" else logging.WARNING,
+                log.log(logging.INFO if run.status == RunStatus.CANCELLED else logging.WARNING,
                         "training run %d %s: %s", run.run_id, run.status, run.error)
             finally:
                 run.finished_at = time.time()
@@ -379,12 +380,12 @@ class BackgroundTrainingCoordinator:
 
     def _finish(self, run: TrainingRun) -> None:
         c = self._counts
-        if run.status == "skipped":
+        if run.status == RunStatus.SKIPPED:
             c["skipped"] += 1
-        elif run.status in ("failed", "timeout"):
+        elif run.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
             c["failed"] += 1
             self._last_error = run.error
-        elif run.status == "cancelled":
+        elif run.status == RunStatus.CANCELLED:
             c["cancelled"] += 1
         else:
             c["completed"] += 1
@@ -402,10 +403,10 @@ class BackgroundTrainingCoordinator:
         cfg = self.config
         t0 = time.perf_counter()
         if not cfg.enabled:
-            run.status, run.error = "skipped", "training is disabled (config.enabled=False)"
+            run.status, run.error = RunStatus.SKIPPED, "training is disabled (config.enabled=False)"
             return
         if len(self._buffer) < cfg.min_samples_for_training:
-            run.status = "skipped"
+            run.status = RunStatus.SKIPPED
             run.error = (f"{len(self._buffer)} buffered samples < min_samples_for_training="
                          f"{cfg.min_samples_for_training}")
             return

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._io import atomic_write_bytes
+from .statuses import RunStatus
 from .triggers import TrainingTrigger
 
 __all__ = ["TrainingRun", "RunHistory"]
@@ -28,16 +29,14 @@ class TrainingRun:
     its candidate was finally compared with: the one serving when the run concluded (it differs
     from the parent when a swap happened during the run).
 
-    ``status`` is one of "swapped" (candidate validated better and now serves), "rejected"
-    (validated, not better enough), "registered" (better but ``auto_swap_models`` is off),
-    "not_kept" (as "registered" with ``enable_versioning`` off: not stored), "skipped" (too
-    few samples or disabled), "failed" (worker error or crash), "timeout" or "cancelled".
+    ``status`` is a :class:`~vortex.training.statuses.RunStatus` (a ``str`` enum: "swapped",
+    "rejected", "registered", "not_kept", "skipped", "failed", "timeout" or "cancelled").
     """
 
     run_id: int
     trigger: TrainingTrigger
     reason: str | None
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     samples: int = 0
@@ -72,6 +71,7 @@ class RunHistory:
                 items = json.loads(f.read())
             for d in items:
                 d["trigger"] = TrainingTrigger.parse(d["trigger"])
+                d["status"] = RunStatus(d["status"])
                 self._runs.append(TrainingRun(**d))
             if self._runs:
                 self.next_id = self._runs[-1].run_id + 1

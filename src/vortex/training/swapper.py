@@ -33,6 +33,7 @@ from ..watch import RegressionWatch, Verdict
 from .models import build_model
 from .registry import ModelRegistry
 from .slot import ModelSlot, prepare_model
+from .statuses import RunStatus, VersionStatus
 from .validation import ValidationResult, should_swap
 
 __all__ = ["ModelSwapper"]
@@ -154,7 +155,7 @@ class ModelSwapper:
             swap = better and cfg.auto_swap_models
             if run.version is None:
                 if not (cfg.enable_versioning or swap):
-                    run.status = "rejected" if not better else "not_kept"
+                    run.status = RunStatus.REJECTED if not better else RunStatus.NOT_KEPT
                     log.info("run %d: candidate not kept (%s)", run.run_id, why)
                     return
                 v = run.validation or {}
@@ -163,19 +164,20 @@ class ModelSwapper:
                     "epochs": epochs, "train_loss": run.train_loss,
                     "val_loss": v.get("candidate_loss"), "val_accuracy": v.get("candidate_accuracy"),
                     "improvement_pct": v.get("improvement_pct"), "ci_low": v.get("ci_low"),
-                    "ci_high": v.get("ci_high"), "status": "candidate" if better else "rejected"})
+                    "ci_high": v.get("ci_high"),
+                    "status": VersionStatus.CANDIDATE if better else VersionStatus.REJECTED})
             elif not better:
-                self.registry.set_status(run.version, "rejected")
+                self.registry.set_status(run.version, VersionStatus.REJECTED)
             if not swap:
-                run.status = "registered" if better else "rejected"
+                run.status = RunStatus.REGISTERED if better else RunStatus.REJECTED
                 break
             reason = f"auto: {run.trigger.value}" + (f" ({run.reason})" if run.reason else "") + f", {why}"
             if self.swap(run.version, reason, watch=True, expect_active=run.validated_against):
-                run.status, run.swapped = "swapped", True
+                run.status, run.swapped = RunStatus.SWAPPED, True
                 break
             self.sync_external()  # another swap came first: judge again against that one
         else:
-            run.status = "registered"
+            run.status = RunStatus.REGISTERED
             why += f"; not swapped: the active version changed {_MAX_REVALIDATIONS + 1} times meanwhile"
         log.info("run %d: version %s %s (%s)", run.run_id, run.version, run.status, why)
 
@@ -251,7 +253,7 @@ class ModelSwapper:
                 self.registry.verify(target)
             except (VersionNotFoundError, ChecksumMismatchError) as exc:
                 target = self.registry.register(w.old_model, {
-                    "parent": w.old_version, "trigger": "rollback", "status": "candidate"})
+                    "parent": w.old_version, "trigger": "rollback", "status": VersionStatus.CANDIDATE})
                 reason += (f" (version {w.old_version} could not be used: {type(exc).__name__}; "
                            f"the weights that served as it restored as version {target})")
             if not self.registry.set_active(target, reason, verify=False, expect_active=w.new_version):
@@ -261,7 +263,7 @@ class ModelSwapper:
             self.changes.changed("training", f"rolled back to version {target}")
         log.warning("rolled back to version %d: %s", target, reason)
         try:
-            self.registry.set_status(w.new_version, "rejected")
+            self.registry.set_status(w.new_version, VersionStatus.REJECTED)
         except VersionNotFoundError:
             pass  # removed meanwhile: nothing left to mark
 

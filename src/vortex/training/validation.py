@@ -6,7 +6,8 @@ else 0; regression: the squared error).  The improvement is relative, in percent
 * classification: ``100 * (acc_candidate - acc_active) / acc_active``
 * regression: ``100 * (mse_active - mse_candidate) / mse_active``
 
-Its confidence interval comes from a paired bootstrap: the same resampled indices are used
+Its confidence interval comes from a paired bootstrap
+(:func:`vortex.stats.paired_bootstrap_interval`): the same resampled indices are used
 for both models, so the interval reflects the per-sample *difference* between them, not two
 independent noises.  A candidate is promoted only when the improvement exceeds the threshold
 and the interval's lower bound is above zero, so a lucky small holdout does not promote a
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from ..stats import paired_bootstrap_interval
 
 __all__ = ["ValidationResult", "compare_models", "relative_improvement", "should_swap"]
 
@@ -103,26 +106,16 @@ def compare_models(candidate_scores: np.ndarray, active_scores: np.ndarray, *,
         raise ValueError(f"task={task!r}: must be 'classification' or 'regression'")
     if not 0.0 < confidence_level < 1.0:
         raise ValueError(f"confidence_level={confidence_level!r}: must be in (0, 1)")
-    if resamples < 100:
-        raise ValueError(f"resamples={resamples!r}: must be >= 100")
     higher = task == "classification"
     improvement = float(relative_improvement(c.mean(), a.mean(), higher))
-    rng = np.random.default_rng(seed)
-    n = c.size
-    # Resample in chunks so memory stays at a few MB whatever the holdout size.
-    stats = np.empty(resamples)
-    chunk = max(1, (1 << 21) // n)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        stats[start:stop] = relative_improvement(c[idx].mean(axis=1), a[idx].mean(axis=1), higher)
-    alpha = 1.0 - confidence_level
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    lo, hi = paired_bootstrap_interval(
+        c, a, lambda cm, am: relative_improvement(cm, am, higher),
+        confidence=confidence_level, resamples=resamples, seed=seed)
     return ValidationResult(
-        n=int(n), task=task, candidate_loss=float(candidate_loss), active_loss=float(active_loss),
+        n=int(c.size), task=task, candidate_loss=float(candidate_loss), active_loss=float(active_loss),
         candidate_accuracy=float(c.mean()) if higher else float("nan"),
         active_accuracy=float(a.mean()) if higher else float("nan"),
-        improvement_pct=improvement, ci_low=float(lo), ci_high=float(hi),
+        improvement_pct=improvement, ci_low=lo, ci_high=hi,
         confidence_level=float(confidence_level))
 
 

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = ["Adam", "WorkerArgs", "die_with_parent", "main", "train", "evaluate", "per_sample_loss"]
 
 log = logging.getLogger("vortex.training.worker")
@@ -75,6 +77,38 @@ class WorkerArgs:
     confidence_level: float = 0.95
     candidate: str | None = None
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .._fields import check_bool, check_number, fail_field
+
+        for name in ("snapshot", "out", "factory", "registry", "candidate"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value) and (value is not None or name in (
+                    "snapshot", "out", "factory")):
+                fail_field(self, name, value, "must be a non-empty string")
+        for name in ("factory_kwargs", "flux"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) and (value is not None or name == "factory_kwargs"):
+                fail_field(self, name, value, "must be a JSON object (dict)")
+        if self.task not in ("classification", "regression"):
+            fail_field(self, "task", self.task, "must be 'classification' or 'regression'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            fail_field(self, "device", self.device, "must be 'auto', 'cpu' or 'cuda'")
+        check_number(self, "epochs", lo=1, integer=True)
+        check_number(self, "lr", lo=0, lo_open=True)
+        check_number(self, "batch_size", lo=1, integer=True)
+        check_number(self, "seed", lo=0, integer=True)
+        check_number(self, "threads", lo=1, integer=True)
+        check_number(self, "nice", lo=0, hi=19, integer=True)
+        check_number(self, "confidence_level", lo=0, hi=1, lo_open=True, hi_open=True)
+        check_bool(self, "sched_idle")
+        if self.init_version is not None:
+            check_number(self, "init_version", lo=1, integer=True)
+        if (self.init_version is None) != (self.registry is None):
+            fail_field(self, "init_version", self.init_version, "--registry and --init-version go together")
+        if self.candidate is not None and self.init_version is None:
+            fail_field(self, "candidate", self.candidate, "--candidate needs --registry and "
+                       "--init-version (the model to validate it against)")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -114,15 +148,10 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="training device (auto: CUDA when available)")
     ns = p.parse_args(argv)
-    args = WorkerArgs(**{k: v for k, v in vars(ns).items()})
-    if args.epochs < 1 or args.batch_size < 1 or args.threads < 1 or not args.lr > 0:
-        p.error("--epochs, --batch-size, --threads must be >= 1 and --lr > 0")
-    if not 0 < args.confidence_level < 1:
-        p.error(f"--confidence-level {args.confidence_level!r}: must be in (0, 1)")
-    if (args.init_version is None) != (args.registry is None):
-        p.error("--registry and --init-version go together")
-    if args.candidate is not None and args.init_version is None:
-        p.error("--candidate needs --registry and --init-version (the model to validate it against)")
+    try:
+        args = WorkerArgs(**vars(ns))
+    except ConfigError as exc:
+        p.error(str(exc))
     if args.flux is not None:
         from ..config import FluxConfig
 

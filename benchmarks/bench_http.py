@@ -1,0 +1,322 @@
+"""HTTP load on one app served three ways, side by side in one run (loopback only, bounded).
+
+The same FastAPI app and model (``benchmarks/http_app.py``) under ``uvicorn --workers 2``:
+bare, with prometheus-fastapi-instrumentator (multiprocess mode, right across the workers),
+and with Vortex's ASGI middleware and routes (``vortex.serving``, the model called through the
+worker's ``infer``). The load comes from wrk in a separate process (``-t1``, a fixed number of
+connections, each request a 64-feature JSON body); the variants take turns for ``rounds``
+rounds of ``seconds`` each, so the machine's noise hits them alike. Reported per variant:
+requests/s, p50, p99 (median over the rounds; wrk's own latency record, which includes
+queueing), failures (non-2xx, socket errors and timeouts), and each figure as a ratio to the
+bare app. Goals (issue 14): Vortex >= 0.97x the bare app's throughput and >= the
+instrumentator's, p50 and p99 <= 1.05x bare.
+
+uvicorn runs with uvloop and httptools (``uvicorn[standard]``, what it is deployed with). Its
+pure-Python default (asyncio + h11) answers every keep-alive request ~40 ms late under
+``--workers``: ``Config.bind_socket`` creates the listener with protocol 0, accepted sockets
+inherit it, asyncio sets ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets, and the response's
+second write waits for the client's delayed ACK (Nagle; uvicorn issue Kludex/uvicorn#3149).
+Measured here: 22 req/s on one connection instead of 2,000.
+
+Run it alone: ``python benchmarks/bench_http.py --rounds 5 --seconds 5``; under pytest
+(``pytest benchmarks/bench_http.py --benchmark-only -s``) it runs 5 rounds of 4 s. With
+``--benchmark-disable`` (the test script's smoke pass) one round of 1 s with one worker each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from vortex.shm.location import segment_dir
+
+HERE = Path(__file__).resolve().parent
+FEATURES = [float(i % 17) / 16.0 for i in range(64)]
+CONNECTIONS = 8
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = 'BODY'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\n{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+""".replace("BODY", json.dumps({"features": FEATURES}))
+
+
+def available_variants() -> tuple[list[str], dict[str, str]]:
+    """The variants this machine can run, and why the others are left out."""
+    variants, missing = ["bare"], {}
+    try:
+        import prometheus_fastapi_instrumentator  # noqa: F401
+        variants.append("instrumentator")
+    except ImportError:
+        missing["instrumentator"] = "prometheus-fastapi-instrumentator is not installed"
+    variants.append("vortex")
+    return variants, missing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(variant: str, workers: int = 2) -> Iterator[tuple[int, Callable[[], None], str]]:
+    """``uvicorn --workers`` starting to serve the app as ``variant`` on a loopback port:
+    yields the port, a function that waits until the workers answer (start every server first,
+    then wait: they start in parallel) and the Vortex home."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix=f"bench-http-{variant}-") as scratch:
+        env = {**os.environ, "VORTEX_BENCH_VARIANT": variant, "VORTEX_BENCH_HOME": scratch,
+               "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+        if variant == "instrumentator":
+            env["PROMETHEUS_MULTIPROC_DIR"] = scratch
+        log = open(Path(scratch) / "uvicorn.log", "wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "http_app:app", "--app-dir", str(HERE), "--host",
+             "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level",
+             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield port, functools.partial(_wait_ready, proc, port, Path(scratch) / "uvicorn.log"), scratch
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            shutil.rmtree(segment_dir(scratch), ignore_errors=True)  # the workers' segments
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120.0) -> None:
+    """Until both workers answer (a few predictions on fresh connections)."""
+    body = json.dumps({"features": FEATURES}).encode()
+    deadline = time.monotonic() + timeout
+    answered = 0
+    while answered < 10:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not come up: {log.read_text()[-2000:]}")
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body,
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                answered += resp.status == 200
+        except OSError:
+            time.sleep(0.1)
+
+
+def wrk(port: int, seconds: float, script: Path) -> dict:
+    """One wrk run against ``/predict``: its figures (see :data:`WRK_SCRIPT`)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+         "-s", str(script), f"http://127.0.0.1:{port}/predict"],
+        capture_output=True, text=True, timeout=seconds + 60, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    figures["failures"] = sum(figures[k] for k in ("connect", "read", "write", "status", "timeout"))
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    return figures
+
+
+def compare(variants: list[str], rounds: int, seconds: float, warm_up: bool = True,
+            workers: int = 2, swaps: int = 20) -> dict[str, dict]:
+    """Every variant served at once, loaded in turns (order rotated each round); then Vortex
+    idle vs under training and ``swaps`` swaps (:func:`under_swaps`)."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        servers = {v: stack.enter_context(serve(v, workers)) for v in variants}
+        ports = {v: port for v, (port, _, _) in servers.items()}
+        for _, wait_ready, _ in servers.values():
+            wait_ready()
+        for v in variants if warm_up else ():  # first allocations, cold caches
+            wrk(ports[v], 1, script)
+        for r in range(rounds):
+            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+                runs[v].append(wrk(ports[v], seconds, script))
+        results = {v: _summary(rs) for v, rs in runs.items()}
+        if swaps and "vortex" in servers:
+            port, _, home = servers["vortex"]
+            results["vortex"]["under_swaps"] = under_swaps(port, home, rounds, seconds, swaps)
+    return results
+
+
+def _json(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", None if body is None else
+                                 json.dumps(body).encode(), {"Content-Type": "application/json"},
+                                 method=method)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _training_runs(port: int) -> int:
+    control = _json(port, "GET", "/vortex/status").get("control") or {}
+    return int((control.get("training") or {}).get("runs_started", 0))
+
+
+def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -> dict:
+    """Vortex only: wrk idle, then wrk while the control plane trains (feedback keeps coming:
+    predict + ``POST /vortex/feedback`` from a client thread) and an operator swaps the active
+    version (the registry, as ``vortex models swap`` does; every worker follows), alternating
+    for ``rounds`` rounds; ``swaps`` swaps in all."""
+    import threading
+
+    import torch
+
+    from vortex.home import HomeLayout
+    from vortex.training.models import mlp
+    from vortex.training.registry import ModelRegistry
+
+    registry = ModelRegistry(HomeLayout(home).models)
+    deadline = time.monotonic() + 120
+    while registry.active_version is None:  # the control plane registers the initial model
+        if time.monotonic() > deadline:
+            raise RuntimeError("the control plane registered no initial version")
+        time.sleep(0.1)
+    torch.manual_seed(1)
+    versions = [registry.active_version, registry.register(mlp(in_features=64, hidden=128, out_features=10, seed=1))]
+    runs_before = _training_runs(port)
+    swapped: list[int] = []
+
+    def feed(stop: threading.Event) -> None:  # labelled samples: the trainer's runs
+        i = 0
+        while not stop.is_set():
+            rid = _json(port, "POST", "/predict", {"features": FEATURES})["request_id"]
+            _json(port, "POST", "/vortex/feedback", {"request_id": rid, "label": i % 10})
+            i += 1
+            time.sleep(0.005)
+
+    def swap(stop: threading.Event, n: int) -> None:
+        for k in range(n):
+            if stop.wait(seconds / (n + 1)):
+                return
+            registry.set_active(versions[(k + 1) % 2], "bench_http")
+            swapped.append(k)
+
+    idle, busy = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        for r in range(rounds):  # the swaps spread over the rounds
+            idle.append(wrk(port, seconds, script))
+            stop = threading.Event()
+            threads = [threading.Thread(target=feed, args=(stop,)),
+                       threading.Thread(target=swap, args=(stop, swaps // rounds + (r < swaps % rounds)))]
+            for t in threads:
+                t.start()
+            try:
+                busy.append(wrk(port, seconds, script))
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(60)
+    summary = {k: _summary(runs) for k, runs in (("idle", idle), ("busy", busy))}
+    return {**summary, "swaps": len(swapped), "training_runs": _training_runs(port) - runs_before,
+            "p99_busy_x_idle": summary["busy"]["p99_ms"] / summary["idle"]["p99_ms"]}
+
+
+def _summary(runs: list[dict]) -> dict[str, float]:
+    return {"rps": statistics.median(x["rps"] for x in runs),
+            "p50_ms": statistics.median(x["p50_us"] for x in runs) / 1e3,
+            "p99_ms": statistics.median(x["p99_us"] for x in runs) / 1e3,
+            "requests": sum(x["requests"] for x in runs),
+            "failures": sum(x["failures"] for x in runs)}
+
+
+def with_ratios(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each variant's figures plus their ratios to the bare app's."""
+    bare = results["bare"]
+    return {v: {**r, **{f"{k}_x_bare": r[k] / bare[k] for k in ("rps", "p50_ms", "p99_ms")}}
+            for v, r in results.items()}
+
+
+def _flat(results: dict) -> dict[str, float]:
+    """``{variant_figure: value}`` (nested dicts joined with ``_``), for ``extra_info``."""
+    out = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            out.update({f"{key}_{k}": v for k, v in _flat(value).items()})
+        else:
+            out[key] = round(value, 4)
+    return out
+
+
+def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str:
+    lines = [(f"{'variant':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
+              f"{'req/s x':>9}{'p50 x':>8}{'p99 x':>8}")]
+    for v, r in results.items():
+        lines.append(f"{v:<16}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                     f"{r['failures']:>4}/{r['requests']:<5}{r['rps_x_bare']:>7.3f}"
+                     f"{r['p50_ms_x_bare']:>8.3f}{r['p99_ms_x_bare']:>8.3f}")
+    lines += [f"{v}: not run ({why})" for v, why in missing.items()]
+    if "vortex" in results:
+        v, i = results["vortex"], results.get("instrumentator")
+        lines.append(f"vortex: throughput {v['rps_x_bare']:.3f}x bare (goal >= 0.97)"
+                     + (f", {v['rps'] / i['rps']:.3f}x instrumentator (goal >= 1)" if i else "")
+                     + f", p50 {v['p50_ms_x_bare']:.3f}x, p99 {v['p99_ms_x_bare']:.3f}x bare "
+                       "(goal <= 1.05)")
+        u = v.get("under_swaps")
+        if u:
+            lines.append(f"vortex under {u['training_runs']} training runs and {u['swaps']} swaps: "
+                         f"p99 {u['busy']['p99_ms']:.2f} ms vs {u['idle']['p99_ms']:.2f} ms idle = "
+                         f"{u['p99_busy_x_idle']:.3f}x (goal <= 1.5), failed "
+                         f"{u['busy']['failures']}/{u['busy']['requests']} (goal 0)")
+    return "\n".join(lines)
+
+
+def test_http_load_side_by_side(benchmark, request):
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is missing: apt-get install wrk (scripts/_venv.sh does where it runs as root)")
+    for module in ("uvicorn", "uvloop", "httptools", "fastapi"):
+        pytest.importorskip(module, reason=f"{module} is missing (the test extra installs it)")
+    quick = bool(request.config.getoption("benchmark_disable", False))
+    variants, missing = available_variants()
+    benchmark.group = "http: uvicorn --workers 2"
+    benchmark.extra_info["subject"] = "vortex"
+    results: dict = {}
+    benchmark.pedantic(lambda: results.update(with_ratios(
+        compare(variants, rounds=1 if quick else 5, seconds=1 if quick else 4, warm_up=not quick,
+                workers=1 if quick else 2, swaps=4 if quick else 20))),
+        rounds=1, iterations=1)
+    print("\n" + render(results, missing))
+    benchmark.extra_info.update(_flat(results))
+    for v, r in results.items():
+        assert r["requests"] > 0 and r["failures"] == 0, (v, r)
+    swaps = results["vortex"]["under_swaps"]
+    assert swaps["busy"]["failures"] == 0 and swaps["swaps"] == (4 if quick else 20), swaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--swaps", type=int, default=20)
+    args = parser.parse_args()
+    variants, missing = available_variants()
+    print(render(with_ratios(compare(variants, args.rounds, args.seconds, swaps=args.swaps)), missing))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The FastAPI app that benchmarks/bench_http.py serves under ``uvicorn --workers 2``.
+
+One app, one model (an MLP for 8x8 digits: 64 features, 10 classes), ``POST /predict`` with
+``{"features": [64 numbers]}``. ``VORTEX_BENCH_VARIANT`` picks what wraps it:
+
+* ``bare``: nothing;
+* ``instrumentator``: prometheus-fastapi-instrumentator, as its README deploys it with several
+  workers (``PROMETHEUS_MULTIPROC_DIR`` set by the harness, so its ``/metrics`` is right across
+  the workers, as Vortex's is);
+* ``vortex``: Vortex's ASGI middleware and routes (``vortex.serving``), the model served through
+  the worker's ``infer`` (model slot, request id, feedback ring, shared-memory segment), every
+  worker standing by for the control plane of ``VORTEX_BENCH_HOME`` (one of them holds it: the
+  runtime detector over every worker's records, and background training).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from vortex.training.models import mlp
+
+VARIANT = os.environ.get("VORTEX_BENCH_VARIANT", "bare")
+FEATURES = 64
+MODEL_KWARGS = {"in_features": FEATURES, "hidden": 128, "out_features": 10, "seed": 0}
+
+torch.set_num_threads(1)  # two workers on two cores: one thread each
+model = mlp(**MODEL_KWARGS).eval()
+
+
+class Features(BaseModel):
+    features: list[float]
+
+
+if VARIANT in ("bare", "instrumentator"):
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(body: Features) -> dict:
+        x = torch.from_numpy(np.asarray(body.features, dtype=np.float32))[None]  # as Vortex converts
+        with torch.inference_mode():
+            probs = torch.softmax(model(x), dim=1)[0]
+        confidence, label = probs.max(dim=0)
+        return {"label": int(label), "confidence": float(confidence)}
+
+    if VARIANT == "instrumentator":
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        Instrumentator().instrument(app).expose(app)
+
+elif VARIANT == "vortex":
+    from vortex import BackgroundTrainingConfig
+    from vortex.serving import (
+        ServiceSpec,
+        VortexMiddleware,
+        VortexService,
+        lifespan,
+        vortex_app,
+    )
+
+    def configure(orch) -> None:
+        # the control plane: the detector over every worker's records, and a training run as
+        # soon as 64 labelled samples came in (bench_http's training phase sends them)
+        orch.with_runtime_detector()
+        orch.with_background_trainer(BackgroundTrainingConfig(
+            min_samples_for_training=64, training_interval_secs=1.0, num_epochs=2, batch_size=32))
+
+    SPEC = ServiceSpec(home=os.environ["VORTEX_BENCH_HOME"], model_factory="vortex.training.models:mlp",
+                       feature_dim=FEATURES, n_classes=10, initial_model=lambda: model,
+                       configure=configure, factory_kwargs=MODEL_KWARGS)
+    service = VortexService(SPEC)
+    app = FastAPI(lifespan=lifespan(service))
+    app.add_middleware(VortexMiddleware, service=service)
+    app.mount("/vortex", vortex_app(service))
+
+    @app.post("/predict")
+    async def predict(body: Features) -> dict:
+        p = service.running.infer(np.asarray(body.features, dtype=np.float32))
+        return {"label": p.output, "confidence": p.confidence, "request_id": p.request_id}
+
+else:
+    raise ValueError(f"VORTEX_BENCH_VARIANT={VARIANT!r} must be 'bare', 'instrumentator' or 'vortex'")

@@ -1,0 +1,50 @@
+"""Serving a model from several worker processes with one control plane per home.
+
+* :class:`ServiceSpec` (:mod:`.spec`): what every process of the service builds from.
+* :class:`ServingWorker` (:mod:`.worker`): serves, records into its shared-memory segment,
+  takes feedback for requests any worker answered; follows the registry and the tunables.
+* :class:`ControlPlane`, :class:`ControlStandby`, :class:`ControlLock` (:mod:`.control`): the
+  one process per home that runs the detector, RSI and training over every worker's data;
+  ``vortex control`` runs it as a sidecar.
+* :class:`VortexService` (:mod:`.service`): one process's worker and standby.
+* :class:`VortexMiddleware`, :func:`vortex_app`, :func:`lifespan` (:mod:`.asgi`): the ASGI
+  integration. docs/SERVING.md explains the whole.
+
+Names are resolved lazily: importing this package loads neither NumPy nor Starlette.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "ServiceSpec": "vortex.serving.spec",
+    "load_spec": "vortex.serving.spec",
+    "ServingWorker": "vortex.serving.worker",
+    "current_request": "vortex.serving.worker",
+    "ControlPlane": "vortex.serving.control",
+    "ControlStandby": "vortex.serving.control",
+    "ControlLock": "vortex.serving.control",
+    "run_control": "vortex.serving.control",
+    "VortexService": "vortex.serving.service",
+    "VortexMiddleware": "vortex.serving.asgi",
+    "vortex_app": "vortex.serving.asgi",
+    "lifespan": "vortex.serving.asgi",
+    "fleet_exposition": "vortex.serving.metrics",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vortex.serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

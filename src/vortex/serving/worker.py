@@ -1,0 +1,253 @@
+"""The serving worker: :class:`ServingWorker` serves and records, nothing else.
+
+It answers from its :class:`~vortex.training.ModelSlot` (through the request path of a bare
+:class:`vortex.Orchestrator`: no detector, trainer or RSI engine attached), records each
+request into its own shared-memory segment (:class:`vortex.shm.WorkerSegment`) and keeps what
+the request's feedback needs in its pending ring (:mod:`vortex.serving.pending`). A
+background thread follows the registry's active version (written by the control plane) and
+the tunables file follows itself on read. Nothing on its request path trains, runs RSI or
+writes the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
+
+from .._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
+from ..home import HomeLayout
+from .pending import PendingFinder, PendingRing
+from .spec import ServiceSpec
+
+__all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request", "mint_request_id"]
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclasses.dataclass
+class RequestContext:
+    """The HTTP request being served (set by :class:`vortex.serving.asgi.VortexMiddleware`).
+
+    Attributes
+    ----------
+    request_id
+        Its ``X-Request-ID`` (minted when the client sent none).
+    confidence
+        Set by :meth:`ServingWorker.infer`: the middleware then records the request, timed
+        from its first byte to its last, instead of ``infer``.
+    """
+
+    request_id: str
+    confidence: float | None = None
+
+
+current_request: ContextVar[RequestContext | None] = ContextVar("vortex_request", default=None)
+
+MAX_REQUEST_ID = 200
+"""Longest request id accepted (characters)."""
+
+
+def mint_request_id() -> str:
+    """A new, unique request id."""
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id: Any) -> str:
+    """``request_id`` if it is a usable id; ValueError naming it otherwise."""
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID \
+            or not request_id.isprintable():
+        raise ValueError(f"request_id={request_id!r}: must be a printable string of 1.."
+                         f"{MAX_REQUEST_ID} characters")
+    return request_id
+
+
+class ServingWorker:
+    """One serving process of a :class:`~vortex.serving.ServiceSpec` (create it after the fork).
+
+    Parameters
+    ----------
+    spec
+        The service.
+    follow_interval
+        Seconds between two checks of the registry's active version.
+    """
+
+    def __init__(self, spec: ServiceSpec, *, follow_interval: float = 0.1) -> None:
+        from ..orchestrator import Orchestrator
+
+        self.spec = spec
+        self.layout = HomeLayout(os.path.abspath(spec.home))
+        self.follow_interval = follow_interval
+        self._registry: Any = None
+        loaded = self._load_active(None)
+        version, model = loaded if loaded is not None else (None, spec.build_initial_model())
+        # Its own pending table is not used for feedback (the pending ring is, from any
+        # worker): keep it small.
+        self.orchestrator = Orchestrator(model, spec.model_factory, self.layout.root,
+                                         feature_dim=spec.feature_dim, modes=spec.modes,
+                                         task=spec.task, factory_kwargs=spec.factory_kwargs,
+                                         pending_capacity=64)
+        self._slot = self.orchestrator._slot  # the slot its request path reads
+        if version is not None:  # the same model, now with its registry version
+            self._slot.swap(model, version)
+        self.tunables = None
+        if spec.tunables is not None:
+            from ..tunables import Tunables
+
+            self.tunables = Tunables(spec.tunables, check_interval=0.1)
+        self.segment: Any = None
+        self._ring: PendingRing | None = None
+        self._finder = PendingFinder(self.layout.root, spec.feedback_ttl_secs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.follow_errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Create this process's segment and pending ring; start following the registry."""
+        from ..shm import WorkerSegment
+
+        label = "int64" if self.spec.n_classes else "float32"
+        self.segment = WorkerSegment.create(self.layout.root, self.spec.feature_dim, label_dtype=label)
+        self._ring = PendingRing(self.layout.root, self.spec.feature_dim, self.spec.n_classes)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="vortex-follow", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following; close the segment (read to its end by the control plane) and the
+        pending ring (its requests stay answerable by the other workers until their ttl).
+        Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self.segment is not None:
+            self.segment.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self.orchestrator.close()
+
+    # ------------------------------------------------------------------ following
+    def _load_active(self, served: int | None) -> tuple[int, Any] | None:
+        """``(version, model)`` of the registry's active version, or None if there is none
+        or it is ``served``."""
+        if self._registry is None:
+            if not os.path.isdir(self.layout.models):
+                return None
+            from ..training.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.layout.models)
+        active = self._registry.active_version
+        if active is None or active == served:
+            return None
+        from ..training.models import build_model
+
+        model = build_model(self.spec.model_factory, dict(self.spec.factory_kwargs))
+        model.load_state_dict(self._registry.load(active))
+        return active, model
+
+    def follow_once(self) -> int | None:
+        """Serve the registry's active version if it changed; returns the version now served."""
+        loaded = self._load_active(self._slot.version)
+        if loaded is not None:
+            version, model = loaded
+            import torch
+
+            from ..training.slot import prepare_model
+
+            self._slot.swap(prepare_model(model, torch.zeros(1, self.spec.feature_dim)), version,
+                            prepared=True)
+        return self._slot.version
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.follow_interval):
+            try:
+                self.follow_once()
+            except Exception:  # a damaged or half-written version: keep serving, retry
+                self.follow_errors += 1
+                log.exception("following the registry's active version failed")
+
+    # ------------------------------------------------------------------ request path
+    def infer(self, x: Any, mode: str = "fast") -> Any:
+        """Answer ``x`` (as :meth:`vortex.Orchestrator.infer`); the returned prediction's
+        ``request_id`` is the HTTP request's id (:data:`current_request`; minted outside an
+        HTTP request), which :meth:`feedback` on any worker of the home accepts."""
+        ring = self._ring
+        if ring is None:
+            raise RuntimeError("ServingWorker.infer() before start()")
+        context = current_request.get()
+        prediction = self.orchestrator.infer(x, mode)
+        if context is None:
+            request_id = mint_request_id()
+            self.segment.record_sample(prediction.latency_ms, prediction.confidence)
+        else:  # the middleware records it when the response is sent
+            request_id = context.request_id
+            context.confidence = prediction.confidence
+        features = np.asarray(x, dtype=np.float32).reshape(-1)  # validated by infer
+        output = float(prediction.output)
+        ring.add(request_id, features, prediction.model_version, prediction.confidence,
+                output, prediction.probabilities)
+        # the HTTP request id (a string) where the orchestrator has its own counter's
+        return dataclasses.replace(prediction, request_id=request_id)  # type: ignore[arg-type]
+
+    def feedback(self, request_id: Any, label: Any, *, episode: Any = 0) -> float:
+        """Record the ground truth of a request answered by any worker of the home; returns
+        its prediction error (as :meth:`vortex.Orchestrator.feedback`). Once it returns, the
+        labelled sample is in this worker's segment: the control plane gets it even if this
+        process dies the next instant.
+
+        Raises
+        ------
+        UnknownRequestError
+            Unknown, evicted, expired, or answered already (by this worker).
+        ValueError
+            A bad ``request_id``, ``label`` or ``episode``, naming it; nothing is recorded and
+            a corrected feedback may follow.
+        """
+        request_id = check_request_id(request_id)
+        if type(episode) is not int or not INT64_MIN <= episode <= INT64_MAX:
+            episode = as_index(episode, "episode")
+        entry = self._finder.take(request_id)
+        try:
+            if self.spec.n_classes:
+                label = as_class_label(label, self.spec.n_classes)
+                error = 1.0 - float(entry.probabilities[label])
+            else:
+                label = as_real(label, "label", "must be a finite number")
+                if not math.isfinite(label):
+                    raise ValueError(f"label={label!r}: must be a finite number")
+                error = min(1.0, abs(entry.output - label))
+            self.segment.push(entry.features, label, confidence=entry.confidence, error=error,
+                              episode=episode)
+        except BaseException:
+            self._finder.give_back(request_id)
+            raise
+        return error
+
+    # ------------------------------------------------------------------ status
+    def serving_log(self) -> list[dict[str, Any]]:
+        """The registry's swaps and rollbacks, oldest first (empty before the first)."""
+        return self._registry.serving_log() if self._registry is not None else []
+
+    def status(self) -> dict[str, Any]:
+        """What this worker serves and has recorded."""
+        seg = self.segment
+        return {
+            "pid": os.getpid(),
+            "model_version": self._slot.version,
+            "swapped_at": self._slot.swapped_at,
+            "tunables": dict(self.tunables.values()) if self.tunables is not None else {},
+            "records": seg.records if seg is not None and not seg.closed else None,
+            "samples": seg.samples if seg is not None and not seg.closed else None,
+            "follow_errors": self.follow_errors,
+        }
