@@ -2,8 +2,8 @@
 
 A copy of ``examples/sample_service`` is served in this process through a hot-reloading
 ``vortex.tunables.Tunables``. The demo asks for a thorough mode 25 % faster than it measures and
-for a mean confidence of at least 0.7; the engine detects both weaknesses from the served
-figures, proposes tunable changes (the temperature is fitted on the served logits and their
+for a mean confidence of at least 0.7; a runtime detector records the served requests and its
+rules find both weaknesses, the engine proposes tunable changes (the temperature is fitted on the served logits and their
 labels), tests each in the sandbox (tests + interleaved benchmark), applies the ones that pass
 and the service, still running, is measured again. It ends with a checklist of the stages it
 shows (weakness detected, proposal tested in isolation, patch applied, its effect on the served
@@ -25,8 +25,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def serve(service, engine, x, y, n: int):  # type: ignore[no-untyped-def]
-    """Serve n thorough requests; returns the figures a performance tracker would report."""
+def serve(service, engine, detector, x, y, n: int):  # type: ignore[no-untyped-def]
+    """Serve n thorough requests, recorded by the detector and the engine's watch; returns the
+    figures a performance tracker would report."""
     import numpy as np
 
     lat, conf, logits = [], [], []
@@ -39,6 +40,7 @@ def serve(service, engine, x, y, n: int):  # type: ignore[no-untyped-def]
         lat.append(ms)
         conf.append(float(p.max()))
         logits.append(z)
+        detector.record_sample(ms, float(p.max()))
         engine.observe(latency_ms=ms, confidence=float(p.max()))
     return {"total": n, "error_rate": None,
             "modes": {"thorough": {"count": n, "mean_latency_ms": float(np.mean(lat)),
@@ -121,22 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     n = 150 if args.quick else 400
 
     figures: dict = {}
+    detector = vortex.RuntimeDetector()
     engine = RSIEngine(
         target, os.path.join(work, "home"),
         vortex.RSIConfig(enabled=True, min_inferences_before_rsi=50, watch_requests=n // 2,
                          benchmark_repeats=6 if args.quick else 9),
-        metrics=lambda: {k: v for k, v in figures.items() if not k.startswith("_")},
+        weakness_source=lambda: (detector.total_samples, detector.assess()),
         calibration_data=lambda: (figures["_logits"], figures["_labels"]),
         tunables=[tunables])
 
     for row in x[:50]:  # warm up, so "before" is not measured cold
         service.predict(row, "thorough")
-    figures.update(serve(service, engine, x, y, n))
+    figures.update(serve(service, engine, detector, x, y, n))
     before = figures["modes"]["thorough"]
-    # the service's objectives: a 25 % faster thorough mode, mean confidence >= 0.7
-    engine.config = vortex.RSIConfig(**{**vortex.config.as_dict(engine.config),
-                                        "max_thorough_time_ms": before["mean_latency_ms"] * 0.75,
-                                        "min_confidence_threshold": 0.7})
+    # the service's objectives: a thorough mode 25 % faster than its median, mean confidence >= 0.7
+    detector.update_config(vortex.RuntimeDetectorConfig(
+        latency_spike_threshold_ms=before["p50_latency_ms"] * 0.75, confidence_low_threshold=0.7))
     print(f"before: thorough latency mean {before['mean_latency_ms']:.4f} ms "
           f"(median {before['p50_latency_ms']:.4f} ms), "
           f"mean confidence {before['mean_confidence']:.3f}, tunables {tunables.values()}")
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{tr.get('metric')} better by {tr.get('performance_delta') or 0:+.1%} "
               f"(95% CI {lo:+.1%} .. {hi:+.1%})")
 
-    figures.update(serve(service, engine, x, y, n))  # the same service object, reloaded tunables
+    figures.update(serve(service, engine, detector, x, y, n))  # the same service object, reloaded tunables
     after = figures["modes"]["thorough"]
     print(f"after:  thorough latency mean {after['mean_latency_ms']:.4f} ms "
           f"(median {after['p50_latency_ms']:.4f} ms), "

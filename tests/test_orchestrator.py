@@ -13,6 +13,7 @@ import torch
 import vortex
 from vortex import (BackgroundTrainingConfig, Orchestrator, RSIConfig, RuntimeDetectorConfig,
                     WeaknessType)
+from vortex.changes import OBSERVED
 from vortex.errors import ConfigError, UnknownRequestError, VortexError
 from vortex.training.models import mlp
 
@@ -421,7 +422,7 @@ def test_pending_table_under_threads_answers_each_request_exactly_once(tmp_path)
 
 
 def test_pending_table_stays_bounded_when_ids_are_stored_after_their_eviction():
-    from vortex.orchestrator import _PendingTable
+    from vortex.pending import PendingTable as _PendingTable
 
     table = _PendingTable(capacity=4, ttl_secs=60)
     item = (None, None, (1.0,), 0, 1.0, "fast", None, time.perf_counter())
@@ -442,11 +443,11 @@ def test_rsi_engine_observations_are_skipped_only_without_a_watch(tmp_path):
     with make_orch(tmp_path).with_self_modification(tree, RSIConfig(watch_requests=0)) as o:
         assert not o.rsi.needs_observations
         o.feedback(o.infer(np.zeros(4)).request_id, 0)
-        assert all(len(d) == 0 for d in o.rsi._recent.values())
+        assert all(o.changes.recent(m, 10) == [] for m in OBSERVED)
         o.enable_rsi(RSIConfig(watch_requests=5))
         assert o.rsi.needs_observations
         o.feedback(o.infer(np.zeros(4)).request_id, 0)
-        assert [len(o.rsi._recent[m]) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
+        assert [len(o.changes.recent(m, 10)) for m in ("latency_ms", "confidence", "error")] == [1, 1, 1]
 
 
 def test_patches_and_swaps_share_one_change_board_audited_in_the_home(tmp_path):
@@ -459,8 +460,8 @@ def test_patches_and_swaps_share_one_change_board_audited_in_the_home(tmp_path):
         assert o.rsi.changes is o.changes and o.trainer.changes is o.changes
         p = o.infer(np.zeros(4, np.float32))
         o.feedback(p.request_id, 1)
-        assert list(o.rsi._recent["nll"]) == [pytest.approx(-math.log(p.probabilities[1]))]
-        assert list(o.rsi._recent["misclassified"]) == [float(p.output != 1)]
+        assert o.changes.recent("nll", 10) == [pytest.approx(-math.log(p.probabilities[1]))]
+        assert o.changes.recent("misclassified", 10) == [float(p.output != 1)]
         o.changes.subscribe(lambda change: "a stand-in watch")  # as if a watch were running
         o.swap_to_version(1, reason="ops")
         ended = [e["data"] for e in o.rsi.audit.entries() if e["event"] == "watch_superseded"]
@@ -522,3 +523,36 @@ def test_scheduled_cleanup_removes_old_versions_but_never_the_active_one(tmp_pat
         assert wait_for(lambda: len(o.get_model_versions()) == 1, timeout=30)
         assert [v["version"] for v in o.get_model_versions()] == [1]  # the active one stays
         assert o.current_model_version() == 1
+
+
+def test_a_detector_trigger_reaches_a_cycle_through_one_queue_and_one_thread(tmp_path):
+    """Issue 13: a trigger crossed two queues and two threads named vortex-rsi-trigger (the
+    orchestrator's, then the engine's). Now the monitor thread hands it to the engine's
+    scheduler, whose one thread runs the cycle; triggers arriving meanwhile are merged."""
+    import threading
+
+    from vortex.monitor import RSITriggerEvent, Weakness
+
+    tree = tmp_path / "service"
+    shutil.copytree(DIGITS_SERVICE, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    with (make_orch(tmp_path).with_runtime_detector()
+          .with_self_modification(tree, RSIConfig(enabled=True))) as o:
+        release, cycles = threading.Event(), []
+
+        def cycle(weaknesses=None):  # stands in for a cycle that takes its time
+            cycles.append([w.type for w in weaknesses or ()])
+            release.wait(30)
+
+        o.rsi.scheduler._cycle = cycle
+        event = RSITriggerEvent((Weakness(WeaknessType.CONFIDENCE_LOW, 0.5, "low", time.time(),
+                                          0.4, 0.6, 20),))
+        for subscriber in o.detector._subscribers:  # as the monitor thread delivers it
+            subscriber(event)
+        assert wait_for(lambda: len(cycles) == 1, timeout=10)
+        o.detector._subscribers[0](event)
+        o.detector._subscribers[0](event)  # both merged into the one next cycle
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("vortex-rsi-trigger") == 1
+        release.set()
+        assert o.rsi.wait_idle(10)
+        assert cycles == [[WeaknessType.CONFIDENCE_LOW], [WeaknessType.CONFIDENCE_LOW] * 2]

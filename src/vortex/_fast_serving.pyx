@@ -175,7 +175,7 @@ cdef object _build(object cls, tuple names, tuple values):
 
 
 def pending_add(table, tuple item):
-    """``table.add(item)`` of ``vortex.orchestrator._PendingTable`` (see there)."""
+    """``table.add(item)`` of ``vortex.pending.PendingTable`` (see there)."""
     return _pending_add(table._items, table._ids, table.capacity, table._sweep_above, table._sweep,
                         item)
 
@@ -211,7 +211,7 @@ cdef class RequestPath:
     cdef dict items
     cdef object ids, sweep
     cdef Py_ssize_t capacity, sweep_above
-    cdef object slot, record_request, tracker, rsi
+    cdef object slot, record_request, tracker, changes
     cdef dict recorders
 
     def __init__(self, general, pending, prediction, tuple names, dict modes, Py_ssize_t dim,
@@ -224,12 +224,13 @@ cdef class RequestPath:
         self.capacity, self.sweep_above = pending.capacity, pending._sweep_above
         self.recorders = {}
 
-    def wire(self, slot, detector, tracker, rsi):
-        """Serve from ``slot``; record into ``detector`` (or None), ``tracker`` and ``rsi``'s
-        observations (or None)."""
+    def wire(self, slot, detector, tracker, changes):
+        """Serve from ``slot``; record into ``detector`` (or None), ``tracker`` and the change
+        board ``changes`` (:class:`vortex.changes.ChangeBoard`, or None), which feeds the watch
+        after an apply or a swap."""
         self.slot = slot
         self.record_request = None if detector is None else detector.record_request
-        self.tracker, self.rsi = tracker, rsi
+        self.tracker, self.changes = tracker, changes
         self.recorders = {}
 
     def infer(self, x, mode):
@@ -263,9 +264,9 @@ cdef class RequestPath:
         if record is None:
             record = self.recorders[mode] = self.tracker.recorder(mode)
         record(latency_ms, confidence)
-        rsi = self.rsi
-        if rsi is not None and rsi.needs_observations:
-            rsi.observe(latency_ms=latency_ms, confidence=confidence)
+        changes = self.changes
+        if changes is not None:
+            changes.answered(version, latency_ms, confidence)
         request_id = _pending_add(self.items, self.ids, self.capacity, self.sweep_above, self.sweep,
                                   (detector_id, features, probs, output, confidence, mode, version, end))
         return _build(self.prediction, self.names,

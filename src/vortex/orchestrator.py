@@ -18,34 +18,41 @@ model slot, calls the model and records into the compiled metric window, tracker
 ring. Everything slow (analysis, sandboxed tests, training) runs on background threads and
 processes, and is wired here through callbacks:
 
-* detector trigger -> RSI engine cycle (on the orchestrator's RSI thread, not the monitor's),
+* detector trigger -> RSI engine cycle (handed to the engine's scheduler, which runs it on its
+  trigger thread, not the monitor's),
 * applied proposal -> training run with ``TrainingTrigger.RSI_TRIGGERED`` and its reason,
-* feedback -> error metric, training sample, flux-position outcome, post-swap/apply watches.
+* answered request and feedback -> the change board (:mod:`vortex.changes`): the one signal
+  path to the watch after an apply or a swap, observed once per event,
+* feedback -> error metric, training sample, flux-position outcome.
+
+Over 300 lines: the request path's general cases (feature validation, the softmax fallback,
+the feedback's checks) are the compiled path's other half and stay beside its wiring. The
+reporting and pass-throughs live in :mod:`vortex.facade`, the pending table in
+:mod:`vortex.pending`.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 import math
 import os
-import queue
 import reprlib
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from . import degraded
-from ._fast_serving import RequestPath, pending_add
+from ._fast_serving import RequestPath
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
 from .changes import ChangeBoard
-from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig, as_dict
-from .errors import ConfigError, UnknownRequestError, VortexError
+from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig
+from .errors import ConfigError, VortexError
+from .facade import ComponentAccess, SystemStatus
+from .pending import PendingTable
 
 __all__ = ["Orchestrator", "Prediction", "SystemStatus"]
 
@@ -93,82 +100,6 @@ class Prediction:
     latency_ms: float
 
 
-class _PendingTable:
-    """Bounded, expiring map of request id -> what feedback needs; it hands out the ids.
-
-    Lock-free, and safe from any number of threads, because every mutation is one call that the
-    GIL makes atomic (and that free-threaded CPython guards with the dict's own lock):
-    ``next()`` on an ``itertools.count``, ``dict.__setitem__`` and ``dict.pop`` with int keys
-    (their hash and equality run no Python code). Ids are consecutive, so storing id ``k``
-    evicts id ``k - capacity``: the table keeps the newest ``capacity`` requests, and a
-    feedback either pops its entry or finds nothing (answered, evicted or never issued), never
-    both for two threads. A thread preempted between taking an id and storing it can store
-    an id that was already due for eviction; :meth:`_sweep` (rare, under a lock) drops those
-    once the table has grown ``capacity // 8 + 64`` beyond its bound.
-
-    An entry is the tuple ``(detector_id, features, probabilities, output, confidence, mode,
-    model_version, created)``, ``created`` from ``time.perf_counter``.
-    """
-
-    def __init__(self, capacity: int, ttl_secs: float) -> None:
-        self._items: dict[int, tuple] = {}
-        self._ids = itertools.count(1)
-        self._sweep_lock = threading.Lock()
-        self._sweep_above = capacity + capacity // 8 + 64
-        self.capacity = capacity
-        self.ttl_secs = ttl_secs
-
-    def add(self, item: tuple) -> int:
-        """Store ``item`` under the next request id and return that id (compiled: the request
-        path calls the same code directly).
-        """
-        return pending_add(self, item)
-
-    def _sweep(self, newest: int) -> None:
-        with self._sweep_lock:
-            items = self._items
-            for request_id in [k for k in list(items) if k <= newest - self.capacity]:
-                items.pop(request_id, None)
-
-    def peek(self, request_id: int) -> tuple:
-        """The entry of ``request_id``, left in place (so that feedback can check its
-        arguments against it before :meth:`pop` consumes it).
-
-        Raises
-        ------
-        UnknownRequestError
-            No such entry, or it expired (an expired entry is dropped).
-        """
-        item = self._items.get(request_id)
-        if item is None:
-            raise self._unknown(request_id)
-        if time.perf_counter() - item[7] > self.ttl_secs:
-            self._items.pop(request_id, None)
-            raise UnknownRequestError(
-                f"request_id {request_id!r} expired: feedback came more than {self.ttl_secs:g} s "
-                "after the request")
-        return item
-
-    def pop(self, request_id: int) -> tuple:
-        """Remove and return the entry of ``request_id`` (consumes it: call :meth:`peek` first).
-
-        Of several threads popping the same id, exactly one gets the entry; the others get
-        :class:`UnknownRequestError`.
-        """
-        item = self._items.pop(request_id, None)
-        if item is None:
-            raise self._unknown(request_id)
-        return item
-
-    def _unknown(self, request_id: int) -> UnknownRequestError:
-        return UnknownRequestError(
-            f"request_id {request_id!r} is unknown, already answered, or was evicted from the "
-            f"pending table (capacity {self.capacity})")
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 _PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
 _NLL_CAP = -math.log(5e-324)  # the NLL of a label given probability 0 (the smallest double's)
 
@@ -184,58 +115,6 @@ def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
     probs = shifted / shifted.sum()
     cls = int(probs.argmax())
     return cls, float(probs[cls]), tuple(probs.tolist())
-
-
-@dataclass(frozen=True)
-class SystemStatus:
-    """Everything the orchestrator knows, as one value (see :meth:`to_json`).
-
-    ``degraded`` lists the fallbacks this process took because its environment lacks
-    something (component, fallback, cause; see :mod:`vortex.degraded`); ``changes`` the newest
-    changes to what serves and the watches they ended (see :mod:`vortex.changes`).
-    """
-
-    timestamp: float
-    home: str
-    current_model_version: int | None
-    performance: dict[str, Any]
-    runtime: dict[str, Any] | None
-    weaknesses: list[dict[str, Any]]
-    rsi: dict[str, Any] | None
-    proposals: list[dict[str, Any]]
-    training: dict[str, Any] | None
-    model_versions: list[dict[str, Any]]
-    pending_feedback: int
-    degraded: list[dict[str, Any]] = field(default_factory=list)
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), default=_json_default, **kwargs)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "value"):
-        return value.value
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    """A stats object (dataclass with to_dict, or a dict) as plain JSON-ready data."""
-    if value is None:
-        return None
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    return json.loads(json.dumps(value, default=_json_default))
 
 
 def _record_degraded(home: Path, *_: Any) -> None:
@@ -293,7 +172,7 @@ def _check_arguments(model: Any, home: Any, model_factory: Any, feature_dim: Any
     seconds("cleanup_interval_secs", cleanup_interval_secs, MAX_WAIT_SECS)
 
 
-class Orchestrator:
+class Orchestrator(ComponentAccess):
     """Serve a model while Vortex watches, patches and retrains it.
 
     Parameters
@@ -337,7 +216,7 @@ class Orchestrator:
         self.model_factory = model_factory
         self.factory_kwargs = dict(factory_kwargs or {})
         self._modes: dict[str, ModeFn] = {"fast": _fast, **(modes or {})}
-        self._pending = _PendingTable(pending_capacity, pending_ttl_secs)
+        self._pending = PendingTable(pending_capacity, pending_ttl_secs)
 
         from .monitor import PerformanceTracker
 
@@ -366,10 +245,6 @@ class Orchestrator:
             self._classification, functools.partial(guard, True) if guard is not None
             else torch.inference_mode, torch.from_numpy, torch.Tensor, torch.float32,
             torch.strided, time.perf_counter)
-        self._rsi_queue: queue.Queue[Any] = queue.Queue()
-        self._rsi_thread: threading.Thread | None = None
-        self._maintenance_stop = threading.Event()
-        self._maintenance_thread: threading.Thread | None = None
         self._closed = False
         # this process's fallbacks, recorded under the home for `vortex status` (now, which
         # replaces an earlier process's record, and on each new one)
@@ -380,7 +255,7 @@ class Orchestrator:
 
     def _wire(self) -> None:
         """Point the request path at the current components (after each is attached)."""
-        self._path.wire(self._slot, self.detector, self.tracker, self.rsi)
+        self._path.wire(self._slot, self.detector, self.tracker, self.changes)
 
     # ------------------------------------------------------------------ wiring
     @staticmethod
@@ -407,7 +282,8 @@ class Orchestrator:
         if config is not None:
             self._rsi_config = config
         self.rsi = RSIEngine(self._rsi_target, home=self.home, config=self._rsi_config,
-                             metrics=self.rsi_metrics, calibration_data=self._calibration_data,
+                             weakness_source=self.current_weaknesses,
+                             calibration_data=self._calibration_data,
                              on_applied=self._on_proposal_applied, changes=self.changes,
                              **engine_kwargs)
         self.changes.audit = self.rsi.audit.append  # swaps' ended watches too, in the home's trail
@@ -429,7 +305,8 @@ class Orchestrator:
         self.trainer = BackgroundTrainingCoordinator(
             config, model=model, model_factory=self.model_factory, home=self.home,
             feature_dim=self.feature_dim, label_dtype=label_dtype,
-            factory_kwargs=self.factory_kwargs, changes=self.changes)
+            factory_kwargs=self.factory_kwargs, changes=self.changes,
+            cleanup_interval_secs=self.cleanup_interval_secs)
         self._slot = self.trainer.slot
         self._wire()
         return self
@@ -445,14 +322,14 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ lifecycle
     def start_runtime_monitoring(self) -> None:
-        """Start the detector's monitor thread and the RSI worker thread."""
+        """Start the detector's monitor thread, and the RSI engine's scheduled cycles when RSI
+        is enabled.
+        """
         if self.detector is None:
             raise VortexError("no runtime detector: call with_runtime_detector() first")
         self.detector.start()
-        self._ensure_rsi_thread()
         if self.rsi is not None and self._rsi_config.enabled:
             self.rsi.start()
-        self._ensure_maintenance_thread()
 
     def stop_runtime_monitoring(self) -> None:
         if self.detector is not None:
@@ -461,8 +338,7 @@ class Orchestrator:
     def start_background_training(self) -> None:
         if self.trainer is None:
             raise VortexError("no background trainer: call with_background_trainer() first")
-        self.trainer.start()
-        self._ensure_maintenance_thread()
+        self.trainer.start()  # its housekeeping thread runs the scheduled registry cleanup
 
     def close(self) -> None:
         """Stop every thread and process and save the buffered samples. Idempotent."""
@@ -470,18 +346,12 @@ class Orchestrator:
             return
         self._closed = True
         degraded.unsubscribe(self._record_degraded)
-        self._maintenance_stop.set()
         if self.detector is not None:
             self.detector.stop()
-        if self._rsi_thread is not None:
-            self._rsi_queue.put(None)
-            self._rsi_thread.join(timeout=120)
         if self.rsi is not None:
-            self.rsi.stop()
+            self.rsi.stop(timeout=120)  # waits for a triggered cycle
         if self.trainer is not None:
             self.trainer.stop(cancel=True)  # saves the buffer a last time
-        if self._maintenance_thread is not None:
-            self._maintenance_thread.join(timeout=5)
 
     def __enter__(self) -> Orchestrator:
         return self
@@ -604,37 +474,21 @@ class Orchestrator:
         trainer = self.trainer
         if trainer is not None:
             trainer.add_sample(features, label, confidence=confidence, error=error, episode=episode)
-            trainer.observe_live(version, error=error, confidence=confidence)
         self.tracker.record_outcome(request_id, correct)
-        rsi = self.rsi
-        if rsi is not None and rsi.needs_observations:
+        changes = self.changes
+        if changes.needs_observations:
             if self._classification:  # the watch of a calibration judges the NLL it was tested on
                 nll = -math.log(probs[label]) if probs[label] > 0.0 else _NLL_CAP
-            rsi.observe(error=error, correct=correct, nll=nll)
+            changes.labelled(version, error, 0.0 if correct else 1.0, nll, confidence)
         return error
 
     # ------------------------------------------------------------------ RSI wiring
     def _on_trigger(self, event: Any) -> None:
-        # Called on the detector's monitor thread: hand over and return at once.
-        if self.rsi is not None and self._rsi_config.enabled:
-            self._ensure_rsi_thread()
-            self._rsi_queue.put(event)
-
-    def _ensure_rsi_thread(self) -> None:
-        if self._rsi_thread is None or not self._rsi_thread.is_alive():
-            self._rsi_thread = threading.Thread(target=self._rsi_loop, name="vortex-rsi-trigger",
-                                                daemon=True)
-            self._rsi_thread.start()
-
-    def _rsi_loop(self) -> None:
-        while True:
-            event = self._rsi_queue.get()
-            if event is None:
-                return
-            try:
-                self.rsi.on_trigger(event)
-            except Exception:  # a failed cycle must not stop later triggers
-                log.exception("RSI cycle triggered by %s failed", getattr(event, "reason", event))
+        # Called on the detector's monitor thread: the engine's scheduler queues the event and
+        # returns at once (the one hand-off; see vortex.rsi.scheduler).
+        rsi = self.rsi
+        if rsi is not None:
+            rsi.on_trigger(event)
 
     def _on_proposal_applied(self, proposal: Any) -> None:
         if self.trainer is not None:
@@ -643,13 +497,13 @@ class Orchestrator:
             self.trainer.trigger_training(TrainingTrigger.RSI_TRIGGERED,
                                           reason=f"proposal {proposal.id}: {proposal.description}")
 
-    def rsi_metrics(self) -> dict[str, Any]:
-        """The tracker's figures in the form the RSI engine reads, with those of the newest
-        requests (the detector's window, else 1,000): a cycle judges what serves now, not the
-        service's lifetime averages.
+    def current_weaknesses(self) -> tuple[int, list[Any]]:
+        """Requests served and the weaknesses the runtime detector's rules see now
+        (:meth:`~vortex.monitor.RuntimeDetector.assess`; none without a detector): what a
+        scheduled RSI cycle acts on, by the same thresholds as the detector's triggers.
         """
-        window = self.detector.config.window_size if self.detector is not None else 1000
-        return self.tracker.summary(recent=min(window, self.tracker.latency_window))
+        found = self.detector.assess() if self.detector is not None else []
+        return self.tracker.total_inferences, found
 
     def _calibration_data(self) -> tuple[Any, Any] | None:
         """Logits and labels of buffered samples, for temperature fitting (classification)."""
@@ -666,99 +520,3 @@ class Orchestrator:
             logits = model(torch.from_numpy(snap.features)).numpy()
         return logits.astype(np.float64), snap.labels.astype(np.int64)
 
-    def _ensure_maintenance_thread(self) -> None:
-        if self._maintenance_thread is None:
-            self._maintenance_thread = threading.Thread(target=self._maintenance, daemon=True,
-                                                        name="vortex-maintenance")
-            self._maintenance_thread.start()
-
-    def _maintenance(self) -> None:
-        """Periodic checkpoint cleanup (the RSI engine schedules its own cycles)."""
-        while not self._maintenance_stop.wait(self.cleanup_interval_secs):
-            if self.trainer is not None:
-                try:
-                    self.trainer.cleanup()
-                except Exception:
-                    log.exception("scheduled checkpoint cleanup failed")
-
-    # ------------------------------------------------------------------ facade
-    def rsi_cycle(self) -> Any:
-        """Run one RSI cycle now (detect from the tracker, propose, test, apply or queue)."""
-        self._require(self.rsi, "with_self_modification")
-        return self.rsi.rsi_cycle()
-
-    def get_metrics(self) -> dict[str, Any]:
-        return self.tracker.summary()
-
-    def runtime_stats(self) -> Any:
-        return self._require(self.detector, "with_runtime_detector").stats()
-
-    def get_runtime_weaknesses(self, n: int = 10) -> list[Any]:
-        return self._require(self.detector, "with_runtime_detector").get_recent_weaknesses(n)
-
-    def rsi_stats(self) -> Any:
-        return self._require(self.rsi, "with_self_modification").stats()
-
-    def get_proposals(self, status: Any = None) -> list[Any]:
-        return self._require(self.rsi, "with_self_modification").list_proposals(status)
-
-    def approve_proposal(self, proposal_id: str, approver: str) -> Any:
-        return self._require(self.rsi, "with_self_modification").approve_proposal(proposal_id,
-                                                                                  approver=approver)
-
-    def rollback_proposal(self, proposal_id: str, reason: str = "requested") -> Any:
-        return self._require(self.rsi, "with_self_modification").rollback_proposal(proposal_id,
-                                                                                   reason=reason)
-
-    def trigger_training(self, reason: str | None = None) -> bool:
-        from .training import TrainingTrigger
-
-        return self._require(self.trainer, "with_background_trainer").trigger_training(
-            TrainingTrigger.MANUAL, reason=reason)
-
-    def training_stats(self) -> Any:
-        return self._require(self.trainer, "with_background_trainer").stats()
-
-    def get_model_versions(self) -> list[dict[str, Any]]:
-        return self._require(self.trainer, "with_background_trainer").get_model_versions()
-
-    def current_model_version(self) -> int | None:
-        return self._slot.get()[0]
-
-    def swap_to_version(self, version: int, reason: str = "manual") -> None:
-        self._require(self.trainer, "with_background_trainer").swap_to_version(version, reason=reason)
-
-    @staticmethod
-    def _require(component: Any, how: str) -> Any:
-        if component is None:
-            raise VortexError(f"that component is not attached: call {how}() first")
-        return component
-
-    def system_status(self) -> SystemStatus:
-        """Performance, runtime stats and weaknesses, RSI stats and proposals, training stats,
-        model versions and the current model, as one :class:`SystemStatus`.
-        """
-        return SystemStatus(
-            timestamp=time.time(),
-            home=str(self.home),
-            current_model_version=self.current_model_version(),
-            performance=_plain(self.tracker.summary()),
-            runtime=_plain(self.detector.stats()) if self.detector is not None else None,
-            weaknesses=[w.to_dict() for w in self.detector.get_recent_weaknesses(50)]
-            if self.detector is not None else [],
-            rsi=_plain(self.rsi.stats()) if self.rsi is not None else None,
-            proposals=[_plain(p) for p in self.rsi.list_proposals()] if self.rsi is not None else [],
-            training=_plain(self.trainer.stats()) if self.trainer is not None else None,
-            model_versions=_plain(self.trainer.get_model_versions()) if self.trainer is not None else [],
-            pending_feedback=len(self._pending),
-            degraded=[f.to_dict() for f in degraded.active()],
-            changes=self.changes.history(),
-            config={
-                "task": self.task,
-                "feature_dim": self.feature_dim,
-                "modes": sorted(self._modes),
-                "runtime_detector": as_dict(self.detector.config) if self.detector is not None else None,
-                "rsi": as_dict(self._rsi_config),
-                "training": as_dict(self.trainer.config) if self.trainer is not None else None,
-            },
-        )

@@ -16,7 +16,8 @@ from vortex.config import RSIConfig
 from vortex.errors import PatchError, ProposalCorruptError, ProposalStateError, RollbackConflictError
 from vortex.monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from vortex.rsi.diffs import make_diff
-from vortex.rsi.engine import RSIEngine, weaknesses_from_metrics
+from vortex.changes import OBSERVED
+from vortex.rsi.engine import RSIEngine
 from vortex.rsi.proposal import ImprovementProposal, ProposalStatus, RiskLevel
 from vortex.rsi.sandbox import TestResult
 from vortex.rsi.trees import tree_sha256
@@ -31,39 +32,21 @@ def W(kind, severity=0.5):
     return Weakness(WeaknessType(kind), severity, "test", time.time(), 2.0, 1.0, 100)
 
 
-def summary(latency=5.0, confidence=0.9, error_rate=0.0, total=500):
-    return {"total": total, "error_rate": error_rate,
-            "modes": {"fast": {"count": total // 2, "mean_latency_ms": 0.1, "mean_confidence": confidence},
-                      "thorough": {"count": total // 2, "mean_latency_ms": latency,
-                                   "mean_confidence": confidence, "p95_ms": latency * 2}}}
+def source(*kinds, total=500):
+    """A weakness source (what the orchestrator wires to its detector): ``total`` requests
+    served and a weakness of each kind."""
+    return lambda: (total, [W(k, 0.6) for k in kinds])
 
 
 def _tunables(tree):
     return Tunables(os.path.join(tree, "sample_service", "tunables.toml"), check_interval=3600)
 
 
-def test_weaknesses_from_metrics():
-    total, ws = weaknesses_from_metrics(summary(latency=1500, confidence=0.35, error_rate=0.2), RSIConfig())
-    kinds = {w.type: w for w in ws}
-    assert total == 500 and set(kinds) == {WeaknessType.LATENCY_SPIKE, WeaknessType.CONFIDENCE_LOW,
-                                           WeaknessType.PREDICTION_ERROR_SPIKE}
-    assert kinds[WeaknessType.LATENCY_SPIKE].severity == pytest.approx(0.5)
-    assert kinds[WeaknessType.CONFIDENCE_LOW].severity == pytest.approx(0.5)
-    assert weaknesses_from_metrics(summary(latency=10, confidence=0.9, error_rate=None), RSIConfig())[1] == []
-    assert weaknesses_from_metrics({}, RSIConfig()) == (0, [])
-    # the real tracker's keys: total_inferences, success_rate (no error_rate)
-    real = {"total_inferences": 300, "success_rate": 0.8, "modes": {"fast": {"count": 300,
-            "mean_latency_ms": 1.0, "mean_confidence": None}}}
-    total, ws = weaknesses_from_metrics(real, RSIConfig())
-    assert total == 300 and [w.type for w in ws] == [WeaknessType.PREDICTION_ERROR_SPIKE]
-    assert ws[0].metric_value == pytest.approx(0.2)
-
-
 def test_cycle_applies_a_low_risk_improvement_and_reloads(sample_tree, tmp_path):
     tun = _tunables(sample_tree)
     applied = []
     eng = RSIEngine(sample_tree, tmp_path / "home", CFG,
-                    metrics=lambda: summary(latency=CFG.max_thorough_time_ms * 1.6),
+                    weakness_source=source("latency_spike"),
                     on_applied=applied.append, tunables=[tun])
     res = eng.rsi_cycle()
     assert res.skipped_reason is None and res.errors == []
@@ -87,9 +70,9 @@ def test_cycle_applies_a_low_risk_improvement_and_reloads(sample_tree, tmp_path)
 
 
 def test_cycle_skips(sample_tree, tmp_path):
-    eng = RSIEngine(sample_tree, tmp_path / "home", RSIConfig(enabled=False), metrics=summary)
+    eng = RSIEngine(sample_tree, tmp_path / "home", RSIConfig(enabled=False), weakness_source=source())
     assert "disabled" in eng.rsi_cycle().skipped_reason
-    eng = RSIEngine(sample_tree, tmp_path / "home2", CFG, metrics=lambda: summary(total=3))
+    eng = RSIEngine(sample_tree, tmp_path / "home2", CFG, weakness_source=source(total=3))
     assert "3 inferences" in eng.rsi_cycle().skipped_reason
 
 
@@ -176,7 +159,7 @@ def test_watch_passes_an_improvement(sample_tree, tmp_path):
 def test_trigger_and_schedule(sample_tree, tmp_path):
     eng = RSIEngine(sample_tree, tmp_path / "home",
                     RSIConfig(**{**CFG.__dict__, "cycle_interval_secs": 0.05}),
-                    metrics=lambda: summary())
+                    weakness_source=source())
     eng.on_trigger(RSITriggerEvent((W("latency_spike"),)))
     assert eng.wait_idle(120)
     assert eng.list_proposals()[0].status == ProposalStatus.APPLIED
@@ -186,39 +169,46 @@ def test_trigger_and_schedule(sample_tree, tmp_path):
         time.sleep(0.02)
     eng.stop(10)
     n = eng.cycles
-    assert n >= 4 and eng._thread is None
+    assert n >= 4 and eng.scheduler.thread is None
     time.sleep(0.2)
     assert eng.cycles == n  # stopped
     stats = eng.stats()
     assert stats["proposals_by_status"]["applied"] == 1 and stats["proposals"] >= 1
 
 
-def test_cycles_judge_the_newest_requests_not_lifetime_averages(tiny_tree, tmp_path):
-    """A long good past hides a recent drop in all-time means; the cycle must see the drop
-    (and propose for the figure that is, not a stale one)."""
-    from vortex import PerformanceTracker
+def test_scheduled_cycles_see_the_detectors_rules_and_nothing_else(tiny_tree, tmp_path):
+    """One weakness detector: a scheduled cycle acts on what the runtime detector's rules see
+    in the newest window (its thresholds, RuntimeDetectorConfig's), not on a second set of
+    thresholds of its own; asking does not count as a detection or fire a trigger."""
+    from vortex import RuntimeDetector, RuntimeDetectorConfig
 
-    tracker = PerformanceTracker(latency_window=1000)
-    for k in range(3000):
-        tracker.record("fast", 5.0, 0.95)
-        tracker.record_outcome(k, True)
-    for k in range(200):
-        tracker.record("fast", 5.0, 0.40)
-        tracker.record_outcome(k, k % 3 == 0)
-    cfg = RSIConfig(enabled=True, min_inferences_before_rsi=10, max_error_rate=0.2)
-    eng = RSIEngine(tiny_tree, tmp_path / "home", cfg, metrics=lambda: tracker.summary(recent=200))
+    det = RuntimeDetector(RuntimeDetectorConfig(confidence_low_threshold=0.6,
+                                                prediction_error_spike_threshold=0.5),
+                          memory_probe=lambda: 0.1)
+    for _ in range(3000):  # a long good past...
+        det.record_sample(5.0, 0.95, 0.05)
+    for k in range(60):  # ...and a bad window now
+        det.record_sample(5.0, 0.40, 0.8)
+    cfg = RSIConfig(enabled=True, min_inferences_before_rsi=10)
+    eng = RSIEngine(tiny_tree, tmp_path / "home", cfg,
+                    weakness_source=lambda: (det.total_samples, det.assess()))
     total, found = eng.detect()
     kinds = {w.type: w for w in found}
-    assert total == 3200 and set(kinds) == {WeaknessType.CONFIDENCE_LOW, WeaknessType.PREDICTION_ERROR_SPIKE}
+    assert total == 3060 and set(kinds) == {WeaknessType.CONFIDENCE_LOW, WeaknessType.PREDICTION_ERROR_SPIKE}
     low = kinds[WeaknessType.CONFIDENCE_LOW]
-    assert low.metric_value == pytest.approx(0.40) and low.samples_analyzed == 200
-    assert "over the last 200 requests" in low.description
-    err = kinds[WeaknessType.PREDICTION_ERROR_SPIKE]
-    assert err.metric_value == pytest.approx(1 - 67 / 200) and err.samples_analyzed == 200
-    # lifetime averages (what cycles used to read) show nothing wrong at all
-    assert weaknesses_from_metrics(tracker.summary(), cfg)[1] == []
+    assert low.metric_value == pytest.approx(0.40) and low.baseline_value == 0.6
+    assert low.samples_analyzed == det.config.window_size
+    assert kinds[WeaknessType.PREDICTION_ERROR_SPIKE].metric_value == pytest.approx(0.8)
+    stats = det.stats()
+    assert stats.triggers_emitted == 0 and sum(stats.weaknesses_detected.values()) == 0
+    assert det.get_recent_weaknesses() == []
+    # within the detector's thresholds (its confidence threshold lowered): nothing to act on
+    det.update_config(RuntimeDetectorConfig(confidence_low_threshold=0.3,
+                                            prediction_error_spike_threshold=0.9))
+    assert eng.detect() == (3060, [])
+    det.update_config(RuntimeDetectorConfig(confidence_low_threshold=0.6))
     # a weakness handed in by the detector carries the window that raised it: it stands for
-    # its kind even when the summary's is more severe
+    # its kind even when the source's is more severe
     handed = Weakness(WeaknessType.CONFIDENCE_LOW, 0.1, "detector window", time.time(), 0.62, 0.7, 50)
     res = eng.rsi_cycle([handed])
     chosen = {w["type"]: w for w in res.weaknesses}
@@ -259,7 +249,7 @@ def test_a_later_change_ends_the_apply_watch(sample_tree, tmp_path):
     for _ in range(5):
         eng.observe(latency_ms=0.6)
     eng.changes.changed("training", "version 3 swapped in (auto)")  # what a coordinator announces
-    assert eng.watching() is None and all(not d for d in eng._recent.values())
+    assert eng.watching() is None and all(not eng.changes.recent(m, 100) for m in OBSERVED)
     for _ in range(3 * CFG.watch_requests):
         eng.observe(latency_ms=5.0)  # the new model is slower: not the patch's doing
     time.sleep(0.2)
@@ -277,7 +267,8 @@ def test_update_config_and_observe_correct(sample_tree, tmp_path):
         eng.update_config({"enabled": True})
     eng.observe(correct=False)
     eng.observe(correct=True, error=0.25)
-    assert list(eng._recent["error"]) == [1.0, 0.25]
+    assert eng.changes.recent("error", 10) == [1.0, 0.25]
+    assert eng.changes.recent("misclassified", 10) == [1.0, 0.0]
 
 
 def test_restart_finishes_interrupted_states(sample_tree, tmp_path):

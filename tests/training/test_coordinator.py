@@ -176,7 +176,7 @@ def test_a_later_change_ends_the_swap_watch_and_takes_the_blame(tmp_path, digits
     assert c.stats().watching is None
     [(event, fields)] = audited
     assert event == "watch_superseded" and fields["by"] == "rsi"
-    assert "post-swap watch of model version 2 (3 of 10 requests)" in fields["watch"]
+    assert "post-swap watch of model version 2 (error, 3 of 10 requests)" in fields["watch"]
     for _ in range(20):  # the patch's lower confidence: no longer the model's doing
         c.observe_live(2, error=0.4, confidence=0.5)
     assert c.current_model_version() == 2 and c.stats().rollbacks == 0
@@ -392,7 +392,7 @@ def test_a_failed_run_blames_the_rank_that_died_not_the_peers_that_followed(tmp_
     import subprocess
     import sys
 
-    from vortex.training.coordinator import _failure
+    from vortex.training.launcher import _failure
 
     logs = [str(tmp_path / f"worker-{r}.log") for r in range(2)]
     for rank, text in enumerate(["rank 0: Connection reset by peer", "rank 1: epoch 2/400"]):
@@ -468,7 +468,7 @@ def test_a_failing_rollback_never_reaches_the_request_and_is_logged_once(tmp_pat
     def bug(*args, **kwargs):
         raise RuntimeError("a bug in the watch")
 
-    monkeypatch.setattr(c, "_observe", bug)
+    monkeypatch.setattr(c.changes, "observe", bug)
     c.observe_live(2, error=0.0)
     assert c.stats().background_errors == 5 and "a bug" in c.stats().last_background_error
     assert sum("post-swap watch" in r.getMessage() for r in caplog.records) == 2  # once per kind

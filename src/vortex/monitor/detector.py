@@ -2,8 +2,9 @@
 
 :class:`RuntimeDetector` records every request's latency, confidence and (once ground truth
 arrives) prediction error into a C++ metric window, and a monitor thread analyses the window
-every ``monitor_interval_ms``: seven kinds of weakness (see :class:`WeaknessType`), each
-compared with a threshold or with the window's own baseline, a cooldown between triggers, and
+every ``monitor_interval_ms``: the weakness rules of :mod:`vortex.monitor.rules` (one per
+:class:`WeaknessType`), each comparing a figure with a threshold or with the window's own
+baseline, a cooldown between triggers, and
 :class:`RSITriggerEvent` s delivered to subscribers and to :attr:`RuntimeDetector.events`.
 
 Windows: *recent* is the newest 10 samples (for the prediction error: the newest 10 samples
@@ -11,20 +12,21 @@ that have ground truth, since labels arrive for only some requests); *baseline* 
 half of the window once it holds at least 20 samples; an analysis of the samples needs at least
 10 of them. Memory pressure and throughput are process-level figures and are checked on every
 pass.
+
+Over 300 lines: the window's recording API, the analysis pass (cooldown, history, onsets), the
+monitor thread and the stats are one object's state; the checks themselves are the rules'.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
-import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .._fast_metrics import MetricRecorder
@@ -33,6 +35,7 @@ from .._scalars import as_index
 from ..config import RuntimeDetectorConfig
 from ..errors import ConfigError
 from .memory import ProcessMemoryProbe
+from .rules import RULES, Figures
 from .weaknesses import RSITriggerEvent, Weakness, WeaknessType
 
 __all__ = ["DetectorStats", "RuntimeDetector"]
@@ -45,18 +48,13 @@ EVENT_QUEUE_LIMIT = 1000
 """Trigger events kept in :attr:`RuntimeDetector.events`; the oldest is dropped when full."""
 THROUGHPUT_TICKS = 60
 """Per-tick request rates kept; the baseline rate is the mean of all but the last."""
-MIN_BASELINE_TICKS = 3
-"""Earlier ticks needed before a ThroughputDrop can be judged."""
 
-_RECENT = _core.MetricWindow.RECENT
 _MIN_ANALYSIS = _core.MetricWindow.MIN_ANALYSIS
-_BASE_TYPES = (WeaknessType.LATENCY_SPIKE, WeaknessType.CONFIDENCE_DROP,
-                 WeaknessType.CONFIDENCE_LOW, WeaknessType.PREDICTION_ERROR_SPIKE,
-                 WeaknessType.MEMORY_PRESSURE, WeaknessType.THROUGHPUT_DROP)
-
-
-def _clip01(x: float) -> float:
-    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+_WINDOW_RULES = tuple(r for r in RULES if r.stage == "window")
+_PROCESS_RULES = tuple(r for r in RULES if r.stage == "process")
+_ONSET_RULES = tuple(r for r in RULES if r.stage == "onsets")
+# kinds whose onsets are recorded: every kind but those the onset rules raise themselves
+_ONSET_KINDS = tuple(r.kind for r in (*_WINDOW_RULES, *_PROCESS_RULES))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -162,7 +160,7 @@ class RuntimeDetector(MetricRecorder):
         self._counts = {t.value: 0 for t in WeaknessType}
         self._active: frozenset[WeaknessType] = frozenset()
         self._onsets: dict[WeaknessType, deque[float]] = {
-            t: deque(maxlen=HISTORY_LIMIT) for t in _BASE_TYPES}
+            t: deque(maxlen=HISTORY_LIMIT) for t in _ONSET_KINDS}
         self._subscribers: tuple[Callable[[RSITriggerEvent], None], ...] = ()
         self.events = queue.Queue(maxsize=EVENT_QUEUE_LIMIT)
         self._last_trigger_mono: float | None = None
@@ -255,34 +253,22 @@ class RuntimeDetector(MetricRecorder):
     def analyze(self, now: float | None = None) -> list[Weakness]:
         """Run one analysis pass now and return the weaknesses found.
 
-        Updates the history and counters, and emits an :class:`RSITriggerEvent` to
-        subscribers and :attr:`events` when ``auto_trigger_rsi`` is set, weaknesses were found
-        and the cooldown since the previous trigger has elapsed. With ``enabled=False`` it
-        returns ``[]`` and changes nothing.
+        Every rule of :data:`vortex.monitor.rules.RULES` runs over the pass's figures, in the
+        table's order. Updates the history and counters, and emits an :class:`RSITriggerEvent`
+        to subscribers and :attr:`events` when ``auto_trigger_rsi`` is set, weaknesses were
+        found and the cooldown since the previous trigger has elapsed. With ``enabled=False``
+        it returns ``[]`` and changes nothing.
         """
         cfg = self._config
         if not cfg.enabled:
             return []
         now = self._clock() if now is None else now
-        wall = time.time()
-        st = self._stats(cfg.latency_spike_threshold_ms)
-        n = st.size
-        found: list[Weakness] = []
-        if n >= _MIN_ANALYSIS:
-            self._sample_weaknesses(cfg, st, wall, found)
-        memory = self.memory_fraction()
-        if memory > cfg.memory_pressure_threshold:
-            thr = cfg.memory_pressure_threshold
-            found.append(Weakness(
-                WeaknessType.MEMORY_PRESSURE, _clip01((memory - thr) / (1.0 - thr)),
-                f"resident memory is {memory:.2%} of the process's limit "
-                f"(threshold {thr:.2%})", wall, memory, float(thr), n))
+        figures, found = self._evaluate(cfg, now)
         event = None
         with self._lock:
             self._analyses += 1
-            self._throughput_weakness(cfg, wall, n, found)
             if found or self._active:
-                self._pattern_weaknesses(cfg, now, wall, n, found)
+                found.extend(self._onset_weaknesses(cfg, figures, found))
             if found:
                 self._history.extend(found)
                 for w in found:
@@ -290,99 +276,57 @@ class RuntimeDetector(MetricRecorder):
                 if cfg.auto_trigger_rsi and (
                         self._last_trigger_mono is None
                         or now - self._last_trigger_mono >= cfg.trigger_cooldown_secs):
-                    event = RSITriggerEvent(tuple(found), triggered_at=wall)
+                    event = RSITriggerEvent(tuple(found), triggered_at=figures.wall)
                     self._last_trigger_mono = now
-                    self._last_trigger_wall = wall
+                    self._last_trigger_wall = figures.wall
                     self._triggers += 1
             subscribers = self._subscribers
         if event is not None:
             self._deliver(event, subscribers)
         return found
 
-    @staticmethod
-    def _sample_weaknesses(cfg: RuntimeDetectorConfig, st: Any, wall: float,
-                           found: list[Weakness]) -> None:
-        n = st.size
-        rn = st.recent_count
-        over = st.recent_over_threshold
-        if over >= cfg.latency_spike_count:
-            thr = cfg.latency_spike_threshold_ms
-            severity = 0.5 * over / rn + 0.5 * (1.0 - thr / st.recent_over_latency_mean)
-            found.append(Weakness(
-                WeaknessType.LATENCY_SPIKE, _clip01(severity),
-                f"{over} of the last {rn} requests took longer than {thr:g} ms "
-                f"(recent mean {st.recent_latency_mean:.1f} ms, max "
-                f"{st.recent_latency_max:.1f} ms)", wall, st.recent_latency_mean, float(thr), n))
-        recent_conf = st.recent_confidence_mean
-        if st.baseline_count:
-            base_conf = st.baseline_confidence_mean
-            drop = base_conf - recent_conf
-            if drop > cfg.confidence_drop_threshold:
-                found.append(Weakness(
-                    WeaknessType.CONFIDENCE_DROP, _clip01(drop / base_conf),
-                    f"mean confidence fell from {base_conf:.3f} (baseline of "
-                    f"{st.baseline_count} samples) to {recent_conf:.3f} over the last {rn} "
-                    f"(drop {drop:.3f} > {cfg.confidence_drop_threshold:g})",
-                    wall, recent_conf, base_conf, n))
-        thr = cfg.confidence_low_threshold
-        if recent_conf < thr:
-            found.append(Weakness(
-                WeaknessType.CONFIDENCE_LOW, _clip01((thr - recent_conf) / thr),
-                f"mean confidence of the last {rn} requests is {recent_conf:.3f}, below "
-                f"{thr:g}", wall, recent_conf, float(thr), n))
-        if st.recent_error_count:
-            err = st.recent_error_mean
-            thr = cfg.prediction_error_spike_threshold
-            if err > thr:
-                found.append(Weakness(
-                    WeaknessType.PREDICTION_ERROR_SPIKE, _clip01(1.0 - thr / err),
-                    f"mean prediction error of the {st.recent_error_count} most recent requests "
-                    f"with ground truth is {err:.3f}, above {thr:g}", wall, err, float(thr), n))
+    def assess(self) -> list[Weakness]:
+        """The weaknesses the window and the process show now, by the same rules as an
+        analysis pass (:data:`vortex.monitor.rules.RULES`, but the onset rules, which need a
+        pass's history), without counting, recording or triggering anything.
 
-    def _throughput_weakness(self, cfg: RuntimeDetectorConfig, wall: float, n: int,
-                             found: list[Weakness]) -> None:
-        rates = self._rates
-        if len(rates) <= MIN_BASELINE_TICKS:
-            return
-        last = rates[-1]
-        baseline = (sum(rates) - last) / (len(rates) - 1)
-        if baseline <= 0.0:
-            return
-        drop = 1.0 - last / baseline
-        if drop > cfg.throughput_drop_threshold:
-            found.append(Weakness(
-                WeaknessType.THROUGHPUT_DROP, _clip01(drop),
-                f"request rate fell to {last:.1f}/s from a baseline of {baseline:.1f}/s over "
-                f"{len(rates) - 1} ticks ({drop:.0%} drop > "
-                f"{cfg.throughput_drop_threshold:.0%})", wall, last, baseline, n))
+        The RSI engine's scheduled cycles read this: weaknesses come from one detector, with
+        one set of thresholds, whether a trigger or the schedule starts the cycle. ``[]`` with
+        ``enabled=False``.
+        """
+        cfg = self._config
+        return self._evaluate(cfg, self._clock())[1] if cfg.enabled else []
 
-    def _pattern_weaknesses(self, cfg: RuntimeDetectorConfig, now: float, wall: float, n: int,
-                            found: list[Weakness]) -> None:
-        # An occurrence is an onset: a type found now that was not found by the previous pass,
-        # so a weakness persisting over many ticks counts once.
+    def _evaluate(self, cfg: RuntimeDetectorConfig, now: float) -> tuple[Figures, list[Weakness]]:
+        """The figures of this pass, and what the "window" and "process" rules find in them."""
+        st = self._stats(cfg.latency_spike_threshold_ms)
+        with self._lock:
+            rates = tuple(self._rates)
+        figures = Figures(stats=st if st.size >= _MIN_ANALYSIS else None, samples=st.size,
+                          memory_fraction=self.memory_fraction(), rates=rates, wall=time.time(),
+                          now=now)
+        found: list[Weakness] = []
+        for rule in _WINDOW_RULES if figures.stats is not None else ():
+            found.extend(rule.check(figures, cfg))
+        for rule in _PROCESS_RULES:
+            found.extend(rule.check(figures, cfg))
+        return figures, found
+
+    def _onset_weaknesses(self, cfg: RuntimeDetectorConfig, figures: Figures,
+                          found: list[Weakness]) -> list[Weakness]:
+        """Record the onsets of this pass (held lock) and run the "onsets" rules over them.
+
+        An onset is a kind found now that the previous pass did not find, so a weakness
+        persisting over many ticks counts once.
+        """
         active = frozenset(w.type for w in found)
-        onsets = active - self._active
+        new_onsets = active - self._active
         self._active = active
-        for kind in sorted(onsets, key=lambda k: k.value):
-            times = self._onsets[kind]
-            times.append(now)
-            if not cfg.enable_pattern_recognition:
-                continue
-            recent = [t for t in times if now - t <= cfg.pattern_period_secs]
-            if len(recent) < cfg.pattern_min_occurrences:
-                continue
-            intervals = [b - a for a, b in itertools.pairwise(recent)]
-            mean = statistics.fmean(intervals)
-            if mean <= 0.0:
-                continue
-            # regularity: 1 - coefficient of variation of the intervals between onsets
-            score = _clip01(1.0 - statistics.pstdev(intervals) / mean)
-            if score >= cfg.pattern_confidence_threshold:
-                found.append(Weakness(
-                    WeaknessType.RECURRING_PATTERN, score,
-                    f"{kind.value} began {len(recent)} times in the last "
-                    f"{cfg.pattern_period_secs:g} s, every {mean:.1f} s on average "
-                    f"(regularity {score:.2f})", wall, float(len(recent)), mean, n))
+        for kind in new_onsets:
+            self._onsets[kind].append(figures.now)
+        figures = replace(figures, found=tuple(found), onsets=self._onsets,
+                          new_onsets=tuple(new_onsets))
+        return [w for rule in _ONSET_RULES for w in rule.check(figures, cfg)]
 
     # -- events ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ Light to import: NumPy is only loaded by temperature fitting.
 from .apply import Applier
 from .audit import AuditLog, AuditVerification
 from .diffs import FilePatch, Hunk, check_paths, make_diff, parse_diff
-from .engine import RSICycleResult, RSIEngine, weaknesses_from_metrics
+from .engine import RSICycleResult, RSIEngine
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel, TunableMove
 from .proposers import (
                         CommandProposer,
@@ -59,5 +59,4 @@ __all__ = [
                         "paired_interval",
                         "parse_diff",
                         "t_quantile",
-                        "weaknesses_from_metrics",
 ]

@@ -17,6 +17,11 @@ no move blocked) and is re-tested by a later cycle, at most ``max_test_attempts`
 doubling back-off; while it waits, no new proposal is made for its weakness (the proposer would
 only propose the same move again). With no automatic attempt left it stays ``errored`` until a
 person approves (re-tests) or rejects it.
+
+Over 300 lines: the proposal state machine (start-up recovery, propose, test, approve and
+apply, reject, roll back) and the cycle that drives proposals through it share the store, the
+applier's lock and the audit trail. When cycles run is :mod:`vortex.rsi.scheduler`'s job, the
+watch after an apply :mod:`vortex.rsi.post_apply`'s, weaknesses the detector's rules'.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,115 +40,34 @@ from ..changes import ChangeBoard
 from ..config import RSIConfig
 from ..errors import ConfigError, PatchError, ProposalStateError, RSIError, SandboxError, TreeChangedError
 from ..home import HomeLayout
+from ..monitor.rules import RULES
 from ..monitor.weaknesses import RSITriggerEvent, Weakness, WeaknessType
 from ..tunables import Tunables
 from .apply import Applier
 from .audit import AuditLog
+from .post_apply import SERVED_METRIC, PostApplyWatch
 from .proposal import ImprovementProposal, ProposalStatus, ProposalStore, RiskLevel
 from .proposers import OutcomeMemory, Proposer, ProposerContext, default_proposers
 from .risk import assess_risk
 from .sandbox import Sandbox, TestResult
+from .scheduler import CycleScheduler
 from .settings import VortexSettings, load_settings
 from .trees import tree_sha256
 
-__all__ = ["SERVED_METRIC", "WATCHED_METRIC", "RSICycleResult", "RSIEngine", "weaknesses_from_metrics"]
+__all__ = ["SERVED_METRIC", "WATCHED_METRIC", "RSICycleResult", "RSIEngine", "WeaknessSource"]
 
 log = logging.getLogger(__name__)
 
 # per weakness kind: the per-request metric watched after an apply when the benchmark metric
-# it was tested on is not one measured on served requests, and whether lower is better
+# it was tested on is not one measured on served requests, and whether lower is better; each
+# weakness rule declares its own (see vortex.monitor.rules)
 WATCHED_METRIC: dict[str, tuple[str, bool]] = {
-    WeaknessType.LATENCY_SPIKE.value: ("latency_ms", True),
-    WeaknessType.THROUGHPUT_DROP.value: ("latency_ms", True),
-    WeaknessType.MEMORY_PRESSURE.value: ("latency_ms", True),
-    WeaknessType.RECURRING_PATTERN.value: ("latency_ms", True),
-    WeaknessType.CONFIDENCE_LOW.value: ("confidence", False),
-    WeaknessType.CONFIDENCE_DROP.value: ("confidence", False),
-    WeaknessType.PREDICTION_ERROR_SPIKE.value: ("error", True),
-}
+    rule.kind.value: (rule.watched_metric, rule.lower_is_better) for rule in RULES}
 
-# benchmark metrics a served request measures too: benchmark name -> (observed figure, lower
-# is better). The watch judges a change by the metric it was tested on (a calibration tested
-# on its NLL, not on the raw confidence it lowers); see RSIEngine.observe for the figures.
-SERVED_METRIC: dict[str, tuple[str, bool]] = {
-    "nll": ("nll", True),
-    "error_rate": ("misclassified", True),
-    "latency_ms": ("latency_ms", True),
-    "confidence": ("confidence", False),
-}
-
-_OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll")
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x:
-        return None
-    return float(x)
-
-
-def weaknesses_from_metrics(summary: dict[str, Any], config: RSIConfig,
-                            now: float | None = None) -> tuple[int, list[Weakness]]:
-    """Total inferences and the weaknesses a tracker summary shows against ``config``.
-
-    ``summary`` follows ``PerformanceTracker.summary()``: ``{"total_inferences" (or "total"):
-    int, "modes": {mode: {"count", "mean_latency_ms", "mean_confidence", ...}}, "error_rate":
-    float | None}``; without ``error_rate``, ``1 - success_rate`` (share of outcomes that were
-    right) is used. Missing or None figures are skipped (no ground truth yet: no error rate).
-    The figures of the newest requests (``summary(recent=N)``: ``recent_mean_confidence``,
-    ``recent_mean_latency_ms``, ``recent_success_rate``) come first where present: all-time
-    means lag a change for as long as the service has run, so a cycle judged by them would
-    propose for a stale figure. ``samples_analyzed`` says how many requests a figure covers.
-
-    * a mode whose mean confidence is below ``min_confidence_threshold`` → confidence_low,
-      severity = shortfall / threshold (the worst mode is kept);
-    * ``"thorough"`` mean latency above ``max_thorough_time_ms`` → latency_spike,
-      severity = min(1, excess / limit);
-    * error rate above ``max_error_rate`` → prediction_error_spike,
-      severity = min(1, excess / (1 - limit)).
-    """
-    now = time.time() if now is None else now
-    total = int(_num(summary.get("total", summary.get("total_inferences", 0))) or 0)
-    modes = summary.get("modes") or {}
-    found: dict[WeaknessType, Weakness] = {}
-    for mode, m in modes.items():
-        conf, n, over = _figure(m or {}, "mean_confidence", "count")
-        thr = config.min_confidence_threshold
-        if conf is not None and conf < thr:
-            w = Weakness(WeaknessType.CONFIDENCE_LOW, min(1.0, (thr - conf) / thr),
-                         f"mode {mode!r}: mean confidence {conf:.3f} {over} below {thr:.3f}", now,
-                         conf, thr, n)
-            if WeaknessType.CONFIDENCE_LOW not in found or w.severity > found[WeaknessType.CONFIDENCE_LOW].severity:
-                found[WeaknessType.CONFIDENCE_LOW] = w
-    lat, n, over = _figure(modes.get("thorough") or {}, "mean_latency_ms", "count")
-    if lat is not None and lat > config.max_thorough_time_ms:
-        lim = config.max_thorough_time_ms
-        found[WeaknessType.LATENCY_SPIKE] = Weakness(
-            WeaknessType.LATENCY_SPIKE, min(1.0, (lat - lim) / lim),
-            f"thorough mode mean latency {lat:.3f} ms {over} above {lim:.3f} ms", now, lat, lim, n)
-    err, n, over = _num(summary.get("error_rate")), total, ""
-    if err is None:
-        rate, n, over = _figure(summary, "success_rate", "total_outcomes")
-        err = None if rate is None else 1.0 - rate
-    if err is not None and err > config.max_error_rate:
-        lim = config.max_error_rate
-        found[WeaknessType.PREDICTION_ERROR_SPIKE] = Weakness(
-            WeaknessType.PREDICTION_ERROR_SPIKE, min(1.0, (err - lim) / max(1e-12, 1 - lim)),
-            " ".join(filter(None, (f"error rate {err:.3f}", over, f"above {lim:.3f}"))), now, err,
-            lim, n)
-    return total, list(found.values())
-
-
-def _figure(d: dict[str, Any], key: str, count_key: str) -> tuple[float | None, int, str]:
-    """``d``'s figure ``key`` of the newest requests (``recent_<key>``, counted by
-    ``recent_count`` or ``recent_outcomes``) when present, else the all-time one: the value,
-    the requests it covers, and the words that say which.
-    """
-    recent = _num(d.get(f"recent_{key}"))
-    if recent is not None:
-        n = int(_num(d.get("recent_count", d.get("recent_outcomes"))) or 0)
-        return recent, n, f"over the last {n} requests"
-    return _num(d.get(key)), int(_num(d.get(count_key)) or 0), "over all time"
-
+WeaknessSource = Callable[[], "tuple[int, Sequence[Weakness]]"]
+"""What a scheduled cycle acts on: ``() -> (requests served so far, weaknesses now)``, the
+weaknesses from the runtime detector's rules (:meth:`vortex.monitor.RuntimeDetector.assess`),
+so that a cycle and a trigger judge by one set of thresholds."""
 
 @dataclass
 class RSICycleResult:
@@ -169,15 +92,6 @@ class RSICycleResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Watch:
-    proposal_id: str
-    metric: str
-    lower_is_better: bool
-    baseline: float
-    values: list[float] = field(default_factory=list)
 
 
 def _isolated(res: TestResult) -> bool:
@@ -207,9 +121,9 @@ class RSIEngine:
         Directory for all persistent state (see module docstring).
     config
         Thresholds and policies.
-    metrics
-        Callable returning a tracker summary (see :func:`weaknesses_from_metrics`); without it,
-        cycles act only on weaknesses handed in (triggers).
+    weakness_source
+        A :data:`WeaknessSource` (the orchestrator's :meth:`~vortex.Orchestrator.current_weaknesses`);
+        without it, cycles act only on weaknesses handed in (triggers).
     calibration_data
         Callable returning buffered ``(logits, labels)`` for temperature fitting.
     on_applied
@@ -236,7 +150,7 @@ class RSIEngine:
 
     def __init__(self, root: str | os.PathLike[str], home: str | os.PathLike[str],
                  config: RSIConfig | None = None, *,
-                 metrics: Callable[[], dict[str, Any]] | None = None,
+                 weakness_source: WeaknessSource | None = None,
                  calibration_data: Callable[[], Any] | None = None,
                  on_applied: Callable[[ImprovementProposal], None] | None = None,
                  proposers: Sequence[Proposer] | None = None,
@@ -263,7 +177,7 @@ class RSIEngine:
         self.applier = Applier(self.settings.root, self.home)
         self.memory = OutcomeMemory(layout.rsi_memory)
         self.sandbox = Sandbox(self.settings, base_dir=sandbox_dir, python=sandbox_python)
-        self.metrics = metrics
+        self.weakness_source = weakness_source
         self.calibration_data = calibration_data
         self.on_applied = on_applied
         self.proposers = list(proposers) if proposers is not None else default_proposers(self.settings)
@@ -272,16 +186,9 @@ class RSIEngine:
         self.retry_backoff_secs = float(retry_backoff_secs)
         self._lock = threading.RLock()
         self._cycle_lock = threading.Lock()  # one cycle at a time; held across its tests
-        self._watch: _Watch | None = None
-        self._watch_lock = threading.Lock()
-        self._recent: dict[str, deque[float]] = {
-            m: deque(maxlen=max(1, self.config.watch_requests)) for m in _OBSERVED}
         self.changes = changes if changes is not None else ChangeBoard(audit=self.audit.append)
-        self.changes.subscribe(self._on_change)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._trigger_thread: threading.Thread | None = None
-        self._pending: list[Weakness] = []
+        self.watch = PostApplyWatch(self, self.changes)
+        self.scheduler = CycleScheduler(self.rsi_cycle, lambda: self.config, self._background_failed)
         self.cycles = 0
         self.last_cycle: RSICycleResult | None = None
         self.recovered: list[str] = []  # what the start-up recovery did
@@ -522,7 +429,7 @@ class RSIEngine:
             self._reload_tunables()  # first: whoever sees "applied" sees the new values
             self.store.transition(p, ProposalStatus.APPLIED, "applied")
             self.audit.append("proposal_applied", id=p.id, files=record["summary"])
-        self._start_watch(p)
+        self.watch.start(p)
         if self.on_applied is not None:
             try:
                 self.on_applied(p)
@@ -575,127 +482,42 @@ class RSIEngine:
         for t in self.tunables:
             t.reload()
 
-    # ------------------------------------------------------------------ watch after apply
+    # ------------------------------------------------------------------ config and the watch after apply
     def update_config(self, config: RSIConfig) -> None:
-        """Use ``config`` from the next cycle on (the watch window keeps its current size)."""
+        """Use ``config`` from the next cycle and the next watch on (a running watch keeps its size)."""
         if not isinstance(config, RSIConfig):
             raise ValueError(f"config={config!r} must be an RSIConfig")
         with self._lock:
             self.config = config
+        self.changes.keep(config.watch_requests)  # the baseline a watch of this size needs
 
     @property
     def needs_observations(self) -> bool:
-        """Whether :meth:`observe` has any use: False while no watch runs and
-        ``watch_requests`` is 0 (no post-apply watch, so no pre-apply baseline either); the
-        request path then skips the call.
-        """
-        return self._watch is not None or self.config.watch_requests > 0
+        """Whether :meth:`observe` has any use (see :attr:`ChangeBoard.needs_observations`)."""
+        return self.changes.needs_observations
 
     def observe(self, *, latency_ms: float | None = None, confidence: float | None = None,
                 error: float | None = None, correct: bool | None = None,
                 nll: float | None = None) -> None:
-        """Feed one served request's figures (cheap; called on the request path or by the
-        orchestrator). They form the pre-apply baseline and the post-apply watch: latency and
-        confidence when answered; once its ground truth is known, ``error`` (1 - p(label), or
-        any error in [0, 1]), ``correct`` (gives ``misclassified``, 0 or 1; and ``error`` when
-        none is given) and ``nll`` (-log p(label)). Never raises because of the watch: judging
-        it runs in a background thread whose failures are audited.
+        """Feed one served request's figures to the change board (the pre-apply baseline and
+        the post-apply watch): latency and confidence when answered; once its ground truth is
+        known, ``error`` (1 - p(label), or any error in [0, 1]), ``correct`` (gives
+        ``misclassified``, 0 or 1; and ``error`` when none is given) and ``nll``
+        (-log p(label)). Never raises because of the watch: its judgement runs in a background
+        thread whose failures are audited. (An orchestrator feeds its board directly.)
         """
         misclassified = None if correct is None else (0.0 if correct else 1.0)
-        if error is None:
-            error = misclassified
-        figures = {"latency_ms": latency_ms, "confidence": confidence, "error": error,
-                   "misclassified": misclassified, "nll": nll}
-        finished = None
-        with self._watch_lock:
-            for name, v in figures.items():
-                if v is not None and v == v:
-                    self._recent[name].append(float(v))
-            w = self._watch
-            if w is not None:
-                v = figures[w.metric]
-                if v is not None and v == v:
-                    w.values.append(float(v))
-                    if len(w.values) >= self.config.watch_requests:
-                        finished, self._watch = w, None
-        if finished is not None:
-            try:
-                threading.Thread(target=self._judge_watch, args=(finished,), daemon=True,
-                                 name="vortex-rsi-watch").start()
-            except Exception:  # e.g. no thread left: the request must still succeed
-                log.exception("could not start the watch judgement of %s", finished.proposal_id)
+        self.changes.observe(None, latency_ms=latency_ms, confidence=confidence,
+                             error=misclassified if error is None else error,
+                             misclassified=misclassified, nll=nll)
 
     def watched_metric(self, p: ImprovementProposal) -> tuple[str, bool, str]:
-        """What the watch after ``p`` judges: the served figure, whether lower is better, and
-        why that one. It is the benchmark metric ``p`` was tested on (or the settings' metric
-        for its weakness) when served requests measure it (:data:`SERVED_METRIC`), else the
-        weakness kind's default (:data:`WATCHED_METRIC`).
-        """
-        tested = (p.test_result or {}).get("metric") or self.settings.metric_for(p.weakness_type)
-        if tested in SERVED_METRIC:
-            metric, lower = SERVED_METRIC[tested]
-            return metric, lower, f"the {tested} it was tested on"
-        metric, lower = WATCHED_METRIC.get(p.weakness_type, ("latency_ms", True))
-        return metric, lower, f"its benchmark's {tested} is not measured on served requests"
-
-    def _start_watch(self, p: ImprovementProposal) -> None:
-        """Watch ``p``, applied and serving, against the requests served since the last change
-        before it; the apply is announced first, which ends any running watch.
-        """
-        metric, lower, why = self.watched_metric(p)
-        with self._watch_lock:
-            recent = list(self._recent[metric])
-        self.changes.changed("rsi", f"proposal {p.id} applied ({p.description})")
-        with self._watch_lock:
-            if self.config.watch_requests == 0 or len(recent) < min(10, self.config.watch_requests):
-                note = (f"watch skipped: only {len(recent)} {metric} observations since the last "
-                        "change before the apply")
-            else:
-                self._watch = _Watch(p.id, metric, lower, sum(recent) / len(recent))
-                note = (f"watching {metric} ({why}) for {self.config.watch_requests} requests "
-                        f"(baseline {self._watch.baseline:.6g} over {len(recent)})")
-        self.audit.append("watch_started", id=p.id, metric=metric, note=note)
-
-    def _on_change(self, change: Any) -> str | None:
-        """A change to what serves (see :mod:`vortex.changes`): end the post-apply watch and
-        start the pre-apply baseline anew; returns what watch it ended.
-        """
-        with self._watch_lock:
-            w, self._watch = self._watch, None
-            for d in self._recent.values():
-                d.clear()
-        if w is None:
-            return None
-        return (f"post-apply watch of proposal {w.proposal_id} ({w.metric}, {len(w.values)} of "
-                f"{self.config.watch_requests} requests)")
+        """What the watch after ``p`` judges (see :mod:`vortex.rsi.post_apply`)."""
+        return self.watch.watched_metric(p)
 
     def watching(self) -> str | None:
         """Id of the proposal whose metric is being watched, if any."""
-        w = self._watch
-        return w.proposal_id if w else None
-
-    def _judge_watch(self, w: _Watch) -> None:
-        """Runs in its own thread: every failure is audited (or logged), never raised."""
-        try:
-            after = sum(w.values) / len(w.values)
-            scale = abs(w.baseline) or 1e-12
-            regression = ((after - w.baseline) if w.lower_is_better else (w.baseline - after)) / scale
-            detail = dict(id=w.proposal_id, metric=w.metric, baseline=w.baseline, after=after,
-                          regression=regression, threshold=self.config.watch_regression_threshold,
-                          requests=len(w.values))
-            if regression <= self.config.watch_regression_threshold:
-                self.audit.append("watch_passed", **detail)
-                return
-            reason = (f"watch: {w.metric} regressed {regression:+.1%} (baseline {w.baseline:.6g}, "
-                      f"after {after:.6g} over {len(w.values)} requests) beyond "
-                      f"{self.config.watch_regression_threshold:.1%}")
-            self.audit.append("auto_rollback", reason=reason, **detail)
-            try:
-                self.rollback_proposal(w.proposal_id, reason, by="watch")
-            except Exception as exc:
-                self._background_failed("auto_rollback_failed", exc, **detail)
-        except Exception as exc:
-            self._background_failed("watch_failed", exc, id=w.proposal_id)
+        return self.watch.watching()
 
     def _background_failed(self, event: str, exc: BaseException, **detail: Any) -> None:
         """Log and audit (as ``event``) a failure of a background thread's work; never raises:
@@ -709,15 +531,18 @@ class RSIEngine:
 
     # ------------------------------------------------------------------ cycles
     def detect(self) -> tuple[int, list[Weakness]]:
-        """Total inferences and weaknesses from the ``metrics`` callable (0, [] without one)."""
-        if self.metrics is None:
+        """Requests served and the weaknesses the ``weakness_source`` sees now (0, [] without
+        one).
+        """
+        if self.weakness_source is None:
             return 0, []
-        return weaknesses_from_metrics(self.metrics(), self.config)
+        total, found = self.weakness_source()
+        return int(total), list(found)
 
     def rsi_cycle(self, weaknesses: Sequence[Weakness] | None = None) -> RSICycleResult:
-        """One cycle: detect (from the ``metrics`` of the newest requests), add ``weaknesses``
-        handed in (each stands for its kind), take the most severe ``max_weaknesses_per_cycle``
-        kinds; for each, re-test its errored proposal when one is due, else propose; test;
+        """One cycle: detect (the ``weakness_source``: the detector's rules over the newest
+        window), add ``weaknesses`` handed in (each stands for its kind), take the most severe
+        ``max_weaknesses_per_cycle`` kinds; for each, re-test its errored proposal when one is due, else propose; test;
         apply or queue.
         """
         res = RSICycleResult(started_at=time.time())
@@ -728,12 +553,12 @@ class RSIEngine:
                     res.skipped_reason = "RSI disabled (RSIConfig.enabled=False)"
                     return res
                 total, found = self.detect()
-                if self.metrics is not None and total < self.config.min_inferences_before_rsi:
+                if self.weakness_source is not None and total < self.config.min_inferences_before_rsi:
                     res.skipped_reason = (f"{total} inferences recorded, "
                                           f"{self.config.min_inferences_before_rsi} needed")
                     return res
                 # a weakness handed in (a detector trigger) carries the window that raised it:
-                # it stands for its kind over one found in the summary
+                # it stands for its kind over one the source sees now
                 best: dict[WeaknessType, Weakness] = {}
                 for source in (found, weaknesses or ()):
                     most: dict[WeaknessType, Weakness] = {}
@@ -812,61 +637,22 @@ class RSIEngine:
             self.audit.append("proposal_queued", id=p.id, risk=p.risk.value, reason=reason)
 
     def on_trigger(self, event: RSITriggerEvent) -> None:
-        """Detector subscription: runs a cycle on the event's weaknesses in a background
+        """Detector subscription: a cycle on the event's weaknesses, in the scheduler's trigger
         thread (never blocks the detector); events arriving meanwhile are merged.
         """
-        if not self.config.enabled:
-            return
-        with self._watch_lock:
-            self._pending.extend(event.weaknesses)
-            if self._trigger_thread is not None and self._trigger_thread.is_alive():
-                return
-            self._trigger_thread = threading.Thread(target=self._drain, daemon=True,
-                                                    name="vortex-rsi-trigger")
-            self._trigger_thread.start()
-
-    def _drain(self) -> None:
-        while True:
-            with self._watch_lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._trigger_thread = None
-                    return
-            try:
-                self.rsi_cycle(batch)
-            except Exception as exc:  # keep the worker alive
-                self._background_failed("cycle_failed", exc, trigger="detector")
+        self.scheduler.on_trigger(event)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for triggered cycles to finish; False on timeout."""
-        t = self._trigger_thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
+        return self.scheduler.wait_idle(timeout)
 
     def start(self) -> None:
         """Start scheduled cycles every ``cycle_interval_secs``."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="vortex-rsi-cycle")
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.cycle_interval_secs):
-            try:
-                self.rsi_cycle()
-            except Exception as exc:
-                self._background_failed("cycle_failed", exc, trigger="schedule")
+        self.scheduler.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduled cycles (a running cycle finishes) and wait for triggered ones."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.wait_idle(timeout)
+        self.scheduler.stop(timeout)
 
     # ------------------------------------------------------------------ status
     def list_proposals(self, status: ProposalStatus | None = None) -> list[ImprovementProposal]:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from .._io import MISSING, FileKey, FileLock, atomic_write_sealed_json, file_key, read_sealed
 from ..errors import CorruptFileError, PatchError, RSIError
+from ..monitor.rules import kinds_for
 from ..monitor.weaknesses import Weakness, WeaknessType
 from ..tunables import replace_value
 from .diffs import make_diff, parse_diff
@@ -246,25 +247,26 @@ class TunableProposer:
 
 
 class PerformanceProposer(TunableProposer):
-    """Latency spikes (slow reasoning) and throughput drops."""
+    """Latency spikes (slow reasoning), throughput drops, recurring patterns: the kinds whose
+    rule names ``"performance"`` (see :mod:`vortex.monitor.rules`).
+    """
 
     name = "performance"
-    kinds = frozenset({WeaknessType.LATENCY_SPIKE, WeaknessType.THROUGHPUT_DROP,
-                       WeaknessType.RECURRING_PATTERN})
+    kinds = kinds_for(name)
 
 
 class ErrorHandlingProposer(TunableProposer):
     """Prediction-error spikes."""
 
     name = "error_handling"
-    kinds = frozenset({WeaknessType.PREDICTION_ERROR_SPIKE})
+    kinds = kinds_for(name)
 
 
 class MemoryProposer(TunableProposer):
     """Memory pressure."""
 
     name = "memory"
-    kinds = frozenset({WeaknessType.MEMORY_PRESSURE})
+    kinds = kinds_for(name)
 
 
 def _nll(logits: Any, labels: Any, t: float) -> float:
@@ -332,7 +334,7 @@ class ConfidenceProposer(TunableProposer):
     """
 
     name = "confidence"
-    kinds = frozenset({WeaknessType.CONFIDENCE_LOW, WeaknessType.CONFIDENCE_DROP})
+    kinds = kinds_for(name)
 
     def __init__(self, temperature_tunable: str = "temperature", min_samples: int = 50) -> None:
         self.temperature_tunable = temperature_tunable

@@ -1,0 +1,184 @@
+"""Training worker processes: start them, supervise them, say why they failed.
+
+A run's ``world_size`` workers (:mod:`vortex.training.worker`, torch DDP) are subprocesses,
+each a session leader whose whole process group is killed when the run ends early
+(cancellation, timeout, a failed peer). Their logs stay in the run directory; everything
+else a run leaves is deleted (:func:`drop_bulky`), and so are the leftovers of a process that
+died mid-run (:meth:`WorkerLauncher.drop_leftovers`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from .._io import pid_alive
+from ..config import as_dict
+from ..errors import TrainingError
+from ..home import HomeLayout
+
+__all__ = ["WorkerLauncher", "drop_bulky"]
+
+_POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _failure(procs: list[subprocess.Popen], logs: list[str], settle_secs: float = 1.0) -> str:
+    """Why a run's workers failed, naming the rank that caused it first.
+
+    When one rank dies, its peers fail in turn (gloo: "connection reset by peer"), and whichever
+    the poll sees first is luck. So the others get ``settle_secs`` to exit, then a rank killed by
+    a signal is blamed before ranks that exited with an error, lowest rank first.
+    """
+    deadline = time.monotonic() + settle_secs
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
+    rank, code = min(failed, key=lambda rc: (rc[1] > 0, rc[0]))
+    then = "".join(f"; then rank {r} ({_ended(c)})" for r, c in failed if r != rank)
+    return f"worker rank {rank} failed ({_ended(code)}){then}: {_tail(logs[rank])}"
+
+
+def _ended(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
+def drop_bulky(run_dir: str) -> None:
+    """Delete every file of a run directory but the worker logs (kept to inspect a failure)."""
+    for parent, _, names in os.walk(run_dir):
+        for name in names:
+            if not name.endswith(".log"):
+                os.unlink(os.path.join(parent, name))
+
+
+def _tail(path: str, n: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class WorkerLauncher:
+    """Runs the worker processes of training runs.
+
+    Parameters
+    ----------
+    config
+        Returns the current :class:`~vortex.config.BackgroundTrainingConfig`.
+    model_factory, factory_kwargs
+        What the workers build the model with.
+    registry_root
+        The registry the workers read the initial (or compared) version from.
+    cancel
+        Set to end the running workers early ("run cancelled").
+    """
+
+    def __init__(self, config: Any, model_factory: str, factory_kwargs: dict[str, Any],
+                 registry_root: str, cancel: threading.Event) -> None:
+        self._config = config
+        self.model_factory = model_factory
+        self.factory_kwargs = factory_kwargs
+        self.registry_root = registry_root
+        self.cancel = cancel
+        self.procs: list[subprocess.Popen] = []
+
+    def pids(self) -> list[int]:
+        """Process ids of the running workers (empty when none runs)."""
+        return [p.pid for p in self.procs]
+
+    def _env(self, rank: int, world: int, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        # the worker must import the same vortex and the same model factory as this process
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS=str(self._config().worker_threads),
+                   # the worker exits when this process dies (see worker.die_with_parent)
+                   VORTEX_PARENT_PID=str(os.getpid()))
+        return env
+
+    def run(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,
+            run_id: int, candidate: str | None = None) -> None:
+        """Run ``world_size`` worker processes writing into ``out_dir``; raise on any failure.
+
+        With ``candidate`` (a safetensors file), the one worker only validates it against
+        ``init_version`` on the snapshot's held-out rows instead of training.
+        """
+        cfg = self._config()
+        # -P: the worker must import the vortex this process runs, never a source checkout
+        # that happens to be the current directory.
+        cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", snap_path,
+               "--out", out_dir, "--factory", self.model_factory,
+               "--factory-kwargs", json.dumps(self.factory_kwargs), "--task", cfg.task,
+               "--epochs", str(cfg.num_epochs), "--lr", repr(cfg.learning_rate),
+               "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run_id),
+               "--threads", str(cfg.worker_threads), "--nice", str(cfg.worker_nice),
+               "--flux", json.dumps(as_dict(cfg.flux)), "--confidence-level", repr(cfg.confidence_level)]
+        if cfg.worker_sched_idle:
+            cmd.append("--sched-idle")
+        if init_version is not None:
+            cmd += ["--registry", self.registry_root, "--init-version", str(init_version)]
+        if candidate is not None:
+            cmd += ["--candidate", candidate]
+        port = _free_port() if world_size > 1 else 0
+        deadline = time.monotonic() + cfg.run_timeout_secs
+        procs: list[subprocess.Popen] = []
+        os.makedirs(out_dir, exist_ok=True)
+        logs = [os.path.join(out_dir, f"worker-{r}.log") for r in range(world_size)]
+        try:
+            for rank in range(world_size):
+                with open(logs[rank], "wb") as out:
+                    procs.append(subprocess.Popen(cmd, env=self._env(rank, world_size, port),
+                                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                                  start_new_session=True))
+            self.procs = procs
+            while True:
+                codes = [p.poll() for p in procs]
+                if any(c not in (None, 0) for c in codes):
+                    raise TrainingError(_failure(procs, logs))
+                if all(c == 0 for c in codes):
+                    return
+                if self.cancel.wait(_POLL_SECS):
+                    raise TrainingError("run cancelled (cancel_run() or stop(cancel=True))")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"run exceeded run_timeout_secs={cfg.run_timeout_secs}")
+        finally:
+            self.procs = []
+            for p in procs:
+                if p.poll() is None:
+                    try:  # the worker is a session leader: kill its whole process group
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                p.wait()
+
+    @staticmethod
+    def drop_leftovers(layout: HomeLayout) -> None:
+        """Delete snapshots and candidates left by a process that died mid-run (keep its logs).
+
+        A run directory is named after the process running it; one whose process is alive
+        (this one included) is left alone.
+        """
+        runs = layout.runs
+        if not os.path.isdir(runs):
+            return
+        for d in os.listdir(runs):
+            owner = HomeLayout.run_owner(d)
+            if owner is None or not pid_alive(owner):
+                drop_bulky(os.path.join(runs, d))
