@@ -15,7 +15,11 @@ Groups (ratios printed by conftest.py):
   ``Orchestrator.infer`` with its detector (the single-process equivalent). The model is the
   digits MLP of benchmarks/http_app.py;
 * ``serving.overhead``: the same with a model returning constant logits, whose own cost is next
-  to nothing, so that the ratio shows the bookkeeping alone.
+  to nothing, so that the ratio shows the bookkeeping alone;
+* ``serving.http_request.<model>``: one HTTP request through a plain ASGI app in process (no
+  server, no framework): the model called as benchmarks/http_app.py's bare handler calls it,
+  against ``VortexMiddleware`` around the same app calling ``ServingWorker.infer`` (request id,
+  context, timing, segment record, pending ring).
 
 Run: ``PYTHONPATH=$PWD/src pytest benchmarks/bench_serving.py --benchmark-only``.
 """
@@ -86,8 +90,8 @@ def worker(home, model_name):
     w.stop()
 
 
-def _benchmark(benchmark, model_name, run):
-    benchmark.group = GROUPS[model_name]
+def _benchmark(benchmark, group, run):
+    benchmark.group = group
     benchmark.extra_info["calls_per_round"] = CALLS
     run()  # warm up (first calls allocate)
     benchmark.pedantic(run, rounds=15, iterations=1)
@@ -98,13 +102,13 @@ def test_orchestrator_infer(benchmark, home, model_name):
                         feature_dim=DIM, factory_kwargs=FACTORY_KW)
     orch.with_runtime_detector()
     try:
-        _benchmark(benchmark, model_name, _loop(orch.infer))
+        _benchmark(benchmark, GROUPS[model_name], _loop(orch.infer))
     finally:
         orch.close()
 
 
 def test_vortex_serving_worker_infer(benchmark, worker, model_name):
-    _benchmark(benchmark, model_name, _loop(worker.infer))
+    _benchmark(benchmark, GROUPS[model_name], _loop(worker.infer))
     assert worker.segment.records >= CALLS
 
 
@@ -117,4 +121,59 @@ def test_serving_worker_infer_in_http_request(benchmark, worker, model_name):
             infer(x)
             current_request.reset(token)
 
-    _benchmark(benchmark, model_name, run)
+    _benchmark(benchmark, GROUPS[model_name], run)
+
+
+# ------------------------------------------------------------------ one HTTP request, in process
+
+_SCOPE = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-type", b"application/json")]}
+
+
+async def _receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message):
+    pass
+
+
+def _asgi_app(answer):
+    """An ASGI app answering every request with ``answer(x)`` (what a handler does, no framework)."""
+    async def app(scope, receive, send):
+        answer(INPUTS[0])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+    return app
+
+
+def _asgi_loop(app):
+    import asyncio
+
+    async def requests():
+        for _ in range(CALLS):
+            await app(dict(_SCOPE), _receive, _send)
+
+    loop = asyncio.new_event_loop()
+    return lambda: loop.run_until_complete(requests())
+
+
+def test_asgi_request_bare_model_call(benchmark, model_name):
+    model = MODELS[model_name]()
+
+    def answer(x):
+        with torch.inference_mode():
+            return torch.softmax(model(torch.from_numpy(x)[None]), dim=1)[0].max(dim=0)
+
+    _benchmark(benchmark, f"serving.http_request.{model_name}", _asgi_loop(_asgi_app(answer)))
+
+
+def test_vortex_asgi_request_middleware_and_worker_infer(benchmark, worker, model_name):
+    from vortex.serving.asgi import VortexMiddleware
+
+    class _Service:  # what the middleware reads of a started VortexService
+        def __init__(self, w):
+            self.worker = w
+
+    app = VortexMiddleware(_asgi_app(worker.infer), _Service(worker))
+    _benchmark(benchmark, f"serving.http_request.{model_name}", _asgi_loop(app))
+    assert worker.segment.records >= CALLS

@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from time import perf_counter
 from collections.abc import AsyncIterator, Callable, Mapping
+from time import perf_counter
 from typing import Any
 
 from ..errors import UnknownRequestError

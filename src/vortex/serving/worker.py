@@ -44,7 +44,7 @@ class RequestContext:
         The response's HTTP status once it started (500 until then).
     """
 
-    __slots__ = ("request_id", "confidence", "status")
+    __slots__ = ("confidence", "request_id", "status")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
