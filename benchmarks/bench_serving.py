@@ -153,8 +153,7 @@ def _asgi_loop(app):
         for _ in range(CALLS):
             await app(dict(_SCOPE), _receive, _send)
 
-    loop = asyncio.new_event_loop()
-    return lambda: loop.run_until_complete(requests())
+    return lambda: asyncio.run(requests())  # a loop per round (closed): ~0.1 us a request
 
 
 def test_asgi_request_bare_model_call(benchmark, model_name):
