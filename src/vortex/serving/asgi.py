@@ -96,11 +96,8 @@ class VortexMiddleware:
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
                 context.status = message["status"]
-                headers = message.get("headers")
-                if type(headers) is list:  # the app's own list: appended in place, not copied
-                    headers.append(echo)
-                else:
-                    message["headers"] = [*(headers or ()), echo]
+                # copied, not appended in place: an app may send one list with every response
+                message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
         try:
