@@ -48,6 +48,7 @@ py::dict aggregate_dict(const Aggregate& a) {
     d["confidence_sum"] = a.confidence_sum;
     d["error_sum"] = a.error_sum;
     d["error_count"] = a.error_count;
+    d["failed_count"] = a.failed_count;
     d["samples"] = a.samples;
     d["newest_ns"] = a.newest_ns;
     return d;

@@ -4,7 +4,7 @@
 //
 //   offset 0      Header (256 bytes): immutable part (checksummed), then the writer's counters
 //   hist_offset   two histograms of kBuckets uint64 counts: latency (seconds), confidence
-//   metric_offset metric ring: metric_capacity slots of 80 bytes
+//   metric_offset metric ring: metric_capacity slots of 88 bytes
 //   sample_offset sample ring: sample_capacity slots of 48 + 4*feature_dim bytes (8-aligned)
 //
 // Every slot starts with two words: `seq` (its seqlock: 0 never written, 2n+1 while record n is
@@ -28,7 +28,7 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "shared-memory counters need lock-free 64-bit atomics");
 
 inline constexpr char kMagic[8] = {'V', 'T', 'X', 'S', 'H', 'M', 'S', 'G'};
-inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint32_t kVersion = 2;  // 2: failed_count in the metric payload
 inline constexpr std::size_t kHeaderSize = 256;
 inline constexpr std::uint64_t kClosedMark = 0x21216465736f6c63ull;  // "closed!!"
 inline constexpr std::size_t kMaxFeatureDim = std::size_t(1) << 20;
@@ -80,12 +80,13 @@ struct MetricPayload {
     double confidence_sum;
     double error_sum;
     std::uint64_t error_count;
+    std::uint64_t failed_count;  // requests that failed (an HTTP 5xx), apart from prediction errors
     // Weighted sums over records 0..n of bucket_weight(bucket) per histogram: what the two
     // histograms must hold, checkable (see bucket_weight) once the writer is gone.
     std::uint64_t latency_hist_check;
     std::uint64_t confidence_hist_check;
 };
-static_assert(sizeof(MetricPayload) == 80);
+static_assert(sizeof(MetricPayload) == 88);
 
 struct SampleHead {  // the sample payload before its features
     double timestamp;  // seconds since the epoch

@@ -74,6 +74,7 @@ struct Aggregate {
     double confidence_sum = 0.0;
     double error_sum = 0.0;
     std::uint64_t error_count = 0;
+    std::uint64_t failed_count = 0;  // requests that failed (an HTTP 5xx)
     std::uint64_t samples = 0;  // samples pushed
     std::int64_t newest_ns = 0;  // t_ns of the newest record the sums cover (0: none yet)
 };
@@ -269,6 +270,7 @@ public:
             a.confidence_sum = last.confidence_sum;
             a.error_sum = last.error_sum;
             a.error_count = last.error_count;
+            a.failed_count = last.failed_count;
             a.newest_ns = last.t_ns;
         }
         // A record completed but not published may be missing from either histogram (the
@@ -548,6 +550,7 @@ private:
                 a.confidence_sum = p.confidence_sum;
                 a.error_sum = p.error_sum;
                 a.error_count = p.error_count;
+                a.failed_count = p.failed_count;
                 a.newest_ns = p.t_ns;
                 return;
             }

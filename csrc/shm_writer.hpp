@@ -108,8 +108,9 @@ public:
     }
 
     // One validated request sample (callers check valid_latency/confidence/error, as for
-    // MetricWindow::record). Returns false, storing nothing, once the writer is closed.
-    bool record(double latency_ms, double confidence, double error) noexcept {
+    // MetricWindow::record); `failed`: the request failed (an HTTP 5xx), counted apart from
+    // prediction errors. Returns false, storing nothing, once the writer is closed.
+    bool record(double latency_ms, double confidence, double error, bool failed = false) noexcept {
         const std::int64_t t = monotonic_ns();
         const double seconds = latency_ms / 1000.0;  // correctly rounded: 5 ms is exactly 0.005
         const std::size_t li = buckets::bucket_index(seconds);
@@ -123,10 +124,11 @@ public:
             err_sum_ += error;
             ++err_count_;
         }
+        failed_count_ += failed;
         lat_check_ += kBucketWeight[li];
         conf_check_ += kBucketWeight[ci];
-        const MetricPayload p{t,        latency_ms, confidence, error,      lat_sum_,
-                              conf_sum_, err_sum_,  err_count_, lat_check_, conf_check_};
+        const MetricPayload p{t,         latency_ms, confidence,    error,      lat_sum_,  conf_sum_,
+                              err_sum_,  err_count_, failed_count_, lat_check_, conf_check_};
         word_at(base_, kMetricBegunAt).store(n + 1, std::memory_order_relaxed);
         unsigned char* slot = metric_ring_ + metric_head_ * kMetricSlotSize;
         begin_slot(slot, n);
@@ -266,6 +268,7 @@ private:
     double conf_sum_ = 0.0;
     double err_sum_ = 0.0;
     std::uint64_t err_count_ = 0;
+    std::uint64_t failed_count_ = 0;
     std::uint64_t lat_check_ = 0;
     std::uint64_t conf_check_ = 0;
 };

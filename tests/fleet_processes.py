@@ -4,8 +4,8 @@ imported (:func:`start`, :func:`post`, :func:`get`) by the tests.
 ``worker HOME``: a serving worker. It creates its WorkerSegment under HOME, serves HTTP on a
 loopback port (printed on stdout as ``port N``) and, for each ``POST /infer`` whose JSON body is
 ``{"work_ms": x, "confidence": c, "failed": bool}``, does x ms of work (a sleep), times it and
-records the measured latency in its segment with confidence c (and error 1.0 when failed, as
-the ASGI middleware records a 5xx); ``POST /feedback`` pushes one labelled sample.
+records the measured latency in its segment with confidence c (counted as failed when
+failed, as the ASGI middleware records a 5xx); ``POST /feedback`` pushes one labelled sample.
 
 ``exporter HOME``: serves ``GET /metrics`` = ``vortex.monitor.prometheus.exposition(HOME)`` on
 a loopback port (printed the same way): what a router or sidecar does for Prometheus.
@@ -14,7 +14,6 @@ a loopback port (printed the same way): what a router or sidecar does for Promet
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -80,8 +79,7 @@ def worker(home: str) -> None:
                 start = time.perf_counter()
                 time.sleep(body["work_ms"] / 1e3)
                 latency_ms = (time.perf_counter() - start) * 1e3
-                seg.record_sample(latency_ms, body["confidence"],
-                                  1.0 if body.get("failed") else math.nan)
+                seg.record_sample(latency_ms, body["confidence"], failed=bool(body.get("failed")))
                 self.reply(200, json.dumps({"latency_ms": latency_ms}).encode())
             else:
                 seg.push([0.0, 1.0], int(body["label"]), 1.0)

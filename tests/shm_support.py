@@ -15,7 +15,7 @@ CLOSED_MARK = 0x21216465736F6C63
 HIST = 256
 N_BUCKETS = 812
 METRIC_RING = (HIST + 2 * N_BUCKETS * 8 + 63) // 64 * 64
-METRIC_SLOT = 96
+METRIC_SLOT = 104
 
 
 def sample_ring_at(window: int) -> int:

@@ -11,13 +11,16 @@ returns ``None`` and the caller runs its general NumPy path (which also produces
 messages).
 """
 
-from cpython.buffer cimport PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO
+from cpython.buffer cimport (PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO,
+                             PyBUF_WRITABLE)
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from libc.math cimport exp, isfinite
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 
 cdef inline char _code(const char* fmt):
@@ -271,3 +274,175 @@ cdef class RequestPath:
                                   (detector_id, features, probs, output, confidence, mode, version, end))
         return _build(self.prediction, self.names,
                       (request_id, output, confidence, probs, mode, version, latency_ms))
+
+
+# ---------------------------------------------------------------- the pending ring's writer
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* The seqlock's stores (vortex.serving.pending): release, so that a reader that sees a
+       slot's even seq also sees the payload written before it, on arm64 as on x86-64. */
+    static inline void vtx_store_release(char* p, uint64_t v) {
+        __atomic_store_n((uint64_t*)p, v, __ATOMIC_RELEASE);
+    }
+    static inline void vtx_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline void vtx_store_u64(char* p, uint64_t v) { memcpy(p, &v, 8); }
+    static inline void vtx_store_f64(char* p, double v) { memcpy(p, &v, 8); }
+    static inline uint64_t vtx_mix(uint64_t z) {  /* splitmix64's finaliser */
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    /* 63-bit key of a request id's UTF-8 bytes, never 0: eight bytes at a time, each word
+       mixed into the state through a multiply and splitmix64's finaliser, the length last. */
+    static inline uint64_t vtx_request_key(const char* s, Py_ssize_t n) {
+        uint64_t h = 0x9e3779b97f4a7c15ull, w;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&w, s + i, 8);
+            h = vtx_mix(h ^ w) * 0x9e3779b97f4a7c15ull;
+        }
+        w = 0;
+        memcpy(&w, s + i, (size_t)(n - i));
+        h = vtx_mix(vtx_mix(h ^ w) ^ (uint64_t)n);
+        return (h >> 1) ? (h >> 1) : 1;
+    }
+    """
+    void vtx_store_release(char* p, unsigned long long v) nogil
+    void vtx_fence_release() nogil
+    void vtx_store_u64(char* p, unsigned long long v) nogil
+    void vtx_store_f64(char* p, double v) nogil
+    unsigned long long vtx_request_key(const char* s, Py_ssize_t n) nogil
+
+
+
+def request_key_of(bytes utf8):
+    """The 63-bit key (never 0) of a request id's UTF-8 bytes: what
+    :func:`vortex.serving.pending.request_key` returns and :class:`PendingSlots` stores."""
+    return vtx_request_key(utf8, len(utf8))
+
+
+cdef unsigned long long _key_of_str(str request_id) except? 0:
+    cdef Py_ssize_t n
+    cdef const char* s
+    try:
+        s = PyUnicode_AsUTF8AndSize(request_id, &n)  # cached in the str: no copy for ASCII
+    except UnicodeEncodeError:  # lone surrogates, as request_key encodes them
+        utf8 = request_id.encode("utf-8", "surrogatepass")
+        return vtx_request_key(utf8, len(utf8))
+    return vtx_request_key(s, n)
+
+
+cdef class PendingSlots:
+    """The request path's writer of a pending ring (:class:`vortex.serving.pending.PendingRing`
+    holds it): one call per request writes the key array's word and the slot, under the
+    slot's seqlock, with plain stores and one ``memcpy`` of the features.
+
+    The whole of :meth:`add` runs without releasing the GIL (it calls no Python code once it
+    has its record number), so the threads of one process never interleave two writes: the
+    ring keeps its single writer without a lock.
+    """
+
+    cdef Py_buffer view
+    cdef bint held
+    cdef char* keys
+    cdef char* slots
+    cdef Py_ssize_t capacity, slot_size, n_outputs, feature_bytes, features_at
+    cdef unsigned long long written
+    cdef double* outputs  # the request's outputs, converted before its slot is touched
+    cdef object as_row
+
+    def __cinit__(self, mapping, Py_ssize_t keys_at, Py_ssize_t slots_at, Py_ssize_t capacity,
+                  Py_ssize_t slot_size, Py_ssize_t n_outputs, Py_ssize_t feature_dim, as_row):
+        PyObject_GetBuffer(mapping, &self.view, PyBUF_WRITABLE)
+        self.held = True
+        if capacity <= 0 or keys_at + 8 * capacity > slots_at \
+                or slots_at + capacity * slot_size > self.view.len \
+                or 48 + 8 * n_outputs + 4 * feature_dim > slot_size:
+            raise ValueError(f"a ring of {capacity} slots of {slot_size} bytes at {slots_at} does "
+                             f"not fit a mapping of {self.view.len} bytes")
+        self.keys = <char*>self.view.buf + keys_at
+        self.slots = <char*>self.view.buf + slots_at
+        self.capacity, self.slot_size, self.n_outputs = capacity, slot_size, n_outputs
+        self.feature_bytes, self.features_at = 4 * feature_dim, 48 + 8 * n_outputs
+        self.as_row = as_row  # features -> a 1-D C-contiguous float32 array (general case)
+        self.written = 0
+        self.outputs = <double*>malloc(n_outputs * sizeof(double))
+        if self.outputs == NULL:
+            raise MemoryError()
+
+    @property
+    def written(self):
+        """Entries written so far (entry ``n`` is in slot ``n % capacity``)."""
+        return self.written
+
+    def add(self, str request_id, features, version, double confidence, double output,
+            probabilities, double created):
+        """Store one answered request (see ``PendingRing.add``); returns its key."""
+        cdef Py_buffer row
+        cdef unsigned long long key = _key_of_str(request_id)
+        cdef long long v = -1 if version is None else version
+        cdef Py_ssize_t i
+        cdef tuple probs
+        if not self.held:
+            raise ValueError("the pending ring is closed")
+        cdef bint ok = _contiguous_view(features, &row)
+        cdef Py_ssize_t values
+        if ok and (row.itemsize != 4 or row.len != self.feature_bytes):
+            PyBuffer_Release(&row)
+            ok = False
+        if not ok:  # a list, a tensor, float64, strided: converted (nothing held meanwhile)
+            features = self.as_row(features)
+            PyObject_GetBuffer(features, &row, PyBUF_RECORDS_RO)
+            if row.len != self.feature_bytes:
+                values = row.len // 4
+                PyBuffer_Release(&row)
+                raise ValueError(f"features has {values} values; the ring takes "
+                                 f"{self.feature_bytes // 4}")
+        try:
+            if probabilities is not None:
+                probs = <tuple?>probabilities
+                if len(probs) != self.n_outputs:
+                    raise ValueError(f"probabilities has {len(probs)} values; the ring takes "
+                                     f"{self.n_outputs}")
+                for i in range(self.n_outputs):
+                    self.outputs[i] = probs[i]
+            # from here on no Python code runs: the GIL keeps this process's writes whole
+            n = self.written
+            self.written = n + 1
+            self._write(n, key, created, v, confidence, output, probabilities is not None,
+                        <const char*>row.buf)
+        finally:
+            PyBuffer_Release(&row)
+        return key
+
+    cdef void _write(self, unsigned long long n, unsigned long long key, double created,
+                     long long version, double confidence, double output, bint outputs,
+                     const char* features) noexcept:
+        cdef Py_ssize_t at = <Py_ssize_t>(n % <unsigned long long>self.capacity)
+        cdef char* slot = self.slots + at * self.slot_size
+        vtx_store_release(slot, 2 * n + 1)  # being written
+        vtx_fence_release()  # the odd seq is visible before any byte of the payload
+        vtx_store_u64(self.keys + 8 * at, key)
+        vtx_store_u64(slot + 8, key)
+        vtx_store_f64(slot + 16, created)
+        vtx_store_u64(slot + 24, <unsigned long long>version)
+        vtx_store_f64(slot + 32, confidence)
+        vtx_store_f64(slot + 40, output)
+        if outputs:
+            memcpy(slot + 48, self.outputs, 8 * self.n_outputs)
+        memcpy(slot + self.features_at, features, self.feature_bytes)
+        vtx_store_release(slot, 2 * n + 2)  # complete
+
+    def release(self):
+        """Let go of the mapping (before it is closed). Idempotent."""
+        if self.held:
+            self.held = False
+            PyBuffer_Release(&self.view)
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+        free(self.outputs)

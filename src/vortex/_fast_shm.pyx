@@ -19,7 +19,7 @@ include "_sample_args.pxi"
 
 cdef extern from "shm_writer.hpp" namespace "vortex::shm":
     cdef cppclass SegmentWriter:
-        bint record(double latency_ms, double confidence, double error) noexcept
+        bint record(double latency_ms, double confidence, double error, bint failed) noexcept
         int64_t push(const float* features, const void* label, double confidence, double error,
                      double timestamp, int64_t episode) except +
 
@@ -57,8 +57,10 @@ cdef class SegmentRecorder:
                              "forked from); create a WorkerSegment in this process")
         return self._w
 
-    def record_sample(self, latency_ms, confidence, prediction_error=NAN):
-        """Record one request's latency (ms), confidence and, if known, prediction error.
+    def record_sample(self, latency_ms, confidence, prediction_error=NAN, *, bint failed=False):
+        """Record one request's latency (ms), confidence and, if known, prediction error;
+        ``failed=True`` counts it as a failed request (an HTTP 5xx: ``SegmentTotals.failed``,
+        apart from prediction errors).
 
         As :meth:`vortex.RuntimeDetector.record_sample`: ``prediction_error`` NaN (the default)
         means no ground truth yet; a negative, NaN or infinite latency, a confidence outside
@@ -69,7 +71,7 @@ cdef class SegmentRecorder:
         cdef double conf = _real(confidence, "confidence")
         cdef double err = _real(prediction_error, "prediction_error")
         _check_sample(lat, conf, err)
-        self._checked().record(lat, conf, err)
+        self._checked().record(lat, conf, err, failed)
 
     def push(self, features, label, confidence=1.0, error=NAN, episode=0, timestamp=None):
         """Store one training sample and return its seq within this segment (0, 1, ...).

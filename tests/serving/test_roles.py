@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -82,6 +83,55 @@ def test_a_slot_being_written_is_never_returned(home):
         PendingFinder(home, ttl_secs=60).take("a")
     ring._slots["seq"][0] = 2
     assert PendingFinder(home, ttl_secs=60).take("a").features.tolist() == [1.0] * 4
+    ring.close()
+
+
+def test_the_ring_takes_any_feature_row_kind_and_refuses_bad_shapes_without_writing(home):
+    import torch
+
+    ring = PendingRing(home, 4, 3, capacity=8)
+    rows = {"f32": np.arange(4, dtype=np.float32), "f64": np.arange(4.0), "list": [0, 1, 2, 3],
+            "tensor": torch.arange(4.0), "strided": np.arange(8, dtype=np.float32)[::2] / 2}
+    for name, row in rows.items():
+        ring.add(name, row, None, 0.5, 2.0, (0.2, 0.3, 0.5))
+    for bad, words in [(np.zeros(5, np.float32), "features has 5 values"),
+                       (np.zeros(3), "features has 3 values")]:
+        with pytest.raises(ValueError, match=words):
+            ring.add("bad", bad, 1, 0.5, 0.0, (0.2, 0.3, 0.5))
+    with pytest.raises(ValueError, match="probabilities has 2 values"):
+        ring.add("bad", np.zeros(4, np.float32), 1, 0.5, 0.0, (0.5, 0.5))
+    assert ring._writer.written == len(rows)  # the refused ones took no slot
+    finder = PendingFinder(home, ttl_secs=60)
+    for name in rows:
+        entry = finder.take(name)
+        assert entry.features.tolist() == [0.0, 1.0, 2.0, 3.0] and entry.version is None
+        assert entry.probabilities.tolist() == [0.2, 0.3, 0.5] and entry.output == 2.0
+    with pytest.raises(UnknownRequestError):
+        finder.take("bad")
+    ring.close()
+
+
+def test_threads_writing_one_ring_leave_every_entry_whole(home):
+    ring = PendingRing(home, 4, 3, capacity=4096)
+
+    def write(t):
+        for i in range(500):
+            v = float(t * 1000 + i)
+            ring.add(f"{t}-{i}", np.full(4, v, np.float32), t, 0.5, v, (v, v, v))
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = np.sort(ring._slots["seq"][:2000])
+    assert seqs.tolist() == [2 * n + 2 for n in range(2000)]  # each record number once, complete
+    finder = PendingFinder(home, ttl_secs=60)
+    for t in range(4):
+        for i in (0, 499):
+            v = float(t * 1000 + i)
+            entry = finder.take(f"{t}-{i}")
+            assert entry.version == t and entry.features.tolist() == [v] * 4 and entry.output == v
     ring.close()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vortex.serving.asgi import MAX_BODY_BYTES
+from vortex.serving.metrics import fleet_exposition
 from vortex.shm import FleetReader
 
 
@@ -140,7 +141,7 @@ def test_wrong_content_type_is_415(served):
     assert r.status_code == 415 and "application/json" in r.json()["error"]
 
 
-def test_a_5xx_is_recorded_as_an_error_in_the_workers_segment(served, home):
+def test_a_5xx_is_recorded_as_a_failed_request_not_as_a_prediction_error(served, home):
     @served.app.get("/boom")
     def boom():
         raise RuntimeError("handler failed")
@@ -154,8 +155,12 @@ def test_a_5xx_is_recorded_as_an_error_in_the_workers_segment(served, home):
     assert r.status_code == 500
     with FleetReader(home, resume=False) as fleet:
         records = fleet.read_new().all_metrics()
-    assert len(records) == 1 and records.error[0] == 1.0 and records.confidence[0] == 0.0
-    assert not math.isnan(records.latency_ms[0])
+        totals = fleet.totals()
+    assert len(records) == 1 and records.confidence[0] == 0.0 and not math.isnan(records.latency_ms[0])
+    # the failure has its own total (vortex_request_errors_total); the prediction-error fields,
+    # which feedback alone can fill, stay empty
+    assert totals.failed == 1 and totals.error_count == 0 and math.isnan(records.error[0])
+    assert b"vortex_request_errors_total 1.0" in fleet_exposition(str(home))
 
 
 def test_status_and_metrics_routes(served):

@@ -193,3 +193,24 @@ def test_a_damaged_state_file_is_reported_not_guessed(home):
     fresh.commit()  # replaces the damaged state
     assert FleetReader(home).totals().records == 2
     seg.close()
+
+
+def test_failed_requests_are_counted_apart_from_prediction_errors_and_survive_folding(home):
+    from vortex.shm import WorkerSegment
+
+    live = WorkerSegment.create(home, 4)
+    dead = WorkerSegment.create(home, 4)
+    for seg in (live, dead):
+        seg.record_sample(1.0, 0.9)                        # answered, no ground truth
+        seg.record_sample(2.0, 0.8, 0.25)                  # answered, prediction error known
+        seg.record_sample(3.0, 0.0, failed=True)           # a 5xx
+        seg.record_sample(4.0, 0.7, 0.5, failed=True)      # both, counted in both totals
+    dead.close()
+    fleet = FleetReader(home)
+    fleet.read_new()
+    totals = fleet.totals()
+    assert (totals.records, totals.failed, totals.error_count, totals.error_sum) == (8, 4, 4, 1.5)
+    assert fleet.commit() == [dead.path.name]  # folded: its counts now come from the state file
+    again = FleetReader(home).totals()
+    assert (again.records, again.failed, again.error_count) == (8, 4, 4)
+    live.close()

@@ -189,8 +189,8 @@ def fleet_metrics(ns: str, fleet: FleetReader) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{ns}_requests", "Requests recorded by every serving worker",
                               value=totals.records)
     yield CounterMetricFamily(f"{ns}_request_errors",
-                              "Requests recorded with an error (the ASGI middleware records a "
-                              "5xx response as one)", value=totals.error_count)
+                              "Requests that failed (the ASGI middleware: a 5xx response); "
+                              "prediction errors are not counted here", value=totals.failed)
     yield CounterMetricFamily(f"{ns}_feedback",
                               "Labelled samples (feedback) recorded by every serving worker",
                               value=totals.samples)

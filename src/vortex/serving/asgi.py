@@ -35,9 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from time import perf_counter
 from typing import Any
 
 from ..errors import UnknownRequestError
@@ -82,32 +81,38 @@ class VortexMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = next((v for k, v in scope["headers"] if k == _HEADER), None)
-        request_id = (_usable(raw) if raw is not None else None) or mint_request_id()
-        echo = request_id.encode("ascii")
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == _HEADER:
+                request_id = _usable(value)
+                break
+        if request_id is None:
+            request_id = mint_request_id()
         context = RequestContext(request_id)
         token = current_request.set(context)
-        status = 500
-        start = time.perf_counter()
+        start = perf_counter()
+        echo = (_HEADER, request_id.encode("ascii"))
 
         async def send_with_id(message: dict) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (_HEADER, echo)]
+                context.status = message["status"]
+                # copied, not appended in place: an app may send one list with every response
+                message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             current_request.reset(token)
-            failed = status >= 500
+            failed = context.status >= 500
             if context.confidence is not None or failed:
                 worker = self.service.worker
-                if worker is not None and worker.segment is not None and not worker.segment.closed:
-                    worker.segment.record_sample((time.perf_counter() - start) * 1e3,
-                                                 context.confidence if context.confidence is not None else 0.0,
-                                                 1.0 if failed else math.nan)
+                segment = worker.segment if worker is not None else None
+                if segment is not None and not segment.closed:
+                    # a 5xx is counted as a failed request, apart from prediction errors
+                    # (which only feedback knows): its confidence, if infer answered, else 0
+                    segment.record_sample((perf_counter() - start) * 1e3,
+                                          context.confidence or 0.0, failed=failed)
 
 
 def _problem(status: int, message: str) -> Any:

@@ -31,7 +31,7 @@ def _totals(agg: dict) -> SegmentTotals:
     return SegmentTotals(LogHistogram(agg["latency"], agg["latency_sum_s"]),
                          LogHistogram(agg["confidence"], agg["confidence_sum"]),
                          int(agg["records"]), int(agg["error_count"]), float(agg["error_sum"]),
-                         int(agg["samples"]), int(agg["newest_ns"]))
+                         int(agg["samples"]), int(agg["newest_ns"]), int(agg["failed_count"]))
 
 
 def _limit(name: str, value: int | None) -> int:

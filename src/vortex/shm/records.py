@@ -130,6 +130,9 @@ class SegmentTotals:
         record in flight more or less than this; they are exact once it is gone).
     error_count, error_sum
         Records that came with a prediction error, and the sum of those errors.
+    failed
+        Records of requests that failed (``record_sample(..., failed=True)``: the ASGI
+        middleware's 5xx responses), counted apart from prediction errors.
     samples
         Samples pushed.
     newest_ns
@@ -144,6 +147,7 @@ class SegmentTotals:
     error_sum: float = 0.0
     samples: int = 0
     newest_ns: int = 0
+    failed: int = 0
 
     @classmethod
     def empty(cls) -> SegmentTotals:
@@ -156,19 +160,20 @@ class SegmentTotals:
         return SegmentTotals(self.latency + other.latency, self.confidence + other.confidence,
                              self.records + other.records, self.error_count + other.error_count,
                              self.error_sum + other.error_sum, self.samples + other.samples,
-                             max(self.newest_ns, other.newest_ns))
+                             max(self.newest_ns, other.newest_ns), self.failed + other.failed)
 
     def to_json(self) -> dict:
         """A JSON-ready form (sparse histograms)."""
         return {"latency": self.latency.to_json(), "confidence": self.confidence.to_json(),
                 "records": self.records, "error_count": self.error_count,
-                "error_sum": self.error_sum, "samples": self.samples, "newest_ns": self.newest_ns}
+                "error_sum": self.error_sum, "samples": self.samples, "newest_ns": self.newest_ns,
+                "failed": self.failed}
 
     @classmethod
     def from_json(cls, obj: dict) -> SegmentTotals:
         """Inverse of :meth:`to_json` (ValueError, KeyError or TypeError on anything else)."""
-        ints = [obj[k] for k in ("records", "error_count", "samples", "newest_ns")]
+        ints = [obj[k] for k in ("records", "error_count", "samples", "newest_ns", "failed")]
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in ints):
             raise ValueError(f"counts {ints} are not counts")
         return cls(LogHistogram.from_json(obj["latency"]), LogHistogram.from_json(obj["confidence"]),
-                   ints[0], ints[1], float(obj["error_sum"]), ints[2], ints[3])
+                   ints[0], ints[1], float(obj["error_sum"]), ints[2], ints[3], ints[4])

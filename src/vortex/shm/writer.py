@@ -35,7 +35,7 @@ class WorkerSegment(SegmentRecorder):
     """A serving worker's shared-memory segment, written by this process only.
 
     Create it with :meth:`create` in the worker process (after any fork). Per request:
-    ``record_sample(latency_ms, confidence, prediction_error=nan)`` (as
+    ``record_sample(latency_ms, confidence, prediction_error=nan, *, failed=False)`` (as
     :meth:`vortex.RuntimeDetector.record_sample`) and, when a labelled sample is due for
     training, ``push(features, label, confidence=1.0, error=nan, episode=0, timestamp=None)``
     (as :meth:`vortex.training.SampleBuffer.push`; returns the sample's seq in this segment).
@@ -79,7 +79,7 @@ class WorkerSegment(SegmentRecorder):
         feature_dim
             Length of every pushed feature row.
         window
-            Metric records kept (80 bytes each). The control plane must read more often than
+            Metric records kept (104 bytes each, slot included). The control plane must read more often than
             the worker fills it, or it loses records (it is told how many).
         ring_capacity
             Samples kept (48 + 4 * feature_dim bytes each), the same rule.
