@@ -255,23 +255,25 @@ def kill_at_random(code: str, *, delay: tuple[float, float], seed: int | None = 
     the kill returns its own status (>= 0); a killed one returns -9.
     """
     rng = random.Random(seed)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env=_child_env(), cwd=cwd)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=_child_env(), cwd=cwd)
     assert proc.stdout is not None
-    lines: list[str] = []
+    # Read the raw descriptor, never through the pipe's file object: communicate() below reads
+    # the descriptor too, so what a buffered reader had read ahead past the ready line would be lost.
+    head = b""
     if ready is not None:
-        t_end = time.monotonic() + timeout
-        for line in proc.stdout:
-            lines.append(line)
-            if line.strip() == ready or time.monotonic() > t_end:
+        fd, want, t_end = proc.stdout.fileno(), ready.encode(), time.monotonic() + timeout
+        while want not in (line.strip() for line in head.split(b"\n")[:-1]) and time.monotonic() < t_end:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 break
+            head += chunk
     time.sleep(rng.uniform(*delay))
     try:
         proc.send_signal(signal.SIGKILL)
     except ProcessLookupError:
         pass
     out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, "".join(lines) + (out or "")
+    return proc.returncode, (head + (out or b"")).decode(errors="replace")
 
 
 def copy_dir(src: str, dst: str) -> str:

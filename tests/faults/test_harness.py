@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from harness import Case, cases, sweep
+import signal
+
+from harness import Case, cases, kill_at_random, sweep
 
 
 def test_every_verdict_and_a_crash_mid_sweep(tmp_path):
@@ -36,3 +38,14 @@ def test_cases_sample_is_dense_at_the_edges_and_bounded():
     assert set(range(64)) <= flips and set(range(100_000 - 64, 100_000)) <= flips
     assert len(flips) <= 400 and max(flips) == 99_999
     assert cases(100_000, sample=400, seed=1) != cases(100_000, sample=400, seed=2)
+
+
+def test_kill_at_random_keeps_every_line_printed_after_the_ready_line():
+    """What the child printed in the same write as its ready line is part of its output (a
+    buffered read of the ready line once swallowed it, and the kill tests lost their states)."""
+    code = ("import sys, time\n"
+            "sys.stdout.write('ready\\n' + ''.join(f'{i}\\n' for i in range(5000))); sys.stdout.flush()\n"
+            "time.sleep(60)\n")
+    status, out = kill_at_random(code, delay=(0.2, 0.3), seed=1, ready="ready", timeout=60)
+    assert status == -signal.SIGKILL
+    assert out.splitlines() == ["ready", *map(str, range(5000))]
