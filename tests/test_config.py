@@ -25,7 +25,7 @@ def test_defaults_match_design():
     assert (t.num_epochs, t.learning_rate, t.batch_size, t.auto_swap_models) == (3, 1e-3, 32, True)
     assert (t.min_improvement_threshold, t.keep_last_n_versions, t.world_size) == (2.0, 5, 1)
     r = RSIConfig()
-    assert (r.enabled, r.min_confidence_threshold, r.max_thorough_time_ms, r.max_error_rate) == (False, 0.7, 1000, 0.05)
+    assert r.enabled is False
     assert (r.max_weaknesses_per_cycle, r.auto_apply_low_risk, r.auto_apply_medium_risk) == (3, True, False)
     assert (r.min_inferences_before_rsi, r.cycle_interval_secs) == (100, 3600)
     assert FluxConfig().holdout_positions == (3, 6, 9)
@@ -55,7 +55,7 @@ def test_defaults_match_design():
         (BackgroundTrainingConfig, "world_size", 0),
         (BackgroundTrainingConfig, "task", "ranking"),
         (BackgroundTrainingConfig, "min_samples_for_training", 20_000),
-        (RSIConfig, "max_error_rate", 2.0),
+        (RSIConfig, "watch_regression_threshold", -0.5),
         (RSIConfig, "max_weaknesses_per_cycle", 0),
         (RSIConfig, "benchmark_repeats", 1),
     ],
@@ -69,7 +69,7 @@ def test_impossible_values_raise_config_error_naming_the_field(cls, field, value
 
 def test_config_error_is_a_value_error():
     with pytest.raises(ValueError):
-        RSIConfig(max_error_rate=-0.1)
+        RSIConfig(watch_regression_threshold=-0.1)
 
 
 def test_replace_validates_again():
@@ -141,5 +141,15 @@ def test_integers_must_fit_in_64_bits(cls, field):
 
 @pytest.mark.parametrize("value", [True, 10 ** 400, 1j, "0.5", None])
 def test_a_float_field_refuses_bools_huge_ints_and_non_numbers(value):
-    with pytest.raises(ConfigError, match=re.escape(f"RSIConfig.max_error_rate={value!r}")):
-        RSIConfig(max_error_rate=value)
+    with pytest.raises(ConfigError, match=re.escape(f"RSIConfig.watch_regression_threshold={value!r}")):
+        RSIConfig(watch_regression_threshold=value)
+
+
+@pytest.mark.parametrize(("old", "instead"), [("min_confidence_threshold", "confidence_low_threshold"),
+                                              ("max_thorough_time_ms", "latency_spike_threshold_ms"),
+                                              ("max_error_rate", "prediction_error_spike_threshold")])
+def test_the_engines_former_thresholds_are_refused_with_the_detectors_name(old, instead):
+    """One detector, one set of thresholds: a setting that no longer acts is refused, not ignored."""
+    with pytest.raises(ConfigKeyError, match=re.escape(f"RSIConfig.{old} no longer exists") + ".*"
+                       + re.escape(f"RuntimeDetectorConfig.{instead}")):
+        RSIConfig(**{old: 0.5})

@@ -1,5 +1,5 @@
 """Every field of every configuration dataclass refuses a wrong value with a ConfigError naming
-the field (as the user spells it: ``RSIConfig.max_error_rate``, ``[tool.vortex] sandbox.uid``)."""
+the field (as the user spells it: ``RSIConfig.watch_requests``, ``[tool.vortex] sandbox.uid``)."""
 
 from __future__ import annotations
 

@@ -84,6 +84,8 @@ def _checked_keywords(cls: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str
                           DeprecationWarning, stacklevel=3)
             out[new] = out.pop(key)
             continue
+        if key in cls._removed:
+            raise ConfigKeyError(f"{name}.{key} no longer exists: {cls._removed[key]}")
         near = difflib.get_close_matches(key, order, n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"the fields are {', '.join(order)}"
         raise ConfigKeyError(f"{name} has no field {key!r}; {hint}")
@@ -98,15 +100,19 @@ class _Config(metaclass=_CheckedKeywords):
     """Base of every ``*Config``: keyword checking, renamed fields and :meth:`from_dict`.
 
     A subclass passes ``renamed={"old_name": ("new_name", "why")}`` to keep accepting a field's
-    old keyword (and reading its old attribute) with a ``DeprecationWarning``.
+    old keyword (and reading its old attribute) with a ``DeprecationWarning``, and
+    ``removed={"old_name": "what to use instead"}`` for a field that no longer exists (refused
+    with that message: silently ignoring a setting would be worse).
     """
 
     _renamed: ClassVar[dict[str, tuple[str, str]]] = {}
+    _removed: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, renamed: Mapping[str, tuple[str, str]] | None = None,
-                          **kwargs: Any) -> None:
+                          removed: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._renamed = dict(renamed or {})
+        cls._removed = dict(removed or {})
         for old, (new, _) in cls._renamed.items():
             setattr(cls, old, property(_deprecated_getter(cls.__name__, old, new),
                                        doc=f"Deprecated name of :attr:`{new}`."))
@@ -394,21 +400,24 @@ class BackgroundTrainingConfig(_Config, renamed={
                   f"can never be reached with buffer_capacity={self.buffer_capacity}")
 
 
+_ONE_DETECTOR = ("weaknesses come from the runtime detector's rules alone, with one set of "
+                 "thresholds: set RuntimeDetectorConfig.{}")
+
+
 @dataclass(frozen=True)
-class RSIConfig(_Config):
+class RSIConfig(_Config, removed={
+        "min_confidence_threshold": _ONE_DETECTOR.format("confidence_low_threshold"),
+        "max_thorough_time_ms": _ONE_DETECTOR.format("latency_spike_threshold_ms"),
+        "max_error_rate": _ONE_DETECTOR.format("prediction_error_spike_threshold")}):
     """Settings of the self-modification engine (:class:`vortex.rsi.RSIEngine`).
 
     Parameters
     ----------
     enabled
-        When False, cycles do nothing and triggers are ignored.
-    min_confidence_threshold
-        A cycle reports a confidence weakness for a mode whose mean confidence is below this.
-    max_thorough_time_ms
-        A cycle reports a performance weakness when the "thorough" mode's mean latency
-        exceeds this.
-    max_error_rate
-        A cycle reports an error-handling weakness when the error rate exceeds this.
+        When False, cycles do nothing and triggers are ignored. The weaknesses a cycle acts on
+        come from the runtime detector (its thresholds are in :class:`RuntimeDetectorConfig`);
+        the former ``min_confidence_threshold``, ``max_thorough_time_ms`` and
+        ``max_error_rate`` are refused with a pointer to them.
     max_weaknesses_per_cycle
         At most this many weaknesses (most severe first) are acted on per cycle.
     auto_apply_low_risk, auto_apply_medium_risk
@@ -429,9 +438,6 @@ class RSIConfig(_Config):
     """
 
     enabled: bool = False
-    min_confidence_threshold: float = 0.7
-    max_thorough_time_ms: float = 1000.0
-    max_error_rate: float = 0.05
     max_weaknesses_per_cycle: int = 3
     auto_apply_low_risk: bool = True
     auto_apply_medium_risk: bool = False
@@ -444,9 +450,6 @@ class RSIConfig(_Config):
 
     def __post_init__(self) -> None:
         _boolean(self, "enabled", "auto_apply_low_risk", "auto_apply_medium_risk")
-        _number(self, "min_confidence_threshold", lo=0, hi=1)
-        _number(self, "max_thorough_time_ms", lo=0, lo_open=True)
-        _number(self, "max_error_rate", lo=0, hi=1)
         _number(self, "max_weaknesses_per_cycle", lo=1, integer=True)
         _number(self, "min_inferences_before_rsi", lo=0, integer=True)
         _number(self, "cycle_interval_secs", lo=0, lo_open=True, hi=MAX_WAIT_SECS)

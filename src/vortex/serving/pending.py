@@ -12,11 +12,11 @@ between processes.
 Slot protocol (a seqlock, as in docs/SHM.md): ``seq`` is ``2n+1`` while entry ``n`` is being
 written, ``2n+2`` once complete (release stores, by the compiled
 ``vortex._fast_serving.PendingSlots``, one call per request); a reader copies the slot and
-re-reads ``seq``: equal and even means the copy is whole. Entry ``n`` lives in slot ``n % capacity``, so a ring keeps the
-newest ``capacity`` requests; older ones are gone (their feedback is refused as unknown). The
-keys are also kept in an array of their own before the slots (8 bytes a request), so that a
-lookup compares 256 KiB per ring rather than striding through every slot; the slot's own copy
-of the key, read under its seq, is what decides.
+re-reads ``seq``: equal and even means the copy is whole. Entry ``n`` lives in slot
+``n % capacity``, so a ring keeps the newest ``capacity`` requests; older ones are gone (their
+feedback is refused as unknown). The keys are also kept in an array of their own before the
+slots (8 bytes a request), so that a lookup compares 256 KiB per ring rather than striding
+through every slot; the slot's own copy of the key, read under its seq, is what decides.
 
 File layout: 64-byte header (magic, feature_dim, output count, capacity), ``capacity`` keys
 (uint64), then ``capacity`` slots.
