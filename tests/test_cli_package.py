@@ -147,7 +147,7 @@ def test_python_dash_m_runs_the_command(entry):
 def test_console_script_points_at_the_package():
     import tomllib
 
-    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     module, _, function = project["scripts"]["vortex"].partition(":")
     assert (module, function) == ("vortex.cli", "main")
 

@@ -103,3 +103,29 @@ def test_observe_never_raises_and_is_skipped_when_nothing_listens(caplog):
     assert board.needs_observations
     board.observe(None, latency_ms=100.0)  # regressed; the callback's failure stays here
     assert "rollback failed" in caplog.text and board.watching() is None
+
+
+def test_the_positional_forms_keep_what_observe_keeps():
+    """answered()/labelled() are the request path's fast forms of observe(): the same figures
+    kept, in the same order, for the same versions; no labelled figure kept that nobody asked
+    for."""
+    from vortex.changes import OBSERVED
+
+    rows = [(v % 3 or None, 0.1 * v, float(v % 2), None if v % 4 == 0 else 0.3 * v, 0.9 - 0.01 * v)
+            for v in range(40)]
+    for kept in [("error", "labelled_confidence"), ("nll",), ("misclassified", "latency_ms"), OBSERVED]:
+        fast, slow = ChangeBoard(), ChangeBoard()
+        fast.keep(25, kept)
+        slow.keep(25, kept)
+        for version, error, wrong, nll, conf in rows:
+            fast.answered(version, 10.0 + error, conf)
+            slow.observe(version, latency_ms=10.0 + error, confidence=conf)
+            fast.labelled(version, error, wrong, nll, conf)
+            slow.observe(version, error=error, misclassified=wrong, nll=nll, labelled_confidence=conf)
+        for name in OBSERVED:
+            if name in kept:
+                assert fast.recent(name, 25) == slow.recent(name, 25), (kept, name)
+                assert fast.recent(name, 25, version=2) == slow.recent(name, 25, version=2), (kept, name)
+                assert fast.recent(name, 25), (kept, name)
+            elif name not in ("latency_ms", "confidence"):  # answered() keeps that pair together
+                assert fast.recent(name, 25) == [], (kept, name)

@@ -56,6 +56,7 @@ latency and confidence; when its ground truth arrives, its error, whether it was
 misclassified, its NLL and, again, its confidence (``labelled_confidence``: the confidence of
 the requests the error figures cover)."""
 _ANSWERED = frozenset({"latency_ms", "confidence"})
+_LABELLED = ("error", "misclassified", "nll", "labelled_confidence")  # labelled()'s order
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ class ChangeBoard:
         self._history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self._keep = 0
         self._kept: frozenset[str] = frozenset()
-        self._keep_answered = self._keep_labelled = False
+        self._keep_answered = False
+        # (position in labelled()'s arguments, name) of each kept figure of a labelled request
+        self._keep_labelled: tuple[tuple[int, str], ...] = ()
         self._recent: dict[str, deque[tuple[int | None, float]]] = {}
         self._watch: RegressionWatch | None = None
 
@@ -110,7 +113,7 @@ class ChangeBoard:
         with self._lock:
             self._kept = self._kept | frozenset(figures)
             self._keep_answered = bool(self._kept & _ANSWERED)
-            self._keep_labelled = bool(self._kept - _ANSWERED)
+            self._keep_labelled = tuple((i, n) for i, n in enumerate(_LABELLED) if n in self._kept)
             if requests > self._keep:
                 self._keep = requests
                 self._recent = {k: deque(d, maxlen=requests) for k, d in self._recent.items()}
@@ -120,7 +123,7 @@ class ChangeBoard:
         """Whether a request's ground truth has any use here (:meth:`labelled`): False while no
         watch runs and nobody keeps a baseline of it; the request path then skips the call.
         """
-        return self._keep_labelled or self._watch is not None
+        return bool(self._keep_labelled) or self._watch is not None
 
     def observe(self, version: int | None = None, **figures: float | None) -> None:
         """Record one request's figures (names from :data:`OBSERVED`; None or NaN: not
@@ -159,10 +162,15 @@ class ChangeBoard:
         (positional and finite; ``nll`` None for regression; ``confidence`` the request's, as
         ``labelled_confidence``).
         """
-        if self._keep_labelled:
-            self.observe(version, error=error, misclassified=misclassified, nll=nll,
-                         labelled_confidence=confidence)
-        elif self._watch is not None:
+        if self._keep_labelled:  # the kept figures only, without observe()'s keyword dict
+            values = (error, misclassified, nll, confidence)
+            recent = self._recent
+            for i, name in self._keep_labelled:
+                value = values[i]
+                if value is not None:
+                    d = recent.get(name)
+                    (self._series(name) if d is None else d).append((version, value))
+        if self._watch is not None:
             self._to_watch(version, {"error": error, "misclassified": misclassified, "nll": nll,
                                      "labelled_confidence": confidence})
 

@@ -20,8 +20,9 @@ from vortex.serving.control import ControlLock
 from vortex.serving.pending import PendingFinder, PendingRing, remove_dead_rings
 from vortex.shm.location import segment_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")] + [p for p in sys.path if p]))
+# the children import the vortex this test imported (the built source tree here, the installed
+# package in CI: never the source tree ahead of it, whose compiled modules may not be built)
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np

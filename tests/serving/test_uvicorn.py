@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _env(home, **extra) -> dict:
-    path = [os.path.join(REPO, "src"), EXAMPLE] + [p for p in sys.path if p]
+    path = [EXAMPLE] + [p for p in sys.path if p]  # the vortex this test imported, not src/
     return dict(os.environ, PYTHONPATH=os.pathsep.join(path), VORTEX_HOME=str(home),
                 VORTEX_INITIAL_EPOCHS="0", OMP_NUM_THREADS="1", **extra)
 
@@ -194,9 +194,12 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
         for t in threads:
             t.join()
         assert not errors, errors
-        assert len(versions) == 360 and set(versions) <= {1, 2, 3}
-
         registry = ModelRegistry(home / "models")
+        # every answer names a version that served (how many runs the 360 feedbacks trigger
+        # depends on the machine's speed)
+        served = set(registry.versions()) | {e["to_version"] for e in registry.serving_log()}
+        assert len(versions) == 360 and set(versions) <= served, (sorted(set(versions)), served)
+
         deadline = time.monotonic() + 240
         while (registry.active_version or 0) < 2:
             assert time.monotonic() < deadline, "training never swapped a new version in"
