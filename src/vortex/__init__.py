@@ -6,9 +6,9 @@ name that needs them is first used.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ._lazy import resolve
 from .config import BackgroundTrainingConfig, FluxConfig, RSIConfig, RuntimeDetectorConfig
 from .errors import ConfigError, VortexError
 
@@ -57,12 +57,7 @@ __all__ = [  # noqa: PLE0604 - the lazily imported names are the keys of _LAZY
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vortex' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

@@ -6,9 +6,9 @@ or NumPy until a detector or tracker is used.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from .._lazy import resolve
 from .weaknesses import RSITriggerEvent, Weakness, WeaknessType
 
 _LAZY: dict[str, str] = {
@@ -23,12 +23,7 @@ __all__ = ["RSITriggerEvent", "Weakness", "WeaknessType", *_LAZY]  # noqa: PLE06
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vortex.monitor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

@@ -15,8 +15,9 @@ Names are resolved lazily: importing this package loads neither NumPy nor Starle
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .._lazy import resolve
 
 _LAZY: dict[str, str] = {
     "ServiceSpec": "vortex.serving.spec",
@@ -38,12 +39,7 @@ __all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vortex.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

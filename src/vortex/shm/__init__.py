@@ -14,8 +14,9 @@ compiled core.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .._lazy import resolve
 
 _LAZY: dict[str, str] = {
     "WorkerSegment": "vortex.shm.writer",
@@ -34,12 +35,7 @@ __all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vortex.shm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

@@ -7,8 +7,9 @@ pyarrow, Numba as needed) on first use.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .._lazy import resolve
 
 # public name -> module that defines it; resolved on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {
@@ -38,12 +39,7 @@ __all__ = [*_LAZY]  # noqa: PLE0604 - the lazily imported names (keys of _LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vortex.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return resolve(__name__, _LAZY, globals(), name)
 
 
 def __dir__() -> list[str]:

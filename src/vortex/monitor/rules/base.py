@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -57,7 +58,7 @@ class Figures:
     new_onsets: Sequence[WeaknessType] = ()
 
 
-class WeaknessRule:
+class WeaknessRule(ABC):
     """One kind of weakness: its check, and what its fixes are judged by.
 
     A subclass sets the class attributes and implements :meth:`check`; listing it in
@@ -87,9 +88,9 @@ class WeaknessRule:
     proposer: ClassVar[str]
     stage: ClassVar[str] = "window"
 
+    @abstractmethod
     def check(self, figures: Figures, config: RuntimeDetectorConfig) -> list[Weakness]:
         """The weaknesses of this kind the figures show under ``config`` (usually 0 or 1)."""
-        raise NotImplementedError
 
     def weakness(self, figures: Figures, severity: float, description: str, value: float,
                  baseline: float) -> Weakness:
