@@ -18,6 +18,13 @@ inherit it, asyncio sets ``TCP_NODELAY`` only on ``IPPROTO_TCP`` sockets, and th
 second write waits for the client's delayed ACK (Nagle; uvicorn issue Kludex/uvicorn#3149).
 Measured here: 22 req/s on one connection instead of 2,000.
 
+Where the Vortex variant's control plane runs (``--control``, a comma-separated list: one
+Vortex variant each, all side by side in the run): ``worker`` (variant ``vortex``, the default
+deployment: every worker stands by, one of them holds it), ``sidecar`` (``vortex-sidecar``:
+the workers run with ``VORTEX_CONTROL=never`` and a ``vortex control`` process holds it) or
+``none`` (``vortex-none``: no control plane at all, the workers only serve and record). The
+training phase runs on the first of them that has a control plane.
+
 Run it alone: ``python benchmarks/bench_http.py --rounds 5 --seconds 5``; under pytest
 (``pytest benchmarks/bench_http.py --benchmark-only -s``) it runs 5 rounds of 4 s. With
 ``--benchmark-disable`` (the test script's smoke pass) one round of 1 s with one worker each.
@@ -40,6 +47,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,33 +89,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CONTROL_MODES = ("worker", "sidecar", "none")
+
+
+def vortex_variant(control: str) -> str:
+    """The variant name of Vortex with its control plane placed as ``control``."""
+    if control not in CONTROL_MODES:
+        raise ValueError(f"control={control!r}: must be one of {CONTROL_MODES}")
+    return "vortex" if control == "worker" else f"vortex-{control}"
+
+
 @contextmanager
 def serve(variant: str, workers: int = 2) -> Iterator[tuple[int, Callable[[], None], str]]:
     """``uvicorn --workers`` starting to serve the app as ``variant`` on a loopback port:
     yields the port, a function that waits until the workers answer (start every server first,
     then wait: they start in parallel) and the Vortex home."""
+    app, _, control = variant.partition("-")
     port = _free_port()
-    with tempfile.TemporaryDirectory(prefix=f"bench-http-{variant}-") as scratch:
-        env = {**os.environ, "VORTEX_BENCH_VARIANT": variant, "VORTEX_BENCH_HOME": scratch,
+    with tempfile.TemporaryDirectory(prefix=f"bench-http-{variant}-") as scratch, ExitStack() as procs:
+        env = {**os.environ, "VORTEX_BENCH_VARIANT": app, "VORTEX_BENCH_HOME": scratch,
                "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
         if variant == "instrumentator":
             env["PROMETHEUS_MULTIPROC_DIR"] = scratch
-        log = open(Path(scratch) / "uvicorn.log", "wb")
-        proc = subprocess.Popen(
+        if control:  # the workers stay out of the control plane
+            env["VORTEX_CONTROL"] = "never"
+        log = procs.enter_context(open(Path(scratch) / "uvicorn.log", "wb"))
+        if control == "sidecar":
+            procs.enter_context(_running([sys.executable, "-m", "vortex", "control", "--spec",
+                                          "http_app:SPEC"], env, log))
+        proc = procs.enter_context(_running(
             [sys.executable, "-m", "uvicorn", "http_app:app", "--app-dir", str(HERE), "--host",
              "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level",
-             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"], env, log))
         try:
             yield port, functools.partial(_wait_ready, proc, port, Path(scratch) / "uvicorn.log"), scratch
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+            procs.close()  # stop the processes before their segments go
             shutil.rmtree(segment_dir(scratch), ignore_errors=True)  # the workers' segments
+
+
+@contextmanager
+def _running(argv: list[str], env: dict[str, str], log: Any) -> Iterator[subprocess.Popen]:
+    """``argv`` running (output to ``log``) until the block ends, then terminated."""
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout: float = 120.0) -> None:
@@ -141,8 +174,9 @@ def wrk(port: int, seconds: float, script: Path) -> dict:
 
 def compare(variants: list[str], rounds: int, seconds: float, warm_up: bool = True,
             workers: int = 2, swaps: int = 20) -> dict[str, dict]:
-    """Every variant served at once, loaded in turns (order rotated each round); then Vortex
-    idle vs under training and ``swaps`` swaps (:func:`under_swaps`)."""
+    """Every variant served at once, loaded in turns (order rotated each round); then the
+    first Vortex variant with a control plane idle vs under training and ``swaps`` swaps
+    (:func:`under_swaps`)."""
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
@@ -157,9 +191,10 @@ def compare(variants: list[str], rounds: int, seconds: float, warm_up: bool = Tr
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
                 runs[v].append(wrk(ports[v], seconds, script))
         results = {v: _summary(rs) for v, rs in runs.items()}
-        if swaps and "vortex" in servers:
-            port, _, home = servers["vortex"]
-            results["vortex"]["under_swaps"] = under_swaps(port, home, rounds, seconds, swaps)
+        trained = [v for v in servers if v.startswith("vortex") and v != "vortex-none"]
+        if swaps and trained:
+            port, _, home = servers[trained[0]]
+            results[trained[0]]["under_swaps"] = under_swaps(port, home, rounds, seconds, swaps)
     return results
 
 
@@ -271,15 +306,15 @@ def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str
                      f"{r['failures']:>4}/{r['requests']:<5}{r['rps_x_bare']:>7.3f}"
                      f"{r['p50_ms_x_bare']:>8.3f}{r['p99_ms_x_bare']:>8.3f}")
     lines += [f"{v}: not run ({why})" for v, why in missing.items()]
-    if "vortex" in results:
-        v, i = results["vortex"], results.get("instrumentator")
-        lines.append(f"vortex: throughput {v['rps_x_bare']:.3f}x bare (goal >= 0.97)"
+    for name in (n for n in results if n.startswith("vortex")):
+        v, i = results[name], results.get("instrumentator")
+        lines.append(f"{name}: throughput {v['rps_x_bare']:.3f}x bare (goal >= 0.97)"
                      + (f", {v['rps'] / i['rps']:.3f}x instrumentator (goal >= 1)" if i else "")
                      + f", p50 {v['p50_ms_x_bare']:.3f}x, p99 {v['p99_ms_x_bare']:.3f}x bare "
                        "(goal <= 1.05)")
         u = v.get("under_swaps")
         if u:
-            lines.append(f"vortex under {u['training_runs']} training runs and {u['swaps']} swaps: "
+            lines.append(f"{name} under {u['training_runs']} training runs and {u['swaps']} swaps: "
                          f"p99 {u['busy']['p99_ms']:.2f} ms vs {u['idle']['p99_ms']:.2f} ms idle = "
                          f"{u['p99_busy_x_idle']:.3f}x (goal <= 1.5), failed "
                          f"{u['busy']['failures']}/{u['busy']['requests']} (goal 0)")
@@ -313,8 +348,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--swaps", type=int, default=20)
+    parser.add_argument("--control", default="worker",
+                        help="where the Vortex variants' control planes run: a comma-separated "
+                             f"list of {', '.join(CONTROL_MODES)} (default: worker)")
     args = parser.parse_args()
     variants, missing = available_variants()
+    variants = [v for v in variants if v != "vortex"] + [vortex_variant(c) for c in args.control.split(",")]
     print(render(with_ratios(compare(variants, args.rounds, args.seconds, swaps=args.swaps)), missing))
 
 

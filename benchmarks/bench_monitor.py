@@ -3,7 +3,8 @@
 * per-call recording: ``RuntimeDetector.record_sample`` vs prometheus_client
   ``Histogram.observe`` vs river ``drift.ADWIN.update`` (plus the bare Python loop, so the
   loop's own share of each figure is visible); one round = a loop of CALLS calls.
-* batch recording from NumPy vs a NumPy copy of the same bytes.
+* batch recording from NumPy vs a NumPy copy of the same bytes; one pump pass of requests
+  fed in one ``record_requests`` call vs one ``record_request`` call per request.
 * one analysis pass (the C++ statistics, and the whole ``RuntimeDetector.analyze``) vs the
   same statistics computed with NumPy.
 * memory of a window_size=60 detector beyond its Python object.
@@ -132,6 +133,34 @@ def test_record_batch_numpy_copy(benchmark, n):
     benchmark.extra_info["calls_per_round"] = n
     benchmark(run)
     np.testing.assert_array_equal(dst[0], src[0])
+
+
+# -- one control-plane pass: a fleet read fed to the detector --------------------------------
+
+PASS = 200  # requests per 50 ms pump pass at 4,000 requests/s over the fleet
+
+
+@pytest.mark.benchmark(group=f"feed {PASS} requests awaiting ground truth (one pump pass)")
+def test_record_requests_batch_vortex(benchmark):
+    """One call, the copy without the GIL: what the control plane holds the GIL for per pass."""
+    lat, conf, _ = _batch(PASS)
+    det = _detector(window_size=1000)
+    first = benchmark(det.record_requests, lat, conf)
+    assert det.total_samples - first == PASS
+
+
+@pytest.mark.benchmark(group=f"feed {PASS} requests awaiting ground truth (one pump pass)")
+def test_record_request_loop(benchmark):
+    """The per-record loop the pump ran: one ``record_request`` per record (plus ``tolist``)."""
+    lat, conf, _ = _batch(PASS)
+    det = _detector(window_size=1000)
+    record = det.record_request
+
+    def run():
+        return [record(a, b) for a, b in zip(lat.tolist(), conf.tolist(), strict=True)]
+
+    ids = benchmark(run)
+    assert ids[-1] - ids[0] == PASS - 1
 
 
 # -- one analysis pass ------------------------------------------------------------------------

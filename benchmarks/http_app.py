@@ -72,7 +72,8 @@ elif VARIANT == "vortex":
     SPEC = ServiceSpec(home=os.environ["VORTEX_BENCH_HOME"], model_factory="vortex.training.models:mlp",
                        feature_dim=FEATURES, n_classes=10, initial_model=lambda: model,
                        configure=configure, factory_kwargs=MODEL_KWARGS)
-    service = VortexService(SPEC)
+    # "never": the workers leave the control plane to a `vortex control` sidecar (or to nobody)
+    service = VortexService(SPEC, control=os.environ.get("VORTEX_CONTROL", "standby"))
     app = FastAPI(lifespan=lifespan(service))
     app.add_middleware(VortexMiddleware, service=service)
     app.mount("/vortex", vortex_app(service))
@@ -84,3 +85,33 @@ elif VARIANT == "vortex":
 
 else:
     raise ValueError(f"VORTEX_BENCH_VARIANT={VARIANT!r} must be 'bare', 'instrumentator' or 'vortex'")
+
+
+if VARIANT == "vortex" and os.environ.get("VORTEX_BENCH_PUMP_STATS"):
+    # Measurement only (VORTEX_BENCH_PUMP_STATS=prefix): how long each of the control plane's
+    # steps takes, wall and CPU time of the thread that runs it, and how many records a pump
+    # fed; written to prefix.<pid>.json after every publish (the workers end with os._exit).
+    import json
+    import time
+
+    from vortex.serving.control import ControlPlane
+
+    _PASSES: dict[str, list[tuple[float, float, int]]] = {"pump": [], "commit": [], "publish": []}
+
+    def _timed(name: str):
+        method = getattr(ControlPlane, name)
+
+        def run(self, *args, **kwargs):
+            w, c = time.perf_counter(), time.thread_time()
+            records = self.counts["records"]
+            out = method(self, *args, **kwargs)
+            _PASSES[name].append((time.perf_counter() - w, time.thread_time() - c,
+                                  self.counts["records"] - records))
+            if name == "publish":
+                with open(f"{os.environ['VORTEX_BENCH_PUMP_STATS']}.{os.getpid()}.json", "w") as f:
+                    json.dump(_PASSES, f)
+            return out
+        return run
+
+    for _name in _PASSES:
+        setattr(ControlPlane, _name, _timed(_name))

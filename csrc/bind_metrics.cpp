@@ -37,8 +37,9 @@ const char* const kColumnRules[] = {"latency must be finite and >= 0",
                                     "confidence must be in [0, 1]",
                                     "prediction error must be NaN (unknown) or finite and >= 0"};
 
-void record_batch(MetricWindow& w, const py::handle& lat_obj, const py::handle& conf_obj,
-                  const py::handle& err_obj) {
+// Validates every value, then records them all (GIL released); returns the first id.
+uint64_t record_batch(MetricWindow& w, const py::handle& lat_obj, const py::handle& conf_obj,
+                      const py::handle& err_obj) {
     auto lat = float_column(lat_obj, kColumnNames[0]);
     auto conf = float_column(conf_obj, kColumnNames[1]);
     py::array_t<double, py::array::c_style> err;
@@ -55,18 +56,20 @@ void record_batch(MetricWindow& w, const py::handle& lat_obj, const py::handle& 
     const double* cp = conf.data();
     const double* ep = has_err ? err.data() : nullptr;
     vortex::BadValue bad;
+    uint64_t first = 0;
     {
         // Safe without the GIL: only raw buffers of arrays this frame keeps alive are read,
         // and the window has its own lock.
         py::gil_scoped_release nogil;
         bad = vortex::find_invalid(lp, cp, ep, n);
-        if (bad.index < 0) w.record_batch(lp, cp, ep, n);
+        if (bad.index < 0) first = w.record_batch(lp, cp, ep, n);
     }
     if (bad.index >= 0)
         throw std::invalid_argument(std::string(kColumnNames[bad.column]) + "[" +
                                     std::to_string(bad.index) + "]=" + repr_double(bad.value) +
                                     ": " + kColumnRules[bad.column] +
                                     "; nothing was recorded");
+    return first;
 }
 
 std::size_t checked_capacity(py::ssize_t capacity) {
@@ -113,7 +116,9 @@ void bind_metrics(py::module_& m) {
         .def_property_readonly_static("MIN_ANALYSIS",
                                       [](py::object) { return MetricWindow::kMinAnalysis; })
         .def("record_batch", &record_batch, py::arg("latencies_ms"), py::arg("confidences"),
-             py::arg("prediction_errors") = py::none())
+             py::arg("prediction_errors") = py::none(),
+             "Records n samples (validated first: ValueError and nothing recorded on a bad one); "
+             "returns the id of the first, the others follow it.")
         .def("snapshot", &snapshot,
              "The window's samples, oldest first, as a dict of NumPy arrays (timestamp_ns, "
              "latency_ms, confidence, error).")

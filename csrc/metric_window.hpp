@@ -185,8 +185,10 @@ public:
 
     // n validated samples stamped with one timestamp; `err` may be null (no ground truth).
     // Only the newest `capacity` of them stay in the window; all count in the totals.
-    void record_batch(const double* lat, const double* conf, const double* err,
-                      std::size_t n) noexcept {
+    // Returns the id of the first (the others follow it: one batch's ids are contiguous, as
+    // if record() had been called n times under one lock).
+    uint64_t record_batch(const double* lat, const double* conf, const double* err,
+                          std::size_t n) noexcept {
         const int64_t t = monotonic_ns();
         const double ls = column_sum(lat, n), cs = column_sum(conf, n);
         std::lock_guard<SpinLock> g(lock_);
@@ -205,7 +207,9 @@ public:
         size_ = std::min(cap, size_ + (n - skip));
         lat_sum_ += ls;
         conf_sum_ += cs;
-        total_.store(total_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+        const uint64_t first = total_.load(std::memory_order_relaxed);
+        total_.store(first + n, std::memory_order_relaxed);
+        return first;
     }
 
     WindowStats analyze(double latency_threshold_ms) const noexcept {

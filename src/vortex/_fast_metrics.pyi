@@ -1,6 +1,9 @@
 # Type stub of the Cython module vortex/_fast_metrics.pyx (private).
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 class Stats:
     total_recorded: int
     size: int
@@ -30,6 +33,8 @@ class MetricRecorder:
     def record_sample(self, latency_ms: float, confidence: float,
                       prediction_error: float = ...) -> None: ...
     def record_request(self, latency_ms: float, confidence: float) -> int: ...
+    def record_requests(self, latencies_ms: NDArray[np.floating[Any]],
+                        confidences: NDArray[np.floating[Any]]) -> int: ...
     def record_error(self, sample_id: int, prediction_error: float) -> bool: ...
     def _stats(self, latency_threshold_ms: float) -> Stats: ...
 

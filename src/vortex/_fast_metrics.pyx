@@ -129,6 +129,20 @@ cdef class MetricRecorder:
             raise RuntimeError("recorder is not attached to a metric window")
         return self._ptr.record(lat, conf, NAN)
 
+    def record_requests(self, latencies_ms, confidences):
+        """Record a batch of requests whose ground truth comes later; returns the first id.
+
+        ``latencies_ms`` and ``confidences`` are 1-D floating NumPy arrays of equal length n;
+        the requests get the ids ``first, first + 1, ..., first + n - 1`` in array order (one
+        batch's ids are contiguous, whatever other threads record meanwhile), the same state
+        as n calls of :meth:`record_request` but one timestamp for all. Every value is checked
+        before any is stored (``ValueError`` naming the first bad one; nothing recorded); the
+        copy runs without the GIL, so a batch holds it for a couple of microseconds whatever n.
+        """
+        if self._window is None:
+            raise RuntimeError("recorder is not attached to a metric window")
+        return self._window.record_batch(latencies_ms, confidences, None)
+
     def record_error(self, sample_id, prediction_error):
         """Attach the prediction error of an earlier :meth:`record_request` sample.
 

@@ -131,7 +131,9 @@ class RuntimeDetector(MetricRecorder):
     nothing stored) and records them with a monotonic timestamp. When the ground truth comes
     later, ``sample_id = record_request(latency_ms, confidence)`` records the request and
     ``record_error(sample_id, prediction_error)`` attaches its error on arrival (False if the
-    sample has left the window meanwhile). Every method is thread-safe.
+    sample has left the window meanwhile); ``first = record_requests(latencies_ms,
+    confidences)`` records a batch of requests from NumPy arrays (ids ``first + i``), the
+    control plane's way of feeding a whole fleet read in one call. Every method is thread-safe.
     Subscribers are called in the thread that ran the analysis (the monitor thread).
 
     Examples

@@ -105,6 +105,14 @@ class PerformanceTracker:
         rec = self._modes.get(mode) if isinstance(mode, str) else None
         return (rec if rec is not None else self._new_mode(mode)).record_sample
 
+    def record_batch(self, mode: str, latencies_ms: Any, confidences: Any) -> None:
+        """Record many inferences of ``mode`` at once, without ``seq`` (1-D floating NumPy
+        arrays of equal length; see :meth:`vortex.monitor.RuntimeDetector.record_requests`:
+        every value is checked before any is stored, and the copy runs without the GIL).
+        """
+        rec = self._modes.get(mode) if isinstance(mode, str) else None
+        (rec if rec is not None else self._new_mode(mode)).record_requests(latencies_ms, confidences)
+
     def _new_mode(self, mode: str, first: tuple[float, float] | None = None) -> _ModeRecorder:
         """The recorder of ``mode``, created (with its ``first`` sample, validated before the
         mode appears) if it is new.
