@@ -289,8 +289,10 @@ class HomeView:
         import json
 
         from ..errors import CorruptFileError
+        from ..serving.control import want_status
 
         path = self.layout.control_status
+        want_status(self.layout.root)
         try:
             with open(path, encoding="utf-8") as f:
                 status = json.load(f)

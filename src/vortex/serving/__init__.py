@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "ControlStandby": "vortex.serving.control",
     "ControlLock": "vortex.serving.control",
     "run_control": "vortex.serving.control",
+    "want_status": "vortex.serving.control",
     "VortexService": "vortex.serving.service",
     "VortexMiddleware": "vortex.serving.asgi",
     "vortex_app": "vortex.serving.asgi",

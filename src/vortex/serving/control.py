@@ -6,7 +6,9 @@ thread feeds them what every serving worker recorded in shared memory
 (:class:`vortex.shm.FleetReader`): requests into the detector, the tracker and the RSI
 watch; labelled samples into the training buffer. Registry writes (training swaps, cleanup)
 and RSI applies happen only here. Its status is published to ``HomeLayout.control_status``
-for the workers' ``/vortex/status`` and ``/vortex/events``.
+for the workers' ``/vortex/status`` and ``/vortex/events`` while someone reads it
+(:func:`want_status`), else only now and then: assembling it is the plane's largest hold of
+the GIL, which it shares with the serving event loop of the worker that holds the role.
 
 Exactly one process holds the role (:class:`ControlLock`, a ``flock`` on
 ``HomeLayout.control_lock``: the kernel releases it when the holder dies, however it dies).
@@ -36,11 +38,39 @@ from ..home import HomeLayout
 from .pending import remove_dead_rings
 from .spec import ServiceSpec
 
-__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "run_control"]
+__all__ = ["ControlLock", "ControlPlane", "ControlStandby", "run_control", "want_status"]
 
 log = logging.getLogger(__name__)
 
 _CLEANUP_SECS = 10.0
+STATUS_WANTED_SECS = 10.0
+"""A status read (:func:`want_status`) keeps the control plane publishing every
+``publish_interval`` for this many seconds; then every ``idle_publish_interval``."""
+_WANT_EVERY_SECS = 1.0  # a reader marks its interest at most once a second
+
+
+def _wanted_path(layout: HomeLayout) -> str:
+    return layout.control_status + ".wanted"
+
+
+_wanted_marked: dict[str, float] = {}
+
+
+def want_status(home: str | os.PathLike[str]) -> None:
+    """Tell the home's control plane that its status is being read (every reader of
+    ``HomeLayout.control_status`` calls this): it then publishes every ``publish_interval``
+    for :data:`STATUS_WANTED_SECS`. Costs a dictionary lookup, and a ``utime`` once a second.
+    """
+    path = _wanted_path(HomeLayout(home))
+    now = time.monotonic()
+    if now - _wanted_marked.get(path, -math.inf) < _WANT_EVERY_SECS:
+        return
+    _wanted_marked[path] = now
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with open(path, "ab"):  # created once; its modification time is the signal
+            pass
 
 
 class ControlLock:
@@ -96,15 +126,22 @@ class ControlPlane:
     spec
         The service; its ``configure`` attaches the detector, trainer and RSI engine.
     poll_interval
-        Seconds between two reads of the workers' segments.
+        Seconds between two reads of the workers' segments while they bring news.
+    idle_poll_interval
+        The longest wait between two reads while they bring none (the wait doubles from
+        ``poll_interval`` after each empty read).
     commit_interval
         Seconds between two saves of the buffer and commits of the fleet's cursors.
     publish_interval
-        Seconds between two writes of the published status.
+        Seconds between two writes of the published status while it is read
+        (:func:`want_status` within :data:`STATUS_WANTED_SECS`).
+    idle_publish_interval
+        Seconds between two writes of the published status while nobody reads it.
     """
 
-    def __init__(self, spec: ServiceSpec, *, poll_interval: float = 0.05, commit_interval: float = 1.0,
-                 publish_interval: float = 0.5) -> None:
+    def __init__(self, spec: ServiceSpec, *, poll_interval: float = 0.05, idle_poll_interval: float = 0.4,
+                 commit_interval: float = 1.0, publish_interval: float = 0.5,
+                 idle_publish_interval: float = 5.0) -> None:
         from ..orchestrator import Orchestrator
         from ..shm import FleetReader
 
@@ -117,8 +154,11 @@ class ControlPlane:
             spec.configure(self.orchestrator)
         self.fleet = FleetReader(self.layout.root)
         self.poll_interval = poll_interval
+        self.idle_poll_interval = max(idle_poll_interval, poll_interval)
         self.commit_interval = commit_interval
         self.publish_interval = publish_interval
+        self.idle_publish_interval = idle_publish_interval
+        self._wanted = _wanted_path(self.layout)
         self.started_at = time.time()
         self.counts = {"records": 0, "samples": 0, "lost_records": 0, "lost_samples": 0, "commits": 0}
         self._awaiting: dict[str, deque[int]] = {}  # worker -> detector ids awaiting an error
@@ -149,26 +189,33 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ the pump
     def _loop(self) -> None:
-        next_commit = next_publish = next_cleanup = 0.0
+        next_commit = next_cleanup = 0.0
+        published = -math.inf
+        backoff = self.poll_interval
         while True:
             stopping = self._stop.is_set()
+            wait = self.poll_interval
             try:
-                self.pump()
+                read = self.pump()
+                backoff = self.poll_interval if read else min(2 * backoff, self.idle_poll_interval)
                 now = time.monotonic()
                 if stopping or now >= next_commit:
                     self.commit()
                     next_commit = now + self.commit_interval
-                if stopping or now >= next_publish:
+                publish_interval = self._publish_interval()
+                if stopping or now >= published + publish_interval:
                     self.publish()
-                    next_publish = now + self.publish_interval
+                    published = now
                 if now >= next_cleanup:
                     remove_dead_rings(self.layout.root, self.spec.feedback_ttl_secs)
                     next_cleanup = now + _CLEANUP_SECS
+                # an idle pump's longer waits do not delay a commit or a publication due
+                wait = min(backoff, next_commit - now, published + publish_interval - now)
             except Exception:  # the pump must outlive any one failure; the next pass retries
                 log.exception("control plane pass failed")
             if stopping:
                 return
-            self._stop.wait(self.poll_interval)
+            self._stop.wait(max(wait, 0.0))
 
     def pump(self) -> int:
         """Feed what the workers recorded since the last pump to the components; returns the
@@ -229,6 +276,14 @@ class ControlPlane:
         self.counts["commits"] += 1
 
     # ------------------------------------------------------------------ status
+    def _publish_interval(self) -> float:
+        """``publish_interval`` while the status is read (one ``stat``), else the idle one."""
+        try:
+            read_ago = time.time() - os.stat(self._wanted).st_mtime
+        except FileNotFoundError:
+            return self.idle_publish_interval
+        return self.publish_interval if read_ago < STATUS_WANTED_SECS else self.idle_publish_interval
+
     def status(self) -> dict[str, Any]:
         """The orchestrator's status plus the fleet's."""
         status = self.orchestrator.system_status().to_dict()

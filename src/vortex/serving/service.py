@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from .control import ControlStandby
+from .control import ControlStandby, want_status
 from .spec import ServiceSpec
 from .worker import ServingWorker
 
@@ -86,6 +86,7 @@ class VortexService:
         """The control plane's last published status (from whichever process holds it), or
         None before the first publication.
         """
+        want_status(self.spec.home)
         try:
             with open(self.running.layout.control_status, encoding="utf-8") as f:
                 return json.load(f)

@@ -1,0 +1,107 @@
+"""What the control plane costs the process it runs in: it publishes its status often only
+while someone reads it (watched from outside: the file's inode, which every atomic write
+replaces)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from vortex.serving import ControlPlane, ServiceSpec, VortexService, want_status
+
+
+def _attach(orch):
+    from vortex import RuntimeDetectorConfig
+
+    orch.with_runtime_detector(RuntimeDetectorConfig(window_size=100))
+
+
+def _spec(home) -> ServiceSpec:
+    return ServiceSpec(home=str(home), model_factory="vortex.training.models:mlp", feature_dim=4,
+                       n_classes=3, factory_kwargs={"in_features": 4, "out_features": 3},
+                       configure=_attach)
+
+
+def _publications(path: str, seconds: float) -> int:
+    """Distinct versions of ``path`` seen over ``seconds`` (sampled every 2 ms), the one there at
+    the start included."""
+    seen = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            st = os.stat(path)
+            seen.add((st.st_ino, st.st_mtime_ns))
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    return len(seen)
+
+
+def test_the_status_is_published_often_only_while_it_is_read(home):
+    plane = ControlPlane(_spec(home), poll_interval=0.01, publish_interval=0.05, idle_publish_interval=60.0)
+    status = plane.layout.control_status
+    plane.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(status):  # the first pass publishes once
+            assert time.monotonic() < deadline, "the control plane published nothing"
+            time.sleep(0.01)
+        assert _publications(status, 1.0) == 1  # nobody reads it: no more than that one
+        want_status(home)  # a reader: every 0.05 s from the next pass on
+        assert _publications(status, 1.0) >= 5
+        wanted = status + ".wanted"
+        past = time.time() - 60
+        os.utime(wanted, (past, past))  # the last read a minute ago: back to the idle pace
+        time.sleep(0.1)  # a publication under way may still land
+        assert _publications(status, 1.0) == 1
+    finally:
+        plane.stop()
+
+
+def test_a_worker_reading_the_status_marks_it_wanted_at_most_once_a_second(home):
+    service = VortexService(_spec(home), control="never")
+    service.start()
+    try:
+        wanted = service.running.layout.control_status + ".wanted"
+        before = time.time_ns()
+        assert service.control_status() is None  # nothing published yet; the interest is marked
+        assert os.stat(wanted).st_mtime_ns >= before - 10_000_000  # (file times are coarse)
+        past = time.time_ns() - 60 * 10**9
+        os.utime(wanted, ns=(past, past))
+        service.control_status()  # within the second: not marked again
+        assert os.stat(wanted).st_mtime_ns == past
+    finally:
+        service.stop()
+
+
+def test_the_pump_reads_less_often_while_the_workers_bring_nothing(home):
+    from vortex.serving import ServingWorker
+
+    spec = _spec(home)
+    plane = ControlPlane(spec, poll_interval=0.01, idle_poll_interval=0.4)
+    passes: list[int] = []
+    pump = plane.pump
+
+    def counted() -> int:
+        n = pump()
+        passes.append(n)
+        return n
+
+    plane.pump = counted  # type: ignore[method-assign]
+    worker = ServingWorker(spec)
+    worker.start()
+    plane.start()
+    try:
+        time.sleep(2.0)
+        idle = len(passes)
+        assert 3 <= idle <= 20  # 200 at the busy pace; 0.01, 0.02, ... 0.32, then 0.4 s apart
+        deadline = time.monotonic() + 1.0
+        x = [0.5, 0.25, 0.125, 0.0625]
+        while time.monotonic() < deadline:  # requests keep coming: back to the busy pace
+            worker.infer(x)
+            time.sleep(0.001)
+        busy = passes[idle:]
+        assert len(busy) >= 30 and sum(busy) == plane.counts["records"]
+    finally:
+        plane.stop()
+        worker.stop()
