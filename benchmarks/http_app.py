@@ -115,3 +115,4 @@ if VARIANT == "vortex" and os.environ.get("VORTEX_BENCH_PUMP_STATS"):
 
     for _name in _PASSES:
         setattr(ControlPlane, _name, _timed(_name))
+

@@ -1,11 +1,19 @@
 """What the control plane costs the process it runs in: it publishes its status often only
 while someone reads it (watched from outside: the file's inode, which every atomic write
-replaces)."""
+replaces), reads the segments less often while they bring nothing, and its threads run at the
+priority asked (read back from ``/proc/<pid>/task/<tid>/stat``).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+
+import pytest
 
 from vortex.serving import ControlPlane, ServiceSpec, VortexService, want_status
 
@@ -24,7 +32,8 @@ def _spec(home) -> ServiceSpec:
 
 def _publications(path: str, seconds: float) -> int:
     """Distinct versions of ``path`` seen over ``seconds`` (sampled every 2 ms), the one there at
-    the start included."""
+    the start included.
+    """
     seen = set()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -105,3 +114,72 @@ def test_the_pump_reads_less_often_while_the_workers_bring_nothing(home):
     finally:
         plane.stop()
         worker.stop()
+
+
+def _nice_of(pid: int, tid: int) -> int:
+    """The niceness of thread ``tid`` of ``pid``, as the kernel reports it (field 19)."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_control_planes_threads_run_at_the_standbys_lowered_priority(home):
+    from vortex.serving import ControlStandby
+
+    main = threading.get_native_id()
+    base = _nice_of(os.getpid(), main)
+    standby = ControlStandby(_spec(home), nice=5)
+    standby.start()
+    try:
+        assert standby.acquired.wait(60)
+        plane = standby.plane
+        # (the standby's own thread ends once the plane is started)
+        threads = {"pump": plane._thread, "detector": plane.orchestrator.detector._thread}
+        for name, thread in threads.items():
+            assert _nice_of(os.getpid(), thread.native_id) == min(19, base + 5), name
+        assert _nice_of(os.getpid(), main) == base  # the serving threads keep theirs
+    finally:
+        standby.stop()
+
+
+@pytest.mark.parametrize("nice", [-1, 20, True, 2.5])
+def test_a_niceness_that_is_not_a_lowering_is_refused_naming_it(home, nice):
+    from vortex.serving import ControlStandby
+
+    with pytest.raises(ValueError, match=f"nice={nice!r}"):
+        ControlStandby(_spec(home), nice=nice)
+    with pytest.raises(ValueError, match=f"nice={nice!r}"):
+        VortexService(_spec(home), control_nice=nice)
+
+
+_SPEC_MODULE = """
+from vortex import RuntimeDetectorConfig
+from vortex.serving import ServiceSpec
+
+def attach(orch):
+    orch.with_runtime_detector(RuntimeDetectorConfig(window_size=100))
+
+SPEC = ServiceSpec(home={home!r}, model_factory="vortex.training.models:mlp", feature_dim=4,
+                   n_classes=3, factory_kwargs={{"in_features": 4, "out_features": 3}},
+                   configure=attach)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_sidecars_control_plane_runs_lowered_and_its_main_thread_does_not(home, tmp_path):
+    (tmp_path / "sidecar_spec.py").write_text(_SPEC_MODULE.format(home=str(home)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]))
+    proc = subprocess.Popen([sys.executable, "-m", "vortex", "control", "--spec", "sidecar_spec:SPEC",
+                             "--nice", "7"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "waiting" in proc.stdout.readline()
+        assert "holding" in proc.stdout.readline()
+        tasks = os.listdir(f"/proc/{proc.pid}/task")
+        lowered = [t for t in tasks if _nice_of(proc.pid, int(t)) == 7]
+        # the pump and the detector's monitor at least; the main thread not
+        assert len(lowered) >= 2 and str(proc.pid) not in lowered, (tasks, lowered)
+        assert _nice_of(proc.pid, proc.pid) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        proc.stdout.close()

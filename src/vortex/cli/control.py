@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.home is not None:
         spec = spec.with_home(args.home)
-    return run_control(spec)
+    return run_control(spec, nice=args.nice)
 
 
 def register(subparsers: Any) -> None:
@@ -26,4 +26,7 @@ def register(subparsers: Any) -> None:
                                    "(waits while another process holds it)")
     parser.add_argument("--spec", required=True, help="the service: 'package.module:SPEC'")
     parser.add_argument("--home", default=None, help="the Vortex home (default: the spec's)")
+    parser.add_argument("--nice", type=int, default=10, choices=range(20), metavar="0..19",
+                        help="niceness added to the control plane's threads, so that the serving "
+                             "processes win the CPU (default: 10)")
     command(parser, _run)

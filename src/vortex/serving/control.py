@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -298,6 +299,16 @@ class ControlPlane:
         atomic_write_text(self.layout.control_status, text)
 
 
+def check_nice(nice: int) -> int:
+    """``nice`` if it is a niceness increment a process may apply to itself (0..19), else
+    ``ValueError`` naming it.
+    """
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise ValueError(f"nice={nice!r}: must be an integer in 0..19 (only lowering a "
+                         "priority needs no privilege)")
+    return nice
+
+
 class ControlStandby:
     """Waits for the home's control-plane lock and runs a :class:`ControlPlane` once it has it.
 
@@ -307,13 +318,21 @@ class ControlStandby:
         The service.
     interval
         Seconds between two attempts at the lock.
+    nice
+        Added to the niceness of the standby's thread, and so of every thread the control plane
+        starts (on Linux each thread has its own niceness and a new thread inherits its
+        creator's): 0 to 19. The sidecar's default (:func:`run_control`) is 10, so that the
+        serving processes of the machine win the CPU; a serving worker's is 0, because a
+        lowered thread that holds the GIL when it is preempted keeps that worker's event loop
+        waiting longer (a priority inversion the GIL cannot see). Ignored off Linux.
     plane_kwargs
         Passed to :class:`ControlPlane`.
     """
 
-    def __init__(self, spec: ServiceSpec, *, interval: float = 0.5, **plane_kwargs: Any) -> None:
+    def __init__(self, spec: ServiceSpec, *, interval: float = 0.5, nice: int = 0, **plane_kwargs: Any) -> None:
         self.spec = spec
         self.interval = interval
+        self.nice = check_nice(nice)
         self.lock = ControlLock(os.path.abspath(spec.home))
         self.plane: ControlPlane | None = None
         self._plane_kwargs = plane_kwargs
@@ -328,6 +347,9 @@ class ControlStandby:
         self._thread.start()
 
     def _run(self) -> None:
+        if self.nice and sys.platform.startswith("linux"):
+            tid = threading.get_native_id()  # this thread only (PRIO_PROCESS takes a tid on Linux)
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
         while not self._stop.is_set():
             try:
                 if self.lock.try_acquire():
@@ -352,16 +374,17 @@ class ControlStandby:
         self.lock.release()
 
 
-def run_control(spec: ServiceSpec, stop: threading.Event | None = None) -> int:
+def run_control(spec: ServiceSpec, stop: threading.Event | None = None, *, nice: int = 10) -> int:
     """Run the control plane of ``spec``'s home until SIGTERM or SIGINT (or ``stop``): wait
-    for the role while another process holds it, then hold it. Returns 0.
+    for the role while another process holds it, then hold it, its threads ``nice`` lower in
+    priority than this one (see :class:`ControlStandby`). Returns 0.
     """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     os.makedirs(spec.home, exist_ok=True)
-    standby = ControlStandby(spec)
+    standby = ControlStandby(spec, nice=nice)
     standby.start()
     print(f"vortex control: waiting for the control plane of {os.path.abspath(spec.home)} "
           f"(pid {os.getpid()})", flush=True)

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from .control import ControlStandby, want_status
+from .control import ControlStandby, check_nice, want_status
 from .spec import ServiceSpec
 from .worker import ServingWorker
 
@@ -36,18 +36,22 @@ class VortexService:
         ``"standby"`` (take the control plane when nobody holds it) or ``"never"``.
     follow_interval, standby_interval
         Seconds between two checks of the registry's active version, and of the lock.
+    control_nice
+        Niceness added to the control plane's threads if this process takes the role
+        (:class:`~vortex.serving.control.ControlStandby`; default 0).
     plane_kwargs
         Passed to :class:`~vortex.serving.control.ControlPlane`.
     """
 
     def __init__(self, spec: ServiceSpec, *, control: str = "standby", follow_interval: float = 0.1,
-                 standby_interval: float = 0.5, **plane_kwargs: Any) -> None:
+                 standby_interval: float = 0.5, control_nice: int = 0, **plane_kwargs: Any) -> None:
         if control not in _ROLES:
             raise ValueError(f"control={control!r}: must be one of {_ROLES}")
         self.spec = spec
         self.control = control
         self.follow_interval = follow_interval
         self.standby_interval = standby_interval
+        self.control_nice = check_nice(control_nice)
         self.plane_kwargs = plane_kwargs
         self.worker: ServingWorker | None = None
         self.standby: ControlStandby | None = None
@@ -58,7 +62,8 @@ class VortexService:
         self.worker = ServingWorker(self.spec, follow_interval=self.follow_interval)
         self.worker.start()
         if self.control == "standby":
-            self.standby = ControlStandby(self.spec, interval=self.standby_interval, **self.plane_kwargs)
+            self.standby = ControlStandby(self.spec, interval=self.standby_interval, nice=self.control_nice,
+                                          **self.plane_kwargs)
             self.standby.start()
 
     def stop(self) -> None:
