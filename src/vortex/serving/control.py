@@ -60,18 +60,23 @@ _wanted_marked: dict[str, float] = {}
 def want_status(home: str | os.PathLike[str]) -> None:
     """Tell the home's control plane that its status is being read (every reader of
     ``HomeLayout.control_status`` calls this): it then publishes every ``publish_interval``
-    for :data:`STATUS_WANTED_SECS`. Costs a dictionary lookup, and a ``utime`` once a second.
+    for :data:`STATUS_WANTED_SECS`. Costs a dictionary lookup (~0.3 µs), and a ``utime`` once a
+    second.
     """
-    path = _wanted_path(HomeLayout(home))
+    key = os.fspath(home)
     now = time.monotonic()
-    if now - _wanted_marked.get(path, -math.inf) < _WANT_EVERY_SECS:
+    if now - _wanted_marked.get(key, -math.inf) < _WANT_EVERY_SECS:
         return
-    _wanted_marked[path] = now
+    _wanted_marked[key] = now
+    path = _wanted_path(HomeLayout(home))
     try:
-        os.utime(path)
-    except FileNotFoundError:
-        with open(path, "ab"):  # created once; its modification time is the signal
-            pass
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with open(path, "ab"):  # created once; its modification time is the signal
+                pass
+    except OSError as exc:  # a reader without write access (a read-only dashboard) still reads
+        log.debug("cannot mark the status of %s as read: %s", home, exc)
 
 
 class ControlLock:
