@@ -145,7 +145,7 @@ class ControlPlane:
         Seconds between two writes of the published status while nobody reads it.
     """
 
-    def __init__(self, spec: ServiceSpec, *, poll_interval: float = 0.05, idle_poll_interval: float = 0.4,
+    def __init__(self, spec: ServiceSpec, *, poll_interval: float = 0.2, idle_poll_interval: float = 1.0,
                  commit_interval: float = 1.0, publish_interval: float = 0.5,
                  idle_publish_interval: float = 5.0) -> None:
         from ..orchestrator import Orchestrator
