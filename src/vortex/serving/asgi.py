@@ -112,7 +112,8 @@ class VortexMiddleware:
                     # a 5xx is counted as a failed request, apart from prediction errors
                     # (which only feedback knows): its confidence, if infer answered, else 0
                     segment.record_sample((perf_counter() - start) * 1e3,
-                                          context.confidence or 0.0, failed=failed)
+                                          context.confidence or 0.0, failed=failed,
+                                          request=context.request, version=context.version)
 
 
 def _problem(status: int, message: str) -> Any:
