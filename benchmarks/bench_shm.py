@@ -3,8 +3,9 @@ for, and with what a user would otherwise pick for cross-process metrics: promet
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, one mmap'ed file per process).
 
 Groups (ratios printed by conftest.py; goals from issue 14):
-- shm.record: ``WorkerSegment.record_sample`` vs ``RuntimeDetector.record_sample`` (goal: within
-  1.5x) and vs a prometheus multiprocess ``Histogram.observe``;
+- shm.record: ``WorkerSegment.record_sample`` (bare, and as the serving worker calls it, with the
+  request's number and model version) vs ``RuntimeDetector.record_sample`` (goal: within 1.5x)
+  and vs a prometheus multiprocess ``Histogram.observe``;
 - shm.push: ``WorkerSegment.push`` vs ``SampleBuffer.push`` (goal: within 1.5x), one 32-dim row;
 - shm.merge: the control plane's merged histograms of 4 workers (``FleetReader.histograms``) vs
   prometheus' ``MultiProcessCollector.collect`` over the files of 4 processes;
@@ -81,6 +82,23 @@ def test_record_sample_vortex_shared_memory(benchmark, home):
     assert seg.records % CALLS == 0 and seg.records >= CALLS
     latency, _ = FleetReader(home).histograms()
     assert latency.count == seg.records
+    seg.close()
+
+
+@pytest.mark.benchmark(group="shm.record (one request sample, per call)")
+def test_record_sample_vortex_shared_memory_with_request_and_version(benchmark, home):
+    """The serving worker's call: the request's number and the version that answered it."""
+    seg = WorkerSegment.create(home, DIM)
+    record = seg.record_sample
+
+    def run():
+        for v in VALUES:  # a constant number: the loop stays the other variants' loop
+            record(v, 0.9, request=17, version=3)
+
+    benchmark.extra_info["calls_per_round"] = CALLS
+    benchmark(run)
+    records = FleetReader(home).read_new().all_metrics()
+    assert (records.request == 17).all() and (records.version == 3).all()
     seg.close()
 
 

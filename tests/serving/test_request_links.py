@@ -229,3 +229,39 @@ def test_the_board_gets_every_figure_tagged_with_the_version_that_answered(home)
         worker.close()
         other.close()
         plane.stop()
+
+
+def test_an_error_whose_request_was_evicted_still_counts_on_its_workers_newest_record(home):
+    from vortex.serving import ControlPlane, ServingWorker
+    from vortex.serving.links import RequestLinks
+
+    plane = ControlPlane(_spec(home, _detector))
+    plane._links = RequestLinks(per_worker=4)  # request k + 4 takes request k's place
+    worker = ServingWorker(_spec(home, None))
+    worker.start()
+    try:
+        answers = [worker.infer(np.full(4, k / 8, np.float32)) for k in range(6)]
+        plane.pump()
+        evicted = worker.feedback(answers[0].request_id, 1)  # request 0: overwritten by 4
+        exact = worker.feedback(answers[3].request_id, 2)
+        plane.pump()
+        assert (plane.counts["linked_errors"], plane.counts["unlinked_errors"]) == (1, 1)
+        _, errors = _window(plane)
+        # the evicted one on the newest record still without an error (request 5)
+        assert errors[3] == np.float32(exact) and errors[5] == np.float32(evicted)
+        assert np.isnan(errors[[0, 1, 2, 4]]).all()
+        # a segment id no record came from: waits for its record, then leaves the detector
+        worker.segment.push(np.zeros(4, np.float32), 0, 0.5, 0.25, worker=12345, request=0, version=None)
+        for _ in range(41):
+            plane.pump()
+        assert plane.counts["dropped_errors"] == 1 and not plane._overtaken
+    finally:
+        worker.stop()
+        plane.stop()
+
+
+def test_request_links_refuse_a_table_size_that_is_not_a_power_of_two():
+    from vortex.serving.links import RequestLinks
+
+    with pytest.raises(ValueError, match="per_worker=6"):
+        RequestLinks(per_worker=6)
