@@ -85,14 +85,11 @@ cdef class SegmentRecorder:
                              "forked from); create a WorkerSegment in this process")
         return self._w
 
-    def record_sample(self, latency_ms, confidence, prediction_error=NAN, *, bint failed=False,
-                      request=None, version=None):
+    def record_sample(self, latency_ms, confidence, prediction_error=NAN, *, bint failed=False):
         """Record one request's latency (ms), confidence and, if known, prediction error;
         ``failed=True`` counts it as a failed request (an HTTP 5xx: ``SegmentTotals.failed``,
-        apart from prediction errors); ``request``: its number in this worker (an integer
-        >= 0, carried by its feedback's sample, see :meth:`push`), ``version``: the model
-        version that answered (None: a request that never reached the model, or an
-        unversioned model).
+        apart from prediction errors). Its request number and model version are "none" (see
+        :meth:`record_answer`).
 
         As :meth:`vortex.RuntimeDetector.record_sample`: ``prediction_error`` NaN (the default)
         means no ground truth yet; a negative, NaN or infinite latency, a confidence outside
@@ -103,27 +100,44 @@ cdef class SegmentRecorder:
         cdef double conf = _real(confidence, "confidence")
         cdef double err = _real(prediction_error, "prediction_error")
         _check_sample(lat, conf, err)
+        self._checked().record(lat, conf, err, failed, -1, -1)
+
+    def record_answer(self, latency_ms, confidence, request, version, bint failed=False):
+        """Record one answered request, as the serving worker does: its latency (ms) and
+        confidence, its ``request`` number in this worker (an integer >= 0, which its
+        feedback's sample names, see :meth:`push_feedback`) and the model ``version`` that
+        answered (None: none, or an unversioned model; ``request`` None: it never reached the
+        model, e.g. a 5xx before it); ``failed`` as in :meth:`record_sample`.
+
+        Positional, so that the per-request call costs what :meth:`record_sample` does;
+        ``ValueError`` naming a bad value, and nothing is recorded.
+        """
+        cdef double lat = _real(latency_ms, "latency_ms")
+        cdef double conf = _real(confidence, "confidence")
+        _check_request(lat, conf)
         cdef int64_t number = _optional_index(request, "request")
         cdef int64_t ver = _optional_index(version, "version")
-        self._checked().record(lat, conf, err, failed, number, ver)
+        self._checked().record(lat, conf, NAN, failed, number, ver)
 
-    def push(self, features, label, confidence=1.0, error=NAN, episode=0, timestamp=None, *,
-             worker=0, request=None, version=None, misclassified=None, nll=None):
+    def push(self, features, label, confidence=1.0, error=NAN, episode=0, timestamp=None):
         """Store one training sample and return its seq within this segment (0, 1, ...).
 
         Arguments and errors as :meth:`vortex.training.SampleBuffer.push`: ``ValueError``
-        naming the bad value, and nothing is stored. A sample that labels a served request
-        says which: ``worker`` (the answering worker's segment id, any worker's),
-        ``request`` (its request number there, as recorded by :meth:`record_sample`),
-        ``version`` (the model version that answered), and the figures of the change board
-        beside the error: ``misclassified`` (0 or 1) and ``nll`` (-log p(label), classification);
-        None: not known.
+        naming the bad value, and nothing is stored. It labels no known request (see
+        :meth:`push_feedback`).
         """
-        cdef SegmentWriter* w = self._checked()
-        cdef SampleArgs a
-        cdef Py_buffer view
         cdef Origin origin
-        _sample_args(&a, label, confidence, error, episode, timestamp, self._float_labels)
+        return self._push(features, label, confidence, error, episode, timestamp, &origin)
+
+    def push_feedback(self, features, label, confidence, error, episode, worker, request, version,
+                      misclassified, nll, timestamp=None):
+        """Store the labelled sample of a served request (as :meth:`push`) and say which request it labels: ``worker`` (the answering worker's segment id, any
+        worker's), ``request`` (its number there, as :meth:`record_answer` recorded it; None:
+        not known), ``version`` (the model version that answered; None: none) and the change
+        board's figures beside the error: ``misclassified`` (0 or 1) and ``nll`` (-log p(label);
+        None: not measured, e.g. regression). ``ValueError`` naming a bad value, nothing stored.
+        """
+        cdef Origin origin
         try:
             origin.worker = worker if type(worker) is int else operator.index(worker)
         except (OverflowError, TypeError):
@@ -132,9 +146,16 @@ cdef class SegmentRecorder:
         origin.version = _optional_index(version, "version")
         origin.misclassified = _optional_figure(misclassified, "misclassified", 1.0)
         origin.nll = _optional_figure(nll, "nll", 3.4e38)
+        return self._push(features, label, confidence, error, episode, timestamp, &origin)
+
+    cdef object _push(self, features, label, confidence, error, episode, timestamp, Origin* origin):
+        cdef SegmentWriter* w = self._checked()
+        cdef SampleArgs a
+        cdef Py_buffer view
+        _sample_args(&a, label, confidence, error, episode, timestamp, self._float_labels)
         _feature_row(features, &view, self._dim)
         try:
             return w.push(<const float*>view.buf, _label_ptr(&a, self._float_labels), a.confidence,
-                          a.error, a.timestamp, a.episode, origin)
+                          a.error, a.timestamp, a.episode, origin[0])
         finally:
             PyBuffer_Release(&view)

@@ -165,7 +165,7 @@ def test_a_feedback_read_before_its_requests_record_waits_for_it(home):
         error = worker.feedback(late.request_id, 2)
         plane.pump()  # the sample, not its record
         assert plane.counts["linked_errors"] == 0 and len(plane._overtaken) == 1
-        worker.segment.record_sample(3.5, context.confidence, request=context.request, version=context.version)
+        worker.segment.record_answer(3.5, context.confidence, context.request, context.version)
         plane.pump()
         assert plane.counts["linked_errors"] == 1 and not plane._overtaken
         latency, errors = _window(plane)
@@ -251,7 +251,7 @@ def test_an_error_whose_request_was_evicted_still_counts_on_its_workers_newest_r
         assert errors[3] == np.float32(exact) and errors[5] == np.float32(evicted)
         assert np.isnan(errors[[0, 1, 2, 4]]).all()
         # a segment id no record came from: waits for its record, then leaves the detector
-        worker.segment.push(np.zeros(4, np.float32), 0, 0.5, 0.25, worker=12345, request=0, version=None)
+        worker.segment.push_feedback(np.zeros(4, np.float32), 0, 0.5, 0.25, 0, 12345, 0, None, 1.0, None)
         for _ in range(41):
             plane.pump()
         assert plane.counts["dropped_errors"] == 1 and not plane._overtaken

@@ -111,9 +111,8 @@ class VortexMiddleware:
                 if segment is not None and not segment.closed:
                     # a 5xx is counted as a failed request, apart from prediction errors
                     # (which only feedback knows): its confidence, if infer answered, else 0
-                    segment.record_sample((perf_counter() - start) * 1e3,
-                                          context.confidence or 0.0, failed=failed,
-                                          request=context.request, version=context.version)
+                    segment.record_answer((perf_counter() - start) * 1e3, context.confidence or 0.0,
+                                          context.request, context.version, failed)
 
 
 def _problem(status: int, message: str) -> Any:

@@ -133,7 +133,7 @@ class ServingWorker:
 
         label = "int64" if self.spec.n_classes else "float32"
         self.segment = WorkerSegment.create(self.layout.root, self.spec.feature_dim, label_dtype=label)
-        self._record = self.segment.record_sample
+        self._record = self.segment.record_answer
         self._ring = PendingRing(self.layout.root, self.spec.feature_dim, self.spec.n_classes,
                                  worker=self.segment.segment_id)
         self._stop.clear()
@@ -210,7 +210,7 @@ class ServingWorker:
         number, version = next(self._numbers), prediction.model_version
         if context is None:
             request_id = mint_request_id()
-            self._record(prediction.latency_ms, prediction.confidence, request=number, version=version)
+            self._record(prediction.latency_ms, prediction.confidence, number, version)
         else:  # the middleware records it when the response is sent
             request_id = context.request_id
             context.confidence = prediction.confidence
@@ -257,9 +257,8 @@ class ServingWorker:
                     raise ValueError(f"label={label!r}: must be a finite number")
                 error = min(1.0, abs(entry.output - label))
                 correct = error < 0.5
-            self.segment.push(entry.features, label, confidence=entry.confidence, error=error,
-                              episode=episode, worker=entry.worker, request=entry.request,
-                              version=entry.version, misclassified=0.0 if correct else 1.0, nll=nll)
+            self.segment.push_feedback(entry.features, label, entry.confidence, error, episode, entry.worker,
+                                       entry.request, entry.version, 0.0 if correct else 1.0, nll)
         except BaseException:
             self._finder.give_back(request_id)
             raise
