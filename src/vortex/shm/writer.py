@@ -36,9 +36,14 @@ class WorkerSegment(SegmentRecorder):
 
     Create it with :meth:`create` in the worker process (after any fork). Per request:
     ``record_sample(latency_ms, confidence, prediction_error=nan, *, failed=False)`` (as
-    :meth:`vortex.RuntimeDetector.record_sample`) and, when a labelled sample is due for
+    :meth:`vortex.RuntimeDetector.record_sample`) or, naming the request,
+    ``record_answer(latency_ms, confidence, request, version, failed=False)`` (its number in
+    this worker and the model version that answered); when a labelled sample is due for
     training, ``push(features, label, confidence=1.0, error=nan, episode=0, timestamp=None)``
-    (as :meth:`vortex.training.SampleBuffer.push`; returns the sample's seq in this segment).
+    (as :meth:`vortex.training.SampleBuffer.push`; returns the sample's seq in this segment) or,
+    naming the request it labels, ``push_feedback(features, label, confidence, error, episode,
+    worker, request, version, misclassified, nll, timestamp=None)`` (``worker``: the answering
+    worker's :attr:`segment_id`; the control plane links the error to that request's record).
     Both validate their arguments the same way as the in-process calls (``ValueError`` naming
     the bad value; nothing stored) and are safe from several threads.
 
