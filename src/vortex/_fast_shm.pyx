@@ -131,8 +131,9 @@ cdef class SegmentRecorder:
 
     def push_feedback(self, features, label, confidence, error, episode, worker, request, version,
                       misclassified, nll, timestamp=None):
-        """Store the labelled sample of a served request (as :meth:`push`) and say which request it labels: ``worker`` (the answering worker's segment id, any
-        worker's), ``request`` (its number there, as :meth:`record_answer` recorded it; None:
+        """Store the labelled sample of a served request (as :meth:`push`) and say which
+        request it labels: ``worker`` (the answering worker's segment id, any worker's),
+        ``request`` (its number there, as :meth:`record_answer` recorded it; None:
         not known), ``version`` (the model version that answered; None: none) and the change
         board's figures beside the error: ``misclassified`` (0 or 1) and ``nll`` (-log p(label);
         None: not measured, e.g. regression). ``ValueError`` naming a bad value, nothing stored.
