@@ -129,11 +129,13 @@ class Isolation:
     cause: str = ""
 
     def describe(self) -> str:
+        """One line for status output: the tool and host uid when jailed, else why not."""
         if self.isolated:
             return f"jailed with {self.tool} (host uid {self.host_uid})"
         return f"NOT isolated: {self.cause}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The verdict as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -159,9 +161,14 @@ class JailRun:
 
     @property
     def ok(self) -> bool:
+        """Whether the jail started the command and it exited 0 within its timeout."""
         return self.returncode == 0 and not self.timed_out and self.setup_error is None
 
     def describe(self) -> str:
+        """How the run ended, in one line naming the command (its basename): the jail could
+        not start it, it was killed (too many processes, the timeout, a signal) or its exit
+        status. The sandbox puts it in an errored or rejected test's reason.
+        """
         name = os.path.basename(self.argv[0]) if self.argv else "command"
         if self.setup_error is not None:
             return f"the jail could not start {name}: {self.setup_error}"

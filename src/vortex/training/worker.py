@@ -215,10 +215,19 @@ class Adam:
         self.steps = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (set it to None, torch's default).
+
+        ``set_to_none`` is accepted for ``torch.optim.Optimizer``'s signature only: gradients
+        are always set to None, never zero-filled.
+        """
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """One Adam update of every parameter that has a gradient (one without is left as it
+        is, as torch does). The step count, hence the bias correction, is shared by all
+        parameters.
+        """
         import torch
 
         self.steps += 1
