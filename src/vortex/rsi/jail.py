@@ -177,8 +177,18 @@ class JailRun:
         if self.timed_out:
             return f"{name}: killed after the wall-clock timeout ({self.duration_secs:.1f}s)"
         if self.returncode is not None and self.returncode < 0:
-            return f"{name}: killed by {signal.Signals(-self.returncode).name}"
+            return f"{name}: killed by {_signal_name(-self.returncode)}"
         return f"{name}: exit status {self.returncode}"
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 40`` for a number the signal module has no name for (the
+    real-time signals between SIGRTMIN and SIGRTMAX), which a command may die of as well.
+    """
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # ----------------------------------------------------------------------------- output

@@ -202,6 +202,8 @@ class TestOutcomes:
         if not isinstance(outcomes, dict):
             raise ValueError("result record without outcomes")
         origins = rec.get("origins") or {}
+        if not isinstance(origins, dict):
+            raise ValueError(f"result record whose origins are a {type(origins).__name__}, not a mapping")
         return cls({str(k): str(v) for k, v in outcomes.items()},
                    [str(e) for e in rec.get("collect_errors") or []], int(rec.get("exit", 0)),
                    {str(k): None if v is None else str(v) for k, v in origins.items()})
