@@ -161,6 +161,26 @@ def test_adam_matches_torch_optim_adam():
     assert not torch.allclose(a[0].weight, mlp(8, 16, 3, seed=5)[0].weight)
 
 
+def test_adam_counts_each_parameters_steps_as_torch_does():
+    """A parameter without a gradient on some steps (a frozen head, an unused branch) keeps
+    its own step count, hence its own bias correction."""
+    from vortex.training.worker import Adam
+
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    a, b = mlp(8, 16, 3, seed=7), mlp(8, 16, 3, seed=7)
+    ours, ref = Adam(a.parameters(), lr=0.01), torch.optim.Adam(b.parameters(), lr=0.01)
+    for step in range(20):
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x[step % 4::4]), y[step % 4::4]).backward()
+            if step < 10:  # the first layer's bias learns only from step 10 on
+                model[0].bias.grad = None
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6, rtol=1e-5)
+
+
 def test_loss_totals_live_on_the_training_device_and_are_reduced_there(monkeypatch):
     """On CUDA under NCCL the all-reduced tensor must be a CUDA tensor; checked without a GPU
     on the 'meta' device (shapes only, no data): everything up to the all-reduce runs there."""
