@@ -72,6 +72,7 @@ class Change:
     at: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The change as a JSON-ready dict (as :meth:`ChangeBoard.history` lists it)."""
         return asdict(self)
 
 

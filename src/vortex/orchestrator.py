@@ -331,10 +331,23 @@ class Orchestrator(ComponentAccess):
             self.rsi.start()
 
     def stop_runtime_monitoring(self) -> None:
+        """Stop the detector's monitor thread (a no-op without a detector).
+
+        Only its passes stop (so nothing triggers): the request path keeps feeding it
+        samples, and the RSI engine's scheduled cycles keep running until :meth:`close`.
+        """
         if self.detector is not None:
             self.detector.stop()
 
     def start_background_training(self) -> None:
+        """Start the trainer's threads: scheduled and triggered training runs, and the
+        housekeeping that follows outside swaps, saves the buffer and cleans the registry.
+
+        Raises
+        ------
+        vortex.errors.VortexError
+            No trainer is attached (call :meth:`with_background_trainer` first).
+        """
         if self.trainer is None:
             raise VortexError("no background trainer: call with_background_trainer() first")
         self.trainer.start()  # its housekeeping thread runs the scheduled registry cleanup
