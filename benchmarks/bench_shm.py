@@ -3,8 +3,10 @@ for, and with what a user would otherwise pick for cross-process metrics: promet
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, one mmap'ed file per process).
 
 Groups (ratios printed by conftest.py; goals from issue 14):
-- shm.record: ``WorkerSegment.record_sample`` vs ``RuntimeDetector.record_sample`` (goal: within
-  1.5x) and vs a prometheus multiprocess ``Histogram.observe``;
+- shm.record: ``WorkerSegment.record_sample`` (and ``record_answer``, the serving worker's call
+  with the request's number and model version) vs ``RuntimeDetector.record_sample`` (goal: within
+  1.5x) and ``record_request`` (the in-process request path's call)
+  and vs a prometheus multiprocess ``Histogram.observe``;
 - shm.push: ``WorkerSegment.push`` vs ``SampleBuffer.push`` (goal: within 1.5x), one 32-dim row;
 - shm.merge: the control plane's merged histograms of 4 workers (``FleetReader.histograms``) vs
   prometheus' ``MultiProcessCollector.collect`` over the files of 4 processes;
@@ -85,9 +87,42 @@ def test_record_sample_vortex_shared_memory(benchmark, home):
 
 
 @pytest.mark.benchmark(group="shm.record (one request sample, per call)")
+def test_record_answer_vortex_shared_memory(benchmark, home):
+    """The serving worker's call: with the request's number and the version that answered it."""
+    seg = WorkerSegment.create(home, DIM)
+    record = seg.record_answer
+
+    def run():
+        for v in VALUES:  # a constant number: the loop stays the other variants' loop
+            record(v, 0.9, 17, 3)
+
+    benchmark.extra_info["calls_per_round"] = CALLS
+    benchmark(run)
+    records = FleetReader(home).read_new().all_metrics()
+    assert (records.request == 17).all() and (records.version == 3).all()
+    seg.close()
+
+
+@pytest.mark.benchmark(group="shm.record (one request sample, per call)")
 def test_record_sample_in_process_detector(benchmark):
     det = RuntimeDetector(RuntimeDetectorConfig(window_size=60), memory_probe=lambda: 0.1)
     record = det.record_sample
+
+    def run():
+        for v in VALUES:
+            record(v, 0.9)
+
+    benchmark.extra_info["calls_per_round"] = CALLS
+    benchmark(run)
+    assert det.total_samples % CALLS == 0 and det.total_samples >= CALLS
+
+
+@pytest.mark.benchmark(group="shm.record (one request sample, per call)")
+def test_record_request_in_process_detector(benchmark):
+    """record_answer's in-process peer: the orchestrator's request path records a request whose
+    error comes later (and gets its id)."""
+    det = RuntimeDetector(RuntimeDetectorConfig(window_size=60), memory_probe=lambda: 0.1)
+    record = det.record_request
 
     def run():
         for v in VALUES:

@@ -87,10 +87,11 @@ py::object head(const A& a, std::size_t n) {
 py::tuple read_metrics(SegmentReader& r, std::uint64_t cursor, std::size_t max_n) {
     const std::size_t room = read_room(max_n, r.layout().metric_capacity, r.counters().metric_count, cursor);
     const auto len = static_cast<py::ssize_t>(room);
-    py::array_t<std::int64_t> index(len), t(len);
+    py::array_t<std::int64_t> index(len), t(len), request(len), version(len);
     py::array_t<double> lat(len), conf(len), err(len);
-    const vortex::shm::MetricColumns out{index.mutable_data(), t.mutable_data(), lat.mutable_data(),
-                                         conf.mutable_data(), err.mutable_data()};
+    const vortex::shm::MetricColumns out{index.mutable_data(), t.mutable_data(),       lat.mutable_data(),
+                                         conf.mutable_data(),  err.mutable_data(),     request.mutable_data(),
+                                         version.mutable_data()};
     vortex::shm::ReadResult res;
     {
         // Safe without the GIL: the reader has its own mutex (close() waits for us) and writes
@@ -99,27 +100,33 @@ py::tuple read_metrics(SegmentReader& r, std::uint64_t cursor, std::size_t max_n
         res = r.read_metrics(cursor, room, out);
     }
     return py::make_tuple(head(index, res.n), head(t, res.n), head(lat, res.n), head(conf, res.n),
-                          head(err, res.n), res.next, res.lost);
+                          head(err, res.n), head(request, res.n), head(version, res.n), res.next, res.lost);
 }
 
 py::tuple read_samples(SegmentReader& r, std::uint64_t cursor, std::size_t max_n) {
     const Layout& l = r.layout();
     const std::size_t room = read_room(max_n, l.sample_capacity, r.counters().sample_count, cursor);
     const auto len = static_cast<py::ssize_t>(room);
-    py::array_t<std::int64_t> seq(len), episode(len);
-    py::array_t<float> features({len, static_cast<py::ssize_t>(l.feature_dim)}), conf(len), err(len);
+    py::array_t<std::int64_t> seq(len), episode(len), request(len), version(len);
+    py::array_t<std::uint64_t> worker(len);
+    py::array_t<float> features({len, static_cast<py::ssize_t>(l.feature_dim)}), conf(len), err(len),
+        misclassified(len), nll(len);
     py::array labels = l.label_kind == 0 ? py::array(py::array_t<std::int64_t>(len)) : py::array(py::array_t<float>(len));
     py::array_t<double> ts(len);
     const vortex::shm::SampleColumns out{seq.mutable_data(), features.mutable_data(),
                                          static_cast<unsigned char*>(labels.mutable_data()), conf.mutable_data(),
-                                         err.mutable_data(), ts.mutable_data(), episode.mutable_data()};
+                                         err.mutable_data(), ts.mutable_data(), episode.mutable_data(),
+                                         worker.mutable_data(), request.mutable_data(), version.mutable_data(),
+                                         misclassified.mutable_data(), nll.mutable_data()};
     vortex::shm::ReadResult res;
     {
         py::gil_scoped_release nogil;  // as in read_metrics
         res = r.read_samples(cursor, room, out);
     }
     return py::make_tuple(head(seq, res.n), head(features, res.n), head(labels, res.n), head(conf, res.n),
-                          head(err, res.n), head(ts, res.n), head(episode, res.n), res.next, res.lost);
+                          head(err, res.n), head(ts, res.n), head(episode, res.n), head(worker, res.n),
+                          head(request, res.n), head(version, res.n), head(misclassified, res.n),
+                          head(nll, res.n), res.next, res.lost);
 }
 
 }  // namespace
@@ -202,9 +209,10 @@ void bind_shm(py::module_& m) {
         .def("lock_exclusive", &SegmentReader::lock_exclusive)
         .def("unlock", &SegmentReader::unlock)
         .def("read_metrics", &read_metrics, py::arg("cursor"), py::arg("max_n"),
-             "(index, t_ns, latency_ms, confidence, error, next_cursor, lost)")
+             "(index, t_ns, latency_ms, confidence, error, request, version, next_cursor, lost)")
         .def("read_samples", &read_samples, py::arg("cursor"), py::arg("max_n"),
-             "(seq, features, labels, confidence, error, timestamp, episode, next_cursor, lost)")
+             "(seq, features, labels, confidence, error, timestamp, episode, worker, request, version, "
+             "misclassified, nll, next_cursor, lost)")
         .def("aggregate", [](SegmentReader& r) { return aggregate_dict(r.aggregate()); })
         .def("verify_static",
              [](SegmentReader& r) {

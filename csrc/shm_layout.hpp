@@ -4,8 +4,8 @@
 //
 //   offset 0      Header (256 bytes): immutable part (checksummed), then the writer's counters
 //   hist_offset   two histograms of kBuckets uint64 counts: latency (seconds), confidence
-//   metric_offset metric ring: metric_capacity slots of 88 bytes
-//   sample_offset sample ring: sample_capacity slots of 48 + 4*feature_dim bytes (8-aligned)
+//   metric_offset metric ring: metric_capacity slots of 120 bytes
+//   sample_offset sample ring: sample_capacity slots of 80 + 4*feature_dim bytes (8-aligned)
 //
 // Every slot starts with two words: `seq` (its seqlock: 0 never written, 2n+1 while record n is
 // being written, 2n+2 once it is complete) and `check` (checksum64 of the payload, seeded with
@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "log_buckets.hpp"
 
@@ -28,7 +29,9 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "shared-memory counters need lock-free 64-bit atomics");
 
 inline constexpr char kMagic[8] = {'V', 'T', 'X', 'S', 'H', 'M', 'S', 'G'};
-inline constexpr std::uint32_t kVersion = 2;  // 2: failed_count in the metric payload
+// 2: failed_count in the metric payload; 3: the request's identity and model version in both
+// payloads (so the control plane links a feedback to exactly its request)
+inline constexpr std::uint32_t kVersion = 3;
 inline constexpr std::size_t kHeaderSize = 256;
 inline constexpr std::uint64_t kClosedMark = 0x21216465736f6c63ull;  // "closed!!"
 inline constexpr std::size_t kMaxFeatureDim = std::size_t(1) << 20;
@@ -74,6 +77,8 @@ struct MetricPayload {
     double latency_ms;
     double confidence;
     double error;  // NaN: no ground truth
+    std::int64_t request;  // the worker's request number (kNoRequest: never reached the model)
+    std::int64_t version;  // the model version that answered (kNoVersion: none, or unversioned)
     // Totals over records 0..n, so a reader gets totals consistent with the newest complete
     // record from that record alone (a header total could not say which records it counts).
     double latency_sum_s;
@@ -86,7 +91,7 @@ struct MetricPayload {
     std::uint64_t latency_hist_check;
     std::uint64_t confidence_hist_check;
 };
-static_assert(sizeof(MetricPayload) == 88);
+static_assert(sizeof(MetricPayload) == 104);
 
 struct SampleHead {  // the sample payload before its features
     double timestamp;  // seconds since the epoch
@@ -94,8 +99,29 @@ struct SampleHead {  // the sample payload before its features
     unsigned char label[8];  // int64, or float32 followed by four zero bytes
     float confidence;
     float error;  // NaN: no ground truth
+    // The request the label belongs to, wherever it was answered: the answering worker's
+    // segment id, its request number there and the model version that answered (kNoRequest,
+    // kNoVersion: not known); then the figures the control plane's change board takes with the
+    // error (NaN: not measured; nll for regression).
+    std::uint64_t worker;
+    std::int64_t request;
+    std::int64_t version;
+    float misclassified;  // 0 or 1
+    float nll;            // -log p(label)
 };
-static_assert(sizeof(SampleHead) == 32);
+static_assert(sizeof(SampleHead) == 64);
+
+inline constexpr std::int64_t kNoRequest = -1;
+inline constexpr std::int64_t kNoVersion = -1;
+
+// Where a labelled sample's request was answered (SampleHead's identity and figures).
+struct Origin {
+    std::uint64_t worker = 0;
+    std::int64_t request = kNoRequest;
+    std::int64_t version = kNoVersion;
+    float misclassified = std::numeric_limits<float>::quiet_NaN();
+    float nll = std::numeric_limits<float>::quiet_NaN();
+};
 
 inline constexpr std::size_t kSlotWords = 16;  // seq + check before every payload
 inline constexpr std::size_t kMetricSlotSize = kSlotWords + sizeof(MetricPayload);

@@ -99,6 +99,8 @@ struct MetricColumns {
     double* latency_ms;
     double* confidence;
     double* error;
+    std::int64_t* request;
+    std::int64_t* version;
 };
 
 // Output columns of read_samples, each with room for max_n rows.
@@ -110,6 +112,11 @@ struct SampleColumns {
     float* error;
     double* timestamp;
     std::int64_t* episode;
+    std::uint64_t* worker;
+    std::int64_t* request;
+    std::int64_t* version;
+    float* misclassified;
+    float* nll;
 };
 
 class SegmentReader {
@@ -186,6 +193,8 @@ public:
             out.latency_ms[k] = m.latency_ms;
             out.confidence[k] = m.confidence;
             out.error[k] = m.error;
+            out.request[k] = m.request;
+            out.version[k] = m.version;
         });
     }
 
@@ -205,6 +214,11 @@ public:
             out.error[k] = h.error;
             out.timestamp[k] = h.timestamp;
             out.episode[k] = h.episode;
+            out.worker[k] = h.worker;
+            out.request[k] = h.request;
+            out.version[k] = h.version;
+            out.misclassified[k] = h.misclassified;
+            out.nll[k] = h.nll;
         });
     }
 

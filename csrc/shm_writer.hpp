@@ -109,8 +109,11 @@ public:
 
     // One validated request sample (callers check valid_latency/confidence/error, as for
     // MetricWindow::record); `failed`: the request failed (an HTTP 5xx), counted apart from
-    // prediction errors. Returns false, storing nothing, once the writer is closed.
-    bool record(double latency_ms, double confidence, double error, bool failed = false) noexcept {
+    // prediction errors; `request`, `version`: the worker's request number and the model
+    // version that answered (kNoRequest, kNoVersion). Returns false, storing nothing, once the
+    // writer is closed.
+    bool record(double latency_ms, double confidence, double error, bool failed = false,
+                std::int64_t request = kNoRequest, std::int64_t version = kNoVersion) noexcept {
         const std::int64_t t = monotonic_ns();
         const double seconds = latency_ms / 1000.0;  // correctly rounded: 5 ms is exactly 0.005
         const std::size_t li = buckets::bucket_index(seconds);
@@ -127,8 +130,9 @@ public:
         failed_count_ += failed;
         lat_check_ += kBucketWeight[li];
         conf_check_ += kBucketWeight[ci];
-        const MetricPayload p{t,         latency_ms, confidence,    error,      lat_sum_,  conf_sum_,
-                              err_sum_,  err_count_, failed_count_, lat_check_, conf_check_};
+        const MetricPayload p{t,         latency_ms, confidence, error,         request,    version,
+                              lat_sum_,  conf_sum_,  err_sum_,   err_count_,    failed_count_, lat_check_,
+                              conf_check_};
         word_at(base_, kMetricBegunAt).store(n + 1, std::memory_order_relaxed);
         unsigned char* slot = metric_ring_ + metric_head_ * kMetricSlotSize;
         begin_slot(slot, n);
@@ -143,10 +147,11 @@ public:
     }
 
     // One sample; validated here like SampleRing::push (std::invalid_argument naming the bad
-    // value, nothing stored). `label` points at an int64 or a float32 (label_kind). Returns its
-    // seq (0, 1, ... within this segment), or -1 once the writer is closed.
+    // value, nothing stored). `label` points at an int64 or a float32 (label_kind); `origin`:
+    // the request it labels (its figures checked by the caller). Returns its seq (0, 1, ...
+    // within this segment), or -1 once the writer is closed.
     std::int64_t push(const float* features, const void* label, double confidence, double error,
-                      double timestamp, std::int64_t episode) {
+                      double timestamp, std::int64_t episode, const Origin& origin = Origin{}) {
         const LabelKind kind = static_cast<LabelKind>(layout_.label_kind);
         check_sample_row(layout_.feature_dim, kind, features, label, confidence, error, timestamp);
         SampleHead head{};
@@ -155,6 +160,11 @@ public:
         std::memcpy(head.label, label, kind == LabelKind::Int64 ? 8 : 4);
         head.confidence = static_cast<float>(confidence);
         head.error = static_cast<float>(error);
+        head.worker = origin.worker;
+        head.request = origin.request;
+        head.version = origin.version;
+        head.misclassified = origin.misclassified;
+        head.nll = origin.nll;
         const std::size_t feature_bytes = layout_.feature_dim * sizeof(float);
         std::lock_guard<SpinLock> g(lock_);
         if (base_ == nullptr) return -1;

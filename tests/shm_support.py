@@ -15,7 +15,7 @@ CLOSED_MARK = 0x21216465736F6C63
 HIST = 256
 N_BUCKETS = 812
 METRIC_RING = (HIST + 2 * N_BUCKETS * 8 + 63) // 64 * 64
-METRIC_SLOT = 104
+METRIC_SLOT = 120
 
 
 def sample_ring_at(window: int) -> int:
@@ -23,7 +23,7 @@ def sample_ring_at(window: int) -> int:
 
 
 def sample_slot_size(dim: int) -> int:
-    return 16 + 32 + (dim * 4 + 7) // 8 * 8
+    return 16 + 64 + (dim * 4 + 7) // 8 * 8
 
 
 def metric_slot_at(n: int, window: int) -> int:
@@ -62,6 +62,37 @@ def metric_values(i: int) -> tuple[float, float, float]:
     return latency, confidence, error
 
 
+def metric_ids(i: int) -> tuple[int | None, int | None] | None:
+    """(request, version) of record i, written with record_answer (None: the format's "none",
+    -1 when read); None for the records written with record_sample (those with an error)."""
+    j = i % PERIOD
+    if j % 4 == 0:
+        return None
+    return (None if j % 7 == 3 else 3 * j + 1), (None if j % 5 == 4 else j % 5 + 1)
+
+
+def sample_origin(i: int) -> tuple | None:
+    """push_feedback's (worker, request, version, misclassified, nll) of sample i; None for the
+    samples written with push."""
+    j = i % PERIOD
+    if j % 6 == 5:
+        return None
+    return (0xABCDEF0123456789 ^ j, None if j % 7 == 2 else 2 * j, None if j % 3 == 2 else j % 3,
+            None if j % 4 == 3 else float(j % 2), None if j % 5 == 0 else j / 8)
+
+
+def _write_one(seg, i: int, lat: float, conf: float, err: float, ids, features, s_conf: float, s_err: float,
+               origin) -> None:
+    if ids is None:
+        seg.record_sample(lat, conf, err)
+    else:
+        seg.record_answer(lat, conf, *ids)
+    if origin is None:
+        seg.push(features, i, s_conf, s_err, i // 7, TIMESTAMP0 + i)
+    else:
+        seg.push_feedback(features, i, s_conf, s_err, i // 7, *origin, TIMESTAMP0 + i)
+
+
 def sample_values(i: int, dim: int = DIM) -> tuple[np.ndarray, int, float, float, int, float]:
     """(features, label, confidence, error, episode, timestamp) of sample i."""
     j = i % PERIOD
@@ -82,18 +113,28 @@ class Writer:
         self.features = list((j[:, None] + np.arange(seg.feature_dim)).astype(np.float32))
         self.s_conf = ((j % 100) / 100.0).tolist()
         self.s_err = np.where(j % 2, np.nan, (j % 10) / 10.0).tolist()
+        self.ids = [metric_ids(k) for k in range(PERIOD)]
+        self.origins = [sample_origin(k) for k in range(PERIOD)]
 
     def write(self, i: int) -> None:
         j = i & (PERIOD - 1)
-        self.seg.record_sample(self.lat[j], self.conf[j], self.err[j])
-        self.seg.push(self.features[j], i, self.s_conf[j], self.s_err[j], i // 7, TIMESTAMP0 + i)
+        _write_one(self.seg, i, self.lat[j], self.conf[j], self.err[j], self.ids[j], self.features[j],
+                   self.s_conf[j], self.s_err[j], self.origins[j])
 
 
 def write(seg, i: int) -> None:
     """Record metric i and push sample i (the dim comes from the segment)."""
-    seg.record_sample(*metric_values(i))
-    features, label, conf, err, episode, ts = sample_values(i, seg.feature_dim)
-    seg.push(features, label, conf, err, episode, ts)
+    features, _, conf, err, _, _ = sample_values(i, seg.feature_dim)
+    _write_one(seg, i, *metric_values(i), metric_ids(i), features, conf, err, sample_origin(i))
+
+
+def _none(value) -> int:
+    return -1 if value is None else value
+
+
+def _same_float32(want, got) -> bool:
+    want = math.nan if want is None else want
+    return (math.isnan(want) and math.isnan(got)) or np.float32(want) == got
 
 
 def check_metrics(records) -> None:
@@ -103,6 +144,8 @@ def check_metrics(records) -> None:
         got = (records.latency_ms[k], records.confidence[k], records.error[k])
         same_err = (math.isnan(err) and math.isnan(got[2])) or err == got[2]
         assert got[0] == lat and got[1] == conf and same_err, f"record {i}: {got} != {(lat, conf, err)}"
+        request, version = metric_ids(i) or (None, None)
+        assert (records.request[k], records.version[k]) == (_none(request), _none(version)), f"record {i}"
 
 
 def check_samples(rows, dim: int = DIM) -> None:
@@ -113,6 +156,11 @@ def check_samples(rows, dim: int = DIM) -> None:
         assert rows.labels[k] == label and rows.episode[k] == episode and rows.timestamp[k] == ts, i
         assert rows.confidence[k] == np.float32(conf), i
         assert (math.isnan(err) and math.isnan(rows.error[k])) or rows.error[k] == np.float32(err), i
+        worker, request, version, misclassified, nll = sample_origin(i) or (0, None, None, None, None)
+        assert int(rows.worker[k]) == worker and rows.request[k] == _none(request), i
+        assert rows.version[k] == _none(version), i
+        assert _same_float32(misclassified, rows.misclassified[k]), i
+        assert _same_float32(nll, rows.nll[k]), i
 
 
 def latency_seconds(n: int) -> np.ndarray:

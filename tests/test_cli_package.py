@@ -178,7 +178,9 @@ def _group_options(group: argparse.ArgumentParser) -> list[list[str]]:
         if not action.option_strings or action.dest == "help":
             continue
         flag = action.option_strings[0]
-        shared.append([flag] if action.nargs == 0 else [flag, f"/given/{action.dest}"])
+        # a JSON option (--storage-options) takes a JSON object; the others, any path
+        value = '{"given": "%s"}' % action.dest if "options" in action.dest else f"/given/{action.dest}"
+        shared.append([flag] if action.nargs == 0 else [flag, value])
     return shared
 
 
@@ -210,7 +212,9 @@ def test_group_options_parse_the_same_before_and_after_the_action(group, action)
     assert before == after == split
     for option in options:  # each option was taken, not left at its default
         dest = option[0].lstrip("-").replace("-", "_")
-        assert before[dest] == (True if len(option) == 1 else option[1]) != defaults[dest]
+        parsed = True if len(option) == 1 else json.loads(option[1]) if dest.endswith("options") \
+            else option[1]
+        assert before[dest] == parsed != defaults[dest]
 
 
 # -- the same, run as a user would: a process, its output and exit status ----------------------

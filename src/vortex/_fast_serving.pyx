@@ -360,13 +360,13 @@ cdef class PendingSlots:
         self.held = True
         if capacity <= 0 or keys_at + 8 * capacity > slots_at \
                 or slots_at + capacity * slot_size > self.view.len \
-                or 48 + 8 * n_outputs + 4 * feature_dim > slot_size:
+                or 56 + 8 * n_outputs + 4 * feature_dim > slot_size:
             raise ValueError(f"a ring of {capacity} slots of {slot_size} bytes at {slots_at} does "
                              f"not fit a mapping of {self.view.len} bytes")
         self.keys = <char*>self.view.buf + keys_at
         self.slots = <char*>self.view.buf + slots_at
         self.capacity, self.slot_size, self.n_outputs = capacity, slot_size, n_outputs
-        self.feature_bytes, self.features_at = 4 * feature_dim, 48 + 8 * n_outputs
+        self.feature_bytes, self.features_at = 4 * feature_dim, 56 + 8 * n_outputs
         self.as_row = as_row  # features -> a 1-D C-contiguous float32 array (general case)
         self.written = 0
         self.outputs = <double*>malloc(n_outputs * sizeof(double))
@@ -379,11 +379,12 @@ cdef class PendingSlots:
         return self.written
 
     def add(self, str request_id, features, version, double confidence, double output,
-            probabilities, double created):
+            probabilities, double created, request=None):
         """Store one answered request (see ``PendingRing.add``); returns its key."""
         cdef Py_buffer row
         cdef unsigned long long key = _key_of_str(request_id)
         cdef long long v = -1 if version is None else version
+        cdef long long number = -1 if request is None else request
         cdef Py_ssize_t i
         cdef tuple probs
         if not self.held:
@@ -412,15 +413,15 @@ cdef class PendingSlots:
             # from here on no Python code runs: the GIL keeps this process's writes whole
             n = self.written
             self.written = n + 1
-            self._write(n, key, created, v, confidence, output, probabilities is not None,
+            self._write(n, key, created, v, confidence, output, number, probabilities is not None,
                         <const char*>row.buf)
         finally:
             PyBuffer_Release(&row)
         return key
 
     cdef void _write(self, unsigned long long n, unsigned long long key, double created,
-                     long long version, double confidence, double output, bint outputs,
-                     const char* features) noexcept:
+                     long long version, double confidence, double output, long long request,
+                     bint outputs, const char* features) noexcept:
         cdef Py_ssize_t at = <Py_ssize_t>(n % <unsigned long long>self.capacity)
         cdef char* slot = self.slots + at * self.slot_size
         vtx_store_release(slot, 2 * n + 1)  # being written
@@ -431,8 +432,9 @@ cdef class PendingSlots:
         vtx_store_u64(slot + 24, <unsigned long long>version)
         vtx_store_f64(slot + 32, confidence)
         vtx_store_f64(slot + 40, output)
+        vtx_store_u64(slot + 48, <unsigned long long>request)
         if outputs:
-            memcpy(slot + 48, self.outputs, 8 * self.n_outputs)
+            memcpy(slot + 56, self.outputs, 8 * self.n_outputs)
         memcpy(slot + self.features_at, features, self.feature_bytes)
         vtx_store_release(slot, 2 * n + 2)  # complete
 

@@ -34,6 +34,7 @@ it, and a regression is attributed to that change.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -55,6 +56,9 @@ OBSERVED = ("latency_ms", "confidence", "error", "misclassified", "nll", "labell
 latency and confidence; when its ground truth arrives, its error, whether it was
 misclassified, its NLL and, again, its confidence (``labelled_confidence``: the confidence of
 the requests the error figures cover)."""
+NLL_CAP = -math.log(5e-324)
+"""The NLL of a label given probability 0 (that of the smallest double): what a feedback reports
+instead of infinity."""
 _ANSWERED = frozenset({"latency_ms", "confidence"})
 _LABELLED = ("error", "misclassified", "nll", "labelled_confidence")  # labelled()'s order
 
@@ -68,6 +72,7 @@ class Change:
     at: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The change as a JSON-ready dict (as :meth:`ChangeBoard.history` lists it)."""
         return asdict(self)
 
 

@@ -59,7 +59,7 @@ class _CheckedKeywords(type):
     """
 
     def __call__(cls, *args, **kwargs):  # unannotated: type checkers keep the dataclass signature
-        known = cls.__dataclass_fields__
+        known = cls.__dataclass_fields__  # type: ignore[attr-defined]  # every config is a dataclass
         if args or not kwargs.keys() <= known.keys():
             kwargs = _checked_keywords(cls, args, kwargs)
         return super().__call__(*args, **kwargs)

@@ -55,6 +55,7 @@ class Fallback:
     since: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The fallback as a JSON-ready dict (an entry of ``degraded.json`` and of the status)."""
         return asdict(self)
 
 

@@ -48,7 +48,7 @@ from typing import Any
 from . import degraded
 from ._fast_serving import RequestPath
 from ._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
-from .changes import ChangeBoard
+from .changes import NLL_CAP, ChangeBoard
 from .config import MAX_WAIT_SECS, BackgroundTrainingConfig, RSIConfig, RuntimeDetectorConfig
 from .errors import ConfigError, VortexError
 from .facade import ComponentAccess, SystemStatus
@@ -101,7 +101,6 @@ class Prediction:
 
 
 _PREDICTION_FIELDS = tuple(f.name for f in fields(Prediction))
-_NLL_CAP = -math.log(5e-324)  # the NLL of a label given probability 0 (the smallest double's)
 
 
 def _softmax_top_numpy(raw: Any) -> tuple[int, float, tuple[float, ...]]:
@@ -332,10 +331,23 @@ class Orchestrator(ComponentAccess):
             self.rsi.start()
 
     def stop_runtime_monitoring(self) -> None:
+        """Stop the detector's monitor thread (a no-op without a detector).
+
+        Only its passes stop (so nothing triggers): the request path keeps feeding it
+        samples, and the RSI engine's scheduled cycles keep running until :meth:`close`.
+        """
         if self.detector is not None:
             self.detector.stop()
 
     def start_background_training(self) -> None:
+        """Start the trainer's threads: scheduled and triggered training runs, and the
+        housekeeping that follows outside swaps, saves the buffer and cleans the registry.
+
+        Raises
+        ------
+        vortex.errors.VortexError
+            No trainer is attached (call :meth:`with_background_trainer` first).
+        """
         if self.trainer is None:
             raise VortexError("no background trainer: call with_background_trainer() first")
         self.trainer.start()  # its housekeeping thread runs the scheduled registry cleanup
@@ -478,7 +490,7 @@ class Orchestrator(ComponentAccess):
         changes = self.changes
         if changes.needs_observations:
             if self._classification:  # the watch of a calibration judges the NLL it was tested on
-                nll = -math.log(probs[label]) if probs[label] > 0.0 else _NLL_CAP
+                nll = -math.log(probs[label]) if probs[label] > 0.0 else NLL_CAP
             changes.labelled(version, error, 0.0 if correct else 1.0, nll, confidence)
         return error
 

@@ -138,4 +138,8 @@ class Tunables:
 
     @property
     def sha256(self) -> str:
+        """sha256 (hex) of the file's bytes the current values were loaded from (a failed
+        reload keeps the previous ones, and their hash); unlike :meth:`get`, reading it does not
+        look for a newer file.
+        """
         return self._sha

@@ -72,10 +72,12 @@ def load_segment(directory: str) -> dict[str, Any]:
             "alive": r.alive(), "closed": r.counters()[2], "at_end": r.at_end(),
             "totals": t.to_json(),
             "metrics": [m.index.tolist(), m.t_ns.tolist(), _floats(m.latency_ms),
-                        _floats(m.confidence), _floats(m.error), m.lost],
+                        _floats(m.confidence), _floats(m.error), m.request.tolist(), m.version.tolist(),
+                        m.lost],
             "samples": [rows.seq.tolist(), _floats(rows.features.ravel()), rows.labels.tolist(),
                         _floats(rows.confidence), _floats(rows.error), _floats(rows.timestamp),
-                        rows.episode.tolist(), rows.lost],
+                        rows.episode.tolist(), rows.worker.tolist(), rows.request.tolist(),
+                        rows.version.tolist(), _floats(rows.misclassified), _floats(rows.nll), rows.lost],
         }
 
 

@@ -81,6 +81,17 @@ def test_outcomes_against_the_original():
     assert compare_outcomes(base, by_test, in_judge) == []
 
 
+@pytest.mark.parametrize("record", [
+    {"outcomes": ["t::a"]}, {"outcomes": {"t::a": "passed"}, "origins": ["t::a"]},
+    {"outcomes": {"t::a": "passed"}, "origins": "mod.py"}, {"outcomes": {}, "exit": "x"},
+    {"outcomes": {}, "collect_errors": 5}, {"outcomes": {}, "exit": [1]},
+], ids=repr)
+def test_a_malformed_result_record_is_a_value_or_type_error(record):
+    """The sandbox errors or rejects a run on ValueError/TypeError; nothing else may escape."""
+    with pytest.raises((ValueError, TypeError)):
+        TestOutcomes.from_record(record)
+
+
 def test_benchmark_takes_exactly_one_object():
     one = {"exit": 0, "objects": [{"t": {"value": 1.5, "better": "lower"}}]}
     assert parse_benchmark(one) == {"t": (1.5, "lower")}

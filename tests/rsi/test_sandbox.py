@@ -302,6 +302,10 @@ def test_unjailed_mode_is_flagged_and_limits_hold(check, tiny_tree, tmp_path):
         assert not res.passed and not res.errored, name
         assert "MemoryError" in res.test_output or "File too large" in res.test_output or \
             "SIGXFSZ" in res.errors[-1], (name, res.errors)
+    # a candidate that kills its test run with a real-time signal (no name in the signal
+    # module): rejected, the signal named by its number
+    killed = check(make_diff("mod.py", MOD, "import os\nos.kill(os.getpid(), 40)\nVALUE = 1\n"), sandbox)
+    assert not killed.passed and "killed by signal 40" in " ".join(killed.errors), killed.errors
 
 
 # ----------------------------------------------------------------------------- benchmark

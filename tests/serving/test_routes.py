@@ -163,6 +163,32 @@ def test_a_5xx_is_recorded_as_a_failed_request_not_as_a_prediction_error(served,
     assert b"vortex_request_errors_total 1.0" in fleet_exposition(str(home))
 
 
+def test_a_request_is_timed_until_its_response_is_complete_not_until_the_app_returns(served, home):
+    """What the app does after its last byte (a background task) is not the client's wait."""
+    from starlette.background import BackgroundTask
+    from starlette.responses import JSONResponse
+
+    x, _ = served.digits()
+
+    @served.app.post("/predict-then-work")
+    def predict_then_work():
+        prediction = served.service.worker.infer(x[0])
+        return JSONResponse({"confidence": prediction.confidence},
+                            background=BackgroundTask(asyncio.sleep, 1.0))
+
+    async def go():
+        async with _client(served.app) as c:
+            start = asyncio.get_running_loop().time()
+            r = await c.post("/predict-then-work")
+            return r, asyncio.get_running_loop().time() - start
+
+    r, elapsed = run(go())
+    assert r.status_code == 200 and elapsed >= 1.0  # the test client waits for the app to return
+    with FleetReader(home, resume=False) as fleet:
+        records = fleet.read_new().all_metrics()
+    assert len(records) == 1 and records.latency_ms[0] < 1000.0, records.latency_ms
+
+
 def test_status_and_metrics_routes(served):
     x, _ = served.digits()
 

@@ -41,8 +41,8 @@ def _free_port() -> int:
 
 def _env(home, **extra) -> dict:
     path = [EXAMPLE] + [p for p in sys.path if p]  # the vortex this test imported, not src/
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(path), VORTEX_HOME=str(home),
-                VORTEX_INITIAL_EPOCHS="0", OMP_NUM_THREADS="1", **extra)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "VORTEX_HOME": str(home),
+            "VORTEX_INITIAL_EPOCHS": "0", "OMP_NUM_THREADS": "1", **extra}
 
 
 def _children(pid: int) -> list[int]:

@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from vortex.home import HomeLayout
+from vortex.rsi.audit import AuditLog
 from vortex.training.registry import ModelRegistry
 
 
@@ -74,3 +76,26 @@ def test_verify_lists_every_damaged_file(tmp_path):
     assert {os.path.basename(p["path"]) for p in report["problems"]} == {
         "versions.arrow", "serving_log.jsonl"}
     assert all(p["remedy"] for p in report["problems"])
+
+
+def test_operator_changes_are_audited_and_a_swap_is_compare_and_swap(tmp_path):
+    home = tmp_path / "home"
+    _registry(home)
+    assert _vortex("models", "--home", str(home), "swap", "1", "--reason", "bad release").returncode == 0
+    assert _vortex("models", "--home", str(home), "pin", "1").returncode == 0
+    assert _vortex("models", "--home", str(home), "cleanup", "--keep", "0").returncode == 0
+    layout = HomeLayout(home)
+    log = AuditLog(layout.audit, layout.audit_head)
+    assert log.verify().ok
+    entries = log.entries()
+    assert [(e["event"], {k: v for k, v in e["data"].items() if k != "by"}) for e in entries] == [
+        ("model_swapped", {"from_version": 3, "to_version": 1, "reason": "bad release"}),
+        ("model_pinned", {"version": 1}),
+        # the active 1 is pinned and 3 is the rollback target: only 2 goes
+        ("models_removed", {"versions": [2], "keep": 0, "max_age_days": None}),
+    ]
+    assert all(e["data"]["by"].startswith("cli:") for e in entries)
+    # a registry named on its own belongs to no home: changed, nothing audited anywhere
+    out = _vortex("models", "--registry", str(home / "models"), "swap", "3")
+    assert out.returncode == 0 and len(log.entries()) == 3
+    assert ModelRegistry(home / "models").active_version == 3

@@ -173,3 +173,39 @@ def test_the_sample_buffer_saves_to_and_loads_from_s3(s3):
         SampleBuffer.load(spool, storage_options=options)
     with pytest.raises(FileNotFoundError):
         SampleBuffer.load(f"{spool}.missing", storage_options=options)
+
+
+def test_the_models_command_operates_a_registry_on_s3(s3):
+    """``vortex models --registry s3://...``: the operator's commands on the replicas' registry,
+    run as a process, with the client options on the command line."""
+    import json
+    import subprocess
+
+    url, options, fs = s3
+    reg = ModelRegistry(url, storage_options=options)
+    v1, v2 = reg.register(_weights(1.0)), reg.register(_weights(2.0))
+    reg.set_active(v2, "trained")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+    def vortex(*argv: str, registry: str = url) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "models", "--registry",
+                               registry, "--storage-options", json.dumps(options), *argv],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    listed = vortex("--json", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {v["version"]: v["status"] for v in json.loads(listed.stdout)["versions"]} == {
+        v1: "candidate", v2: "active"}
+    assert vortex("swap", str(v1), "--reason", "roll back by hand").returncode == 0
+    assert ModelRegistry(url, storage_options=options).active_version == v1  # as a worker polls it
+    assert vortex("verify").stdout.splitlines() == [f"version {v1}: ok", f"version {v2}: ok"]
+    weights = bytearray(fs.cat_file(f"{url}/v000002.safetensors"))
+    weights[-3] ^= 0x10
+    fs.pipe_file(f"{url}/v000002.safetensors", bytes(weights))
+    damaged = vortex("verify")
+    assert damaged.returncode == 1 and f"version {v2}: damaged" in damaged.stdout
+    # a prefix with no registry: one line, exit 1, and nothing created there
+    missing = f"{url.rsplit('/', 1)[0]}/nothing-here"
+    out = vortex("list", registry=missing)
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and "nothing-here" in out.stderr
+    assert not fs.exists(missing[len("s3://"):])

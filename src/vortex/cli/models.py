@@ -9,16 +9,26 @@
     vortex models --home .vortex cleanup --keep 5 [--max-age-days 30]
     vortex models --home .vortex pin 3 / unpin 3     keep version 3 whatever cleanup is asked
     vortex models --home .vortex verify               check every file; list every problem
+    vortex models --registry s3://bucket/home/models --storage-options '{"endpoint_url": ...}' list
 
 ``swap`` records the new active version in the registry; a running
-:class:`~vortex.training.BackgroundTrainingCoordinator` on the same home notices it within a
-second and serves it (its weights are verified and warmed up first).
+:class:`~vortex.training.BackgroundTrainingCoordinator` on the same home (and every serving
+worker following it) notices it within a second and serves it (its weights are verified and
+warmed up first). ``swap``, ``pin``, ``unpin`` and ``cleanup`` on a home's registry are written
+to the home's audit log with the user who ran them, as the dashboard's swaps are; a registry
+named by ``--registry`` alone has no home, hence no audit log.
+
+``--registry`` takes a directory or an fsspec URL (``s3://...``: the registry of replicas on
+several machines); its client options come from ``--storage-options`` (JSON) or fsspec's own
+configuration (e.g. ``FSSPEC_S3_ENDPOINT_URL``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import getpass
+import json
 import math
 import os
 import sys
@@ -43,18 +53,55 @@ __all__ = ["register"]
 
 
 def _registry_root(args: argparse.Namespace) -> str:
-    """The directory of the registry the command names; it must exist (no command here
-    creates one).
+    """The directory or URL of the registry the command names; it must exist (no command
+    here creates one).
     """
-    if args.registry:
+    if not args.registry:
+        return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
+    from .._fsspec import is_url
+    from ..training.registry.store import open_store
+
+    if not is_url(args.registry):
         return existing_dir(args.registry, "model registry")
-    return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
+    if not open_store(args.registry, args.storage_options).names():
+        raise FileNotFoundError(f"no model registry at {args.registry!r}")
+    return str(args.registry)
 
 
 def _registry(args: argparse.Namespace) -> Any:
     from ..training.registry import ModelRegistry
 
-    return ModelRegistry(_registry_root(args))
+    return ModelRegistry(_registry_root(args), storage_options=args.storage_options)
+
+
+def _audit(args: argparse.Namespace, event: str, **fields: Any) -> None:
+    """Record an operator's change of the home's registry in the home's audit log (nothing
+    for a registry named by ``--registry``: it belongs to no home).
+    """
+    if args.registry:
+        return
+    from ..rsi.audit import AuditLog
+
+    layout = HomeLayout(args.home)
+    os.makedirs(layout.rsi, exist_ok=True)
+    AuditLog(layout.audit, layout.audit_head).append(event, by=f"cli:{_user()}", **fields)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+def _storage_options(text: str) -> dict[str, Any]:
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object of client options")
+    return options
 
 
 def _iso(t: float | None) -> str:
@@ -120,7 +167,13 @@ def _at(args: argparse.Namespace) -> int:
 def _swap(args: argparse.Namespace) -> int:
     reg = _registry(args)
     previous = reg.active_version
-    reg.set_active(args.target_version, args.reason)
+    if not reg.set_active(args.target_version, args.reason, expect_active=previous):
+        from ..errors import ModelSwapError
+
+        raise ModelSwapError(f"version {reg.active_version} became active meanwhile, not "
+                           f"{previous}: nothing was changed; look again and retry")
+    _audit(args, "model_swapped", from_version=previous, to_version=args.target_version,
+           reason=args.reason)
     emit(args, {"from_version": previous, "to_version": args.target_version, "reason": args.reason},
            f"active version: {previous} -> {args.target_version} ({args.reason})")
     return 0
@@ -128,6 +181,9 @@ def _swap(args: argparse.Namespace) -> int:
 
 def _cleanup(args: argparse.Namespace) -> int:
     removed = _registry(args).cleanup(args.keep, args.max_age_days)
+    if removed:
+        _audit(args, "models_removed", versions=removed, keep=args.keep,
+               max_age_days=args.max_age_days)
     emit(args, {"removed": removed}, f"removed versions: {removed or 'none'}")
     return 0
 
@@ -135,6 +191,7 @@ def _cleanup(args: argparse.Namespace) -> int:
 def _pin(args: argparse.Namespace) -> int:
     reg = _registry(args)
     (reg.pin if args.pin else reg.unpin)(args.target_version)
+    _audit(args, "model_pinned" if args.pin else "model_unpinned", version=args.target_version)
     emit(args, {"pinned": reg.pinned()},
            f"version {args.target_version} {'pinned' if args.pin else 'unpinned'}; "
            f"pinned versions: {reg.pinned() or 'none'}")
@@ -148,11 +205,11 @@ def _verify(args: argparse.Namespace) -> int:
     from ..training.registry import ModelRegistry, verify_registry
 
     root = _registry_root(args)
-    problems = verify_registry(root)
+    problems = verify_registry(root, storage_options=args.storage_options)
     damaged = {p.path for p in problems}
     versions: dict[int, str] = {}
-    if not damaged & {os.path.join(root, name) for name in ("versions.arrow", "serving_log.jsonl")}:
-        reg = ModelRegistry(root)
+    if not {os.path.basename(p) for p in damaged} & {"versions.arrow", "serving_log.jsonl"}:
+        reg = ModelRegistry(root, storage_options=args.storage_options)
         versions = {v: "damaged" if reg.weights_path(v) in damaged else "ok" for v in reg.versions()}
     report = {"ok": not problems, "versions": versions,
               "problems": [{"path": p.path, "problem": p.problem, "position": p.position,
@@ -168,13 +225,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 _REGISTRY = Option(("--registry",), {"default": None,
-                                     "help": "registry directory (overrides --home)"})
+                                     "help": "registry directory or fsspec URL (overrides --home)"})
+_STORAGE_OPTIONS = Option(("--storage-options",), {
+    "default": None, "type": _storage_options, "metavar": "JSON",
+    "help": "client options of a --registry URL, e.g. '{\"endpoint_url\": \"http://...\"}'"})
 
 
 def register(subparsers: Any) -> None:
     """Add ``vortex models`` to the ``vortex`` command's subparsers."""
     group = Group(subparsers, "models", "list, swap and clean up model versions",
-                  options=(HOME, _REGISTRY, JSON), description=(__doc__ or "").split("\n\n")[0])
+                  options=(HOME, _REGISTRY, _STORAGE_OPTIONS, JSON), description=(__doc__ or "").split("\n\n")[0])
     group.action("list", _list, "versions, metrics and the recent serving log")
     group.action("log", _log, "the whole serving log")
     at = group.action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")

@@ -108,12 +108,12 @@ def _prepare(error, episode, seq, episode_after, gamma, chain, coef, m):  # prag
     off = 0
     for t in range(m - 1):
         e = np.float64(error[t])
-        bad |= (e < 0.0) | (e > 1.0)
+        bad |= (e < 0.0) | (e > 1.0)  # type: ignore[assignment]  # numba types it
         chain[t] = e if e == e else 0.0
         coef[t] = gamma if episode[t] == episode[t + 1] else 0.0
         off |= seq[t + 1] - seq[t] != 1
     e = np.float64(error[m - 1])
-    bad |= (e < 0.0) | (e > 1.0)
+    bad |= (e < 0.0) | (e > 1.0)  # type: ignore[assignment]
     chain[m - 1] = e if e == e else 0.0
     coef[m - 1] = gamma if episode[m - 1] == episode_after else 0.0
     return (1 if bad else 0) | (2 if off else 0)
@@ -163,7 +163,7 @@ def _flux_blocks(seq, episode, error, held_pattern, keep_pattern, pos_pattern,
         ahead = lo - block
         while t >= 3:
             if ahead + t >= 0:
-                _prefetch(seq, ahead + t)
+                _prefetch(seq, ahead + t)  # type: ignore[call-arg]  # a numba intrinsic: typingctx is numba's
                 _prefetch(episode, ahead + t)
                 _prefetch(error, ahead + t)
             e0 = chain[t]

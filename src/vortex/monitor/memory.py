@@ -157,6 +157,12 @@ class ProcessMemoryProbe:
                         "offers never falls, so a pressure raised on it could never clear")
 
     def __call__(self) -> float:
+        """The resident memory over ``limit_bytes`` now, or NaN when it cannot be read.
+
+        The detector calls it on every pass and every stats read, so the usual case reads the
+        already open ``statm`` inline; a first call, a forked child or a failed read goes
+        through :meth:`rss_bytes`, which (re)opens the file or reports the fallback.
+        """
         fd = self._fd
         if fd is not None and self._pid == os.getpid():  # the common case, inlined
             try:

@@ -104,6 +104,21 @@ class VortexCollector(Collector):
         self.namespace = namespace
 
     def collect(self) -> Iterator[Metric]:
+        """The source's metric families now (prometheus_client's ``Collector`` contract),
+        then the tracker's when one was given.
+
+        A home is read through a fresh :func:`fleet_snapshot` on every scrape, so a worker
+        started or folded since the last scrape is counted; a :class:`vortex.shm.FleetReader`
+        is read as it is.
+
+        Raises
+        ------
+        vortex.errors.CorruptFileError
+            The home's fleet state is damaged (see :func:`exposition`).
+        vortex.errors.VortexError
+            The home's fleet state kept changing while it was read (more than one control
+            plane folding the home's workers).
+        """
         ns, source = self.namespace, self.source
         kind = _kind(source)
         if kind == "fleet":

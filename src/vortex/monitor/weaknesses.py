@@ -55,12 +55,23 @@ class Weakness:
     samples_analyzed: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The weakness as a JSON-ready dict, ``type`` as its value (``"latency_spike"``)."""
         d = asdict(self)
         d["type"] = self.type.value
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Weakness:
+        """The weakness :meth:`to_dict` gave ``d`` (as a stored proposal keeps it).
+
+        Raises
+        ------
+        ValueError
+            ``d["type"]`` names no :class:`WeaknessType`.
+        KeyError, TypeError
+            ``d`` lacks ``type`` or has missing or unknown fields; a proposal store reading
+            a damaged file turns these into its corruption error.
+        """
         return cls(**{**d, "type": WeaknessType(d["type"])})
 
 
@@ -73,8 +84,10 @@ class RSITriggerEvent:
 
     @property
     def reason(self) -> str:
+        """The kinds of weakness that triggered, sorted and comma-separated (each once)."""
         return ", ".join(sorted({w.type.value for w in self.weaknesses}))
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict: when, :attr:`reason`, and each weakness's dict."""
         return {"triggered_at": self.triggered_at, "reason": self.reason,
                 "weaknesses": [w.to_dict() for w in self.weaknesses]}

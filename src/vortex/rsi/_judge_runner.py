@@ -50,7 +50,7 @@ def _snapshot(watched):
     """(module name, attribute[, class attribute]) -> (object, code object or None), for the
     loaded modules named by ``watched`` (and their submodules).
     """
-    out = {}
+    out: dict[tuple[str, ...], tuple[object, types.CodeType | None]] = {}
     for name, mod in list(sys.modules.items()):
         if not isinstance(mod, types.ModuleType) or not any(
                 name == w or name.startswith(w + ".") for w in watched):
@@ -208,14 +208,15 @@ def main():
             return 3
         # before plugins' own set-up patches (undone again when pytest.main returns) and before
         # conftests and test modules load
-        _Recorder.pytest_load_initial_conftests = pytest.hookimpl(tryfirst=True)(
-            _Recorder.pytest_load_initial_conftests)
-        _Recorder.pytest_runtest_makereport = pytest.hookimpl(wrapper=True)(
-            _Recorder.pytest_runtest_makereport)
+        _Recorder.pytest_load_initial_conftests = pytest.hookimpl(  # type: ignore[method-assign]
+            tryfirst=True)(_Recorder.pytest_load_initial_conftests)
+        _Recorder.pytest_runtest_makereport = pytest.hookimpl(  # type: ignore[method-assign]
+            wrapper=True)(_Recorder.pytest_runtest_makereport)
         import _pytest
         import pluggy
 
-        tools = [os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (pytest, _pytest, pluggy)]
+        tools = [os.path.dirname(os.path.abspath(str(m.__file__))) + os.sep
+                 for m in (pytest, _pytest, pluggy)]
         recorder = _Recorder(order["root"], tools)
         emit("ready", pytest=pytest.__version__)
         sys.path.extend(order["paths"])

@@ -278,6 +278,13 @@ class Applier:
         return os.path.join(self.applied_dir, f"{pid}.json")
 
     def is_applied(self, pid: str) -> bool:
+        """Whether proposal ``pid`` has an applied record: its apply committed and no rollback
+        has since.
+
+        Only the record's existence is checked (not its checksums, and without the lock): the
+        engine asks it after a failed transaction was replayed, to learn whether the change
+        landed.
+        """
         return os.path.exists(self._record_path(pid))
 
     # -- computing the new contents with a real patch tool

@@ -115,6 +115,7 @@ class AuditVerification:
     exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The verification as a JSON-ready dict (tuples as lists), as the dashboard shows it."""
         return {"ok": self.ok, "entries": self.entries, "first_bad_line": self.first_bad_line,
                 "reason": self.reason, "recoverable": self.recoverable, "head_seq": self.head_seq,
                 "head_status": self.head_status, "torn_tail_bytes": self.torn_tail_bytes,

@@ -79,14 +79,17 @@ class FilePatch:
 
     @property
     def path(self) -> str:
+        """The file's path: the new one, or the old one for a deleted file."""
         return self.new_path if self.new_path is not None else self.old_path  # type: ignore[return-value]
 
     @property
     def added_lines(self) -> int:
+        """Lines the hunks add, as the diff's text says."""
         return sum(len(h.added) for h in self.hunks)
 
     @property
     def removed_lines(self) -> int:
+        """Lines the hunks remove, as the diff's text says."""
         return sum(len(h.removed) for h in self.hunks)
 
 
@@ -116,6 +119,7 @@ class FileChange:
 
     @property
     def mode_changed(self) -> bool:
+        """Whether the diff states both modes and they differ (a ``chmod``, say ``+x``)."""
         return (self.old_mode is not None and self.new_mode is not None
                 and self.old_mode != self.new_mode)
 

@@ -91,6 +91,7 @@ class RSICycleResult:
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The cycle's figures as a JSON-ready dict (``stats()["last_cycle"]``)."""
         return asdict(self)
 
 
@@ -656,6 +657,9 @@ class RSIEngine:
 
     # ------------------------------------------------------------------ status
     def list_proposals(self, status: ProposalStatus | None = None) -> list[ImprovementProposal]:
+        """Every readable proposal of the store, oldest first, optionally only those in
+        ``status`` (damaged files are skipped: :meth:`stats` lists them).
+        """
         return self.store.list(status)
 
     def stats(self) -> dict[str, Any]:

@@ -129,11 +129,13 @@ class Isolation:
     cause: str = ""
 
     def describe(self) -> str:
+        """One line for status output: the tool and host uid when jailed, else why not."""
         if self.isolated:
             return f"jailed with {self.tool} (host uid {self.host_uid})"
         return f"NOT isolated: {self.cause}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The verdict as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -159,9 +161,14 @@ class JailRun:
 
     @property
     def ok(self) -> bool:
+        """Whether the jail started the command and it exited 0 within its timeout."""
         return self.returncode == 0 and not self.timed_out and self.setup_error is None
 
     def describe(self) -> str:
+        """How the run ended, in one line naming the command (its basename): the jail could
+        not start it, it was killed (too many processes, the timeout, a signal) or its exit
+        status. The sandbox puts it in an errored or rejected test's reason.
+        """
         name = os.path.basename(self.argv[0]) if self.argv else "command"
         if self.setup_error is not None:
             return f"the jail could not start {name}: {self.setup_error}"
@@ -170,8 +177,18 @@ class JailRun:
         if self.timed_out:
             return f"{name}: killed after the wall-clock timeout ({self.duration_secs:.1f}s)"
         if self.returncode is not None and self.returncode < 0:
-            return f"{name}: killed by {signal.Signals(-self.returncode).name}"
+            return f"{name}: killed by {_signal_name(-self.returncode)}"
         return f"{name}: exit status {self.returncode}"
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 40`` for a number the signal module has no name for (the
+    real-time signals between SIGRTMIN and SIGRTMAX), which a command may die of as well.
+    """
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 # ----------------------------------------------------------------------------- output

@@ -189,18 +189,34 @@ class TestOutcomes:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> TestOutcomes:
+        """The run that the judge runner's ``result`` record describes (see
+        :func:`read_channel`).
+
+        Raises
+        ------
+        ValueError, TypeError
+            The record is malformed (no ``outcomes`` mapping, an ``exit`` that is no integer,
+            ...); the sandbox errors the original's run, and rejects a candidate's, on it.
+        """
         outcomes = rec.get("outcomes")
         if not isinstance(outcomes, dict):
             raise ValueError("result record without outcomes")
         origins = rec.get("origins") or {}
+        if not isinstance(origins, dict):
+            raise ValueError(f"result record whose origins are a {type(origins).__name__}, not a mapping")
         return cls({str(k): str(v) for k, v in outcomes.items()},
                    [str(e) for e in rec.get("collect_errors") or []], int(rec.get("exit", 0)),
                    {str(k): None if v is None else str(v) for k, v in origins.items()})
 
     def count(self, *kinds: str) -> int:
+        """How many tests ended with one of ``kinds`` (``count("failed", "error")``)."""
         return sum(1 for v in self.outcomes.values() if v in kinds)
 
     def test_files(self) -> set[str]:
+        """The files the tests came from (each test id up to its first ``::``): a sandbox run
+        whose original tests lie outside the judge paths, where a candidate could rewrite
+        them, ends errored.
+        """
         return {nid.split("::")[0] for nid in self.outcomes}
 
 

@@ -59,6 +59,9 @@ class RiskLevel(str, enum.Enum):
 
     @property
     def rank(self) -> int:
+        """Position from ``low`` (0) to ``critical`` (3): the order to compare levels by, as
+        the values, being strings, sort alphabetically (``"critical" < "high"``).
+        """
         return ("low", "medium", "high", "critical").index(self.value)
 
 
@@ -147,14 +150,19 @@ class ImprovementProposal:
 
     @staticmethod
     def new_id() -> str:
+        """A fresh proposal id, ``<UTC yyyymmddHHMMSS>-<8 random hex digits>``: ids sort by
+        creation time, and the random part tells apart two created in one second.
+        """
         return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
     @property
     def diff_sha256(self) -> str:
+        """sha256 (hex) of :attr:`diff`, what tests, approvals and applies are bound to."""
         return _sha256(self.diff)
 
     @property
     def weakness_type(self) -> str:
+        """The addressed weakness's kind as its JSON name (``"latency_spike"``)."""
         return self.weakness.type.value
 
     @property
@@ -163,6 +171,9 @@ class ImprovementProposal:
         return bool((self.test_result or {}).get("passed")) and self.tested_diff_sha256 == self.diff_sha256
 
     def to_dict(self) -> dict[str, Any]:
+        """The proposal as a JSON-ready dict (the stored record), with its
+        :attr:`diff_sha256` so a reader can check the diff.
+        """
         d = asdict(self)
         d["weakness"] = self.weakness.to_dict()
         d["risk"] = self.risk.value
@@ -172,6 +183,15 @@ class ImprovementProposal:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImprovementProposal:
+        """The proposal :meth:`to_dict` gave ``d``; its ``diff_sha256`` is dropped unchecked
+        (the store compares it with the diff when it loads a file).
+
+        Raises
+        ------
+        KeyError, TypeError, ValueError, AttributeError
+            ``d`` is not such a record (a missing field, an unknown status or risk...); the
+            store reports a file that raises one as :class:`~vortex.errors.ProposalCorruptError`.
+        """
         d = dict(d)
         d.pop("diff_sha256", None)
         d["risk"] = RiskLevel(d["risk"])

@@ -117,6 +117,18 @@ class OutcomeMemory:
             return self._blocked
 
     def block(self, weakness_type: str, move: TunableMove) -> None:
+        """Remember that ``move``'s direction failed against ``weakness_type``: no proposer
+        moves that tunable that way for that kind again.
+
+        The file is re-read and rewritten under ``<path>.lock``, so directions another process
+        blocked meanwhile are kept.
+
+        Raises
+        ------
+        vortex.errors.CorruptFileError
+            The memory file is damaged; nothing is written (a rewrite would forget what it
+            blocked).
+        """
         with self._file_lock:
             blocked = self._refresh() | {(weakness_type, move.name, move.direction)}
             atomic_write_sealed_json(self.path, sorted(blocked))
@@ -124,9 +136,20 @@ class OutcomeMemory:
                 self._blocked, self._key = blocked, file_key(self.path)
 
     def is_blocked(self, weakness_type: str, name: str, direction: str) -> bool:
+        """Whether moving tunable ``name`` in ``direction`` is blocked for ``weakness_type``
+        (the file is re-read when another process changed it).
+
+        Raises
+        ------
+        vortex.errors.CorruptFileError
+            The memory file is damaged.
+        """
         return (weakness_type, name, direction) in self._refresh()
 
     def blocked(self) -> list[tuple[str, str, str]]:
+        """Every blocked ``(weakness kind, tunable, direction)``, sorted (re-read as
+        :meth:`is_blocked` is); :class:`~vortex.errors.CorruptFileError` when damaged.
+        """
         return sorted(self._refresh())
 
 
@@ -140,11 +163,44 @@ class ProposerContext:
 
 
 class Proposer(Protocol):
+    """What the engine asks for a change: each proposer that :meth:`handles` a weakness is
+    asked in turn to :meth:`propose` one, until one returns a draft.
+
+    ``name`` identifies the proposer in proposals, the audit log and error messages.
+    """
+
     name: str
 
-    def handles(self, weakness: Weakness) -> bool: ...
+    def handles(self, weakness: Weakness) -> bool:
+        """Whether this proposer addresses ``weakness``'s kind at all (the engine skips it
+        otherwise).
+        """
+        ...
 
-    def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None: ...
+    def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None:
+        """A change addressing ``weakness``, or None when this proposer has none to offer.
+
+        Parameters
+        ----------
+        weakness
+            The weakness to address.
+        ctx
+            What the proposer may read: the target's settings, the outcome memory (directions
+            that failed before), buffered calibration data.
+
+        Returns
+        -------
+        ProposalDraft or None
+            A draft whose diff is non-empty and parses; the sandbox, not the proposer, decides
+            whether it applies to the tree and helps.
+
+        Raises
+        ------
+        RSIError, OSError, ValueError
+            The proposer could not work (its program failed, a file could not be read); the
+            engine records the error and asks the next proposer.
+        """
+        ...
 
 
 def _read_values(settings: VortexSettings, spec: TunableSpec) -> tuple[str, dict[str, Any]]:
@@ -212,6 +268,7 @@ class TunableProposer:
     kinds: frozenset[WeaknessType] = frozenset(WeaknessType)
 
     def handles(self, weakness: Weakness) -> bool:
+        """Whether ``weakness``'s kind is one of :attr:`kinds` (see :class:`Proposer`)."""
         return weakness.type in self.kinds
 
     def _expected(self, ctx: ProposerContext, weakness: Weakness) -> dict[str, Any]:
@@ -342,6 +399,34 @@ class ConfidenceProposer(TunableProposer):
 
     def propose(self, weakness: Weakness, ctx: ProposerContext,
                 exclude: frozenset[str] = frozenset()) -> ProposalDraft | None:
+        """The fitted temperature when the buffered data supports the declared direction,
+        otherwise a one-step tunable move (see the class docstring).
+
+        Parameters
+        ----------
+        weakness
+            The weakness to address.
+        ctx
+            Settings, outcome memory and ``calibration_data``, called only when the temperature
+            tunable declares a direction for this weakness's kind.
+        exclude
+            Tunables not to move (the one-step fallback skips them).
+
+        Returns
+        -------
+        ProposalDraft or None
+            A draft setting the temperature to the fitted value (its ``expected_improvement``
+            carries the NLL before and after, on the buffered samples), a one-step draft of
+            another or the same tunable, or None when no tunable can move.
+
+        Raises
+        ------
+        ValueError
+            The buffered logits or labels are unusable (:func:`fit_temperature`), or the
+            temperature's file is not valid TOML.
+        OSError
+            The temperature's file cannot be read while fitting.
+        """
         kind = weakness.type.value
         spec = next((t for t in ctx.settings.tunables if t.name == self.temperature_tunable), None)
         declared = spec.addresses.get(kind) if spec is not None else None
@@ -385,9 +470,16 @@ class CommandProposer:
         self.cfg = settings.command_proposer
 
     def handles(self, weakness: Weakness) -> bool:
+        """Whether ``weakness``'s kind is one the configured ``weaknesses`` lists (every kind
+        when it lists none).
+        """
         return not self.cfg.weaknesses or weakness.type.value in self.cfg.weaknesses
 
     def report(self, weakness: Weakness, ctx: ProposerContext) -> dict[str, Any]:
+        """What the program is told (as JSON on its stdin): the weakness, the target's root,
+        every declared tunable with its current value, the protected paths and the blocked
+        moves ``[weakness kind, tunable, direction]``, so it need not propose them again.
+        """
         values = current_values(ctx.settings)
         return {"weakness": weakness.to_dict(), "root": ctx.settings.root,
                 "tunables": [{**t.to_dict(), "value": values.get(t.name)} for t in ctx.settings.tunables],
@@ -395,6 +487,34 @@ class CommandProposer:
                 "blocked_moves": [list(b) for b in ctx.memory.blocked()]}
 
     def propose(self, weakness: Weakness, ctx: ProposerContext) -> ProposalDraft | None:
+        """Run the configured command in the target's root with :meth:`report` on stdin, and
+        take the unified diff it prints.
+
+        The command runs in a new session; on the timeout its whole process group is killed,
+        so nothing it started outlives it.
+
+        Parameters
+        ----------
+        weakness
+            The weakness to address.
+        ctx
+            Settings (the command, ``{python}`` expanded to the running interpreter), and the
+            outcome memory the report lists.
+
+        Returns
+        -------
+        ProposalDraft
+            The printed diff, unchanged; only its form is checked here (it parses as a
+            unified diff), whether it applies and helps is the sandbox's verdict.
+
+        Raises
+        ------
+        RSIError
+            The command timed out, exited non-zero (its stderr's tail quoted) or printed no
+            usable diff.
+        OSError
+            The command cannot be started (not found, not executable).
+        """
         report = json.dumps(self.report(weakness, ctx))
         cmd = ctx.settings.expand(self.cfg.command)
         proc = subprocess.Popen(cmd, cwd=ctx.settings.root, stdin=subprocess.PIPE,

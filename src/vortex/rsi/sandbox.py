@@ -145,12 +145,22 @@ class TestResult:
     baseline_tests: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (a proposal's ``test_result``), the interval as a
+        list.
+        """
         d = asdict(self)
         d["delta_interval"] = list(self.delta_interval) if self.delta_interval else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TestResult:
+        """The result :meth:`to_dict` gave ``d``, the interval back as a tuple.
+
+        Raises
+        ------
+        TypeError
+            ``d`` lacks ``passed`` or has a field :class:`TestResult` does not know.
+        """
         d = dict(d)
         if d.get("delta_interval") is not None:
             d["delta_interval"] = tuple(d["delta_interval"])

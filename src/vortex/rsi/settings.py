@@ -165,6 +165,7 @@ class TunableSpec:
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
     def to_dict(self) -> dict[str, Any]:
+        """The declaration as a JSON-ready dict (what a command proposer's report lists)."""
         return {"name": self.name, "file": self.file, "type": self.type, "min": self.min,
                 "max": self.max, "choices": list(self.choices), "step": self.step,
                 "scale": self.scale, "addresses": dict(self.addresses)}
@@ -274,6 +275,13 @@ class VortexSettings:
                        "must be a CommandProposerSettings or None")
 
     def tunable(self, name: str) -> TunableSpec:
+        """The declared tunable called ``name``.
+
+        Raises
+        ------
+        KeyError
+            No tunable of that name is declared.
+        """
         for t in self.tunables:
             if t.name == name:
                 return t

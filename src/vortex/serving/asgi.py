@@ -91,13 +91,19 @@ class VortexMiddleware:
         context = RequestContext(request_id)
         token = current_request.set(context)
         start = perf_counter()
+        end = 0.0
         echo = (_HEADER, request_id.encode("ascii"))
 
         async def send_with_id(message: dict) -> None:
+            nonlocal end
             if message["type"] == "http.response.start":
                 context.status = message["status"]
                 # copied, not appended in place: an app may send one list with every response
                 message["headers"] = [*message.get("headers", ()), echo]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # the response is complete once this is written: what the app does after it
+                # (background tasks, its own teardown) is not the client's wait
+                end = perf_counter()
             await send(message)
 
         try:
@@ -111,8 +117,8 @@ class VortexMiddleware:
                 if segment is not None and not segment.closed:
                     # a 5xx is counted as a failed request, apart from prediction errors
                     # (which only feedback knows): its confidence, if infer answered, else 0
-                    segment.record_sample((perf_counter() - start) * 1e3,
-                                          context.confidence or 0.0, failed=failed)
+                    segment.record_answer(((end or perf_counter()) - start) * 1e3, context.confidence or 0.0,
+                                          context.request, context.version, failed)
 
 
 def _problem(status: int, message: str) -> Any:

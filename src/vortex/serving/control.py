@@ -3,8 +3,10 @@
 :class:`ControlPlane` is a :class:`vortex.Orchestrator` that serves no request itself: the
 spec's ``configure`` attaches its detector, background trainer and RSI engine, and a pump
 thread feeds them what every serving worker recorded in shared memory
-(:class:`vortex.shm.FleetReader`): requests into the detector, the tracker and the RSI
-watch; labelled samples into the training buffer. Registry writes (training swaps, cleanup)
+(:class:`vortex.shm.FleetReader`): requests into the detector, the tracker and the change
+board; labelled samples into the training buffer, the board (tagged with the model version
+that answered: the post-swap watch rolls a bad swap back here) and the detector, on the
+record of exactly their request. Registry writes (training swaps, cleanup)
 and RSI applies happen only here. Its status is published to ``HomeLayout.control_status``
 for the workers' ``/vortex/status`` and ``/vortex/events`` while someone reads it
 (:func:`want_status`), else only now and then: assembling it is the plane's largest hold of
@@ -31,11 +33,13 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
+
+import numpy as np
 
 from .._io import atomic_write_text
 from ..home import HomeLayout
+from .links import RequestLinks
 from .pending import remove_dead_rings
 from .spec import ServiceSpec
 
@@ -44,6 +48,20 @@ __all__ = ["ControlLock", "ControlPlane", "ControlStandby", "run_control", "want
 log = logging.getLogger(__name__)
 
 _CLEANUP_SECS = 10.0
+# pumps an error waits for its request's record: 2 s at the default 0.2 s interval (more while
+# the pump idles, whose waits grow to idle_poll_interval)
+_LINK_PATIENCE = 10
+_MAX_OVERTAKEN = 1 << 16
+
+
+def _versions(column: np.ndarray) -> list[int | None]:
+    """A version column as the change board takes it (-1, no version, as None)."""
+    values = column.tolist()
+    if len(values) and column.min() < 0:
+        return [None if v < 0 else v for v in values]
+    return values
+
+
 STATUS_WANTED_SECS = 10.0
 """A status read (:func:`want_status`) keeps the control plane publishing every
 ``publish_interval`` for this many seconds; then every ``idle_publish_interval``."""
@@ -166,9 +184,12 @@ class ControlPlane:
         self.idle_publish_interval = idle_publish_interval
         self._wanted = _wanted_path(self.layout)
         self.started_at = time.time()
-        self.counts = {"records": 0, "samples": 0, "lost_records": 0, "lost_samples": 0, "commits": 0}
-        self._awaiting: dict[str, deque[int]] = {}  # worker -> detector ids awaiting an error
-        self._record = self.orchestrator.tracker.recorder("fleet")
+        self.counts = {"records": 0, "samples": 0, "lost_records": 0, "lost_samples": 0, "commits": 0,
+                       "linked_errors": 0, "unlinked_errors": 0, "dropped_errors": 0}
+        self._links = RequestLinks()
+        # (worker, request, error, pump) of errors read before their request's record
+        self._overtaken: list[tuple[int, int, float, int]] = []
+        self._pumps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -226,44 +247,97 @@ class ControlPlane:
     def pump(self) -> int:
         """Feed what the workers recorded since the last pump to the components; returns the
         number of records and samples read.
+
+        Each record goes to the tracker, the detector and the change board
+        (``changes.answered(version, latency_ms, confidence)``, the version that answered it);
+        each labelled sample to the training buffer, to the board (``changes.labelled``, as
+        :meth:`vortex.Orchestrator.feedback` does: the post-swap and post-apply watches) and
+        its error to the detector record of exactly its request (:class:`RequestLinks`).
         """
         orch = self.orchestrator
         batch = self.fleet.read_new()
-        detector, rsi, trainer = orch.detector, orch.rsi, orch.trainer
-        watching = rsi is not None and rsi.needs_observations
+        detector, trainer, changes = orch.detector, orch.trainer, orch.changes
+        tracker, answered = orch.tracker, changes.answered
+        self._pumps += 1
         n = 0
         for name, records in batch.metrics.items():
             self.counts["lost_records"] += records.lost
-            awaiting = self._awaiting.setdefault(name, deque(maxlen=1 << 16))
-            for lat, conf in zip(records.latency_ms.tolist(), records.confidence.tolist(), strict=True):
-                self._record(lat, conf)
-                if detector is not None:
-                    awaiting.append(detector.record_request(lat, conf))
-                if watching:
-                    rsi.observe(latency_ms=lat, confidence=conf)
+            if not len(records):
+                continue
+            # the tracker and the detector take the whole read in one call each (the copy runs
+            # without the GIL, which this thread shares with a serving event loop); the board
+            # takes one answer at a time
+            tracker.record_batch("fleet", records.latency_ms, records.confidence)
+            if detector is not None:
+                first = detector.record_requests(records.latency_ms, records.confidence)
+                self._links.add(batch.segment_ids[name], records.request,
+                                np.arange(first, first + len(records), dtype=np.int64))
+            for lat, conf, version in zip(records.latency_ms.tolist(), records.confidence.tolist(),
+                                          _versions(records.version), strict=True):
+                answered(version, lat, conf)
             n += len(records)
             self.counts["records"] += len(records)
-        for name, rows in batch.samples.items():
+        for rows in batch.samples.values():
             self.counts["lost_samples"] += rows.lost
             if not len(rows):
                 continue
-            awaiting = self._awaiting.setdefault(name, deque(maxlen=1 << 16))
-            for error in rows.error.tolist():
-                if not math.isfinite(error):
-                    continue
-                # The error belongs to one of this worker's requests; which one is not carried
-                # across processes: it goes to the oldest still awaiting one, so the window's
-                # error rate is the fleet's.
-                if detector is not None and awaiting:
-                    detector.record_error(awaiting.popleft(), error)
-                if watching:
-                    rsi.observe(error=error)
+            self._labelled(rows, detector, changes)
             if trainer is not None:
                 trainer.add_samples(rows.features, rows.labels, confidences=rows.confidence,
                                     errors=rows.error, episodes=rows.episode)
             n += len(rows)
             self.counts["samples"] += len(rows)
+        if detector is not None and self._overtaken:
+            self._link_overtaken(detector)
         return n
+
+    def _labelled(self, rows: Any, detector: Any, changes: Any) -> None:
+        """The labelled samples' figures to the change board and their errors to the detector."""
+        known = np.flatnonzero(np.isfinite(rows.error))
+        if not len(known):
+            return
+        error_column = rows.error[known]
+        errors = error_column.tolist()
+        if changes.needs_observations:
+            labelled = changes.labelled
+            for version, error, miss, nll, conf in zip(
+                    _versions(rows.version[known]), errors, rows.misclassified[known].tolist(),
+                    rows.nll[known].tolist(), rows.confidence[known].tolist(), strict=True):
+                labelled(version, error, None if miss != miss else miss, None if nll != nll else nll, conf)
+        if detector is None:
+            return
+        workers, requests = rows.worker[known], rows.request[known]
+        ids = self._links.find(workers, requests)
+        record_error = detector.record_error
+        found = ids >= 0
+        for detector_id, error in zip(ids[found].tolist(), error_column[found].tolist(), strict=True):
+            record_error(detector_id, error)
+        self.counts["linked_errors"] += int(found.sum())
+        for i in np.flatnonzero(~found).tolist():
+            self._overtaken.append((int(workers[i]), int(requests[i]), errors[i], self._pumps))
+
+    def _link_overtaken(self, detector: Any) -> None:
+        """Errors whose request's record was not read yet: linked once it is; after
+        ``_LINK_PATIENCE`` pumps (or when the request is known to be gone), counted on the
+        newest record of its worker still without an error (the error rate stays the
+        fleet's), or dropped from the detector when no record of that worker is known.
+        """
+        waiting = []
+        for worker, request, error, since in self._overtaken:
+            found = int(self._links.find(np.array([worker], np.uint64), np.array([request]))[0])
+            if found >= 0:
+                self.counts["linked_errors"] += 1
+            elif self._links.not_read_yet(worker, request) and self._pumps - since < _LINK_PATIENCE:
+                waiting.append((worker, request, error, since))
+                continue
+            else:
+                newest = self._links.newest_unlabelled(worker)
+                self.counts["unlinked_errors" if newest is not None else "dropped_errors"] += 1
+                if newest is None:
+                    continue
+                found = newest
+            detector.record_error(found, error)
+        self._overtaken = waiting[-_MAX_OVERTAKEN:]
 
     def commit(self) -> None:
         """Save the buffer, then commit the fleet's cursors (never the other way round)."""

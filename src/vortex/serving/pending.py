@@ -3,7 +3,8 @@
 Behind ``uvicorn --workers N`` the kernel hands each connection to whichever worker accepts
 it, so the feedback for a request usually reaches another worker than the one that served
 it. Each worker therefore keeps what feedback needs (features, class probabilities or
-output, confidence, model version, when) in its own single-writer ring in shared memory,
+output, confidence, model version, when, and the request's number in its worker) in its own
+single-writer ring in shared memory,
 next to its metric segment; the worker that receives the feedback finds the request by the
 hash of its request id in every worker's ring (one vectorised comparison per ring), computes
 the error and pushes the labelled sample into *its own* segment. No socket, no lock shared
@@ -18,8 +19,10 @@ feedback is refused as unknown). The keys are also kept in an array of their own
 slots (8 bytes a request), so that a lookup compares 256 KiB per ring rather than striding
 through every slot; the slot's own copy of the key, read under its seq, is what decides.
 
-File layout: 64-byte header (magic, feature_dim, output count, capacity), ``capacity`` keys
-(uint64), then ``capacity`` slots.
+File layout: 64-byte header (magic, feature_dim, output count, capacity, the worker's segment
+id), ``capacity`` keys (uint64), then ``capacity`` slots. The segment id and the request number
+travel with the feedback's sample, so the control plane links its error to exactly the
+request's metric record (docs/SHM.md).
 
 A worker consumes a request id once (a second feedback for it on the same worker is
 refused). Two feedbacks for one id reaching two different workers at the same instant can
@@ -52,7 +55,7 @@ __all__ = ["PendingEntry", "PendingFinder", "PendingRing", "remove_dead_rings", 
 _PREFIX, _SUFFIX = "pending-", ".ring"
 _NAME_RE = re.compile(r"^pending-[0-9a-f]{16}\.ring$")
 _HEADER = 64
-_MAGIC = b"VTXPEND2"  # 2: keys from request_key_of (1: blake2b)
+_MAGIC = b"VTXPEND3"  # 2: keys from request_key_of (1: blake2b); 3: worker id, request numbers
 
 
 def request_key(request_id: str) -> int:
@@ -73,7 +76,8 @@ def _as_row(features: Any) -> np.ndarray:
 
 def _slot_dtype(feature_dim: int, n_outputs: int) -> np.dtype:
     return np.dtype([("seq", "<u8"), ("key", "<i8"), ("created", "<f8"), ("version", "<i8"),
-                     ("confidence", "<f8"), ("output", "<f8"), ("outputs", "<f8", (n_outputs,)),
+                     ("confidence", "<f8"), ("output", "<f8"), ("request", "<i8"),
+                     ("outputs", "<f8", (n_outputs,)),
                      ("features", "<f4", (feature_dim,))])
 
 
@@ -88,6 +92,8 @@ class PendingEntry:
     output: float
     probabilities: np.ndarray  # classification (regression: unused)
     features: np.ndarray
+    worker: int  # the answering worker's segment id (0: not known)
+    request: int | None  # its request number there (vortex.shm.MetricRecords.request)
 
 
 class PendingRing:
@@ -103,10 +109,13 @@ class PendingRing:
         Class count (classification), or 0 (regression: the output is a number).
     capacity
         Requests kept; the oldest's feedback is refused once ``capacity`` newer ones came.
+    worker
+        This worker's segment id (:attr:`vortex.shm.WorkerSegment.segment_id`), given to
+        every feedback of its requests.
     """
 
     def __init__(self, home: str | os.PathLike[str], feature_dim: int, n_outputs: int,
-                 capacity: int = 32768) -> None:
+                 capacity: int = 32768, worker: int = 0) -> None:
         directory = segment_dir(home)
         ensure_private_dir(directory, create=True)
         self.capacity = int(capacity)
@@ -120,7 +129,7 @@ class PendingRing:
         os.posix_fallocate(self._fd, 0, size)
         header = np.zeros(_HEADER, np.uint8)
         header[:8] = np.frombuffer(_MAGIC, np.uint8)
-        header[8:32] = np.array([feature_dim, max(1, n_outputs), self.capacity], "<u8").view(np.uint8)
+        header[8:40] = np.array([feature_dim, max(1, n_outputs), self.capacity, worker], "<u8").view(np.uint8)
         os.pwrite(self._fd, header.tobytes(), 0)
         self._mm = mmap.mmap(self._fd, size)
         self._slots = np.frombuffer(self._mm, self.dtype, self.capacity, slots_at)  # for inspection
@@ -130,13 +139,15 @@ class PendingRing:
                                     max(1, n_outputs), feature_dim, _as_row)
 
     def add(self, request_id: str, features: Any, version: int | None, confidence: float,
-            output: float, probabilities: tuple[float, ...] | None, created: float | None = None) -> int:
+            output: float, probabilities: tuple[float, ...] | None, created: float | None = None,
+            request: int | None = None) -> int:
         """Store one answered request under ``request_id`` (answered at ``created``, default
-        now); returns its key. ``features`` is one row of ``feature_dim`` numbers (a
-        C-contiguous float32 array is copied as it is).
+        now; ``request``: its number in this worker, as its metric record has it); returns its
+        key. ``features`` is one row of ``feature_dim`` numbers (a C-contiguous float32 array
+        is copied as it is).
         """
         return self._writer.add(request_id, features, version, confidence, output, probabilities,
-                                time.time() if created is None else created)
+                                time.time() if created is None else created, request)
 
     def close(self) -> None:
         """Unmap the ring and release it. The file stays: the other workers still answer the
@@ -156,7 +167,7 @@ class _RingView:
             header = f.read(_HEADER)
         if len(header) != _HEADER or header[:8] != _MAGIC:
             raise ValueError(f"{path} is not a pending ring")
-        dim, n_out, capacity = (int(v) for v in np.frombuffer(header[8:32], "<u8"))
+        dim, n_out, capacity, self.worker = (int(v) for v in np.frombuffer(header[8:40], "<u8"))
         self.dtype = _slot_dtype(dim, n_out)
         if os.path.getsize(path) != _HEADER + capacity * (8 + self.dtype.itemsize):
             raise ValueError(f"{path} is not a whole pending ring")
@@ -169,10 +180,11 @@ class _RingView:
             row = self.slots[i].copy()
             if s1 % 2 or s1 == 0 or int(self.slots["seq"][i]) != s1 or int(row["key"]) != key:
                 continue  # being written or overwritten meanwhile
-            version = int(row["version"])
+            version, request = int(row["version"]), int(row["request"])
             return PendingEntry(key, float(row["created"]), None if version < 0 else version,
                                 float(row["confidence"]), float(row["output"]),
-                                np.array(row["outputs"], np.float64), np.array(row["features"]))
+                                np.array(row["outputs"], np.float64), np.array(row["features"]),
+                                self.worker, None if request < 0 else request)
         return None
 
 

@@ -11,6 +11,7 @@ writes the registry.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
+from ..changes import NLL_CAP
 from ..home import HomeLayout
 from .pending import PendingFinder, PendingRing
 from .spec import ServiceSpec
@@ -40,15 +42,20 @@ class RequestContext:
     confidence
         Set by :meth:`ServingWorker.infer`: the middleware then records the request, timed
         from its first byte to its last, instead of ``infer``.
+    request, version
+        Set by :meth:`ServingWorker.infer` too: the request's number in this worker and the
+        model version that answered, recorded with it (None: it never reached the model).
     status
         The response's HTTP status once it started (500 until then).
     """
 
-    __slots__ = ("confidence", "request_id", "status")
+    __slots__ = ("confidence", "request", "request_id", "status", "version")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.confidence: float | None = None
+        self.request: int | None = None
+        self.version: int | None = None
         self.status = 500
 
 
@@ -112,6 +119,9 @@ class ServingWorker:
         self.segment: Any = None
         self._ring: PendingRing | None = None
         self._finder = PendingFinder(self.layout.root, spec.feedback_ttl_secs)
+        # this worker's request numbers: with its segment id, a request's identity in the
+        # metric record, the pending ring and its feedback's sample (next() is atomic: a C call)
+        self._numbers = itertools.count()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.follow_errors = 0
@@ -123,8 +133,9 @@ class ServingWorker:
 
         label = "int64" if self.spec.n_classes else "float32"
         self.segment = WorkerSegment.create(self.layout.root, self.spec.feature_dim, label_dtype=label)
-        self._record = self.segment.record_sample
-        self._ring = PendingRing(self.layout.root, self.spec.feature_dim, self.spec.n_classes)
+        self._record = self.segment.record_answer
+        self._ring = PendingRing(self.layout.root, self.spec.feature_dim, self.spec.n_classes,
+                                 worker=self.segment.segment_id)
         self._stop.clear()
         self._thread = threading.Thread(target=self._follow, name="vortex-follow", daemon=True)
         self._thread.start()
@@ -196,14 +207,16 @@ class ServingWorker:
             raise RuntimeError("ServingWorker.infer() before start()")
         context = current_request.get()
         prediction = self._answer(x, mode)  # validates x: the ring takes it as it is
+        number, version = next(self._numbers), prediction.model_version
         if context is None:
             request_id = mint_request_id()
-            self._record(prediction.latency_ms, prediction.confidence)
+            self._record(prediction.latency_ms, prediction.confidence, number, version)
         else:  # the middleware records it when the response is sent
             request_id = context.request_id
             context.confidence = prediction.confidence
-        ring.add(request_id, x, prediction.model_version, prediction.confidence,
-                 float(prediction.output), prediction.probabilities)
+            context.request, context.version = number, version
+        ring.add(request_id, x, version, prediction.confidence, float(prediction.output),
+                 prediction.probabilities, None, number)
         # The HTTP request id (a string) where the orchestrator put its own counter's. The
         # prediction was built for this call and nobody else holds it yet: set in place
         # rather than copied (dataclasses.replace costs about 5 us).
@@ -229,16 +242,23 @@ class ServingWorker:
             episode = as_index(episode, "episode")
         entry = self._finder.take(request_id)
         try:
+            # the figures vortex.Orchestrator.feedback gives its change board, for the control
+            # plane's (the post-swap and post-apply watches)
+            nll = None
             if self.spec.n_classes:
                 label = as_class_label(label, self.spec.n_classes)
-                error = 1.0 - float(entry.probabilities[label])
+                p = float(entry.probabilities[label])
+                error = 1.0 - p
+                correct = int(entry.output) == label
+                nll = -math.log(p) if p > 0.0 else NLL_CAP
             else:
                 label = as_real(label, "label", "must be a finite number")
                 if not math.isfinite(label):
                     raise ValueError(f"label={label!r}: must be a finite number")
                 error = min(1.0, abs(entry.output - label))
-            self.segment.push(entry.features, label, confidence=entry.confidence, error=error,
-                              episode=episode)
+                correct = error < 0.5
+            self.segment.push_feedback(entry.features, label, entry.confidence, error, episode, entry.worker,
+                                       entry.request, entry.version, 0.0 if correct else 1.0, nll)
         except BaseException:
             self._finder.give_back(request_id)
             raise

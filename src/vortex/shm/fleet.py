@@ -22,7 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import remove_orphan_temps
@@ -81,10 +81,13 @@ class WorkerInfo:
 
 @dataclass(frozen=True)
 class FleetBatch:
-    """What :meth:`FleetReader.read_new` found, per worker (segment file name)."""
+    """What :meth:`FleetReader.read_new` found, per worker (segment file name); ``segment_ids``:
+    each of those segments' id (what :attr:`SampleRows.worker` names a request's worker by).
+    """
 
     metrics: dict[str, MetricRecords]
     samples: dict[str, SampleRows]
+    segment_ids: dict[str, int] = field(default_factory=dict)
 
     def all_metrics(self) -> MetricRecords:
         """Every worker's records end to end."""
@@ -203,7 +206,7 @@ class FleetReader:
             except CorruptFileError as exc:
                 metrics.pop(name, None)
                 self._set_aside(name, exc)
-        return FleetBatch(metrics, samples)
+        return FleetBatch(metrics, samples, {name: self._readers[name].segment_id for name in metrics})
 
     def totals(self) -> SegmentTotals:
         """Everything every worker counted: the folded workers' totals plus every open

@@ -109,19 +109,19 @@ class SegmentReader:
 
     def read_metrics(self, max_records: int | None = None) -> MetricRecords:
         """The metric records written since the cursor (at most ``max_records``); advances it."""
-        index, t, lat, conf, err, nxt, lost = self._reader.read_metrics(
+        index, t, lat, conf, err, request, version, nxt, lost = self._reader.read_metrics(
             self.metric_cursor, _limit("max_records", max_records))
         self.metric_cursor = int(nxt)
         self.lost_records += int(lost)
-        return MetricRecords(index, t, lat, conf, err, int(lost))
+        return MetricRecords(index, t, lat, conf, err, request, version, int(lost))
 
     def read_samples(self, max_rows: int | None = None) -> SampleRows:
         """The samples pushed since the cursor (at most ``max_rows``); advances it."""
-        seq, feat, labels, conf, err, ts, ep, nxt, lost = self._reader.read_samples(
-            self.sample_cursor, _limit("max_rows", max_rows))
+        seq, feat, labels, conf, err, ts, ep, worker, request, version, miss, nll, nxt, lost = \
+            self._reader.read_samples(self.sample_cursor, _limit("max_rows", max_rows))
         self.sample_cursor = int(nxt)
         self.lost_samples += int(lost)
-        return SampleRows(seq, feat, labels, conf, err, ts, ep, int(lost))
+        return SampleRows(seq, feat, labels, conf, err, ts, ep, worker, request, version, miss, nll, int(lost))
 
     def totals(self) -> SegmentTotals:
         """Histograms and totals of everything the segment counted (final once the writer is

@@ -29,6 +29,12 @@ class MetricRecords:
         of the machine (``time.monotonic_ns()``).
     latency_ms, confidence, error
         float64; error NaN when there was no ground truth.
+    request
+        The request's number in its worker (int64; -1: a request that never reached the model,
+        e.g. a 5xx before it): with the worker's segment id, what a feedback's sample names
+        (:attr:`SampleRows.request`).
+    version
+        The model version that answered (int64; -1: none, or an unversioned model).
     lost
         Records the writer overwrote before the reader got to them.
     """
@@ -38,6 +44,8 @@ class MetricRecords:
     latency_ms: np.ndarray
     confidence: np.ndarray
     error: np.ndarray
+    request: np.ndarray
+    version: np.ndarray
     lost: int = 0
 
     def __len__(self) -> int:
@@ -52,11 +60,12 @@ class MetricRecords:
             return np.concatenate([getattr(p, column) for p in parts])
 
         return cls(index=cat("index"), t_ns=cat("t_ns"), latency_ms=cat("latency_ms"),
-                   confidence=cat("confidence"), error=cat("error"), lost=sum(p.lost for p in parts))
+                   confidence=cat("confidence"), error=cat("error"), request=cat("request"),
+                   version=cat("version"), lost=sum(p.lost for p in parts))
 
 
 _EMPTY_METRICS = MetricRecords(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
-                               np.zeros(0), np.zeros(0))
+                               np.zeros(0), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,14 @@ class SampleRows:
         Seconds since the epoch (float64).
     episode
         int64.
+    worker, request, version
+        The request the sample labels: its worker's segment id (uint64; any worker's, not
+        necessarily the one that pushed the sample), its number there
+        (:attr:`MetricRecords.request`) and the model version that answered (int64; -1: not
+        known).
+    misclassified, nll
+        float32 figures of the labelled request (0 or 1; -log p(label)); NaN when not measured
+        (``nll`` of a regression).
     lost
         Samples the writer overwrote before the reader got to them.
     """
@@ -88,6 +105,11 @@ class SampleRows:
     error: np.ndarray
     timestamp: np.ndarray
     episode: np.ndarray
+    worker: np.ndarray
+    request: np.ndarray
+    version: np.ndarray
+    misclassified: np.ndarray
+    nll: np.ndarray
     lost: int = 0
 
     def __len__(self) -> int:
@@ -112,7 +134,9 @@ class SampleRows:
 
         return cls(seq=cat("seq"), features=cat("features"), labels=cat("labels"),
                    confidence=cat("confidence"), error=cat("error"), timestamp=cat("timestamp"),
-                   episode=cat("episode"), lost=sum(p.lost for p in parts))
+                   episode=cat("episode"), worker=cat("worker"), request=cat("request"),
+                   version=cat("version"), misclassified=cat("misclassified"), nll=cat("nll"),
+                   lost=sum(p.lost for p in parts))
 
 
 @dataclass(frozen=True)

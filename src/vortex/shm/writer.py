@@ -36,9 +36,14 @@ class WorkerSegment(SegmentRecorder):
 
     Create it with :meth:`create` in the worker process (after any fork). Per request:
     ``record_sample(latency_ms, confidence, prediction_error=nan, *, failed=False)`` (as
-    :meth:`vortex.RuntimeDetector.record_sample`) and, when a labelled sample is due for
+    :meth:`vortex.RuntimeDetector.record_sample`) or, naming the request,
+    ``record_answer(latency_ms, confidence, request, version, failed=False)`` (its number in
+    this worker and the model version that answered); when a labelled sample is due for
     training, ``push(features, label, confidence=1.0, error=nan, episode=0, timestamp=None)``
-    (as :meth:`vortex.training.SampleBuffer.push`; returns the sample's seq in this segment).
+    (as :meth:`vortex.training.SampleBuffer.push`; returns the sample's seq in this segment) or,
+    naming the request it labels, ``push_feedback(features, label, confidence, error, episode,
+    worker, request, version, misclassified, nll, timestamp=None)`` (``worker``: the answering
+    worker's :attr:`segment_id`; the control plane links the error to that request's record).
     Both validate their arguments the same way as the in-process calls (``ValueError`` naming
     the bad value; nothing stored) and are safe from several threads.
 
@@ -51,11 +56,15 @@ class WorkerSegment(SegmentRecorder):
     ----------
     path
         The segment file (see :mod:`vortex.shm.location` for where and why).
+    segment_id
+        Its random 64-bit id (in its name and header): names this worker in the samples of
+        its requests' feedback, whichever worker pushes them.
     feature_dim, window, ring_capacity, label_dtype
         Its shape: feature row length, metric records kept, samples kept, label type.
     """
 
     path: Path
+    segment_id: int
     feature_dim: int
     window: int
     ring_capacity: int
@@ -79,10 +88,10 @@ class WorkerSegment(SegmentRecorder):
         feature_dim
             Length of every pushed feature row.
         window
-            Metric records kept (104 bytes each, slot included). The control plane must read more often than
+            Metric records kept (120 bytes each, slot included). The control plane must read more often than
             the worker fills it, or it loses records (it is told how many).
         ring_capacity
-            Samples kept (48 + 4 * feature_dim bytes each), the same rule.
+            Samples kept (80 + 4 * feature_dim bytes each), the same rule.
         label_dtype
             ``"int64"`` (classification) or ``"float32"`` (regression).
 
@@ -113,6 +122,7 @@ class WorkerSegment(SegmentRecorder):
         self._attach(owner, dim, label_dtype == "float32")
         self._writer = owner
         self.path = directory / name
+        self.segment_id = segment_id
         self.feature_dim = dim
         self.window = window
         self.ring_capacity = ring_capacity

@@ -212,23 +212,33 @@ class Adam:
         self.lr, self.betas, self.eps = lr, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = 0
+        self.steps = [0] * len(self.params)  # per parameter, as torch's state["step"]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (set it to None, torch's default).
+
+        ``set_to_none`` is accepted for ``torch.optim.Optimizer``'s signature only: gradients
+        are always set to None, never zero-filled.
+        """
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """One Adam update of every parameter that has a gradient; one without is left as it
+        is and its step count, hence its bias correction, does not advance (as torch counts
+        each parameter's steps).
+        """
         import torch
 
-        self.steps += 1
         b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.steps)
-        bias_correction2_sqrt = math.sqrt(1 - b2 ** self.steps)
+        steps = self.steps
         with torch.no_grad():
-            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            for i, (p, m, v) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True)):
                 if p.grad is None:
                     continue
+                steps[i] += 1
+                step_size = self.lr / (1 - b1 ** steps[i])
+                bias_correction2_sqrt = math.sqrt(1 - b2 ** steps[i])
                 g = p.grad
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
