@@ -169,9 +169,10 @@ def test_promql_over_the_example_app_under_uvicorn_workers(tmp_path, home):
         ids = [predict(i)["request_id"] for i in range(300)]
         for i, rid in enumerate(ids[:20]):
             post(port, "/vortex/feedback", {"request_id": rid, "label": int(i % 10)})
-        prom.wait_for(lambda: prom.query("sum(vortex_requests_total)") == [float(sent)],
-                      f"sum(vortex_requests_total) == {sent}")
-        assert prom.query("sum(vortex_feedback_total)") == [20.0]
+        # one scrape may land between two of the feedbacks: wait for a scrape after them all
+        prom.wait_for(lambda: prom.query("sum(vortex_requests_total)") == [float(sent)]
+                      and prom.query("sum(vortex_feedback_total)") == [20.0],
+                      f"sum(vortex_requests_total) == {sent} and sum(vortex_feedback_total) == 20")
         assert prom.query("sum(vortex_request_errors_total)") == [0.0]
         (p99,) = prom.query(P99)
         client_p99 = float(np.quantile(latencies, 0.99, method="inverted_cdf"))

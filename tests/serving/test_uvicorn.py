@@ -98,6 +98,9 @@ class Server:
         return seen
 
     def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until every worker answers and serves a registered version (the control plane
+        registers the initial model as version 1; until a worker follows it, its answers name
+        no version)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, "uvicorn exited"
@@ -106,8 +109,9 @@ class Server:
             if len(pids) == WORKERS:
                 try:
                     with httpx.Client(base_url=self.url, timeout=5) as c:
-                        self.statuses(c, set(pids), timeout=30)
-                    return
+                        statuses = self.statuses(c, set(pids), timeout=30)
+                    if all(s["worker"]["model_version"] is not None for s in statuses.values()):
+                        return
                 except (httpx.HTTPError, AssertionError):
                     pass
             time.sleep(0.3)
