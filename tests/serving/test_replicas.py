@@ -199,6 +199,8 @@ def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     assert isinstance(problem, SnapshotFormatError) and isinstance(problem, CorruptFileError)
     assert "c.arrow" in str(problem)
     assert merger.merge() == 0  # nothing new; c still skipped, b not merged twice
+    successor = SpoolMerger(_spec(homes[0], url, options, "a"), trainer)  # a control plane elected anew
+    assert successor.merge() == 0 and len(trainer.buffer) == 20  # b's watermark is on the bucket
     # b's writer drops what was merged from its spool (the watermark), and spools on
     writers["b"].flush()
     assert len(writers["b"].buffer) == 0 and writers["b"].counts["trimmed"] == 20
