@@ -59,3 +59,26 @@ def s3(s3_server):
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir(bucket)
     return f"s3://{bucket}/home/models", options, fs
+
+
+def _client(options):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="eu-west-1",
+                        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+def enable_versioning(options, url):
+    """Keep every version of every object of ``url``'s bucket from now on."""
+    _client(options).put_bucket_versioning(Bucket=url[len("s3://"):].split("/", 1)[0],
+                                           VersioningConfiguration={"Status": "Enabled"})
+
+
+def object_versions(options, url):
+    """The bytes of every version of the object at ``url``, oldest first."""
+    client = _client(options)
+    bucket, key = url[len("s3://"):].split("/", 1)
+    listed = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]  # newest first
+    return [client.get_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])["Body"].read()
+            for v in reversed(listed) if v["Key"] == key]

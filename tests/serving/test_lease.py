@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("s3fs", reason="s3fs (test extra) is needed to reach the S3 server")
 pytest.importorskip("moto.server", reason="moto[server] (test extra) provides the S3 server")
 
-from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
+from s3_support import S3_ENV, enable_versioning, object_versions, s3, s3_server  # noqa: E402, F401
 
 from vortex.serving.lease import LEASE_NAME, Lease, LeaseCorruptError, LeaseRecord  # noqa: E402
 
@@ -111,25 +111,9 @@ def _stop(*procs):
         p.wait(10)
 
 
-def _client(options):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="eu-west-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
 def _versions(options, url):
     """Every version of the lease object, oldest first, as records."""
-    client = _client(options)
-    bucket, key = f"{url}/{LEASE_NAME}"[len("s3://"):].split("/", 1)
-    listed = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]  # newest first
-    return [LeaseRecord.parse(client.get_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])["Body"].read(),
-                              key) for v in reversed(listed)]
-
-
-def _versioned(options, url):
-    _client(options).put_bucket_versioning(Bucket=url[len("s3://"):].split("/", 1)[0],
-                                           VersioningConfiguration={"Status": "Enabled"})
+    return [LeaseRecord.parse(data, "lease") for data in object_versions(options, f"{url}/{LEASE_NAME}")]
 
 
 def test_two_contenders_taking_turns_never_hold_at_once(s3, tmp_path):
@@ -181,7 +165,7 @@ def test_a_killed_holder_is_replaced_after_ttl_and_margin(s3, tmp_path):
 
 def test_a_stopped_holder_steps_down_without_writing_after_its_deadline(s3, tmp_path):
     url, options, fs = s3
-    _versioned(options, url)
+    enable_versioning(options, url)
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = _contender(url, options, a_log)
     b = None

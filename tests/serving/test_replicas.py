@@ -5,7 +5,11 @@ and control-plane lock; the lease and the spools are on the bucket."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -17,12 +21,12 @@ pytest.importorskip("s3fs", reason="s3fs (test extra) is needed to reach the S3 
 pytest.importorskip("moto.server", reason="moto[server] (test extra) provides the S3 server")
 
 from faults.harness import kill_at_random  # noqa: E402
-from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
+from s3_support import S3_ENV, enable_versioning, object_versions, s3, s3_server  # noqa: E402, F401
 
 from vortex.errors import CorruptFileError, SnapshotFormatError  # noqa: E402
 from vortex.serving import ServiceSpec  # noqa: E402
 from vortex.serving.control import ControlStandby  # noqa: E402
-from vortex.serving.lease import Lease  # noqa: E402
+from vortex.serving.lease import LEASE_NAME, Lease, LeaseRecord  # noqa: E402
 from vortex.serving.replica import SpoolMerger, SpoolWriter, spool_root  # noqa: E402
 from vortex.shm import WorkerSegment  # noqa: E402
 from vortex.shm.location import segment_dir  # noqa: E402
@@ -230,3 +234,68 @@ def test_a_control_plane_that_loses_the_lease_stops_and_its_machine_spools_again
         assert json.loads(fs.cat_file(f"{url}/control.lease"))["fencing"] == 2  # a never took it back
     finally:
         a.stop()
+
+
+_HOLDER = textwrap.dedent("""
+    import json, os, sys, time
+    os.environ.update({env})
+    from vortex.serving import ServiceSpec
+    from vortex.serving.control import ControlStandby
+    spec = ServiceSpec(home={home!r}, model_factory="vortex.training.models:mlp", feature_dim={dim},
+                       n_classes=3, factory_kwargs={{"in_features": {dim}, "out_features": 3}},
+                       fleet_url={url!r}, storage_options=json.loads({options!r}), replica_id={replica!r},
+                       lease_ttl_secs={ttl}, spool_interval_secs=0.2)
+    standby = ControlStandby(spec, interval=0.1)
+    standby.start()
+    out = open({log!r}, "a", buffering=1)
+    running = False
+    while True:  # what this process runs, as it changes
+        plane = standby.plane
+        if (plane is not None and plane._thread is not None and plane._thread.is_alive()) != running:
+            running = not running
+            lease = standby.lease
+            out.write(json.dumps({{"t": time.time(), "plane": running, "token": lease.token,
+                                  "fencing": lease.fencing, "reason": lease.lost_reason}}) + "\\n")
+            os.fsync(out.fileno())
+        time.sleep(0.02)
+""")
+
+
+def test_a_stopped_control_plane_finds_its_lease_lost_and_stops_without_writing_it_again(s3, homes, tmp_path):
+    url, options, _ = s3
+    enable_versioning(options, url)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+
+    def start(name, home):
+        code = _HOLDER.format(env=S3_ENV, home=str(home), dim=DIM, url=url, options=json.dumps(options),
+                              replica=name, ttl=TTL, log=str(logs[name]))
+        return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+    def events(name):
+        return [json.loads(line) for line in logs[name].read_text().splitlines()] if logs[name].exists() else []
+
+    a = start("a", homes[0])
+    b = None
+    try:
+        _wait_for(lambda: events("a"), timeout=120)
+        b = start("b", homes[1])
+        time.sleep(3.0)  # b is up, spooling, watching a's lease
+        os.kill(a.pid, signal.SIGSTOP)
+        stopped = time.time()
+        _wait_for(lambda: events("b"), timeout=120)
+        time.sleep(1.0)
+        os.kill(a.pid, signal.SIGCONT)
+        _wait_for(lambda: len(events("a")) == 2, timeout=60)
+        time.sleep(TTL / 2)  # time for a to write the lease again, were it to
+    finally:
+        for p in (a, b):
+            if p is not None:
+                p.kill()
+                p.wait(10)
+    (up, down), (b_up,) = events("a"), events("b")
+    assert up["plane"] and up["fencing"] == 1 and b_up["plane"] and b_up["fencing"] == 2
+    assert not down["plane"] and "deadline" in down["reason"] and down["t"] > b_up["t"] > stopped
+    tokens = [LeaseRecord.parse(data, "lease").token for data in object_versions(options, f"{url}/{LEASE_NAME}")]
+    first_b = tokens.index(b_up["token"])
+    assert up["token"] in tokens[:first_b] and up["token"] not in tokens[first_b:]
