@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .._fsspec import conditional_writes, filesystem, precondition_failed, put_whole
+from .._io import seal, unseal
 from ..errors import CorruptFileError
 
 __all__ = ["LEASE_NAME", "Lease", "LeaseCorruptError", "LeaseRecord"]
@@ -90,22 +91,24 @@ class LeaseRecord:
     written_at: float = 0.0
 
     def to_bytes(self) -> bytes:
-        """The JSON the object holds."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        """What the object holds: the record as JSON, sealed (sha256, as every Vortex file)."""
+        body = json.dumps(asdict(self), sort_keys=True).encode()
+        return body + seal(body)
 
     @classmethod
     def parse(cls, data: bytes, where: str) -> LeaseRecord:
         """The record in ``data``; :class:`LeaseCorruptError` naming ``where`` if it is not one."""
+        remedy = "remove the object; the replicas then elect a holder anew"
+        body, _ = unseal(data, where, LeaseCorruptError, remedy=remedy)
         try:
-            fields = json.loads(data)
+            fields = json.loads(bytes(body))
             record = cls(**fields)
             if not (isinstance(record.fencing, int) and record.fencing >= 1 and record.ttl_secs > 0
                     and record.margin_secs >= 0 and isinstance(record.token, str)):
                 raise ValueError(f"implausible values {fields}")
             return record
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise LeaseCorruptError(where, f"not a lease record ({exc})",
-                                    remedy="remove the object; the replicas then elect a holder anew") from exc
+            raise LeaseCorruptError(where, f"not a lease record ({exc})", remedy=remedy) from exc
 
     @property
     def holder(self) -> str:

@@ -44,7 +44,7 @@ from .._fsspec import filesystem, put_whole
 from ..errors import SnapshotFormatError
 from .spec import ServiceSpec
 
-__all__ = ["SpoolMerger", "SpoolWriter", "spool_root"]
+__all__ = ["SpoolMerger", "SpoolWriter", "load_spool", "spool_metadata", "spool_root"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,14 @@ def spool_root(fleet_url: str) -> str:
     return f"{fleet_url.rstrip('/')}/spool"
 
 
-def _load_spool(url: str, replica: str, storage_options: dict[str, Any],
-                capacity: int | None = None) -> tuple[Any, str, dict[str, int]]:
-    """``(buffer, incarnation, marks)`` of the spool at ``url``.
+def spool_metadata(replica: str, incarnation: str, marks: dict[str, int]) -> dict[str, str]:
+    """The schema metadata a spool is saved with (see :func:`load_spool`)."""
+    return {_REPLICA: replica, _INCARNATION: incarnation, _MARKS: json.dumps(marks)}
+
+
+def load_spool(url: str, replica: str, storage_options: dict[str, Any],
+               capacity: int | None = None) -> tuple[Any, str, dict[str, int]]:
+    """``(buffer, incarnation, marks)`` of ``replica``'s spool at ``url`` (a URL or a path).
 
     Raises
     ------
@@ -115,7 +120,7 @@ class SpoolWriter:
         self.poll_interval = poll_interval
         self.counts = {"spooled": 0, "skipped_duplicates": 0, "saves": 0, "trimmed": 0}
         try:
-            self.buffer, self.incarnation, self.marks = _load_spool(self.url, self.replica, self._options,
+            self.buffer, self.incarnation, self.marks = load_spool(self.url, self.replica, self._options,
                                                                     capacity)
         except FileNotFoundError:
             self.buffer, self.incarnation, self.marks = None, "", {}
@@ -161,8 +166,7 @@ class SpoolWriter:
         self._trim()
         if self._dirty:
             self.buffer.save(self.url, storage_options=self._options,
-                             metadata={_REPLICA: self.replica, _INCARNATION: self.incarnation,
-                                       _MARKS: json.dumps(self.marks)})
+                             metadata=spool_metadata(self.replica, self.incarnation, self.marks))
             self._dirty = False
             self.counts["saves"] += 1
         self.fleet.commit()
@@ -275,7 +279,7 @@ class SpoolMerger:
                 continue
             replica, url = name[:-len(".arrow")], f"{self.root}/{name}"
             try:
-                buf, incarnation, _ = _load_spool(url, replica, self._options)
+                buf, incarnation, _ = load_spool(url, replica, self._options)
             except FileNotFoundError:
                 continue
             except SnapshotFormatError as exc:
