@@ -301,3 +301,16 @@ def test_a_stopped_control_plane_finds_its_lease_lost_and_stops_without_writing_
     tokens = [LeaseRecord.parse(data, "lease").token for data in object_versions(options, f"{url}/{LEASE_NAME}")]
     first_b = tokens.index(b_up["token"])
     assert up["token"] in tokens[:first_b] and up["token"] not in tokens[first_b:]
+
+
+@pytest.mark.parametrize("field, value", [("fleet_url", "/local/dir"), ("replica_id", "a/b"), ("replica_id", ""),
+                                          ("lease_ttl_secs", 0), ("spool_interval_secs", -1.0),
+                                          ("lease_ttl_secs", True)])
+def test_bad_fleet_settings_name_their_field(tmp_path, field, value):
+    from vortex.errors import ConfigError
+
+    kwargs = {"fleet_url": "s3://bucket/fleet", field: value}
+    with pytest.raises(ConfigError, match=f"ServiceSpec.{field}="):
+        ServiceSpec(home=str(tmp_path), model_factory="m:f", feature_dim=2, n_classes=2, **kwargs)
+    spec = ServiceSpec(home=str(tmp_path), model_factory="m:f", feature_dim=2, n_classes=2)
+    assert spec.fleet_url is None and spec.replica  # the host name, made a valid replica id
