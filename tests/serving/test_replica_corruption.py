@@ -11,7 +11,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "faults"))
-from harness import cases, sweep  # noqa: E402
+from harness import sweep_kind  # noqa: E402
 from replica_loaders import KINDS  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -22,11 +22,6 @@ SAMPLE = 600  # positions per object (x 2 flip masks, + as many truncations); th
 @pytest.mark.parametrize("kind", KINDS, ids=[k[0] for k in KINDS])
 def test_every_corruption_is_detected_or_harmless(tmp_path, kind):
     _, make, rel, loader, acceptable = kind
-    pristine = tmp_path / "pristine"
-    pristine.mkdir()
-    make(str(pristine))
-    size = (pristine / rel).stat().st_size
-    report = sweep(pristine, rel, loader, cases(size, sample=SAMPLE, seed=3), acceptable=acceptable)
-    print(report.summary())
+    report = sweep_kind(tmp_path, make, rel, loader, sample=SAMPLE, seed=3, acceptable=acceptable)
     report.assert_held()
-    assert report.counts()["detected"] > 0.9 * len(report.outcomes), report.summary()
+    assert report.counts()["detected"] == len(report.outcomes), report.summary()  # sealed: every case
