@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("s3fs", reason="s3fs (test extra) is needed to reach the S3 server")
 pytest.importorskip("moto.server", reason="moto[server] (test extra) provides the S3 server")
 
+pytestmark = pytest.mark.slow  # processes, a server, seconds of leases
+
 from s3_support import S3_ENV, enable_versioning, object_versions, s3, s3_server  # noqa: E402, F401
 
 from vortex.serving.lease import LEASE_NAME, Lease, LeaseCorruptError, LeaseRecord  # noqa: E402
@@ -24,7 +26,7 @@ from vortex.serving.lease import LEASE_NAME, Lease, LeaseCorruptError, LeaseReco
 # the children import the vortex this test imported
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **S3_ENV)
 
-TTL, MARGIN = 2.0, 0.5
+TTL, MARGIN = 3.0, 0.5
 RENEW = TTL / 5
 
 # A contender. hold > 0: take turns (hold the lease that long, release it, rest, contend again);
@@ -123,8 +125,9 @@ def test_two_contenders_taking_turns_never_hold_at_once(s3, tmp_path):
     samples = []  # the lease object as an outsider sees it meanwhile
     try:
         outsider = Lease(url, options, ttl_secs=TTL)
-        until = time.monotonic() + 6.0
-        while time.monotonic() < until:
+        _wait_for(lambda: all(_events(log) for log in logs), timeout=120)  # both started (a loaded machine)
+        until, give_up = time.monotonic() + 6.0, time.monotonic() + 60.0
+        while time.monotonic() < until or (len(_tenures(logs, time.time())) < 4 and time.monotonic() < give_up):
             seen = outsider.read()
             if seen is not None:
                 samples.append(seen[1])
@@ -158,9 +161,9 @@ def test_a_killed_holder_is_replaced_after_ttl_and_margin(s3, tmp_path):
     finally:
         _stop(*(p for p in (a, b) if p is not None))
     assert taken["fencing"] == first["fencing"] + 1
-    # not before a's last renewal (at most RENEW before the kill) had aged ttl + margin on b's
-    # clock; and soon after (b looks every RENEW; a few requests' time on a loaded machine)
-    assert TTL + MARGIN - RENEW <= taken["t"] - killed <= TTL + MARGIN + RENEW + 3.0
+    # a's last renewal (some RENEW before the kill) aged ttl + margin on b's clock, then b took
+    # it at its next look (every RENEW) plus a few requests' time (seconds on a loaded machine)
+    assert TTL + MARGIN - 2 * RENEW <= taken["t"] - killed <= TTL + MARGIN + RENEW + 10.0
 
 
 def test_a_stopped_holder_steps_down_without_writing_after_its_deadline(s3, tmp_path):

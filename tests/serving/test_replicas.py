@@ -20,6 +20,8 @@ import pytest
 pytest.importorskip("s3fs", reason="s3fs (test extra) is needed to reach the S3 server")
 pytest.importorskip("moto.server", reason="moto[server] (test extra) provides the S3 server")
 
+pytestmark = pytest.mark.slow  # processes, a server, seconds of leases
+
 from faults.harness import kill_at_random  # noqa: E402
 from s3_support import S3_ENV, enable_versioning, object_versions, s3, s3_server  # noqa: E402, F401
 

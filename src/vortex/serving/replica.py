@@ -35,6 +35,7 @@ import logging
 import os
 import posixpath
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -194,8 +195,6 @@ class SpoolWriter:
         log.info("spooling the samples of %s to %s", self.spec.home, self.url)
 
     def _loop(self) -> None:
-        import time
-
         next_flush = 0.0
         while True:
             stopping = self._stop.is_set()
