@@ -169,6 +169,31 @@ def test_a_spooler_killed_between_its_save_and_its_commit_spools_nothing_twice(s
     saved.fleet.close()
 
 
+def test_a_machine_whose_spooler_died_before_its_commit_then_takes_the_lease_doubles_nothing(s3, homes):
+    """Its next lock holder spools first (skipping what the spool holds, then committing), and
+    only then runs the control plane, which reads the segments from the committed cursors."""
+    url, options, _ = s3
+    spec = _spec(homes[0], url, options, "a", configure=_attach)
+    with WorkerSegment.create(homes[0], DIM) as segment:
+        _push(segment, range(30))
+        dead = SpoolWriter(spec)
+        dead.pump()
+        dead.fleet.commit = lambda: []  # killed after writing the spool, before the commit
+        dead.flush()
+        dead.fleet.close()
+        a = ControlStandby(spec, interval=0.1)
+        a.start()
+        try:
+            assert a.acquired.wait(60)
+            _push(segment, range(30, 40))  # read by the control plane itself
+            trainer = a.plane.orchestrator.trainer
+            _wait_for(lambda: len(trainer.buffer) >= 40)
+            time.sleep(1.0)
+            assert _ids(trainer.buffer.snapshot()) == list(range(40))
+        finally:
+            a.stop()
+
+
 def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     url, options, fs = s3
     writers = {}

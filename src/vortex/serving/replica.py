@@ -20,12 +20,14 @@ fleet's lease and runs the control plane, or runs a :class:`SpoolWriter` (docs/D
   buffer, so a spool holds what is not merged yet. A damaged spool is reported
   (:class:`~vortex.errors.SnapshotFormatError`, naming it) and skipped; the others merge.
 
-Exactly once from a worker's segment to the trainer's buffer while the control plane runs;
-at least once across a control plane killed between saving its buffer and writing the
-watermarks (the next one merges those rows again), and across a spool writer killed between
-its save and its commit on the machine that then takes the lease (its control plane reads the
-segments from the committed cursors). A spool that is damaged, or overflows (more than its
-capacity unmerged: the control plane away too long), loses samples, which are counted.
+Exactly once from a worker's segment to the trainer's buffer while the control plane runs,
+also across spool writers killed at any point: the next lock holder of a machine always spools
+first (skipping what the spool holds, then committing) before it may run the control plane.
+At least once across a control plane killed between saving its buffer and writing the
+watermarks (the next one merges those rows again), or when a machine takes the lease while
+its spool cannot be written (its control plane then reads the uncommitted samples directly).
+A spool that is damaged, or overflows (more than its capacity unmerged: the control plane
+away too long), loses samples, which are counted.
 """
 
 from __future__ import annotations
