@@ -238,3 +238,26 @@ def test_bad_lease_settings_are_refused(s3):
         Lease(url, options, ttl_secs=0)
     with pytest.raises(ValueError, match="conditional writes"):
         Lease("memory://fleet", ttl_secs=1.0)
+
+
+def test_a_holder_past_its_deadline_writes_nothing_and_a_lost_answer_is_adopted(s3):
+    url, options, fs = s3
+    now = [0.0]
+    a = Lease(url, options, ttl_secs=TTL, margin_secs=MARGIN, clock=lambda: now[0])
+    assert a.try_acquire()
+    path = f"{url}/{LEASE_NAME}"
+    before = a._etag
+    now[0] += RENEW
+    assert a.renew()  # renewed: the deadline moves to now + ttl
+    # the answer of the next renewal is lost although it landed: a still has the older ETag
+    landed = a._etag
+    a._etag = before
+    now[0] += RENEW
+    assert a.renew() and a._etag == landed != before  # refused (stale ETag), re-read: its own write, adopted
+    assert LeaseRecord.parse(fs.cat_file(path), path).token == a.token and a.fencing == 1
+    # past the deadline: steps down and sends nothing (the object keeps its ETag)
+    etag = fs.info(path)["ETag"]
+    now[0] += TTL
+    assert not a.renew() and "deadline" in a.lost_reason and a.fencing is None
+    fs.invalidate_cache(path)
+    assert fs.info(path)["ETag"] == etag
