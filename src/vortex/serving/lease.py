@@ -1,7 +1,7 @@
 """The control plane's lease across machines: :class:`Lease`, an object on shared storage.
 
 On one machine the control plane is elected by a ``flock`` (:class:`~vortex.serving.control.ControlLock`);
-machines share no kernel, so across them the role is a *lease*: one small JSON object
+machines share no kernel, so across them the role is a *lease*: one small sealed JSON object
 (``<url>/control.lease``) that a holder keeps rewriting and that others take over once it stops.
 
 * **Taking it** is a conditional PUT: ``If-None-Match: *`` when there is no lease object,
@@ -143,6 +143,15 @@ class Lease:
         about 0.01 %).
     clock
         The monotonic clock (tests substitute one).
+
+    Attributes
+    ----------
+    on_acquired, on_lost
+        Optional callbacks: ``on_acquired(fencing)`` after a successful take, ``on_lost(reason)``
+        when this contender steps down (called with the lease's lock held, before any write:
+        they must not call the lease back).
+    lost_reason
+        Why it last stepped down (None while it holds the lease).
 
     Raises
     ------
