@@ -245,7 +245,7 @@ def test_a_control_plane_that_loses_the_lease_stops_and_its_machine_spools_again
     a = ControlStandby(_spec(homes[0], url, options, "a", configure=_attach), interval=0.1)
     a.start()
     try:
-        assert a.acquired.wait(60)
+        assert a.acquired.wait(60) and a.role == "control"
         plane = a.plane
         now = [0.0]
         thief = Lease(url, options, ttl_secs=TTL, clock=lambda: now[0])  # a machine with a fast clock
@@ -262,6 +262,7 @@ def test_a_control_plane_that_loses_the_lease_stops_and_its_machine_spools_again
                       timeout=30)  # (the thief renews meanwhile, as a live holder does)
         record = LeaseRecord.parse(fs.cat_file(f"{url}/{LEASE_NAME}"), LEASE_NAME)
         assert (record.token, record.fencing) == (thief.token, 2)  # a never took it back
+        assert a.role == "spool"
     finally:
         a.stop()
 

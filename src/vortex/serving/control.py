@@ -265,7 +265,8 @@ class ControlStandby:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.acquired = threading.Event()
-        self.lease: Any = None  # the fleet's Lease while this process contends for it
+        self.lease: Any = None    # the fleet's Lease while this process contends for it
+        self.spooler: Any = None  # the SpoolWriter while this process spools its machine's samples
 
     def start(self) -> None:
         """Start trying in a background thread."""
@@ -305,10 +306,12 @@ class ControlStandby:
         self.lease = lease
         try:
             spooler.start()
+            self.spooler = spooler
             lease.start()
             while not lease.held:  # Lease.held checks the deadline: it is the watchdog too
                 if self._stop.wait(0.05):
                     return
+            self.spooler = None
             spooler.stop()
             writer = None
             self.plane = ControlPlane(spec, **self._plane_kwargs)
@@ -331,9 +334,17 @@ class ControlStandby:
                 self.plane.stop()
                 self.plane = None
             if writer is not None:
+                self.spooler = None
                 writer.stop()
             lease.stop()
             self.lock.release()
+
+    @property
+    def role(self) -> str:
+        """``"control"`` (this process runs the control plane), ``"spool"`` (it spools its
+        machine's samples to the fleet's control plane) or ``"standby"``.
+        """
+        return "control" if self.plane is not None else "spool" if self.spooler is not None else "standby"
 
     def stop(self) -> None:
         """Stop waiting, or stop the control plane and release the lock."""
