@@ -50,6 +50,12 @@ import shm_loaders  # noqa: E402
 TABLE += shm_loaders.KINDS
 # --- end of shared memory ---
 
+# --- replicas across machines: the control-plane lease, a replica's sample spool ---
+import replica_loaders  # noqa: E402
+
+TABLE += replica_loaders.KINDS
+# --- end of replicas ---
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -17,11 +17,14 @@ import re
 import uuid
 from typing import Any
 
-__all__ = ["filesystem", "is_url", "put_whole", "read_url", "write_url"]
+__all__ = ["conditional_writes", "filesystem", "is_url", "precondition_failed", "put_whole", "read_url",
+           "write_url"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Protocols whose write of one file is a single all-or-nothing object PUT.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+# Object stores that take If-Match / If-None-Match on a PUT (passed through by the fsspec driver).
+_CONDITIONAL = frozenset({"s3", "s3a"})
 
 
 def is_url(path: Any) -> bool:
@@ -50,6 +53,17 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 def _protocols(fs: Any) -> set[str]:
     return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+
+
+def conditional_writes(fs: Any) -> bool:
+    """Whether ``fs`` honours S3's ``IfMatch`` / ``IfNoneMatch`` on :func:`put_whole`."""
+    return bool(_protocols(fs) & _CONDITIONAL)
+
+
+def precondition_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage's refusal of a conditional write (HTTP 412)."""
+    text = f"{type(exc).__name__} {exc} {exc.__cause__!r}"
+    return "PreconditionFailed" in text or "412" in text
 
 
 def put_whole(fs: Any, path: str, data: bytes, **condition: Any) -> None:

@@ -246,6 +246,21 @@ def sweep(pristine_dir: str | os.PathLike[str], rel_path: str, loader: str,
     return report
 
 
+def sweep_kind(work_dir: str | os.PathLike[str], make: Callable[[str], None], rel_path: str, loader: str, *,
+               sample: int | None, seed: int, acceptable: Callable[[Any, Any], bool] | None = None) -> Report:
+    """:func:`sweep` over a sample of :func:`cases` of one file kind: ``make`` writes the
+    pristine directory (created in ``work_dir``) holding ``rel_path``. The report's summary is
+    printed (pytest shows it with ``-s``).
+    """
+    pristine = os.path.join(os.fspath(work_dir), "pristine")
+    os.mkdir(pristine)
+    make(pristine)
+    size = os.path.getsize(os.path.join(pristine, rel_path))
+    report = sweep(pristine, rel_path, loader, cases(size, sample=sample, seed=seed), acceptable=acceptable)
+    print(report.summary())
+    return report
+
+
 def kill_at_random(code: str, *, delay: tuple[float, float], seed: int | None = None,
                    ready: str | None = None, cwd: str | None = None,
                    timeout: float = 60.0) -> tuple[int, str]:

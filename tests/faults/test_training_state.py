@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from harness import cases, kill_at_random, sweep
+from harness import cases, kill_at_random, sweep, sweep_kind
 from training_loaders import KINDS, UNSEALED_KINDS
 
 from vortex._io import is_temp_name
@@ -36,12 +36,7 @@ SWEEP_SAMPLE = 600  # positions per file kind (x 2 flip masks, + truncations)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_corruption_is_detected_or_harmless(tmp_path, kind):
     make, rel, loader, acceptable = KINDS[kind]
-    pristine = tmp_path / "pristine"
-    pristine.mkdir()
-    make(str(pristine))
-    size = (pristine / rel).stat().st_size
-    report = sweep(pristine, rel, loader, cases(size, sample=SWEEP_SAMPLE, seed=12), acceptable=acceptable)
-    print(report.summary())
+    report = sweep_kind(tmp_path, make, rel, loader, sample=SWEEP_SAMPLE, seed=12, acceptable=acceptable)
     report.assert_held()
     counts = report.counts()
     flips = sum(1 for o in report.outcomes if o.case.kind == "flip")

@@ -603,3 +603,20 @@ def test_files_written_before_the_seal_load_and_their_crc_is_checked(tmp_path):
         w.write_batch(batch.replace_schema_metadata(meta))
     with pytest.raises(SnapshotFormatError, match="bare.arrow: schema metadata incomplete"):
         SampleBuffer.load(bare)
+
+
+def test_saved_metadata_round_trips_and_drop_older_than_keeps_the_numbering(tmp_path):
+    buf = SampleBuffer(feature_dim=2, capacity=10)
+    for i in range(8):
+        buf.push(np.array([i, -i], np.float32), i % 2, timestamp=100.0 + i)
+    path = tmp_path / "buf.arrow"
+    buf.save(path, metadata={"app.note": "spool", "vortex.next_seq": "999"})  # the buffer's own keys win
+    loaded = SampleBuffer.load(path)
+    assert loaded.saved_metadata["app.note"] == "spool" and loaded.next_seq == 8
+    assert SampleBuffer(2, 10).saved_metadata == {}
+    assert buf.drop_older_than(5) == 5 and buf.drop_older_than(5) == 0
+    snap = buf.snapshot()
+    assert snap.seq.tolist() == [5, 6, 7] and snap.features[:, 0].tolist() == [5, 6, 7]
+    assert snap.timestamp.tolist() == [105.0, 106.0, 107.0]
+    assert buf.push(np.zeros(2, np.float32), 0) == 8  # numbering continues
+    assert buf.drop_older_than(100) == 4 and len(buf) == 0 and buf.next_seq == 9

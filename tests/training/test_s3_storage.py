@@ -5,11 +5,8 @@ would."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import uuid
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ import pytest
 pytest.importorskip("s3fs", reason="s3fs (test extra) is needed to reach the S3 server")
 pytest.importorskip("moto.server", reason="moto[server] (test extra) provides the S3 server")
 
+from s3_support import s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
 from safetensors.numpy import save  # noqa: E402
 
 from vortex.errors import (ChecksumMismatchError, RegistryCorruptError, RegistryError,  # noqa: E402
@@ -24,49 +22,6 @@ from vortex.errors import (ChecksumMismatchError, RegistryCorruptError, Registry
 from vortex.training.buffer import SampleBuffer  # noqa: E402
 from vortex.training.registry import ModelRegistry, verify_registry  # noqa: E402
 from vortex.training.registry.fsspec_store import FsspecStore  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """moto's S3 server in its own process on a loopback port; its endpoint URL."""
-    port = _free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
-
-
-@pytest.fixture
-def s3(s3_server):
-    """A fresh bucket: (registry URL, storage options, an s3fs client of its own)."""
-    import s3fs
-
-    options = {"endpoint_url": s3_server, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "eu-west-1"}}
-    bucket = f"vortex-{uuid.uuid4().hex[:12]}"
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir(bucket)
-    return f"s3://{bucket}/home/models", options, fs
 
 
 def _weights(value: float) -> bytes:

@@ -6,6 +6,9 @@
 * :class:`ControlPlane`, :class:`ControlStandby`, :class:`ControlLock` (:mod:`.control`): the
   one process per home that runs the detector, RSI and training over every worker's data;
   ``vortex control`` runs it as a sidecar.
+* :class:`Lease` (:mod:`.lease`), :class:`SpoolWriter`, :class:`SpoolMerger` (:mod:`.replica`):
+  replicas on several machines (``ServiceSpec.fleet_url``): one control plane per fleet, the
+  other machines' samples spooled to it (docs/DISTRIBUTED.md).
 * :class:`VortexService` (:mod:`.service`): one process's worker and standby.
 * :class:`VortexMiddleware`, :func:`vortex_app`, :func:`lifespan` (:mod:`.asgi`): the ASGI
   integration. docs/SERVING.md explains the whole.
@@ -29,6 +32,9 @@ _LAZY: dict[str, str] = {
     "ControlLock": "vortex.serving.control",
     "run_control": "vortex.serving.control",
     "want_status": "vortex.serving.control",
+    "Lease": "vortex.serving.lease",
+    "SpoolWriter": "vortex.serving.replica",
+    "SpoolMerger": "vortex.serving.replica",
     "VortexService": "vortex.serving.service",
     "VortexMiddleware": "vortex.serving.asgi",
     "vortex_app": "vortex.serving.asgi",

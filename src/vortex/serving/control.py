@@ -342,16 +342,9 @@ class ControlPlane:
     def commit(self) -> None:
         """Save the buffer, then commit the fleet's cursors (never the other way round)."""
         trainer = self.orchestrator.trainer
-        if trainer is not None:
-            deadline = time.monotonic() + 30.0
-            # persist_buffer() declines while the trainer's own save runs, which may have
-            # snapshotted the buffer before this pump's samples: wait until a save of ours, or
-            # one that covers them, is done.
-            while not trainer.persist_buffer() and trainer._persisted_seq != trainer.buffer.next_seq:
-                if time.monotonic() > deadline:
-                    log.warning("buffer not saved; the fleet's cursors are not committed")
-                    return
-                time.sleep(0.01)
+        if trainer is not None and not trainer.persist_buffer_covering():
+            log.warning("buffer not saved; the fleet's cursors are not committed")
+            return
         self.fleet.commit()
         self.counts["commits"] += 1
 
@@ -391,6 +384,13 @@ def check_nice(nice: int) -> int:
 class ControlStandby:
     """Waits for the home's control-plane lock and runs a :class:`ControlPlane` once it has it.
 
+    With ``spec.fleet_url`` (replicas on several machines, docs/DISTRIBUTED.md), holding the
+    lock makes this process its machine's contender for the fleet's lease
+    (:class:`~vortex.serving.lease.Lease`): while another machine holds the lease it runs a
+    :class:`~vortex.serving.replica.SpoolWriter`; holding both, it runs the control plane and a
+    :class:`~vortex.serving.replica.SpoolMerger`; when the lease is lost it stops them and
+    releases the lock (the machine's next holder spools again).
+
     Parameters
     ----------
     spec
@@ -418,6 +418,8 @@ class ControlStandby:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.acquired = threading.Event()
+        self.lease: Any = None    # the fleet's Lease while this process contends for it
+        self.spooler: Any = None  # the SpoolWriter while this process spools its machine's samples
 
     def start(self) -> None:
         """Start trying in a background thread."""
@@ -432,15 +434,73 @@ class ControlStandby:
         while not self._stop.is_set():
             try:
                 if self.lock.try_acquire():
-                    plane = ControlPlane(self.spec, **self._plane_kwargs)
-                    plane.start()
-                    self.plane = plane
-                    self.acquired.set()
-                    return
+                    if self.spec.fleet_url is not None:
+                        self._serve_fleet()
+                    else:
+                        plane = ControlPlane(self.spec, **self._plane_kwargs)
+                        plane.start()
+                        self.plane = plane
+                        self.acquired.set()
+                        return
             except Exception:  # e.g. a damaged file under the home: give the role up, retry
                 log.exception("could not start the control plane")
                 self.lock.release()
             self._stop.wait(self.interval)
+
+    def _serve_fleet(self) -> None:
+        """Holding the machine's lock: spool, or run the control plane while holding the lease;
+        returns (the lock released) when the lease is lost or the standby stops.
+        """
+        from .lease import Lease
+        from .replica import SpoolMerger, SpoolWriter
+
+        spec = self.spec
+        lease = Lease(spec.fleet_url or "", dict(spec.storage_options), ttl_secs=spec.lease_ttl_secs)
+        spooler = SpoolWriter(spec)
+        writer: SpoolWriter | None = spooler
+        merger: SpoolMerger | None = None
+        self.lease = lease
+        try:
+            spooler.start()
+            self.spooler = spooler
+            lease.start()
+            while not lease.held:  # Lease.held checks the deadline: it is the watchdog too
+                if self._stop.wait(0.05):
+                    return
+            self.spooler = None
+            spooler.stop()
+            writer = None
+            self.plane = ControlPlane(spec, **self._plane_kwargs)
+            trainer = self.plane.orchestrator.trainer
+            if trainer is not None:
+                merger = SpoolMerger(spec, trainer)
+                merger.start()
+            self.plane.start()
+            self.acquired.set()
+            log.info("control plane of the fleet %s here (fencing %s)", spec.fleet_url, lease.fencing)
+            while lease.held:
+                if self._stop.wait(0.05):
+                    return
+            log.warning("fleet lease lost (%s): stopping this control plane", lease.lost_reason)
+        finally:
+            self.acquired.clear()
+            if merger is not None:
+                merger.stop(final=lease.held)
+            if self.plane is not None:
+                self.plane.stop()
+                self.plane = None
+            if writer is not None:
+                self.spooler = None
+                writer.stop()
+            lease.stop()
+            self.lock.release()
+
+    @property
+    def role(self) -> str:
+        """``"control"`` (this process runs the control plane), ``"spool"`` (it spools its
+        machine's samples to the fleet's control plane) or ``"standby"``.
+        """
+        return "control" if self.plane is not None else "spool" if self.spooler is not None else "standby"
 
     def stop(self) -> None:
         """Stop waiting, or stop the control plane and release the lock."""

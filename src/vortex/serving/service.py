@@ -100,5 +100,6 @@ class VortexService:
 
     def status(self) -> dict[str, Any]:
         """The status of this worker, its role, and the control plane's published status."""
-        return {"role": "worker+control" if self.holds_control else "worker",
+        role = self.standby.role if self.standby is not None else "standby"
+        return {"role": "worker" if role == "standby" else f"worker+{role}",
                 "worker": self.running.status(), "control": self.control_status()}

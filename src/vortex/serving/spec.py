@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["ServiceSpec", "load_spec"]
+
+_REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,21 @@ class ServiceSpec:
         Keyword arguments of ``model_factory``.
     feedback_ttl_secs
         Feedback later than this after its request is refused.
+    fleet_url
+        Replicas on several machines (docs/DISTRIBUTED.md): fsspec URL of the storage they share
+        (``s3://bucket/fleet``; it must take conditional writes). The control plane then runs
+        only where the machine's control-plane lock and the lease ``<fleet_url>/control.lease``
+        are held; the other machines spool their samples to ``<fleet_url>/spool/<replica>.arrow``,
+        which it merges. None (default): one machine, nothing shared.
+    storage_options
+        Options of ``fleet_url``'s fsspec filesystem (endpoint, credentials...).
+    replica_id
+        This machine's name in the fleet (letters, digits, ``._-``); default: the host name.
+    lease_ttl_secs
+        A lease write keeps the lease this long (:class:`vortex.serving.lease.Lease`).
+    spool_interval_secs
+        Seconds between two writes of a replica's spool (what a lost machine loses at most),
+        and between two merges by the control plane.
     """
 
     home: str
@@ -59,6 +78,11 @@ class ServiceSpec:
     modes: Mapping[str, Callable[[Any, Any], Any]] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     feedback_ttl_secs: float = 3600.0
+    fleet_url: str | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    replica_id: str | None = None
+    lease_ttl_secs: float = 10.0
+    spool_interval_secs: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.home, (str, os.PathLike)) or not os.fspath(self.home):
@@ -68,11 +92,27 @@ class ServiceSpec:
             raise ConfigError(f"ServiceSpec.n_classes={self.n_classes!r}: must be 0 (regression) or >= 2")
         if not (isinstance(self.feedback_ttl_secs, (int, float)) and self.feedback_ttl_secs > 0):
             raise ConfigError(f"ServiceSpec.feedback_ttl_secs={self.feedback_ttl_secs!r}: must be > 0")
+        from .._fsspec import is_url
+
+        if self.fleet_url is not None and not is_url(self.fleet_url):
+            raise ConfigError(f"ServiceSpec.fleet_url={self.fleet_url!r}: must be a URL (s3://bucket/prefix)")
+        if self.replica_id is not None and not (isinstance(self.replica_id, str)
+                                                and _REPLICA_ID.fullmatch(self.replica_id)):
+            raise ConfigError(f"ServiceSpec.replica_id={self.replica_id!r}: must be letters, digits, '.', '_', '-'")
+        for name in ("lease_ttl_secs", "spool_interval_secs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"ServiceSpec.{name}={value!r}: must be > 0")
 
     @property
     def task(self) -> str:
         """``"classification"`` or ``"regression"``."""
         return "classification" if self.n_classes else "regression"
+
+    @property
+    def replica(self) -> str:
+        """The name of this machine in the fleet (``replica_id``, or the host name)."""
+        return self.replica_id or re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
 
     def with_home(self, home: str | os.PathLike[str]) -> ServiceSpec:
         """The same spec on another home."""

@@ -308,6 +308,8 @@ class SampleBuffer(SampleRingWriter):
     def _init(self, ring: Any, label_dtype: str) -> None:
         self._ring = ring
         self._label_dtype = label_dtype
+        #: The schema metadata of the file :meth:`load` read (empty for a new buffer).
+        self.saved_metadata: dict[str, str] = {}
         self._rng: np.random.Generator | None = None
         self._rng_lock = threading.Lock()
         self._attach(ring)
@@ -389,24 +391,40 @@ class SampleBuffer(SampleRingWriter):
         return Snapshot(*self._ring.sample_uniform(u))
 
     # ----------------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike[str], *,
-             storage_options: dict[str, Any] | None = None) -> int:
+    def save(self, path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+             metadata: dict[str, str] | None = None) -> int:
         """Write every row to an Arrow IPC file, atomically, and return the saved ``next_seq``.
 
         ``next_seq`` and ``capacity`` go into the schema metadata so :meth:`load` continues
-        the numbering. Temporary files that earlier saves to ``path`` left when they were
-        killed are removed first. ``path`` may be an fsspec URL (see :meth:`Snapshot.write_ipc`).
+        the numbering; ``metadata`` adds the caller's keys (in the same file, so they are
+        written with the rows or not at all; :attr:`saved_metadata` after :meth:`load`).
+        Temporary files that earlier saves to ``path`` left when they were killed are removed
+        first. ``path`` may be an fsspec URL (see :meth:`Snapshot.write_ipc`).
         """
         _remove_orphans_of(path)
         snap, next_seq = self._snapshot(None)
-        snap.write_ipc(path, {"vortex.next_seq": str(next_seq), "vortex.capacity": str(self.capacity)},
-                       storage_options=storage_options)
+        snap.write_ipc(path, {**(metadata or {}), "vortex.next_seq": str(next_seq),
+                              "vortex.capacity": str(self.capacity)}, storage_options=storage_options)
         log.debug("saved %d samples to %s (next_seq=%d)", len(snap), path, next_seq)
         return next_seq
 
+    def drop_older_than(self, seq: int) -> int:
+        """Drop the rows numbered below ``seq`` (the numbering continues); returns how many.
+
+        Not atomic with other threads' pushes (a row pushed meanwhile would be lost): call it
+        from the buffer's only writer.
+        """
+        snap, next_seq = self._snapshot(None)
+        keep = snap.seq >= seq
+        dropped = len(snap) - int(keep.sum())
+        if dropped:
+            self._ring.replace(snap.features[keep], snap.labels[keep], snap.confidence[keep],
+                               snap.error[keep], snap.timestamp[keep], snap.episode[keep], next_seq)
+        return dropped
+
     @staticmethod
     def _read_saved(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-                    ) -> tuple[Snapshot, int, int | None]:
+                    ) -> tuple[Snapshot, int, int | None, dict[str, str]]:
         snap, meta = Snapshot._read(path, storage_options)
         n = len(snap)
 
@@ -426,7 +444,7 @@ class SampleBuffer(SampleRingWriter):
             raise bad(f"next_seq={next_seq} is smaller than the row count")
         if saved_capacity is not None and saved_capacity < 1:
             raise bad(f"capacity={saved_capacity} in the metadata")
-        return snap, next_seq, saved_capacity
+        return snap, next_seq, saved_capacity, meta
 
     def _replace_from(self, snap: Snapshot, next_seq: int, path: str | os.PathLike[str]) -> None:
         keep = min(len(snap), self.capacity)
@@ -459,11 +477,12 @@ class SampleBuffer(SampleRingWriter):
             The file is corrupted or not a saved buffer.
         """
         _remove_orphans_of(path)
-        snap, next_seq, saved_capacity = cls._read_saved(path, storage_options)
+        snap, next_seq, saved_capacity, meta = cls._read_saved(path, storage_options)
         if capacity is None:
             capacity = saved_capacity if saved_capacity is not None else max(len(snap), 10_000)
         buf = cls(snap.feature_dim, capacity, snap.label_dtype)
         buf._replace_from(snap, next_seq, path)
+        buf.saved_metadata = meta
         log.debug("loaded %d samples from %s (next_seq=%d)", len(buf), path, next_seq)
         return buf
 
@@ -479,7 +498,7 @@ class SampleBuffer(SampleRingWriter):
             from this buffer's. The buffer is then unchanged.
         """
         _remove_orphans_of(path)
-        snap, next_seq, _ = self._read_saved(path, storage_options)
+        snap, next_seq, _, _ = self._read_saved(path, storage_options)
         if snap.feature_dim != self.feature_dim or snap.label_dtype != self.label_dtype:
             raise SnapshotFormatError(
                 path, f"holds feature_dim={snap.feature_dim}, label_dtype={snap.label_dtype!r}; "

@@ -215,14 +215,15 @@ class BackgroundTrainingCoordinator:
 
     # ------------------------------------------------------------------ samples
     def add_samples(self, features: Any, labels: Any, confidences: Any = None, errors: Any = None,
-                    episodes: Any = None) -> int:
+                    episodes: Any = None, timestamps: Any = None) -> int:
         """Append a batch of labelled samples; returns the first sequence number.
 
-        Fires the SAMPLE_THRESHOLD trigger once ``min_samples_for_training`` new samples
-        arrived since the last run's snapshot.
+        ``timestamps`` (seconds since the epoch) default to now. Fires the SAMPLE_THRESHOLD
+        trigger once ``min_samples_for_training`` new samples arrived since the last run's
+        snapshot.
         """
         first = self._buffer.extend(features, labels, confidences=confidences, errors=errors,
-                                    episodes=episodes)
+                                    episodes=episodes, timestamps=timestamps)
         self._triggers.samples_arrived(self._buffer.next_seq)
         return first
 
@@ -282,6 +283,21 @@ class BackgroundTrainingCoordinator:
             return False
         finally:
             self._persist_lock.release()
+
+    def persist_buffer_covering(self, timeout: float = 30.0) -> bool:
+        """Save the buffer until the saved file holds every sample added so far; True once it
+        does, False after ``timeout`` seconds.
+
+        :meth:`persist_buffer` declines while another thread's save runs, which may have
+        snapshotted the buffer before the newest samples: this waits for a save of its own, or
+        one that covers them.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.persist_buffer() and self._persisted_seq != self._buffer.next_seq:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _housekeeping(self) -> None:
         """Follow outside swaps within a second, save the buffer and clean the registry up

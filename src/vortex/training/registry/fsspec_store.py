@@ -34,21 +34,11 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from ..._fsspec import filesystem, put_whole
+from ..._fsspec import conditional_writes, filesystem, precondition_failed, put_whole
 from ..._io import MISSING, FileKey, seal
 from ...errors import RegistryError
 
 __all__ = ["FsspecStore"]
-
-# Object stores that take If-Match / If-None-Match on a PUT (passed through by the fsspec driver).
-_CONDITIONAL = frozenset({"s3", "s3a"})
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """Whether ``exc`` is a storage's refusal of a conditional write (HTTP 412)."""
-    text = f"{type(exc).__name__} {exc} {exc.__cause__!r}"
-    return "PreconditionFailed" in text or "412" in text
-
 
 class FsspecStore:
     """Files of a registry under the fsspec URL ``root``.
@@ -65,8 +55,7 @@ class FsspecStore:
         self.root = root.rstrip("/")
         self.fs, self._base = filesystem(self.root, storage_options)
         self._base = self._base.rstrip("/")
-        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
-        self._conditional = bool(protocols & _CONDITIONAL)
+        self._conditional = conditional_writes(self.fs)
         # the ETag (None: missing) each file had when this process last looked at it
         self._seen: dict[str, str | None] = {}
         self._lock = threading.RLock()
@@ -113,7 +102,7 @@ class FsspecStore:
             try:
                 put_whole(self.fs, path, data, **condition)
             except Exception as exc:
-                if condition and _precondition_failed(exc):
+                if condition and precondition_failed(exc):
                     raise RegistryError(
                         f"{self.path(name)} was changed by another writer since this process "
                         f"read it; nothing was written (retry the operation)") from exc
