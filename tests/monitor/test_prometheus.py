@@ -252,7 +252,10 @@ def test_counters_never_go_down_while_the_control_plane_folds_workers(home):
             s = parse(exposition(home))
             seen.append(s.get(("vortex_requests_total", ()), 0.0))
             assert seen[-1] >= seen[-2], f"counter went down: {seen[-2]} -> {seen[-1]}"
-            assert s.get(("vortex_request_duration_seconds_count", ()), 0.0) == seen[-1]
+            # the histogram may already count the one record the writer is in the middle of
+            # (docs/SHM.md: between the published and the begun records), never fewer
+            count = s.get(("vortex_request_duration_seconds_count", ()), 0.0)
+            assert seen[-1] <= count <= seen[-1] + 1, (count, seen[-1])
     finally:
         churn.kill() if churn.poll() is None else None
         churn.wait()
