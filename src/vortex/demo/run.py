@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_bytes
-from .stages import DemoEvidence, Served, loop_checklist
+from .stages import DemoEvidence, Served, loop_checklist, tests_phrase
 
 __all__ = ["DemoSettings", "inspect_commands", "run_demo", "service_tree"]
 
@@ -343,7 +343,7 @@ def _num(v: Any) -> str:
 
 def _test_summary(result: Any) -> str:
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    parts = [f"tests {d.get('tests_passed')}/{d.get('tests_run')} passed"]
+    parts = [tests_phrase(d)]
     delta = d.get("performance_delta")
     if delta is not None:
         parts.append(f"benchmark delta {delta:+.3g}")

@@ -129,7 +129,7 @@ def _proposal_tested(ev: DemoEvidence, c: Checklist) -> dict[str, Any] | None:
     bench = (f"benchmark {tr['metric']} {tr['performance_delta']:+.1%} better "
              f"[{interval[0]:+.1%}, {interval[1]:+.1%}] at {tr['confidence_level']:.0%}"
              if interval else "no benchmark verdict")
-    c.reached(name, f"{p['id']}: tests {tr['tests_passed']}/{tr['tests_run']} passed, {bench}, "
+    c.reached(name, f"{p['id']}: {tests_phrase(tr)}, {bench}, "
               f"isolated: yes ({tr['isolation']})", **facts)
     return p
 
@@ -288,6 +288,16 @@ def _recovered(ev: DemoEvidence, c: Checklist, last_swap: int | None) -> None:
     else:
         c.not_reached(name, text + "; at least half of the drop must be regained", **facts,
                       regained=regained)
+
+
+def tests_phrase(result: dict[str, Any]) -> str:
+    """A sandbox result's test counts as a reader takes them: ``tests: 4 passed, 1 skipped,
+    0 failed`` (a bare "4/5 passed" reads as a failure when the fifth was skipped, as the
+    original's own run skips it).
+    """
+    run, passed, failed = (int(result.get(k) or 0) for k in ("tests_run", "tests_passed", "tests_failed"))
+    skipped = run - passed - failed
+    return f"tests: {passed} passed, " + (f"{skipped} skipped, " if skipped else "") + f"{failed} failed"
 
 
 def loop_checklist(ev: DemoEvidence) -> Checklist:
