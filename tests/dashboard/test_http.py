@@ -209,7 +209,8 @@ def _listening(port: int) -> list[str]:
 def test_vortex_dashboard_command_listens_on_loopback_only_and_prints_the_token(home):
     # -X faulthandler: a crash at exit (seen once: SIGSEGV on SIGINT) prints every thread's stack
     with subprocess.Popen([sys.executable, "-X", "faulthandler", "-P", "-m", "vortex.cli", "dashboard",
-                           "--home", str(home), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+                           "--home", str(home), "--port", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             lines = [proc.stdout.readline() for _ in range(3)]
             url = lines[1].split("open ", 1)[1].strip()
