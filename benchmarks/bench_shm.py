@@ -104,25 +104,13 @@ def test_record_answer_vortex_shared_memory(benchmark, home):
 
 
 @pytest.mark.benchmark(group="shm.record (one request sample, per call)")
-def test_record_sample_in_process_detector(benchmark):
+@pytest.mark.parametrize("method", ["record_sample", "record_request"])
+def test_record_in_process_detector(benchmark, method):
+    """The in-process peers: ``record_sample`` (a request with its error, if known) and
+    ``record_request`` (record_answer's peer: the orchestrator's request path records a request
+    whose error comes later, and gets its id)."""
     det = RuntimeDetector(RuntimeDetectorConfig(window_size=60), memory_probe=lambda: 0.1)
-    record = det.record_sample
-
-    def run():
-        for v in VALUES:
-            record(v, 0.9)
-
-    benchmark.extra_info["calls_per_round"] = CALLS
-    benchmark(run)
-    assert det.total_samples % CALLS == 0 and det.total_samples >= CALLS
-
-
-@pytest.mark.benchmark(group="shm.record (one request sample, per call)")
-def test_record_request_in_process_detector(benchmark):
-    """record_answer's in-process peer: the orchestrator's request path records a request whose
-    error comes later (and gets its id)."""
-    det = RuntimeDetector(RuntimeDetectorConfig(window_size=60), memory_probe=lambda: 0.1)
-    record = det.record_request
+    record = getattr(det, method)
 
     def run():
         for v in VALUES:
