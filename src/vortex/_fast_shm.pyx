@@ -79,6 +79,12 @@ cdef class SegmentRecorder:
         """Refuse every later call (the segment was closed, or this is a forked child)."""
         self._w = NULL
 
+    @property
+    def attached(self):
+        """False once the segment is closed, or in a process forked from its writer (every
+        call then raises): the request path's check, without a call into the C++ object."""
+        return self._w != NULL
+
     cdef inline SegmentWriter* _checked(self) except NULL:
         if self._w == NULL:
             raise ValueError("the segment is closed (or belongs to the process this one was "

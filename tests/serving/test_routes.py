@@ -277,3 +277,29 @@ def test_events_stream_reports_what_the_control_plane_publishes_once(served, hom
     replayed = run(go(replay=True))
     assert [c.split(b"\n")[0] for c in replayed[1:]] == [b"event: weakness", b"event: proposal",
                                                        b"event: weakness", b"event: proposal"]
+
+
+def test_minted_request_ids_are_unique_random_hex_and_a_forked_child_mints_its_own():
+    """Ids come from a pool of os.urandom bytes (256 ids a refill): a forked worker (gunicorn
+    forks its workers) must not mint the ids its parent mints next, nor ever repeat one."""
+    import os
+    import re
+
+    from vortex.serving.worker import mint_request_id
+
+    before = [mint_request_id() for _ in range(100)]  # the pool part-used at the fork
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, "\n".join(mint_request_id() for _ in range(600)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child = f.read().decode().split("\n")
+    os.waitpid(pid, 0)
+    parent = [mint_request_id() for _ in range(600)]  # across two refills of its own
+    every = before + parent + child
+    assert len(child) == 600 and all(re.fullmatch("[0-9a-f]{32}", i) for i in every)
+    assert len(set(every)) == len(every)

@@ -110,8 +110,9 @@ def test_float_labels_and_every_accepted_input_kind(home):
 def test_close_marks_a_clean_exit_and_refuses_later_calls(home):
     seg = WorkerSegment.create(home, 2)
     seg.record_sample(1.0, 0.5)
+    assert seg.attached and not seg.closed
     seg.close()
-    assert seg.closed
+    assert seg.closed and not seg.attached  # attached: the middleware's check before recording
     with pytest.raises(ValueError, match="closed"):
         seg.record_sample(1.0, 0.5)
     with pytest.raises(ValueError, match="closed"):
@@ -133,7 +134,7 @@ def test_a_forked_child_cannot_write_its_parents_segment(home):
             try:
                 seg.record_sample(2.0, 0.5)
             except ValueError as exc:
-                code = 0 if "forked" in str(exc) and seg.closed else 2
+                code = 0 if "forked" in str(exc) and seg.closed and not seg.attached else 2
             os.write(w, b"x")
         finally:
             os._exit(code)
@@ -142,6 +143,7 @@ def test_a_forked_child_cannot_write_its_parents_segment(home):
     _, status = os.waitpid(pid, 0)
     os.close(r)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert seg.attached
     seg.record_sample(3.0, 0.5)  # the parent still writes, and still holds the lock
     with SegmentReader(seg.path) as reader:
         assert reader.alive()

@@ -36,12 +36,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
-from time import perf_counter
 from typing import Any
 
+from .._fast_asgi import Middleware
 from ..errors import UnknownRequestError
 from .service import VortexService
-from .worker import RequestContext, check_request_id, current_request, mint_request_id
+from .worker import check_request_id
 
 __all__ = ["EVENTS_POLL_SECS", "MAX_BODY_BYTES", "VortexMiddleware", "lifespan", "vortex_app"]
 
@@ -50,8 +50,6 @@ MAX_BODY_BYTES = 64 * 1024
 
 EVENTS_POLL_SECS = 0.25
 """How often ``/events`` looks for news."""
-
-_HEADER = b"x-request-id"
 
 
 def _usable(raw: bytes) -> str | None:
@@ -62,8 +60,14 @@ def _usable(raw: bytes) -> str | None:
         return None
 
 
-class VortexMiddleware:
+class VortexMiddleware(Middleware):
     """Pure ASGI middleware: request id in and out, every request timed and recorded.
+
+    Its call is compiled (``vortex._fast_asgi.Middleware``): per request it finds the
+    ``X-Request-ID`` header (or mints an id), sets :data:`~vortex.serving.worker.current_request`
+    for ``infer``, hands the app a ``send`` that echoes the id, notes the status and the time
+    of the last body message, and then records the request into the worker's segment (a 5xx
+    as a failed request).
 
     Parameters
     ----------
@@ -74,51 +78,7 @@ class VortexMiddleware:
     """
 
     def __init__(self, app: Any, service: VortexService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:  # noqa: D102 - the ASGI protocol
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == _HEADER:
-                request_id = _usable(value)
-                break
-        if request_id is None:
-            request_id = mint_request_id()
-        context = RequestContext(request_id)
-        token = current_request.set(context)
-        start = perf_counter()
-        end = 0.0
-        echo = (_HEADER, request_id.encode("ascii"))
-
-        async def send_with_id(message: dict) -> None:
-            nonlocal end
-            if message["type"] == "http.response.start":
-                context.status = message["status"]
-                # copied, not appended in place: an app may send one list with every response
-                message["headers"] = [*message.get("headers", ()), echo]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                # the response is complete once this is written: what the app does after it
-                # (background tasks, its own teardown) is not the client's wait
-                end = perf_counter()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            current_request.reset(token)
-            failed = context.status >= 500
-            if context.confidence is not None or failed:
-                worker = self.service.worker
-                segment = worker.segment if worker is not None else None
-                if segment is not None and not segment.closed:
-                    # a 5xx is counted as a failed request, apart from prediction errors
-                    # (which only feedback knows): its confidence, if infer answered, else 0
-                    segment.record_answer(((end or perf_counter()) - start) * 1e3, context.confidence or 0.0,
-                                          context.request, context.version, failed)
+        super().__init__(app, service, _usable)
 
 
 def _problem(status: int, message: str) -> Any:

@@ -19,6 +19,8 @@ import threading
 from contextvars import ContextVar
 from typing import Any
 
+from .._fast_asgi import RequestContext, mint_request_id
+from .._fast_asgi import current_request as _current_request
 from .._scalars import INT64_MAX, INT64_MIN, as_class_label, as_index, as_real
 from ..changes import NLL_CAP
 from ..home import HomeLayout
@@ -29,47 +31,13 @@ __all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request
 
 log = logging.getLogger(__name__)
 
-
-
-class RequestContext:
-    """The HTTP request being served (set by :class:`vortex.serving.asgi.VortexMiddleware`;
-    a plain class with slots: one is made per request).
-
-    Attributes
-    ----------
-    request_id
-        Its ``X-Request-ID`` (minted when the client sent none).
-    confidence
-        Set by :meth:`ServingWorker.infer`: the middleware then records the request, timed
-        from its first byte to its last, instead of ``infer``.
-    request, version
-        Set by :meth:`ServingWorker.infer` too: the request's number in this worker and the
-        model version that answered, recorded with it (None: it never reached the model).
-    status
-        The response's HTTP status once it started (500 until then).
-    """
-
-    __slots__ = ("confidence", "request", "request_id", "status", "version")
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self.confidence: float | None = None
-        self.request: int | None = None
-        self.version: int | None = None
-        self.status = 500
-
-
-current_request: ContextVar[RequestContext | None] = ContextVar("vortex_request", default=None)
+# The request's context (set by the ASGI middleware, read by infer) and request ids: compiled,
+# since every HTTP request makes one of each (vortex._fast_asgi).
+current_request: ContextVar[RequestContext | None] = _current_request
+"""The :class:`RequestContext` of the HTTP request being served (None outside one)."""
 
 MAX_REQUEST_ID = 200
 """Longest request id accepted (characters)."""
-
-
-def mint_request_id() -> str:
-    """A new, unique request id: 32 random hex digits (as ``uuid.uuid4().hex``, at a tenth of
-    its cost: no UUID object).
-    """
-    return os.urandom(16).hex()
 
 
 def check_request_id(request_id: Any) -> str:
