@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import threading
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -76,7 +77,8 @@ class ServingWorker:
                                          task=spec.task, factory_kwargs=spec.factory_kwargs,
                                          pending_capacity=64)
         self._slot = self.orchestrator._slot  # the slot its request path reads
-        self._answer = self.orchestrator.infer
+        # Orchestrator.infer's compiled body, called without its one-line Python wrapper
+        self._answer = self.orchestrator._path.infer
         if version is not None:  # the same model, now with its registry version
             self._slot.swap(model, version)
         self.tunables = None
@@ -104,6 +106,7 @@ class ServingWorker:
         self._record = self.segment.record_answer
         self._ring = PendingRing(self.layout.root, self.spec.feature_dim, self.spec.n_classes,
                                  worker=self.segment.segment_id)
+        self._remember = self._ring._writer.add  # PendingRing.add without its Python wrapper
         self._stop.clear()
         self._thread = threading.Thread(target=self._follow, name="vortex-follow", daemon=True)
         self._thread.start()
@@ -170,8 +173,7 @@ class ServingWorker:
         ``request_id`` is the HTTP request's id (:data:`current_request`; minted outside an
         HTTP request), which :meth:`feedback` on any worker of the home accepts.
         """
-        ring = self._ring
-        if ring is None:
+        if self._ring is None:
             raise RuntimeError("ServingWorker.infer() before start()")
         context = current_request.get()
         prediction = self._answer(x, mode)  # validates x: the ring takes it as it is
@@ -183,8 +185,8 @@ class ServingWorker:
             request_id = context.request_id
             context.confidence = prediction.confidence
             context.request, context.version = number, version
-        ring.add(request_id, x, version, prediction.confidence, float(prediction.output),
-                 prediction.probabilities, None, number)
+        self._remember(request_id, x, version, prediction.confidence, prediction.output,
+                       prediction.probabilities, time.time(), number)
         # The HTTP request id (a string) where the orchestrator put its own counter's. The
         # prediction was built for this call and nobody else holds it yet: set in place
         # rather than copied (dataclasses.replace costs about 5 us).
