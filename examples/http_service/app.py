@@ -79,12 +79,6 @@ SPEC = ServiceSpec(home=HOME, model_factory="vortex.training.models:mlp", featur
 service = VortexService(SPEC, control=os.environ.get("VORTEX_CONTROL", "standby"))
 app = FastAPI(title="digits over Vortex", lifespan=lifespan(service))
 app.add_middleware(VortexMiddleware, service=service)
-# The live dashboard under /vortex/ui when a token is set: every worker must hold the same one
-# (its actions, approve or swap, are refused without it; its pages show the home's state, so put
-# the service's own authentication in front of /vortex in a public deployment).
-DASHBOARD_TOKEN = os.environ.get("VORTEX_DASHBOARD_TOKEN")
-app.mount("/vortex", vortex_app(service, mounts={"/ui": dashboard_app(HOME, token=DASHBOARD_TOKEN)}
-                                if DASHBOARD_TOKEN else None))
 
 
 class Digit(BaseModel):
@@ -99,3 +93,13 @@ def predict(digit: Digit) -> dict:
         raise HTTPException(422, str(exc)) from None
     return {"request_id": p.request_id, "class": p.output, "confidence": p.confidence,
             "model_version": p.model_version}
+
+
+# Vortex's routes after the app's own (Starlette tries routes in order: mounted first, /vortex
+# would be tried, and missed, before every prediction). The live dashboard under /vortex/ui
+# when a token is set: every worker must hold the same one (its actions, approve or swap, are
+# refused without it; its pages show the home's state, so put the service's own
+# authentication in front of /vortex in a public deployment).
+DASHBOARD_TOKEN = os.environ.get("VORTEX_DASHBOARD_TOKEN")
+app.mount("/vortex", vortex_app(service, mounts={"/ui": dashboard_app(HOME, token=DASHBOARD_TOKEN)}
+                                if DASHBOARD_TOKEN else None))

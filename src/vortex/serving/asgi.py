@@ -6,12 +6,13 @@
     service = VortexService(SPEC)
     app = FastAPI(lifespan=lifespan(service))
     app.add_middleware(VortexMiddleware, service=service)
-    app.mount("/vortex", vortex_app(service))
 
     @app.post("/predict")
     def predict(body: Body):
         p = service.running.infer(np.asarray(body.features, np.float32))
         return {"request_id": p.request_id, "class": p.output}
+
+    app.mount("/vortex", vortex_app(service))  # after the app's routes: tried after them
 
 The middleware is plain ASGI (no ``BaseHTTPMiddleware``, whose per-request task and queue cost
 throughput): it takes the request's ``X-Request-ID`` (or mints one), hands it to ``infer``
