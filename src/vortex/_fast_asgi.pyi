@@ -14,6 +14,7 @@ class RequestContext:
     version: int | None
     status: int
     def __init__(self, request_id: str) -> None: ...
+    def answered(self, confidence: float, request: int, version: int | None) -> None: ...
 
 class Middleware:
     app: Any

@@ -183,8 +183,7 @@ class ServingWorker:
             self._record(prediction.latency_ms, prediction.confidence, number, version)
         else:  # the middleware records it when the response is sent
             request_id = context.request_id
-            context.confidence = prediction.confidence
-            context.request, context.version = number, version
+            context.answered(prediction.confidence, number, version)
         self._remember(request_id, x, version, prediction.confidence, prediction.output,
                        prediction.probabilities, time.time(), number)
         # The HTTP request id (a string) where the orchestrator put its own counter's. The
