@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -134,6 +135,28 @@ def _learnable(n, seed=0):
     return x, np.argmax(x[:, :3], axis=1).astype(np.int64)
 
 
+def _watch_training_workers(trainer):
+    """A thread reading the command line and environment of every training worker process
+    of ``trainer`` (as /proc shows them) until its ``stop`` is set."""
+    def read(pid, what):
+        with open(f"/proc/{pid}/{what}", "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def loop():
+        while not thread.stop.is_set():
+            for pid in trainer.worker_pids():
+                try:
+                    thread.procs.setdefault(pid, (read(pid, "cmdline"), read(pid, "environ")))
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=loop)
+    thread.stop, thread.procs = threading.Event(), {}
+    thread.start()
+    return thread
+
+
 def test_machine_b_serves_what_machine_a_trains_swaps_and_rolls_back_on_the_shared_registry(s3, homes, tmp_path):
     url, options, fs = s3
     home_a, home_b, _ = homes
@@ -154,8 +177,16 @@ def test_machine_b_serves_what_machine_a_trains_swaps_and_rolls_back_on_the_shar
         # the samples reach the training threshold: a's control plane trains (the worker
         # process reads version 1 from the bucket), registers and swaps version 2; b's
         # workers answer with it
+        seen = _watch_training_workers(trainer)
         trainer.add_samples(*_learnable(600))
         assert trainer.wait_idle(300)
+        seen.stop.set()
+        seen.join()
+        # the storage options reach the worker in its environment, never on its command line
+        # (which every user of the machine reads in /proc)
+        endpoint = options["endpoint_url"]
+        assert seen.procs and all(endpoint not in cmdline and endpoint in environ
+                                  for cmdline, environ in seen.procs.values())
         run = trainer.stats().last_run
         assert run["swapped"] and run["version"] == 2, run
         took = {"train swap": b.wait_serving(2)}

@@ -31,8 +31,9 @@ __all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY_SECS = 30.0
-"""A version a worker refused (damaged weights...) is tried again after this long, or at once
-when the serving log changes."""
+"""A version a worker refused (damaged weights...) is tried again after this long, or as soon
+as it becomes active again after another version was."""
+
 
 class RequestContext:
     """The HTTP request being served (set by :class:`vortex.serving.asgi.VortexMiddleware`;

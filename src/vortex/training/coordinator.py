@@ -162,7 +162,7 @@ class BackgroundTrainingCoordinator:
         if registry is not None and config.checkpoint_dir is not None:
             raise ConfigError(f"BackgroundTrainingConfig.checkpoint_dir={config.checkpoint_dir!r}: "
                               f"must be None when the registry is given ({registry.root})")
-        self.registry = registry or ModelRegistry(config.checkpoint_dir or self.layout.models)
+        self.registry = registry if registry is not None else ModelRegistry(config.checkpoint_dir or self.layout.models)
         self.buffer_path = self.layout.buffer
         self._persisted_seq: int | None = None  # next_seq of the last saved buffer
         if buffer is None:
