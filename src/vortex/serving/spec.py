@@ -13,9 +13,12 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..training.registry import ModelRegistry
 
 __all__ = ["ServiceSpec", "load_spec"]
 
@@ -142,7 +145,7 @@ class ServiceSpec:
             return self.registry_url.rstrip("/")
         return f"{self.fleet_url.rstrip('/')}/models" if self.fleet_url is not None else None
 
-    def open_registry(self) -> Any:
+    def open_registry(self) -> ModelRegistry:
         """The :class:`~vortex.training.registry.ModelRegistry` of the service: on shared
         storage (:attr:`shared_registry`) or the home's ``models`` directory.
         """
