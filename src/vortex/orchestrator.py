@@ -198,16 +198,21 @@ class Orchestrator(ComponentAccess):
     cleanup_interval_secs
         Period of the registry cleanup (``keep_last_n_versions``, ``max_version_age_days``)
         once background training is started; daily by default.
+    registry
+        The :class:`~vortex.training.registry.ModelRegistry` background training writes
+        (one on shared storage, for replicas on several machines); default: the home's
+        ``models`` directory (or ``BackgroundTrainingConfig.checkpoint_dir``).
     """
 
     def __init__(self, model: Any, model_factory: str | None = None, home: str | os.PathLike = ".vortex",
                  *, feature_dim: int, modes: Mapping[str, ModeFn] | None = None,
                  task: str = "classification", factory_kwargs: Mapping[str, Any] | None = None,
                  pending_capacity: int = 100_000, pending_ttl_secs: float = 3600.0,
-                 cleanup_interval_secs: float = 24 * 3600.0) -> None:
+                 cleanup_interval_secs: float = 24 * 3600.0, registry: Any = None) -> None:
         _check_arguments(model, home, model_factory, feature_dim, modes, task, factory_kwargs,
                          pending_capacity, pending_ttl_secs, cleanup_interval_secs)
         self.cleanup_interval_secs = cleanup_interval_secs
+        self._registry = registry
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.feature_dim = feature_dim
@@ -305,7 +310,7 @@ class Orchestrator(ComponentAccess):
             config, model=model, model_factory=self.model_factory, home=self.home,
             feature_dim=self.feature_dim, label_dtype=label_dtype,
             factory_kwargs=self.factory_kwargs, changes=self.changes,
-            cleanup_interval_secs=self.cleanup_interval_secs)
+            cleanup_interval_secs=self.cleanup_interval_secs, registry=self._registry)
         self._slot = self.trainer.slot
         self._wire()
         return self

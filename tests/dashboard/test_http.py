@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -231,6 +232,40 @@ def test_vortex_dashboard_command_listens_on_loopback_only_and_prints_the_token(
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0, proc.stderr.read()
+
+
+def _dashboard_process(home, *argv):
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-P", "-m", "vortex.cli", "dashboard",
+                             "--home", str(home), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [proc.stdout.readline() for _ in range(3)]
+    return proc, int(lines[1].split("open ", 1)[1].split(":")[2].split("/")[0])
+
+
+def test_vortex_dashboard_serves_in_its_main_thread_and_ends_gracefully_on_sigterm(home):
+    proc, port = _dashboard_process(home, "--port", "0")
+    with proc:
+        assert http("GET", f"http://127.0.0.1:{port}/api/state")[0] == 200
+        # the server runs in the main thread: no thread of it is left running while the
+        # interpreter exits (the other threads are the thread pool's, which uvicorn's shutdown ends)
+        names = [(pathlib.Path(f"/proc/{proc.pid}/task") / t / "comm").read_text().strip()
+                 for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert "vortex-dashboa" not in names, names  # (comm holds 15 characters)
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises SIGTERM after its graceful shutdown: the process ends by that signal
+        assert proc.wait(timeout=30) == -signal.SIGTERM, proc.stderr.read()
+    assert _listening(port) == []
+
+
+def test_vortex_dashboard_on_a_port_in_use_says_so_in_one_line(home):
+    proc, port = _dashboard_process(home, "--port", "0")
+    with proc:
+        second = subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "dashboard", "--home", str(home),
+                                 "--port", str(port)], check=False, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert f"could not listen on 127.0.0.1:{port}" in second.stderr and "Traceback" not in second.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
 
 
 def test_vortex_dashboard_refuses_a_missing_home_and_a_short_token(tmp_path):

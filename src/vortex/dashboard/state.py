@@ -129,6 +129,12 @@ class _FleetWindow:
                 out.update(_error_figures(errors), label_coverage=min(1.0, len(errors) / len(rec)))
         return out
 
+    def close(self) -> None:
+        """Unmap the segments read so far (a later :meth:`poll` maps them again)."""
+        if self._fleet is not None:
+            self._fleet.close()
+            self._fleet = None
+
 
 class HomeView:
     """Reads a home for the dashboard; one per app (it keeps the chart's history).
@@ -151,6 +157,11 @@ class HomeView:
         self._store: Any = None
         self._cache: dict[str, tuple[tuple[Any, ...], Any]] = {}  # name -> (file keys, value)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the shared-memory mappings the view holds (reading again maps them again)."""
+        with self._lock:
+            self._fleet.close()
 
     # ------------------------------------------------------------------ the whole page
     def snapshot(self) -> dict[str, Any]:

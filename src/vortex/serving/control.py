@@ -7,7 +7,8 @@ thread feeds them what every serving worker recorded in shared memory
 board; labelled samples into the training buffer, the board (tagged with the model version
 that answered: the post-swap watch rolls a bad swap back here) and the detector, on the
 record of exactly their request. Registry writes (training swaps, cleanup)
-and RSI applies happen only here. Its status is published to ``HomeLayout.control_status``
+and RSI applies happen only here, to the spec's registry (the home's, or the fleet's shared
+one: ``ServiceSpec.registry_url``). Its status is published to ``HomeLayout.control_status``
 for the workers' ``/vortex/status`` and ``/vortex/events`` while someone reads it
 (:func:`want_status`), else only now and then: assembling it is the plane's largest hold of
 the GIL, which it shares with the serving event loop of the worker that holds the role.
@@ -171,9 +172,13 @@ class ControlPlane:
 
         self.spec = spec
         self.layout = HomeLayout(os.path.abspath(spec.home))
+        # the shared registry (replicas on several machines) when the spec names one; else
+        # training opens the home's own
+        registry = spec.open_registry() if spec.shared_registry is not None else None
         self.orchestrator = Orchestrator(spec.build_initial_model(), spec.model_factory, self.layout.root,
                                          feature_dim=spec.feature_dim, modes=spec.modes, task=spec.task,
-                                         factory_kwargs=spec.factory_kwargs, pending_capacity=64)
+                                         factory_kwargs=spec.factory_kwargs, pending_capacity=64,
+                                         registry=registry)
         if spec.configure is not None:
             spec.configure(self.orchestrator)
         self.fleet = FleetReader(self.layout.root)

@@ -35,7 +35,9 @@ class VortexService:
     control
         ``"standby"`` (take the control plane when nobody holds it) or ``"never"``.
     follow_interval, standby_interval
-        Seconds between two checks of the registry's active version, and of the lock.
+        Seconds between two checks of the registry's active version (default: 0.1 for the
+        home's registry, 1.0 for a shared one, see :class:`~vortex.serving.worker.ServingWorker`),
+        and of the lock.
     control_nice
         Niceness added to the control plane's threads if this process takes the role
         (:class:`~vortex.serving.control.ControlStandby`; default 0).
@@ -43,7 +45,7 @@ class VortexService:
         Passed to :class:`~vortex.serving.control.ControlPlane`.
     """
 
-    def __init__(self, spec: ServiceSpec, *, control: str = "standby", follow_interval: float = 0.1,
+    def __init__(self, spec: ServiceSpec, *, control: str = "standby", follow_interval: float | None = None,
                  standby_interval: float = 0.5, control_nice: int = 0, **plane_kwargs: Any) -> None:
         if control not in _ROLES:
             raise ValueError(f"control={control!r}: must be one of {_ROLES}")

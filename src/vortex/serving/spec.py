@@ -13,9 +13,12 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..training.registry import ModelRegistry
 
 __all__ = ["ServiceSpec", "load_spec"]
 
@@ -56,9 +59,17 @@ class ServiceSpec:
         (``s3://bucket/fleet``; it must take conditional writes). The control plane then runs
         only where the machine's control-plane lock and the lease ``<fleet_url>/control.lease``
         are held; the other machines spool their samples to ``<fleet_url>/spool/<replica>.arrow``,
-        which it merges. None (default): one machine, nothing shared.
+        which it merges; the model registry is shared too (``registry_url``). None (default):
+        one machine, nothing shared.
+    registry_url
+        fsspec URL of the model registry every machine's workers follow and the control plane
+        writes (training's registrations, swaps, rollbacks, cleanup). Default: with
+        ``fleet_url``, ``<fleet_url>/models``; without, None: the home's own directory
+        (``<home>/models``, the local store's locks and appends). A URL without ``fleet_url``
+        puts one machine's registry on shared storage.
     storage_options
-        Options of ``fleet_url``'s fsspec filesystem (endpoint, credentials...).
+        Options of the fsspec filesystem of ``fleet_url`` and ``registry_url`` (endpoint,
+        credentials...).
     replica_id
         This machine's name in the fleet (letters, digits, ``._-``); default: the host name.
     lease_ttl_secs
@@ -79,6 +90,7 @@ class ServiceSpec:
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     feedback_ttl_secs: float = 3600.0
     fleet_url: str | None = None
+    registry_url: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     replica_id: str | None = None
     lease_ttl_secs: float = 10.0
@@ -96,6 +108,16 @@ class ServiceSpec:
 
         if self.fleet_url is not None and not is_url(self.fleet_url):
             raise ConfigError(f"ServiceSpec.fleet_url={self.fleet_url!r}: must be a URL (s3://bucket/prefix)")
+        if self.registry_url is not None:
+            if not is_url(self.registry_url):
+                raise ConfigError(f"ServiceSpec.registry_url={self.registry_url!r}: must be a URL "
+                                  "(s3://bucket/prefix); leave it None for the home's own registry")
+            if self.fleet_url is not None and self.registry_url.rstrip("/") == self.fleet_url.rstrip("/"):
+                raise ConfigError(f"ServiceSpec.registry_url={self.registry_url!r}: must not be fleet_url "
+                                  "itself (the lease and spools live there): use a prefix of its own, "
+                                  "such as <fleet_url>/models")
+        if not isinstance(self.storage_options, Mapping):
+            raise ConfigError(f"ServiceSpec.storage_options={self.storage_options!r}: must be a mapping")
         if self.replica_id is not None and not (isinstance(self.replica_id, str)
                                                 and _REPLICA_ID.fullmatch(self.replica_id)):
             raise ConfigError(f"ServiceSpec.replica_id={self.replica_id!r}: must be letters, digits, '.', '_', '-'")
@@ -113,6 +135,27 @@ class ServiceSpec:
     def replica(self) -> str:
         """The name of this machine in the fleet (``replica_id``, or the host name)."""
         return self.replica_id or re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+
+    @property
+    def shared_registry(self) -> str | None:
+        """URL of the model registry on shared storage (``registry_url``, or
+        ``<fleet_url>/models``), or None: the home's own registry.
+        """
+        if self.registry_url is not None:
+            return self.registry_url.rstrip("/")
+        return f"{self.fleet_url.rstrip('/')}/models" if self.fleet_url is not None else None
+
+    def open_registry(self) -> ModelRegistry:
+        """The :class:`~vortex.training.registry.ModelRegistry` of the service: on shared
+        storage (:attr:`shared_registry`) or the home's ``models`` directory.
+        """
+        from ..home import HomeLayout
+        from ..training.registry import ModelRegistry
+
+        url = self.shared_registry
+        if url is None:
+            return ModelRegistry(HomeLayout(os.path.abspath(self.home)).models)
+        return ModelRegistry(url, storage_options=dict(self.storage_options))
 
     def with_home(self, home: str | os.PathLike[str]) -> ServiceSpec:
         """The same spec on another home."""

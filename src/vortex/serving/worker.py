@@ -32,6 +32,11 @@ __all__ = ["MAX_REQUEST_ID", "RequestContext", "ServingWorker", "current_request
 
 log = logging.getLogger(__name__)
 
+REFUSED_RETRY_SECS = 30.0
+"""A version a worker refused (damaged weights...) is tried again after this long, or as soon
+as it becomes active again after another version was."""
+
+
 # The request's context (set by the ASGI middleware, read by infer) and request ids: compiled,
 # since every HTTP request makes one of each (vortex._fast_asgi).
 current_request: ContextVar[RequestContext | None] = _current_request
@@ -58,18 +63,26 @@ class ServingWorker:
     spec
         The service.
     follow_interval
-        Seconds between two checks of the registry's active version.
+        Seconds between two checks of the registry's active version; default 0.1 for the
+        home's registry (a ``stat``), 1.0 for a shared one (a ``HEAD`` request).
     """
 
-    def __init__(self, spec: ServiceSpec, *, follow_interval: float = 0.1) -> None:
+    def __init__(self, spec: ServiceSpec, *, follow_interval: float | None = None) -> None:
         from ..orchestrator import Orchestrator
 
         self.spec = spec
         self.layout = HomeLayout(os.path.abspath(spec.home))
+        if follow_interval is None:
+            follow_interval = 0.1 if spec.shared_registry is None else 1.0
         self.follow_interval = follow_interval
         self._registry: Any = None
-        loaded = self._load_active(None)
-        version, model = loaded if loaded is not None else (None, spec.build_initial_model())
+        self.follow_errors = 0
+        self.follow_error: str | None = None  # why the active version is not served, or None
+        self._refused: tuple[int, float] | None = None  # (version, monotonic time of the next try)
+        # At start, an active version that cannot be loaded fails the start (never the
+        # untrained initial model served in its place).
+        version = self._active_version()
+        model = self._load(version) if version is not None else spec.build_initial_model()
         # Its own pending table is not used for feedback (the pending ring is, from any
         # worker): keep it small.
         self.orchestrator = Orchestrator(model, spec.model_factory, self.layout.root,
@@ -94,7 +107,6 @@ class ServingWorker:
         self._numbers = itertools.count()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.follow_errors = 0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -127,45 +139,75 @@ class ServingWorker:
         self.orchestrator.close()
 
     # ------------------------------------------------------------------ following
-    def _load_active(self, served: int | None) -> tuple[int, Any] | None:
-        """``(version, model)`` of the registry's active version, or None if there is none
-        or it is ``served``.
-        """
+    def _open_registry(self) -> Any:
+        """The registry to follow, opened on first use; None while the home's own has none yet."""
         if self._registry is None:
-            if not os.path.isdir(self.layout.models):
-                return None
-            from ..training.registry import ModelRegistry
+            if self.spec.shared_registry is None and not os.path.isdir(self.layout.models):
+                return None  # not created by this reader: the control plane creates it
+            self._registry = self.spec.open_registry()
+        return self._registry
 
-            self._registry = ModelRegistry(self.layout.models)
-        active = self._registry.active_version
-        if active is None or active == served:
-            return None
+    def _active_version(self) -> int | None:
+        """The registry's active version (None: no registry or no version yet). Costs a
+        ``stat`` (local) or a ``HEAD`` (object storage); the serving log is re-read only when
+        its key (ETag) changed.
+        """
+        registry = self._open_registry()
+        return registry.active_version if registry is not None else None
+
+    def _load(self, version: int) -> Any:
+        """A new model holding ``version``'s weights, checksum-verified first."""
         from ..training.models import build_model
 
         model = build_model(self.spec.model_factory, dict(self.spec.factory_kwargs))
-        model.load_state_dict(self._registry.load(active))
-        return active, model
+        model.load_state_dict(self._registry.load(version))
+        return model
+
+    def _refuse(self, version: int, exc: BaseException) -> None:
+        """Keep serving what serves; say why once (log and :meth:`status`); retry after
+        :data:`REFUSED_RETRY_SECS`, or at once when another version becomes active.
+        """
+        self.follow_errors += 1
+        message = f"model version {version} refused, still serving version {self._slot.version}: {exc}"
+        if message != self.follow_error:
+            log.error("%s", message)
+        self.follow_error = message
+        self._refused = (version, time.monotonic() + REFUSED_RETRY_SECS)
 
     def follow_once(self) -> int | None:
-        """Serve the registry's active version if it changed; returns the version now served."""
-        loaded = self._load_active(self._slot.version)
-        if loaded is not None:
-            version, model = loaded
-            import torch
+        """Serve the registry's active version if it changed (loaded, verified and warmed up
+        before the swap); returns the version now served.
+        """
+        served = self._slot.version
+        active = self._active_version()
+        if active is None or active == served:
+            self.follow_error = self._refused = None
+            return served
+        if self._refused is not None and self._refused[0] == active and time.monotonic() < self._refused[1]:
+            return served
+        import torch
 
-            from ..training.slot import prepare_model
+        from ..training.slot import prepare_model
 
-            self._slot.swap(prepare_model(model, torch.zeros(1, self.spec.feature_dim)), version,
-                            prepared=True)
-        return self._slot.version
+        try:
+            model = prepare_model(self._load(active), torch.zeros(1, self.spec.feature_dim))
+        except Exception as exc:  # damaged weights, a model that does not fit: keep serving
+            self._refuse(active, exc)
+            return served
+        self._slot.swap(model, active, prepared=True)
+        self.follow_error = self._refused = None
+        return active
 
     def _follow(self) -> None:
         while not self._stop.wait(self.follow_interval):
             try:
                 self.follow_once()
-            except Exception:  # a damaged or half-written version: keep serving, retry
+            except Exception as exc:  # storage unreachable, a damaged serving log: keep serving, retry
                 self.follow_errors += 1
-                log.exception("following the registry's active version failed")
+                message = f"following the registry's active version failed: {exc}"
+                if message != self.follow_error:  # once per distinct failure, not every poll
+                    log.warning("%s", message, exc_info=True)
+                self.follow_error = message
 
     # ------------------------------------------------------------------ request path
     def infer(self, x: Any, mode: str = "fast") -> Any:
@@ -249,4 +291,6 @@ class ServingWorker:
             "records": seg.records if seg is not None and not seg.closed else None,
             "samples": seg.samples if seg is not None and not seg.closed else None,
             "follow_errors": self.follow_errors,
+            "follow_error": self.follow_error,
+            "registry": self._registry.root if self._registry is not None else None,
         }

@@ -43,7 +43,7 @@ from typing import Any
 from .._io import remove_orphan_temps
 from ..changes import ChangeBoard
 from ..config import BackgroundTrainingConfig
-from ..errors import ModelSwapError, RegistryError
+from ..errors import ConfigError, ModelSwapError, RegistryError
 from ..home import HomeLayout
 from .launcher import WorkerLauncher, drop_bulky
 from .models import build_model
@@ -131,13 +131,17 @@ class BackgroundTrainingCoordinator:
     cleanup_interval_secs
         Period of the registry cleanup (:meth:`cleanup`) by the housekeeping thread while
         started; None: only after each run.
+    registry
+        The :class:`~vortex.training.registry.ModelRegistry` to write (e.g. one on shared
+        storage, ``s3://...``); default: ``config.checkpoint_dir`` or ``<home>/models``. The
+        training workers read it too (with its ``storage_options``).
     """
 
     def __init__(self, config: BackgroundTrainingConfig, model: Any, model_factory: str,
                  home: str | os.PathLike, feature_dim: int, label_dtype: str = "int64",
                  buffer: Any = None, factory_kwargs: dict[str, Any] | None = None,
                  changes: ChangeBoard | None = None,
-                 cleanup_interval_secs: float | None = None) -> None:
+                 cleanup_interval_secs: float | None = None, registry: ModelRegistry | None = None) -> None:
         import torch
 
         if not isinstance(config, BackgroundTrainingConfig):
@@ -155,7 +159,10 @@ class BackgroundTrainingCoordinator:
         self.cleanup_interval_secs = cleanup_interval_secs
         os.makedirs(self.home, exist_ok=True)
         remove_orphan_temps(self.home)  # of runs.json or buffer.arrow writes killed mid-way
-        self.registry = ModelRegistry(config.checkpoint_dir or self.layout.models)
+        if registry is not None and config.checkpoint_dir is not None:
+            raise ConfigError(f"BackgroundTrainingConfig.checkpoint_dir={config.checkpoint_dir!r}: "
+                              f"must be None when the registry is given ({registry.root})")
+        self.registry = registry if registry is not None else ModelRegistry(config.checkpoint_dir or self.layout.models)
         self.buffer_path = self.layout.buffer
         self._persisted_seq: int | None = None  # next_seq of the last saved buffer
         if buffer is None:
@@ -189,7 +196,7 @@ class BackgroundTrainingCoordinator:
         self._triggers = TriggerQueue(lambda: self.config,
                                       lambda trig, reason: self._run(trig, reason, from_loop=True))
         self._launcher = WorkerLauncher(lambda: self.config, model_factory, self.factory_kwargs,
-                                        self.registry.root, self._cancel)
+                                        self.registry.root, self._cancel, self.registry.storage_options)
         self._run_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()

@@ -23,6 +23,7 @@ from .._io import pid_alive
 from ..config import as_dict
 from ..errors import TrainingError
 from ..home import HomeLayout
+from .worker import STORAGE_OPTIONS_ENV
 
 __all__ = ["WorkerLauncher", "drop_bulky"]
 
@@ -82,18 +83,21 @@ class WorkerLauncher:
         Returns the current :class:`~vortex.config.BackgroundTrainingConfig`.
     model_factory, factory_kwargs
         What the workers build the model with.
-    registry_root
-        The registry the workers read the initial (or compared) version from.
+    registry_root, storage_options
+        The registry the workers read the initial (or compared) version from (a directory or
+        a URL), and the fsspec options of a URL.
     cancel
         Set to end the running workers early ("run cancelled").
     """
 
     def __init__(self, config: Any, model_factory: str, factory_kwargs: dict[str, Any],
-                 registry_root: str, cancel: threading.Event) -> None:
+                 registry_root: str, cancel: threading.Event,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self._config = config
         self.model_factory = model_factory
         self.factory_kwargs = factory_kwargs
         self.registry_root = registry_root
+        self.storage_options = dict(storage_options or {})
         self.cancel = cancel
         self.procs: list[subprocess.Popen] = []
 
@@ -111,6 +115,8 @@ class WorkerLauncher:
                    OMP_NUM_THREADS=str(self._config().worker_threads),
                    # the worker exits when this process dies (see worker.die_with_parent)
                    VORTEX_PARENT_PID=str(os.getpid()))
+        if self.storage_options:
+            env[STORAGE_OPTIONS_ENV] = json.dumps(self.storage_options)
         return env
 
     def run(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,

@@ -53,6 +53,9 @@ log = logging.getLogger("vortex.training.worker")
 
 CANDIDATE_FILE = "candidate.safetensors"
 RESULT_FILE = "result.json"
+#: Environment variable holding the JSON fsspec options of a ``--registry`` URL (passed there,
+#: not on the command line, which every user of the machine can read in ``/proc``).
+STORAGE_OPTIONS_ENV = "VORTEX_REGISTRY_STORAGE_OPTIONS"
 
 
 @dataclass
@@ -387,7 +390,10 @@ def run(args: WorkerArgs) -> dict[str, Any]:
         t = time.perf_counter()
         (x, y, w), (hx, hy) = _load_data(args)
         # the active version: starting point and validation baseline (checksum-verified)
-        init_state = ModelRegistry(args.registry).load(args.init_version) if args.registry else None
+        init_state = None
+        if args.registry:
+            options = json.loads(os.environ.get(STORAGE_OPTIONS_ENV) or "{}")
+            init_state = ModelRegistry(args.registry, storage_options=options).load(args.init_version)
         torch.manual_seed(args.seed)
         model = build_model(args.factory, args.factory_kwargs)
         losses: list[float] = []

@@ -111,6 +111,8 @@ class ModelRegistry:
                  storage_options: dict[str, Any] | None = None) -> None:
         self._store: RegistryStore = open_store(root, storage_options)
         self.root = self._store.root
+        #: The fsspec options it was opened with (a training worker opens it again with them).
+        self.storage_options = dict(storage_options or {})
         self._meta_path = self._store.path(META_NAME)
         self._log_path = self._store.path(LOG_NAME)
         self._lock = threading.RLock()
