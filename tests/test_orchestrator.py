@@ -303,7 +303,9 @@ def test_training_trigger_versions_swap_and_rollback(tmp_path):
         assert o.trainer.wait_idle(120)
         versions = [v["version"] for v in o.get_model_versions()]
         assert versions[0] == 1 and len(versions) >= 2
-        assert o.current_model_version() == max(versions)  # the trained model beat the random one
+        # a trained model beat the random one (when the sample threshold's run and the trigger's
+        # both ran, the second may not beat the first by the threshold: then the first serves)
+        assert o.current_model_version() in versions[1:]
         o.swap_to_version(1, reason="rollback test")
         assert o.current_model_version() == 1
         assert o.infer(x[0]).model_version == 1

@@ -37,7 +37,9 @@ from ..errors import VortexError
 __all__ = [
     "HOME",
     "JSON",
+    "REGISTRY",
     "STATE",
+    "STORAGE_OPTIONS",
     "USAGE",
     "Group",
     "Option",
@@ -52,6 +54,7 @@ __all__ = [
     "point_in_time",
     "positive_float",
     "positive_int",
+    "registry_root",
     "run_command",
 ]
 
@@ -101,6 +104,24 @@ class Option:
 
 HOME = Option(("--home",), {"default": ".vortex", "help": "Vortex home directory (default .vortex)"})
 JSON = Option(("--json",), {"action": "store_true", "help": "machine-readable output"})
+
+
+def _storage_options(text: str) -> dict[str, Any]:
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object of client options")
+    return options
+
+
+#: A model registry elsewhere than the home's ``models`` directory (read by :func:`registry_root`).
+REGISTRY = Option(("--registry",), {"default": None,
+                                    "help": "registry directory or fsspec URL (overrides the home's)"})
+STORAGE_OPTIONS = Option(("--storage-options",), {
+    "default": None, "type": _storage_options, "metavar": "JSON",
+    "help": "client options of a --registry URL, e.g. '{\"endpoint_url\": \"http://...\"}'"})
 
 
 class Group:
@@ -181,6 +202,24 @@ def existing_dir(path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no {what} at {path!r}")
     return path
+
+
+def registry_root(args: argparse.Namespace) -> str:
+    """The directory or URL of the registry a command names (``--registry``, else the home's
+    ``models``); it must exist (no command creates one).
+    """
+    from .._fsspec import is_url
+    from ..home import HomeLayout
+
+    if not args.registry:
+        return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
+    if not is_url(args.registry):
+        return existing_dir(args.registry, "model registry")
+    from ..training.registry.store import open_store
+
+    if not open_store(args.registry, args.storage_options).names():
+        raise FileNotFoundError(f"no model registry at {args.registry!r}")
+    return str(args.registry)
 
 
 # -- argument types: argparse reports their ArgumentTypeError as a usage error (exit 2) --------

@@ -1,6 +1,10 @@
 """``vortex dashboard --home H [--host 127.0.0.1] [--port 8765] [--token T]``: serve the
 live dashboard of a home (:mod:`vortex.dashboard`) until interrupted.
 
+A fleet's home has no ``models`` directory: its registry is on shared storage
+(``ServiceSpec.registry_url``); ``--registry s3://... [--storage-options JSON]`` shows and swaps
+on that one (swaps are still audited in the home).
+
 It prints the URL to open, with the action token in its fragment (browsers never send a
 fragment to a server). Without ``--token`` (or ``VORTEX_DASHBOARD_TOKEN``) a random token is
 made for this run.
@@ -13,7 +17,7 @@ import os
 from typing import Any
 
 from ..dashboard.server import DEFAULT_PORT  # light: uvicorn loads when serving starts
-from .common import HOME, UsageError, command, existing_home
+from .common import HOME, REGISTRY, STORAGE_OPTIONS, UsageError, command, existing_home, registry_root
 
 __all__ = ["port_number", "register"]
 
@@ -31,7 +35,10 @@ def _run(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("VORTEX_DASHBOARD_TOKEN") or None
     if token is not None and len(token) < 8:
         raise UsageError("--token: must be at least 8 characters")
-    return serve_dashboard(existing_home(args.home), args.host, args.port, token)
+    home = existing_home(args.home)
+    registry = registry_root(args) if args.registry else None
+    return serve_dashboard(home, args.host, args.port, token, registry=registry,
+                           storage_options=args.storage_options)
 
 
 def register(subparsers: Any) -> None:
@@ -40,6 +47,8 @@ def register(subparsers: Any) -> None:
                               description="Serve the live dashboard of a home until interrupted; "
                                           "actions need the token it prints.")
     HOME.add_to(p)
+    REGISTRY.add_to(p)
+    STORAGE_OPTIONS.add_to(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--token", default=None,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import getpass
-import json
 import math
 import os
 import sys
@@ -38,40 +37,24 @@ from ..home import HomeLayout
 from .common import (
     HOME,
     JSON,
+    REGISTRY,
+    STORAGE_OPTIONS,
     Group,
-    Option,
     emit,
-    existing_dir,
-    existing_home,
     non_negative_int,
     point_in_time,
     positive_float,
     positive_int,
+    registry_root,
 )
 
 __all__ = ["register"]
 
 
-def _registry_root(args: argparse.Namespace) -> str:
-    """The directory or URL of the registry the command names; it must exist (no command
-    here creates one).
-    """
-    if not args.registry:
-        return existing_dir(HomeLayout(existing_home(args.home)).models, "model registry")
-    from .._fsspec import is_url
-    from ..training.registry.store import open_store
-
-    if not is_url(args.registry):
-        return existing_dir(args.registry, "model registry")
-    if not open_store(args.registry, args.storage_options).names():
-        raise FileNotFoundError(f"no model registry at {args.registry!r}")
-    return str(args.registry)
-
-
 def _registry(args: argparse.Namespace) -> Any:
     from ..training.registry import ModelRegistry
 
-    return ModelRegistry(_registry_root(args), storage_options=args.storage_options)
+    return ModelRegistry(registry_root(args), storage_options=args.storage_options)
 
 
 def _audit(args: argparse.Namespace, event: str, **fields: Any) -> None:
@@ -92,16 +75,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid (a container)
         return f"uid {os.getuid()}"
-
-
-def _storage_options(text: str) -> dict[str, Any]:
-    try:
-        options = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
-    if not isinstance(options, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object of client options")
-    return options
 
 
 def _iso(t: float | None) -> str:
@@ -204,7 +177,7 @@ def _verify(args: argparse.Namespace) -> int:
     """
     from ..training.registry import ModelRegistry, verify_registry
 
-    root = _registry_root(args)
+    root = registry_root(args)
     problems = verify_registry(root, storage_options=args.storage_options)
     damaged = {p.path for p in problems}
     versions: dict[int, str] = {}
@@ -224,17 +197,10 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-_REGISTRY = Option(("--registry",), {"default": None,
-                                     "help": "registry directory or fsspec URL (overrides --home)"})
-_STORAGE_OPTIONS = Option(("--storage-options",), {
-    "default": None, "type": _storage_options, "metavar": "JSON",
-    "help": "client options of a --registry URL, e.g. '{\"endpoint_url\": \"http://...\"}'"})
-
-
 def register(subparsers: Any) -> None:
     """Add ``vortex models`` to the ``vortex`` command's subparsers."""
     group = Group(subparsers, "models", "list, swap and clean up model versions",
-                  options=(HOME, _REGISTRY, _STORAGE_OPTIONS, JSON), description=(__doc__ or "").split("\n\n")[0])
+                  options=(HOME, REGISTRY, STORAGE_OPTIONS, JSON), description=(__doc__ or "").split("\n\n")[0])
     group.action("list", _list, "versions, metrics and the recent serving log")
     group.action("log", _log, "the whole serving log")
     at = group.action("at", _at, "which version served at a time (ISO 8601 UTC or unix seconds)")

@@ -12,6 +12,7 @@ and serves it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ProposalStateError, VersionNotFoundError
@@ -60,10 +61,13 @@ def act_on_proposal(home: str, proposal_id: str, action: str, by: str, reason: s
     return {"id": p.id, "status": p.status.value}
 
 
-def swap_model(home: str, version: int, by: str, expect_active: int | None) -> dict[str, Any]:
+def swap_model(home: str, version: int, by: str, expect_active: int | None, registry: str | None = None,
+               storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Make ``version`` the served model of ``home`` if ``expect_active`` still serves.
 
-    Returns ``{"from_version", "to_version"}``.
+    ``registry`` and ``storage_options``: the registry when it is not the home's own (the
+    fleet's shared registry, :func:`vortex.dashboard.state.open_registry`). The swap is audited
+    in ``home``'s audit log either way. Returns ``{"from_version", "to_version"}``.
 
     Raises
     ------
@@ -75,12 +79,12 @@ def swap_model(home: str, version: int, by: str, expect_active: int | None) -> d
         Its weights are damaged; it is not served.
     """
     from ..rsi.audit import AuditLog
-    from ..training.registry import ModelRegistry
+    from .state import open_registry
 
     layout = HomeLayout(home)
-    if not os.path.isdir(layout.models):
+    reg = open_registry(home, registry, storage_options)
+    if reg is None:
         raise VersionNotFoundError(f"model version {version} does not exist: this home has no model registry")
-    reg = ModelRegistry(layout.models)
     reason = f"dashboard: swap by {by}"
     if not reg.set_active(version, reason, expect_active=expect_active):
         raise StaleViewError(f"version {reg.active_version} serves now, not {expect_active}: someone "

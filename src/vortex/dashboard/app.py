@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -123,6 +123,7 @@ def _expected(body: dict[str, Any]) -> int | None:
 
 def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
                   live: LiveStatus | None = None, allowed_hosts: Sequence[str] | None = None,
+                  registry: str | None = None, storage_options: Mapping[str, Any] | None = None,
                   debug: bool = False) -> Any:
     """The dashboard of ``home`` as a Starlette (ASGI) application.
 
@@ -137,6 +138,10 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
         Optional callable returning ``Orchestrator.system_status().to_dict()`` of a service in
         this process, for the figures that are never written to disk (see
         :mod:`vortex.dashboard.state`).
+    registry, storage_options
+        The model registry to show and swap on when it is not the home's ``models`` directory:
+        a directory or an fsspec URL (a fleet's shared registry, ``ServiceSpec.registry_url``)
+        and its client options. Swaps are audited in ``home`` either way.
     allowed_hosts
         Host names the app answers to (others get 400), against DNS rebinding: a page of
         another site whose name resolves to 127.0.0.1 would otherwise read the state. Default:
@@ -181,7 +186,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
         token = secrets.token_urlsafe(18)
     if not isinstance(token, str) or len(token) < 8:
         raise ValueError("token: must be a string of at least 8 characters")
-    view = HomeView(home, live)
+    view = HomeView(home, live, registry, storage_options)
     cache: dict[str, Any] = {"at": 0.0, "state": None}
 
     def error(exc: BaseException) -> Response:
@@ -249,7 +254,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
             expect = _expected(body)
         except _RefusedError as exc:
             return error(exc)
-        return await run(swap_model, home, version, by, expect)
+        return await run(swap_model, home, version, by, expect, registry, storage_options)
 
     async def model_rollback(request: Request) -> Response:
         try:
@@ -261,7 +266,7 @@ def dashboard_app(home: str | os.PathLike[str], *, token: str | None = None,
                 raise _RefusedError(409, "there is no earlier version to roll back to")
         except _RefusedError as exc:
             return error(exc)
-        return await run(swap_model, home, models["rollback_to"], by, expect)
+        return await run(swap_model, home, models["rollback_to"], by, expect, registry, storage_options)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"no such page: {request.url.path}"}, status_code=404,

@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 __all__ = [
@@ -131,12 +131,14 @@ class DashboardServer:
             view.close()
 
 
-def _server_of(home: str, host: str, port: int, token: str | None, live: Any = None) -> DashboardServer:
+def _server_of(home: str, host: str, port: int, token: str | None, live: Any = None,
+               **registry: Any) -> DashboardServer:
     from .app import dashboard_app
 
     # (IPv6 literals cannot be listed: Starlette's host check cuts the Host header at its first colon)
     hosts = ("127.0.0.1", "localhost") if host in ("127.0.0.1", "localhost") else None
-    return DashboardServer(dashboard_app(home, token=token, live=live, allowed_hosts=hosts), host, port)
+    return DashboardServer(dashboard_app(home, token=token, live=live, allowed_hosts=hosts, **registry),
+                           host, port)
 
 
 def serve_in_background(home: str, live: Any = None, host: str = "127.0.0.1",
@@ -149,14 +151,16 @@ def serve_in_background(home: str, live: Any = None, host: str = "127.0.0.1",
 
 
 def serve_dashboard(home: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                    token: str | None = None, out: TextIO = sys.stdout) -> int:
+                    token: str | None = None, out: TextIO = sys.stdout, registry: str | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> int:
     """Serve the dashboard of ``home`` in the foreground until SIGINT (then return 0) or
     SIGTERM (then the process ends by that signal, after the same graceful shutdown): the
-    ``vortex dashboard`` command.
+    ``vortex dashboard`` command. ``registry``, ``storage_options``: as in
+    :func:`vortex.dashboard.dashboard_app`.
 
     Prints the URL (with the port actually bound, and the token) once it listens.
     """
-    server = _server_of(home, host, port, token)
+    server = _server_of(home, host, port, token, registry=registry, storage_options=storage_options)
 
     def announce() -> None:
         print(f"Vortex dashboard of {os.path.abspath(home)}\n  open {server.url}\n"

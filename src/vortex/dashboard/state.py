@@ -29,12 +29,15 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..home import HomeLayout
 
-__all__ = ["HomeView", "LiveStatus"]
+if TYPE_CHECKING:
+    from ..training.registry import ModelRegistry
+
+__all__ = ["HomeView", "LiveStatus", "open_registry"]
 
 #: Returns ``Orchestrator.system_status().to_dict()`` of a service in this process.
 LiveStatus = Callable[[], dict[str, Any]]
@@ -136,6 +139,21 @@ class _FleetWindow:
             self._fleet = None
 
 
+def open_registry(home: str, registry: str | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> ModelRegistry | None:
+    """The model registry a home's dashboard shows: ``registry`` (a directory or an fsspec URL,
+    the shared registry of a fleet) or the home's ``models`` directory; None when the home has
+    none.
+    """
+    from ..training.registry import ModelRegistry
+
+    if registry is None:
+        registry = HomeLayout(home).models
+        if not os.path.isdir(registry):
+            return None
+    return ModelRegistry(registry, storage_options=dict(storage_options or {}))
+
+
 class HomeView:
     """Reads a home for the dashboard; one per app (it keeps the chart's history).
 
@@ -145,12 +163,16 @@ class HomeView:
         The Vortex home (it must exist; nothing is created under it by reading).
     live
         Optional :data:`LiveStatus` of a service running in this process.
+    registry, storage_options
+        The model registry to show when it is not the home's own (:func:`open_registry`).
     """
 
-    def __init__(self, home: str | os.PathLike[str], live: LiveStatus | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str], live: LiveStatus | None = None,
+                 registry: str | None = None, storage_options: Mapping[str, Any] | None = None) -> None:
         self.home = os.fspath(home)
         self.layout = HomeLayout(self.home)
         self.live = live
+        self.registry, self.storage_options = registry, dict(storage_options or {})
         self._fleet = _FleetWindow(self.home)
         self._history: collections.deque = collections.deque(maxlen=_HISTORY)
         self._last_live: tuple[float, int] | None = None
@@ -213,11 +235,9 @@ class HomeView:
 
     # ------------------------------------------------------------------ readers
     def _models(self) -> dict[str, Any] | None:
-        if not os.path.isdir(self.layout.models):
+        reg = open_registry(self.home, self.registry, self.storage_options)
+        if reg is None:
             return None
-        from ..training.registry import ModelRegistry
-
-        reg = ModelRegistry(self.layout.models)
         versions = reg.list_versions()
         log = reg.serving_log()
         served: dict[int, list[float | None]] = {}
