@@ -11,15 +11,35 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .home import HomeLayout
 
-__all__ = ["home_status"]
+if TYPE_CHECKING:
+    from .training.registry import ModelRegistry
+
+__all__ = ["home_status", "open_registry"]
 
 
-def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
-    """Everything persisted under ``home``, as JSON-ready data.
+def open_registry(home: str, registry: str | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> ModelRegistry | None:
+    """The model registry of ``home``: ``registry`` (a directory or an fsspec URL, the shared
+    registry of a fleet) or the home's ``models`` directory; None when the home has none.
+    """
+    from .training.registry import ModelRegistry
+
+    if registry is None:
+        registry = HomeLayout(home).models
+        if not os.path.isdir(registry):
+            return None
+    return ModelRegistry(registry, storage_options=dict(storage_options or {}))
+
+
+def home_status(home: str | os.PathLike[str], registry: str | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything persisted under ``home``, as JSON-ready data; the model registry's figures
+    from ``registry`` when it is not the home's own (:func:`open_registry`).
 
     Reads only: nothing is created under ``home``.
 
@@ -36,11 +56,8 @@ def home_status(home: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"no Vortex home at {home!r}")
     out: dict[str, Any] = {"home": os.path.abspath(home)}
 
-    models_dir = layout.models
-    if os.path.isdir(models_dir):
-        from .training.registry import ModelRegistry
-
-        reg = ModelRegistry(models_dir)
+    reg = open_registry(home, registry, storage_options)
+    if reg is not None:
         versions = reg.list_versions()
         out["models"] = {"active_version": reg.active_version, "versions": len(versions),
                          "latest": versions[-1] if versions else None,

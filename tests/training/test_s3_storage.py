@@ -164,3 +164,27 @@ def test_the_models_command_operates_a_registry_on_s3(s3):
     out = vortex("list", registry=missing)
     assert out.returncode == 1 and len(out.stderr.splitlines()) == 1 and "nothing-here" in out.stderr
     assert not fs.exists(missing[len("s3://"):])
+
+
+def test_vortex_status_reads_a_fleet_homes_shared_registry(s3, tmp_path):
+    import json
+    import subprocess
+
+    url, options, _ = s3
+    reg = ModelRegistry(url, storage_options=options)
+    reg.register(_weights(1.0))
+    reg.set_active(reg.register(_weights(2.0)), "trained")
+    home = tmp_path / "home"  # a fleet machine's home: no models directory of its own
+    home.mkdir()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+    def status(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-P", "-m", "vortex.cli", "status", "--home", str(home), *argv],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    assert json.loads(status("--json").stdout)["models"] is None
+    shared = status("--json", "--registry", url, "--storage-options", json.dumps(options))
+    assert shared.returncode == 0, shared.stderr
+    models = json.loads(shared.stdout)["models"]
+    assert (models["active_version"], models["versions"], models["swaps"]) == (2, 2, 1)
+    assert not (home / "models").exists()

@@ -1,6 +1,8 @@
 """``vortex status``: what a Vortex home directory holds (:func:`vortex.status.home_status`).
 
-It works on a home whether or not a service is running on it; it reads only.
+It works on a home whether or not a service is running on it; it reads only. A fleet's home
+has no ``models`` directory: ``--registry s3://... [--storage-options JSON]`` names the fleet's
+shared registry.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import HOME, JSON, command, emit
+from .common import HOME, JSON, REGISTRY, STORAGE_OPTIONS, command, emit, existing_home, registry_root
 
 __all__ = ["register"]
 
@@ -42,7 +44,9 @@ def _text(s: dict[str, Any]) -> str:
 def _run(args: argparse.Namespace) -> int:
     from ..status import home_status
 
-    status = home_status(args.home)
+    existing_home(args.home)
+    registry = registry_root(args) if args.registry else None
+    status = home_status(args.home, registry, args.storage_options)
     emit(args, status, _text(status))
     return 0 if status["audit"] is None or status["audit"]["ok"] else 1
 
@@ -50,6 +54,6 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``vortex status`` to the ``vortex`` command's subparsers."""
     parser = subparsers.add_parser("status", help="what a Vortex home directory holds")
-    for option in (HOME, JSON):
+    for option in (HOME, REGISTRY, STORAGE_OPTIONS, JSON):
         option.add_to(parser)
     command(parser, _run)

@@ -79,7 +79,7 @@ def swap_model(home: str, version: int, by: str, expect_active: int | None, regi
         Its weights are damaged; it is not served.
     """
     from ..rsi.audit import AuditLog
-    from .state import open_registry
+    from ..status import open_registry
 
     layout = HomeLayout(home)
     reg = open_registry(home, registry, storage_options)

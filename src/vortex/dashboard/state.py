@@ -30,14 +30,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..home import HomeLayout
 
-if TYPE_CHECKING:
-    from ..training.registry import ModelRegistry
-
-__all__ = ["HomeView", "LiveStatus", "open_registry"]
+__all__ = ["HomeView", "LiveStatus"]
 
 #: Returns ``Orchestrator.system_status().to_dict()`` of a service in this process.
 LiveStatus = Callable[[], dict[str, Any]]
@@ -139,21 +136,6 @@ class _FleetWindow:
             self._fleet = None
 
 
-def open_registry(home: str, registry: str | None = None,
-                  storage_options: Mapping[str, Any] | None = None) -> ModelRegistry | None:
-    """The model registry a home's dashboard shows: ``registry`` (a directory or an fsspec URL,
-    the shared registry of a fleet) or the home's ``models`` directory; None when the home has
-    none.
-    """
-    from ..training.registry import ModelRegistry
-
-    if registry is None:
-        registry = HomeLayout(home).models
-        if not os.path.isdir(registry):
-            return None
-    return ModelRegistry(registry, storage_options=dict(storage_options or {}))
-
-
 class HomeView:
     """Reads a home for the dashboard; one per app (it keeps the chart's history).
 
@@ -164,7 +146,7 @@ class HomeView:
     live
         Optional :data:`LiveStatus` of a service running in this process.
     registry, storage_options
-        The model registry to show when it is not the home's own (:func:`open_registry`).
+        The model registry to show when it is not the home's own (:func:`vortex.status.open_registry`).
     """
 
     def __init__(self, home: str | os.PathLike[str], live: LiveStatus | None = None,
@@ -235,6 +217,8 @@ class HomeView:
 
     # ------------------------------------------------------------------ readers
     def _models(self) -> dict[str, Any] | None:
+        from ..status import open_registry
+
         reg = open_registry(self.home, self.registry, self.storage_options)
         if reg is None:
             return None
