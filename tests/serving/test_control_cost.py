@@ -117,10 +117,14 @@ def test_the_pump_reads_less_often_while_the_workers_bring_nothing(home):
         worker.stop()
 
 
-def _nice_of(pid: int, tid: int) -> int:
-    """The niceness of thread ``tid`` of ``pid``, as the kernel reports it (field 19)."""
-    with open(f"/proc/{pid}/task/{tid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
+def _nice_of(pid: int, tid: int) -> int | None:
+    """The niceness of thread ``tid`` of ``pid``, as the kernel reports it (field 19); None for
+    a thread that ended since it was listed (short-lived threads come and go)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
