@@ -4,7 +4,8 @@
 * 100 swaps while 4 threads serve: zero failed requests, p99 during swaps vs steady (<= 1.2x)
 * buffer saves (10,000 x 64 samples, 4/s) while 4 threads serve: p99 vs steady (<= 1.2x)
 * worker training throughput vs a plain single-process torch loop (goal >= 90 %)
-* fixed cost of one run: snapshot, worker start, load, save, validate (goal <= 3 s)
+* fixed cost of one run: snapshot, worker start, load, save, validate (goal <= 3 s), the
+  worker forked by the fork server vs a fresh interpreter
 
 The figures are in each benchmark's ``extra_info`` and printed as one line
 (``pytest benchmarks/bench_training.py --benchmark-only -s``).  With ``--benchmark-disable``
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -317,15 +319,31 @@ def test_worker_throughput_vs_plain_loop(benchmark, tmp_path, request):
 
 
 def test_fixed_cost_of_one_run(benchmark, tmp_path):
-    """Wall time of a run minus its training: snapshot, worker start-up, load, validate, save."""
+    """Wall time of a run minus its training (snapshot, worker start-up, load, validate, save),
+    the worker forked by the fork server (warm: its first run, which starts the server, is
+    reported apart) vs a fresh interpreter per worker (``fork_server=False``), in turns."""
     benchmark.group = "training: fixed cost of one run"
     benchmark.extra_info["subject"] = "vortex"
-    c = _coordinator(tmp_path, 300, num_epochs=1, min_improvement_threshold=0.0)
+    coordinators = {fork: _coordinator(tmp_path / f"fork-{fork}", 300, num_epochs=1,
+                                       min_improvement_threshold=0.0, fork_server=fork)
+                    for fork in (True, False)}
 
-    run = benchmark.pedantic(c.run_once, args=("manual",), rounds=1, iterations=1)
-    assert run.status in ("swapped", "rejected", "registered"), run.error
-    t = run.timings
-    fixed = t["total"] - t["worker_train"]
-    info = {"total_s": t["total"], "fixed_s": fixed, "goal": "<= 3 s",
-            **{k: round(v, 4) for k, v in t.items() if k != "total"}}
+    def fixed(fork: bool) -> float:
+        run = coordinators[fork].run_once("manual")
+        assert run.status in ("swapped", "rejected", "registered"), run.error
+        return run.timings["total"] - run.timings["worker_train"]
+
+    def measure():
+        first = fixed(True)  # starts the fork server
+        turns = [(fixed(True), fixed(False)) for _ in range(3)]
+        return first, [w for w, _ in turns], [c for _, c in turns]
+
+    try:
+        first, warm, cold = benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        for c in coordinators.values():
+            c.stop()
+    info = {"fork_server_s": statistics.median(warm), "fresh_interpreter_s": statistics.median(cold),
+            "ratio": statistics.median(warm) / statistics.median(cold),
+            "fork_server_first_run_s": first, "goal": "<= 3 s"}
     _report(benchmark, "fixed cost of one run", info)

@@ -268,6 +268,7 @@ class BackgroundTrainingCoordinator:
         if self._keeper is not None:
             self._keeper.join(timeout)
         self._keeper = None
+        self._launcher.close()
         self.persist_buffer()
 
     def persist_buffer(self) -> bool:

@@ -1,8 +1,9 @@
 """Training worker processes: start them, supervise them, say why they failed.
 
 A run's ``world_size`` workers (:mod:`vortex.training.worker`, torch DDP) are subprocesses,
-each a session leader whose whole process group is killed when the run ends early
-(cancellation, timeout, a failed peer). Their logs stay in the run directory; everything
+forked by a :class:`~vortex.training.forkserver.ForkServer` that imported torch once (or, with
+``fork_server=False``, fresh interpreters), each a session leader whose whole process group is
+killed when the run ends early (cancellation, timeout, a failed peer). Their logs stay in the run directory; everything
 else a run leaves is deleted (:func:`drop_bulky`), and so are the leftovers of a process that
 died mid-run (:meth:`WorkerLauncher.drop_leftovers`).
 """
@@ -10,6 +11,7 @@ died mid-run (:meth:`WorkerLauncher.drop_leftovers`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -23,9 +25,15 @@ from .._io import pid_alive
 from ..config import as_dict
 from ..errors import TrainingError
 from ..home import HomeLayout
+from .forkserver import ForkedWorker, ForkServer
 from .worker import STORAGE_OPTIONS_ENV
 
 __all__ = ["WorkerLauncher", "drop_bulky"]
+
+log = logging.getLogger(__name__)
+
+#: A running worker: a fresh interpreter, or forked by the fork server.
+Worker = subprocess.Popen | ForkedWorker
 
 _POLL_SECS = 0.05  # how often a run checks its workers, the cancel flag and the timeout
 
@@ -36,7 +44,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _failure(procs: list[subprocess.Popen], logs: list[str], settle_secs: float = 1.0) -> str:
+def _failure(procs: list[Worker], logs: list[str], settle_secs: float = 1.0) -> str:
     """Why a run's workers failed, naming the rank that caused it first.
 
     When one rank dies, its peers fail in turn (gloo: "connection reset by peer"), and whichever
@@ -50,6 +58,17 @@ def _failure(procs: list[subprocess.Popen], logs: list[str], settle_secs: float 
     rank, code = min(failed, key=lambda rc: (rc[1] > 0, rc[0]))
     then = "".join(f"; then rank {r} ({_ended(c)})" for r, c in failed if r != rank)
     return f"worker rank {rank} failed ({_ended(code)}){then}: {_tail(logs[rank])}"
+
+
+def _kill_group(p: Worker) -> None:
+    """SIGKILL a worker's process group (it is a session leader: the worker and its children)."""
+    if isinstance(p, ForkedWorker):
+        p.kill_group()  # by the fork server, which reaps it: the pid cannot have been reused
+        return
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _ended(returncode: int) -> str:
@@ -99,25 +118,86 @@ class WorkerLauncher:
         self.registry_root = registry_root
         self.storage_options = dict(storage_options or {})
         self.cancel = cancel
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[Worker] = []
+        self._fork_server: ForkServer | None = None
+        self._fork_lock = threading.Lock()
+        self._runs = 0  # runs under way (close() waits for them)
+        self._fork_unavailable: str | None = None  # why the fork server could not start
+        self._close_after_runs = False
 
     def pids(self) -> list[int]:
         """Process ids of the running workers (empty when none runs)."""
         return [p.pid for p in self.procs]
 
-    def _env(self, rank: int, world: int, port: int) -> dict[str, str]:
+    def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         # the worker must import the same vortex and the same model factory as this process
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS=str(self._config().worker_threads),
+        env.update(OMP_NUM_THREADS=str(self._config().worker_threads),
                    # the worker exits when this process dies (see worker.die_with_parent)
                    VORTEX_PARENT_PID=str(os.getpid()))
+        return env
+
+    def _env(self, rank: int, world: int, port: int) -> dict[str, str]:
+        env = self._base_env()
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if self.storage_options:
             env[STORAGE_OPTIONS_ENV] = json.dumps(self.storage_options)
         return env
+
+    def _start(self, args: list[str], env: dict[str, str], log_path: str) -> Worker:
+        """One worker: forked by the fork server (``fork_server``), else a fresh interpreter.
+
+        A fork server that cannot start (say, an import started a thread) is not tried again
+        by this launcher; one that fails to fork is restarted at the next worker if it died.
+        Both are logged.
+        """
+        if self._config().fork_server and self._fork_unavailable is None:
+            try:
+                server = self._fork_server_for(env)
+            except TrainingError as exc:
+                self._fork_unavailable = str(exc)
+                log.warning("training workers start as fresh interpreters from now on: %s", exc)
+            else:
+                try:
+                    return server.spawn(args, env, log_path)
+                except TrainingError as exc:
+                    log.warning("a training worker starts as a fresh interpreter: %s", exc)
+        with open(log_path, "wb") as out:
+            # -P: the worker must import the vortex this process runs, never a source
+            # checkout that happens to be the current directory.
+            return subprocess.Popen([sys.executable, "-P", "-m", "vortex.training.worker", *args],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+
+    def _fork_server_for(self, env: dict[str, str]) -> ForkServer:
+        """The running fork server, (re)started when it is gone or was started with another
+        ``PYTHONPATH`` (it decides which modules the server imported).
+        """
+        with self._fork_lock:
+            server = self._fork_server
+            if server is not None and (not server.alive()
+                                       or server.env.get("PYTHONPATH") != env.get("PYTHONPATH")):
+                server.close()
+                server = self._fork_server = None
+            if server is None:
+                server = self._fork_server = ForkServer(self._base_env())
+            return server
+
+    def close(self) -> None:
+        """Stop the fork server, if one runs (the next run starts another); while a run
+        is under way, when it ends (closing the server kills its workers).
+        """
+        with self._fork_lock:
+            if self._runs:
+                self._close_after_runs = True
+                return
+            server, self._fork_server = self._fork_server, None
+            self._close_after_runs = False
+        if server is not None:
+            server.close()
 
     def run(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,
             run_id: int, candidate: str | None = None) -> None:
@@ -127,32 +207,28 @@ class WorkerLauncher:
         ``init_version`` on the snapshot's held-out rows instead of training.
         """
         cfg = self._config()
-        # -P: the worker must import the vortex this process runs, never a source checkout
-        # that happens to be the current directory.
-        cmd = [sys.executable, "-P", "-m", "vortex.training.worker", "--snapshot", snap_path,
-               "--out", out_dir, "--factory", self.model_factory,
-               "--factory-kwargs", json.dumps(self.factory_kwargs), "--task", cfg.task,
-               "--epochs", str(cfg.num_epochs), "--lr", repr(cfg.learning_rate),
-               "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run_id),
-               "--threads", str(cfg.worker_threads), "--nice", str(cfg.worker_nice),
-               "--flux", json.dumps(as_dict(cfg.flux)), "--confidence-level", repr(cfg.confidence_level)]
+        args = ["--snapshot", snap_path, "--out", out_dir, "--factory", self.model_factory,
+                "--factory-kwargs", json.dumps(self.factory_kwargs), "--task", cfg.task,
+                "--epochs", str(cfg.num_epochs), "--lr", repr(cfg.learning_rate),
+                "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed + run_id),
+                "--threads", str(cfg.worker_threads), "--nice", str(cfg.worker_nice),
+                "--flux", json.dumps(as_dict(cfg.flux)), "--confidence-level", repr(cfg.confidence_level)]
         if cfg.worker_sched_idle:
-            cmd.append("--sched-idle")
+            args.append("--sched-idle")
         if init_version is not None:
-            cmd += ["--registry", self.registry_root, "--init-version", str(init_version)]
+            args += ["--registry", self.registry_root, "--init-version", str(init_version)]
         if candidate is not None:
-            cmd += ["--candidate", candidate]
+            args += ["--candidate", candidate]
         port = _free_port() if world_size > 1 else 0
         deadline = time.monotonic() + cfg.run_timeout_secs
-        procs: list[subprocess.Popen] = []
+        procs: list[Worker] = []
         os.makedirs(out_dir, exist_ok=True)
         logs = [os.path.join(out_dir, f"worker-{r}.log") for r in range(world_size)]
+        with self._fork_lock:
+            self._runs += 1
         try:
             for rank in range(world_size):
-                with open(logs[rank], "wb") as out:
-                    procs.append(subprocess.Popen(cmd, env=self._env(rank, world_size, port),
-                                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                                  start_new_session=True))
+                procs.append(self._start(args, self._env(rank, world_size, port), logs[rank]))
             self.procs = procs
             while True:
                 codes = [p.poll() for p in procs]
@@ -168,11 +244,13 @@ class WorkerLauncher:
             self.procs = []
             for p in procs:
                 if p.poll() is None:
-                    try:  # the worker is a session leader: kill its whole process group
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _kill_group(p)
                 p.wait()
+            with self._fork_lock:
+                self._runs -= 1
+                close = self._close_after_runs and not self._runs
+            if close:
+                self.close()
 
     @staticmethod
     def drop_leftovers(layout: HomeLayout) -> None:

@@ -1,0 +1,349 @@
+"""A warm start for training workers: one process imports torch once and forks every worker.
+
+A training worker started as a fresh interpreter spends about 1.7 s of CPU importing torch
+before it trains for a fraction of that, and a run with a swap during it starts two workers
+(the run, then the validation against the new active version). On a machine that serves at
+the same time, that CPU is taken from the serving workers: it was most of the training's cost
+in ``benchmarks/bench_http.py``'s busy phase. :class:`ForkServer` starts
+``python -m vortex.training.forkserver`` once; that process imports torch and the worker's
+modules, then forks each worker on request, so a worker starts in milliseconds.
+
+What a forked worker shares with a fresh one: it runs :func:`vortex.training.worker.main` with
+the same arguments and environment, in its own session (its process group is what a cancelled
+run kills), its output in its log file, and it dies with the process that started it. The
+service's own modules (the model factory) are *not* imported ahead: a worker imports them
+after the fork, so a factory changed on disk (an applied RSI patch) is what the next run uses.
+
+Why fork is safe here: the server forks from its only thread. It imports nothing that starts
+threads (numpy's OpenBLAS pool is kept at one thread by ``OPENBLAS_NUM_THREADS=1``, and pyarrow,
+whose jemalloc starts a background thread, is left to the worker) and it checks the thread
+count before it says it is ready; with another thread running it refuses to serve and the
+launcher starts workers the cold way.
+
+The protocol, one JSON object per line: the launcher writes ``{"spawn": id, "argv", "env",
+"log"}`` or ``{"kill": pid}`` to the server's stdin; the server answers ``{"ready": pid}``
+once, ``{"spawned": id, "pid"}`` (or ``{"spawned": id, "error"}``) and ``{"exited": pid,
+"status"}`` (negative: killed by that signal, as :attr:`subprocess.Popen.returncode`). The
+server reaps its children, so it is also the one that kills them: a pid it has not reaped
+cannot have been reused. At end of input it kills its workers and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from ..errors import TrainingError
+
+__all__ = ["ForkServer", "ForkedWorker"]
+
+log = logging.getLogger(__name__)
+
+_PARENT_CHECK_SECS = 1.0  # how often the server checks that the launcher's process lives
+
+#: What the server imports before it forks: torch and what a worker runs with it.
+PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "safetensors.torch", "pyarrow.ipc",
+           "vortex.training.worker", "vortex.training.models", "vortex.training.registry",
+           "vortex.training.validation", "vortex.training.buffer", "vortex.training.pipeline",
+           "vortex.kernels.flux")
+
+
+def _server_env(env: dict[str, str]) -> dict[str, str]:
+    """The server's environment: ``env`` with the thread pools that would start at import
+    kept from starting (the workers set their torch threads themselves).
+    """
+    arrow_malloc = env.get("JE_ARROW_MALLOC_CONF")
+    return {**env, "OPENBLAS_NUM_THREADS": "1",  # numpy's BLAS pool
+            # pyarrow's jemalloc starts a purging thread when the library loads
+            "JE_ARROW_MALLOC_CONF": f"{arrow_malloc},background_thread:false" if arrow_malloc
+            else "background_thread:false"}
+
+
+class ForkedWorker:
+    """A worker forked by a :class:`ForkServer`: the part of :class:`subprocess.Popen` the
+    launcher uses (``pid``, ``returncode``, :meth:`poll`, :meth:`wait`), and :meth:`kill_group`.
+    """
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self._server = server
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status once the worker ended (negative: killed by that signal), else None."""
+        if self.returncode is None:
+            self.returncode = self._server._exit_status(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the worker to end; its exit status (:class:`subprocess.TimeoutExpired`)."""
+        if self.returncode is None:
+            self.returncode = self._server._wait_exit(self.pid, timeout)
+        return self.returncode
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's process group (its session: the worker and what it started)."""
+        if self.poll() is None:
+            self._server._send({"kill": self.pid})
+
+
+class ForkServer:
+    """The launcher's side: start the server, fork workers from it, learn how they ended.
+
+    Parameters
+    ----------
+    env
+        The server's environment (the worker's ``PYTHONPATH`` included: it decides which
+        vortex and torch the server imports). Each worker gets its own environment at
+        :meth:`spawn`.
+    ready_timeout
+        Seconds the server may take to import torch before :class:`TrainingError`.
+    """
+
+    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0) -> None:
+        self.env = dict(env)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", __name__], env=_server_env(env),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._messages: dict[str, dict[int, Any]] = {"spawned": {}, "exited": {}}
+        self._ready: int | None = None
+        self._closed = False  # the server's output ended: it is gone
+        self._next_id = 0
+        self._reader = threading.Thread(target=self._read, name="vortex-forkserver-reader", daemon=True)
+        self._reader.start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ready is not None or self._closed, ready_timeout):
+                self.close()
+                raise TrainingError(f"the training fork server was not ready within {ready_timeout} s")
+            if self._closed:
+                code = self._proc.wait()
+                raise TrainingError(f"the training fork server exited at start-up (status {code}); "
+                                    "see its output on this process's stderr")
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        """True while the server runs and answers."""
+        with self._cond:
+            return not self._closed and self._proc.poll() is None
+
+    def spawn(self, argv: list[str], env: dict[str, str], log_path: str,
+              timeout: float = 30.0) -> ForkedWorker:
+        """Fork a worker running ``vortex.training.worker`` with ``argv`` and ``env``, its
+        output in ``log_path`` (truncated).
+        """
+        with self._cond:
+            self._next_id += 1
+            request = self._next_id
+        self._send({"spawn": request, "argv": argv, "env": env, "log": log_path})
+        with self._cond:
+            spawned = self._messages["spawned"]
+            if not self._cond.wait_for(lambda: request in spawned or self._closed, timeout):
+                raise TrainingError(f"the training fork server did not fork a worker within {timeout} s")
+            if request not in spawned:
+                raise TrainingError("the training fork server exited before forking the worker")
+            reply = spawned.pop(request)
+        if "error" in reply:
+            raise TrainingError(f"the training fork server could not fork a worker: {reply['error']}")
+        return ForkedWorker(self, int(reply["pid"]))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the server (it kills the workers still running) and wait for it."""
+        try:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(timeout)  # it reads the server's output to the end, then closes it
+
+    # ------------------------------------------------------------------ internals
+    def _send(self, message: dict[str, Any]) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            with self._send_lock:
+                stdin.write(json.dumps(message).encode() + b"\n")
+                stdin.flush()
+        except (OSError, ValueError) as exc:  # ValueError: closed by close()
+            raise TrainingError(f"the training fork server is gone ({exc})") from exc
+
+    def _read(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        with stdout:
+            for line in stdout:
+                message = json.loads(line)
+                with self._cond:
+                    if "ready" in message:
+                        self._ready = int(message["ready"])
+                    elif "spawned" in message:
+                        self._messages["spawned"][int(message["spawned"])] = message
+                    elif "exited" in message:
+                        self._messages["exited"][int(message["exited"])] = int(message["status"])
+                    self._cond.notify_all()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _exit_status(self, pid: int) -> int | None:
+        with self._cond:
+            exited = self._messages["exited"]
+            if pid in exited:
+                return exited.pop(pid)
+            # the server is gone, and its workers with it (their parent-death signal)
+            return -signal.SIGKILL if self._closed else None
+
+    def _wait_exit(self, pid: int, timeout: float | None) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: pid in self._messages["exited"] or self._closed, timeout):
+                raise subprocess.TimeoutExpired(f"forked worker {pid}", timeout or 0)
+        status = self._exit_status(pid)
+        assert status is not None
+        return status
+
+
+# ---------------------------------------------------------------------- the server process
+def _serve() -> int:
+    """Main loop of ``python -m vortex.training.forkserver`` (see the module docstring)."""
+    # It ends with the launcher's process: at the end of its input, which the kernel closes
+    # when that process dies, or (should a forked child of it hold the pipe) when its parent
+    # changes. Not the parent-death signal: that follows the launcher's *thread* that started
+    # this server, and a run's thread ending must not kill the next run's workers.
+    parent = int(os.environ.get("VORTEX_PARENT_PID") or os.getppid())
+    if os.getppid() != parent:
+        return 1
+    # the protocol gets private descriptors; fd 0 and 1 become /dev/null and stderr, so a
+    # library that prints cannot corrupt it
+    requests, replies = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    # FluxDynamics' Numba kernels: loaded from Numba's cache (or compiled) once, here
+    importlib.import_module("vortex.kernels.flux").warmup()
+    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["1"]
+    if len(threads) != 1:
+        print(f"vortex fork server: {len(threads)} threads after the imports; forking would "
+              "copy their locks half-held: not serving", file=sys.stderr)
+        return 1
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD writes to wake_w
+    private = (requests, replies, wake_r, wake_w)
+    children: set[int] = set()
+
+    def reply(message: dict[str, Any]) -> None:
+        os.write(replies, json.dumps(message).encode() + b"\n")
+
+    reply({"ready": os.getpid()})
+    pending = b""
+    try:
+        while True:
+            try:
+                readable, _, _ = select.select([requests, wake_r], [], [], _PARENT_CHECK_SECS)
+            except InterruptedError:
+                continue
+            chunk = os.read(requests, 65536) if requests in readable else None
+            if chunk == b"" or os.getppid() != parent:  # the launcher closed us, or died
+                return 0
+            if wake_r in readable:
+                os.read(wake_r, 4096)
+            pending += chunk or b""
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if "kill" in message:
+                    if int(message["kill"]) in children:  # not reaped: the pid is still its
+                        _kill_group(int(message["kill"]))
+                else:
+                    reply(_fork(message, private, children))
+            _reap(children, reply)
+    finally:  # no worker outlives the server's purpose
+        for pid in children:
+            _kill_group(pid)
+
+
+def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int]) -> dict[str, Any]:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        return {"spawned": request["spawn"], "error": str(exc)}
+    if pid:
+        children.add(pid)
+        return {"spawned": request["spawn"], "pid": pid}
+    status = 1
+    try:  # the worker: never return into the server's loop
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in private:
+            os.close(fd)
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        parent = os.getppid()
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["VORTEX_PARENT_PID"] = str(parent)  # this server: die_with_parent's check
+        from . import worker
+
+        sys.argv = [worker.__file__, *request["argv"]]
+        status = worker.main(request["argv"])
+    except SystemExit as exc:  # argparse's error exit, as the cold worker would end
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def _reap(children: set[int], reply: Any) -> None:
+    while children:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        reply({"exited": pid, "status": os.waitstatus_to_exitcode(wait_status)})
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(_serve())

@@ -1,0 +1,299 @@
+"""The training fork server, tried from outside: the process table, the files, the results.
+
+A forked worker must be indistinguishable from a fresh interpreter in what it computes and in
+how it can be stopped, and the server must never outlive the process that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from vortex.config import BackgroundTrainingConfig
+from vortex.errors import TrainingError
+from vortex.training import SampleBuffer, forkserver
+from vortex.training.forkserver import ForkedWorker
+from vortex.training.launcher import WorkerLauncher
+from vortex.training.worker import CANDIDATE_FILE, RESULT_FILE
+
+KW = {"in_features": 8, "hidden": 16, "out_features": 3, "seed": 3}
+FACTORY = "vortex.training.models:mlp"
+
+
+def _snapshot(path, n=360):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
+    buf = SampleBuffer(8, capacity=1000)
+    buf.extend(x, y, episodes=np.arange(n) // 10)
+    buf.snapshot().write_ipc(str(path))
+    return str(path)
+
+
+def _launcher(tmp_path, factory=FACTORY, kwargs=KW, **config) -> WorkerLauncher:
+    cfg = BackgroundTrainingConfig(**{"num_epochs": 3, "batch_size": 24, "worker_nice": 0, **config})
+    return WorkerLauncher(lambda: cfg, factory, kwargs, str(tmp_path / "models"), threading.Event())
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout  # a bound on liveness, not a speed measurement
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _run_in_thread(launcher, out, snap, world=1):
+    outcome: dict = {}
+
+    def go():
+        try:
+            launcher.run(str(out), snap, None, world, run_id=0)
+            outcome["ok"] = True
+        except Exception as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t, outcome
+
+
+@pytest.mark.slow
+def test_a_forked_worker_trains_exactly_as_a_fresh_interpreter(tmp_path):
+    snap = _snapshot(tmp_path / "snap.arrow")
+    outs = {}
+    for fork in (False, True):
+        launcher = _launcher(tmp_path, fork_server=fork)
+        try:
+            out = tmp_path / f"fork-{fork}"
+            launcher.run(str(out), snap, None, 1, run_id=0)
+            assert (launcher._fork_server is not None) is fork
+        finally:
+            launcher.close()
+        with open(out / RESULT_FILE) as f:
+            result = json.load(f)
+        outs[fork] = load_file(str(out / CANDIDATE_FILE)), result
+    (cold, cold_result), (warm, warm_result) = outs[False], outs[True]
+    assert cold.keys() == warm.keys()
+    for key in cold:
+        assert (cold[key] == warm[key]).all(), key  # bit for bit
+    assert cold_result["epoch_losses"] == warm_result["epoch_losses"]
+
+
+@pytest.mark.slow
+def test_two_forked_gloo_ranks_train(tmp_path):
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path)
+    try:
+        launcher.run(str(tmp_path / "out"), snap, None, 2, run_id=0)
+    finally:
+        launcher.close()
+    with open(tmp_path / "out" / RESULT_FILE) as f:
+        assert json.load(f)["rank_count"] == 2
+
+
+@pytest.mark.slow
+def test_the_process_table_of_a_forked_worker(tmp_path):
+    """Parent, session, output, threads: seen from /proc, as another process would."""
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=100_000)
+    out = tmp_path / "out"
+    t, outcome = _run_in_thread(launcher, out, snap)
+    try:
+        _wait(lambda: launcher.pids(), "no worker started")
+        (pid,) = launcher.pids()
+        server = launcher._fork_server
+        assert server is not None
+        state, ppid, pgrp, session = _stat(pid)[:4]
+        assert int(ppid) == server.pid and int(_stat(server.pid)[1]) == os.getpid()
+        assert int(pgrp) == int(session) == pid  # its own session: a cancel kills its group
+        assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2") == str(out / "worker-0.log")
+        assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+        # the server forks from its only thread; its protocol pipes are not the worker's
+        assert os.listdir(f"/proc/{server.pid}/task") == [str(server.pid)]
+        server_fds = {os.readlink(f"/proc/{server.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server.pid}/fd")}
+        worker_fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert not {fd for fd in server_fds & worker_fds if fd.startswith("pipe:")}
+        launcher.cancel.set()
+        t.join(60)
+        assert "cancelled" in str(outcome["error"])
+        assert not _alive(pid) and not os.path.exists(f"/proc/{pid}")  # killed and reaped
+        assert server.alive() and launcher._fork_server is server  # kept for the next run
+    finally:
+        launcher.cancel.set()
+        t.join(60)
+        launcher.close()
+    assert not os.path.exists(f"/proc/{server.pid}")
+
+
+@pytest.mark.slow
+def test_a_killed_fork_server_fails_its_run_and_the_next_run_starts_another(tmp_path):
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=100_000)
+    t, outcome = _run_in_thread(launcher, tmp_path / "a", snap)
+    try:
+        _wait(lambda: launcher.pids(), "no worker started")
+        (pid,), server = launcher.pids(), launcher._fork_server
+        os.kill(server.pid, signal.SIGKILL)
+        t.join(60)
+        assert isinstance(outcome.get("error"), TrainingError)
+        assert "killed by signal 9" in str(outcome["error"])
+        _wait(lambda: not _alive(pid), "the worker outlived its fork server")
+        launcher._config = lambda: BackgroundTrainingConfig(num_epochs=2, batch_size=24, worker_nice=0)
+        launcher.run(str(tmp_path / "b"), snap, None, 1, run_id=1)
+        assert launcher._fork_server is not None and launcher._fork_server.pid != server.pid
+        assert (tmp_path / "b" / CANDIDATE_FILE).exists()
+    finally:
+        launcher.cancel.set()
+        t.join(60)
+        launcher.close()
+
+
+_HOLDER = textwrap.dedent("""
+    import json, sys, threading, time
+    from vortex.config import BackgroundTrainingConfig
+    from vortex.training.launcher import WorkerLauncher
+    cfg = BackgroundTrainingConfig(num_epochs=100_000, batch_size=24, worker_nice=0)
+    kw = {"in_features": 8, "hidden": 16, "out_features": 3, "seed": 3}
+    launcher = WorkerLauncher(lambda: cfg, "vortex.training.models:mlp", kw, sys.argv[3],
+                              threading.Event())
+    threading.Thread(target=launcher.run, args=(sys.argv[2], sys.argv[1], None, 1, 0)).start()
+    while not launcher.pids():
+        time.sleep(0.01)
+    print(json.dumps([launcher._fork_server.pid, *launcher.pids()]), flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "pipe held by a forked child"])
+def test_the_fork_server_and_its_workers_end_with_the_launching_process(tmp_path, how):
+    """kill -9 of the process that started the server: the server and its worker go. Also when
+    a forked child of that process still holds the server's input pipe open (the server then
+    notices its parent changed)."""
+    snap = _snapshot(tmp_path / "snap.arrow")
+    script = _HOLDER
+    if how != "SIGKILL":  # a child forked after the server started inherits the pipe
+        script = script.replace("time.sleep(600)", textwrap.dedent("""
+            import os
+            if os.fork() == 0:
+                time.sleep(600)
+                os._exit(0)
+            time.sleep(600)"""))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    holder = subprocess.Popen([sys.executable, "-c", script, snap, str(tmp_path / "out"),
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, text=True, env=env)
+    pids: list[int] = []
+    try:
+        pids = json.loads(holder.stdout.readline())
+        assert all(_alive(p) for p in pids)
+        holder.kill()
+        holder.wait()
+        _wait(lambda: not any(_alive(p) for p in pids), f"outlived the launcher: {pids}", 30)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if how != "SIGKILL":
+            subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "out")], check=False)
+
+
+@pytest.mark.slow
+def test_the_service_factory_is_imported_after_the_fork(tmp_path, monkeypatch):
+    """An RSI patch may change the model factory's module on disk: the next run builds the new
+    one, so the server must not have imported it."""
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    (pkg / "svc_model.py").write_text(textwrap.dedent("""
+        import torch
+        def build(in_features, out_features):
+            return torch.nn.Sequential(torch.nn.Linear(in_features, out_features))
+    """))
+    monkeypatch.syspath_prepend(str(pkg))
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, "svc_model:build", {"in_features": 8, "out_features": 3})
+    try:
+        launcher.run(str(tmp_path / "a"), snap, None, 1, run_id=0)
+        assert set(load_file(str(tmp_path / "a" / CANDIDATE_FILE))) == {"0.weight", "0.bias"}
+        (pkg / "svc_model.py").write_text(textwrap.dedent("""
+            import torch
+            def build(in_features, out_features):
+                return torch.nn.Sequential(torch.nn.Linear(in_features, 4), torch.nn.ReLU(),
+                                           torch.nn.Linear(4, out_features))
+        """))
+        server = launcher._fork_server
+        launcher.run(str(tmp_path / "b"), snap, None, 1, run_id=1)
+        assert launcher._fork_server is server  # the same server, a fresh import
+        assert set(load_file(str(tmp_path / "b" / CANDIDATE_FILE))) == {
+            "0.weight", "0.bias", "2.weight", "2.bias"}
+    finally:
+        launcher.close()
+
+
+def test_without_a_fork_server_the_workers_start_cold_and_it_is_said_once(tmp_path, monkeypatch, caplog):
+    starts = []
+
+    def broken(self, env, ready_timeout=120.0):
+        starts.append(env)
+        raise TrainingError("the training fork server exited at start-up (status 1)")
+
+    monkeypatch.setattr(forkserver.ForkServer, "__init__", broken)
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="vortex.training.launcher"):
+        for run in range(2):
+            launcher.run(str(tmp_path / f"r{run}"), snap, None, 1, run_id=run)
+            assert (tmp_path / f"r{run}" / CANDIDATE_FILE).exists()
+    assert len(starts) == 1  # not tried again at every run
+    assert [r.getMessage() for r in caplog.records] == [
+        "training workers start as fresh interpreters from now on: "
+        "the training fork server exited at start-up (status 1)"]
+
+
+def test_a_forked_worker_reports_how_it_ended(tmp_path):
+    """Exit status and signal come back as Popen's returncode would say them."""
+    launcher = _launcher(tmp_path)
+    env = launcher._env(0, 1, 0)
+    try:
+        server = launcher._fork_server_for(env)
+        bad = server.spawn(["--no-such-flag"], env, str(tmp_path / "bad.log"))
+        assert bad.wait(60) == 2  # argparse's usage error, as from the command line
+        assert "error: the following arguments are required" in (tmp_path / "bad.log").read_text()
+        snap = _snapshot(tmp_path / "snap.arrow")
+        slow = server.spawn(["--snapshot", snap, "--out", str(tmp_path / "o"), "--factory", FACTORY,
+                             "--factory-kwargs", json.dumps(KW), "--epochs", "100000"], env,
+                            str(tmp_path / "slow.log"))
+        assert isinstance(slow, ForkedWorker) and slow.poll() is None
+        slow.kill_group()
+        assert slow.wait(60) == -signal.SIGKILL
+        slow.kill_group()  # reaped already: a no-op, never a signal to a reused pid
+    finally:
+        launcher.close()
