@@ -98,6 +98,8 @@ class ChangeBoard:
         self._keep_labelled: tuple[tuple[int, str], ...] = ()
         self._recent: dict[str, deque[tuple[int | None, float]]] = {}
         self._watch: RegressionWatch | None = None
+        self._watch_source: str | None = None  # the source of the change the watch judges
+        self._watch_ended = threading.Condition(self._lock)
 
     def subscribe(self, on_change: Callable[[Change], str | None]) -> None:
         """Call ``on_change(change)`` on every change; it ends a watch of its own (returning a
@@ -189,6 +191,7 @@ class ChangeBoard:
             if w is None or not w.add(version, figures):
                 return
             self._watch = None
+            self._watch_ended.notify_all()
         verdict = w.verdict()
         callback = w.on_regress if verdict.regressed else w.on_pass
         try:
@@ -210,6 +213,25 @@ class ChangeBoard:
         """The running watch, if any."""
         return self._watch
 
+    def wait_for_other_watch(self, source: str, timeout: float,
+                             cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Wait while a watch of another source's change runs, up to ``timeout`` seconds (or
+        until ``cancelled()``, checked every 0.1 s); True once none runs.
+
+        An automatic change calls this before it announces itself, so that the change already
+        serving is judged on its own rather than ended unjudged: an applied patch requests a
+        training run, which (the worker forked in milliseconds) can be ready to swap before
+        the patch's watch has seen a request.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._watch is not None and self._watch_source != source:
+                left = deadline - time.monotonic()
+                if left <= 0 or cancelled():
+                    return False
+                self._watch_ended.wait(min(left, 0.1))
+            return True
+
     def changed(self, source: str, description: str,
                 watch: RegressionWatch | None = None) -> Change:
         """Announce a change; the running watch ends and the baseline starts anew. Call it
@@ -219,6 +241,7 @@ class ChangeBoard:
         change = Change(source, description, time.time())
         with self._lock:
             ended, self._watch = self._watch, None
+            self._watch_ended.notify_all()
             for d in self._recent.values():
                 d.clear()
         if ended is not None:
@@ -233,7 +256,7 @@ class ChangeBoard:
                 self._superseded(ended_elsewhere, change)
         with self._lock:
             self._history.append({"change": change.to_dict()})
-            self._watch = watch
+            self._watch, self._watch_source = watch, source
         return change
 
     def _superseded(self, watch: str, change: Change) -> None:

@@ -311,6 +311,11 @@ class BackgroundTrainingConfig(_Config, renamed={
         torch intra-op threads per worker process, so the serving process keeps its cores.
     run_timeout_secs
         A run still going after this is killed and recorded as failed.
+    swap_waits_for_watch_secs
+        Before an automatic swap, wait up to this long while the watch of another component's
+        change runs (an applied RSI patch: its requested run can be ready within a second), so
+        that change is judged on its own instead of being ended unjudged by the swap; 0 swaps
+        at once.
     watch_requests, watch_regression_margin
         After an automatic swap, the coordinator compares the new version's live error over
         ``watch_requests`` requests with the old one's; an error rate higher by more than this
@@ -362,6 +367,7 @@ class BackgroundTrainingConfig(_Config, renamed={
     worker_threads: int = 1
     run_timeout_secs: float = 600.0
     watch_requests: int = 200
+    swap_waits_for_watch_secs: float = 30.0
     watch_regression_margin: float = 0.05
     max_version_age_days: float | None = None
     confidence_level: float = 0.95
@@ -379,6 +385,7 @@ class BackgroundTrainingConfig(_Config, renamed={
         _number(self, "worker_nice", lo=0, hi=19, integer=True)
         _number(self, "model_cache_size", lo=0, integer=True)
         _number(self, "buffer_persist_interval_secs", lo=0)
+        _number(self, "swap_waits_for_watch_secs", lo=0, hi=MAX_WAIT_SECS)
         _number(self, "training_interval_secs", lo=0, lo_open=True)
         _number(self, "min_samples_for_training", lo=1, integer=True)
         _number(self, "max_samples_per_batch", lo=1, integer=True)
@@ -438,6 +445,10 @@ class RSIConfig(_Config, removed={
         After an apply, the addressed metric is watched for this many requests; a regression
         beyond this fraction of its baseline (relative: 0.1 = 10 % worse) rolls the proposal
         back.
+    apply_waits_for_watch_secs
+        Before an automatic apply, wait up to this long while the watch of another
+        component's change runs (a model version just swapped in), so that change is judged on
+        its own instead of being ended unjudged by the apply; 0 applies at once.
     benchmark_repeats
         Interleaved baseline/candidate benchmark runs per sandbox test.
     confidence_level
@@ -452,6 +463,7 @@ class RSIConfig(_Config, removed={
     cycle_interval_secs: float = 3600.0
     watch_requests: int = 200
     watch_regression_threshold: float = 0.1
+    apply_waits_for_watch_secs: float = 30.0
     benchmark_repeats: int = 5
     confidence_level: float = 0.95
 
@@ -462,5 +474,6 @@ class RSIConfig(_Config, removed={
         _number(self, "cycle_interval_secs", lo=0, lo_open=True, hi=MAX_WAIT_SECS)
         _number(self, "watch_requests", lo=0, integer=True)
         _number(self, "watch_regression_threshold", lo=0)
+        _number(self, "apply_waits_for_watch_secs", lo=0, hi=MAX_WAIT_SECS)
         _number(self, "benchmark_repeats", lo=2, integer=True)
         _number(self, "confidence_level", lo=0, hi=1, lo_open=True, hi_open=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -186,6 +187,45 @@ def test_a_later_change_ends_the_swap_watch_and_takes_the_blame(tmp_path, digits
     c.swap_to_version(1, reason="ops")
     assert ended == ["version 1 swapped in (ops)"] and audited[-1][1]["watch"] == "rsi watch of p1"
     assert [h["change"]["source"] for h in board.history() if "change" in h][-2:] == ["rsi", "training"]
+
+
+@pytest.mark.parametrize("wait", [30.0, 0.0])
+def test_an_automatic_swap_waits_for_a_patchs_watch_to_be_judged(tmp_path, digits, wait):
+    """A patch's requested run is ready within a second of the apply: swapping at once would end
+    the patch's watch unjudged. The swap waits (``swap_waits_for_watch_secs``) until the watch
+    is judged by the requests that keep coming; with 0 it supersedes it, as before."""
+    from vortex.changes import ChangeBoard
+    from vortex.watch import RegressionWatch
+
+    audited, judged = [], []
+    board = ChangeBoard(audit=lambda event, **fields: audited.append((event, fields)))
+    c = BackgroundTrainingCoordinator(_config(swap_waits_for_watch_secs=wait), mlp(**KW), FACTORY,
+                                      tmp_path / "home", 64, factory_kwargs=KW, changes=board)
+    x, y = digits
+    c.add_samples(x[:900], y[:900])
+    for _ in range(10):
+        c.observe_live(1, error=0.4, confidence=0.9)
+    board.changed("rsi", "proposal p1 applied", watch=RegressionWatch(
+        "post-apply watch of proposal p1", "error", True, 20, 0.5, 0.4, on_regress=judged.append,
+        on_pass=judged.append))
+    outcome = {}
+    run = threading.Thread(target=lambda: outcome.update(run=c.run_once("rsi_triggered")))
+    run.start()
+    if wait:  # the run is ready and waits: nothing swapped until the watch has its requests
+        deadline = time.monotonic() + 120  # a bound on liveness, not a speed measurement
+        while 2 not in c.registry.versions() and run.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # version 2 registered: the run is concluding
+        time.sleep(0.5)
+        assert c.current_model_version() == 1 and run.is_alive()
+        for _ in range(20):
+            board.observe(1, error=0.35)
+    run.join(120)
+    assert outcome["run"].status == "swapped" and c.current_model_version() == 2
+    superseded = [f["watch"] for e, f in audited if e == "watch_superseded"]
+    if wait:
+        assert len(judged) == 1 and not judged[0].regressed and superseded == []
+    else:
+        assert judged == [] and superseded == ["post-apply watch of proposal p1 (error, 0 of 20 requests)"]
 
 
 def test_watch_passes_when_live_error_holds(tmp_path, digits):

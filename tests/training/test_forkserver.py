@@ -189,18 +189,23 @@ _HOLDER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL", "pipe held by a forked child"])
+@pytest.mark.parametrize("how", ["SIGKILL", "os.fork", "libc fork"])
 def test_the_fork_server_and_its_workers_end_with_the_launching_process(tmp_path, how):
-    """kill -9 of the process that started the server: the server and its worker go. Also when
-    a forked child of that process still holds the server's input pipe open (the server then
-    notices its parent changed)."""
+    """kill -9 of the process that started the server: the server and its worker go.
+
+    Also when that process had forked a child that lives on: after ``os.fork`` the child lets
+    go of the server's input pipe (an at-fork hook), so the server sees its end of input; after
+    a fork below Python, where no hook runs, the child still holds the pipe and the server
+    notices that its parent changed.
+    """
     snap = _snapshot(tmp_path / "snap.arrow")
     script = _HOLDER
     if how != "SIGKILL":  # a child forked after the server started inherits the pipe
-        script = script.replace("time.sleep(600)", textwrap.dedent("""
-            import os
-            if os.fork() == 0:
-                time.sleep(600)
+        fork = "ctypes.CDLL(None).fork()" if how == "libc fork" else "os.fork()"
+        script = script.replace("time.sleep(600)", textwrap.dedent(f"""
+            import ctypes, os
+            if {fork} == 0:
+                time.sleep(600)  # (or hangs on a lock no thread of the child will release)
                 os._exit(0)
             time.sleep(600)"""))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -297,3 +302,18 @@ def test_a_forked_worker_reports_how_it_ended(tmp_path):
         slow.kill_group()  # reaped already: a no-op, never a signal to a reused pid
     finally:
         launcher.close()
+
+
+@pytest.mark.slow
+def test_a_launcher_dropped_without_close_ends_its_server(tmp_path):
+    """A coordinator never stopped must not leave a torch-sized process per launcher behind."""
+    import gc
+
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=1)
+    launcher.run(str(tmp_path / "out"), snap, None, 1, run_id=0)
+    pid = launcher._fork_server.pid
+    assert _alive(pid)
+    del launcher
+    gc.collect()
+    _wait(lambda: not _alive(pid), "the server outlived its launcher", 30)

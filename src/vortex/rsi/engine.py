@@ -624,6 +624,10 @@ class RSIEngine:
             return
         res.passed += 1
         if self._auto_ok(p.risk) and _isolated(tr):
+            wait = self.config.apply_waits_for_watch_secs
+            if not self.changes.wait_for_other_watch("rsi", wait, self.scheduler.stopping):
+                log.info("%s: the watch of another change still runs after %s s: applying, which "
+                         "ends it unjudged", p.id, wait)
             try:
                 self.approve_proposal(p.id, approver=f"auto:{p.risk.value}")
                 res.applied += 1

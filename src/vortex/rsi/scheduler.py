@@ -100,6 +100,10 @@ class CycleScheduler:
             except Exception as exc:
                 self._failed("cycle_failed", exc, trigger="schedule")
 
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (a running cycle ends its waits early)."""
+        return self._stop.is_set()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop scheduled cycles (a running cycle finishes) and wait for triggered ones."""
         self._stop.set()

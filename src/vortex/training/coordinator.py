@@ -489,7 +489,8 @@ class BackgroundTrainingCoordinator:
         run.validation = result["validation"]
         run.validated_against = parent
         self._swapper.conclude(run, candidate, result["epochs"], parent,
-                               lambda version: self._validate_against(run, run_dir, snap_path, version))
+                               lambda version: self._validate_against(run, run_dir, snap_path, version),
+                               self._cancel.is_set)
         try:
             self.cleanup()
         except Exception as exc:  # the run itself succeeded; a failed cleanup is retried next run

@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
 from ..errors import TrainingError
@@ -48,9 +49,19 @@ log = logging.getLogger(__name__)
 
 _PARENT_CHECK_SECS = 1.0  # how often the server checks that the launcher's process lives
 
+_SERVERS: weakref.WeakSet[ForkServer] = weakref.WeakSet()  # this process's servers
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_SERVERS):
+        server._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 #: What the server imports before it forks: torch and what a worker runs with it.
 PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "safetensors.torch", "pyarrow.ipc",
-           "vortex.training.worker", "vortex.training.models", "vortex.training.registry",
+           "pyarrow.compute", "vortex.training.worker", "vortex.training.models", "vortex.training.registry",
            "vortex.training.validation", "vortex.training.buffer", "vortex.training.pipeline",
            "vortex.kernels.flux")
 
@@ -89,9 +100,15 @@ class ForkedWorker:
         return self.returncode
 
     def kill_group(self) -> None:
-        """SIGKILL the worker's process group (its session: the worker and what it started)."""
+        """SIGKILL the worker's process group (its session: the worker and what it started).
+
+        Never raises: if the server is gone, so is the worker (its parent-death signal).
+        """
         if self.poll() is None:
-            self._server._send({"kill": self.pid})
+            try:
+                self._server._send({"kill": self.pid})
+            except TrainingError:
+                pass
 
 
 class ForkServer:
@@ -109,9 +126,12 @@ class ForkServer:
 
     def __init__(self, env: dict[str, str], ready_timeout: float = 120.0) -> None:
         self.env = dict(env)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", __name__], env=_server_env(env),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", __name__], env=_server_env(env),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise TrainingError(f"the training fork server could not start: {exc}") from exc
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._messages: dict[str, dict[int, Any]] = {"spawned": {}, "exited": {}}
@@ -120,6 +140,7 @@ class ForkServer:
         self._next_id = 0
         self._reader = threading.Thread(target=self._read, name="vortex-forkserver-reader", daemon=True)
         self._reader.start()
+        _SERVERS.add(self)
         with self._cond:
             if not self._cond.wait_for(lambda: self._ready is not None or self._closed, ready_timeout):
                 self.close()
@@ -141,17 +162,23 @@ class ForkServer:
 
     def spawn(self, argv: list[str], env: dict[str, str], log_path: str,
               timeout: float = 30.0) -> ForkedWorker:
-        """Fork a worker running ``vortex.training.worker`` with ``argv`` and ``env``, its
-        output in ``log_path`` (truncated).
+        """Fork a worker running ``vortex.training.worker`` with ``argv`` and ``env`` in this
+        process's working directory, its output in ``log_path`` (truncated).
+
+        A server that does not answer within ``timeout`` is closed (with whatever it forked)
+        before :class:`TrainingError`: a late fork must not leave a worker nobody tracks.
         """
         with self._cond:
             self._next_id += 1
             request = self._next_id
-        self._send({"spawn": request, "argv": argv, "env": env, "log": log_path})
+        self._send({"spawn": request, "argv": argv, "env": env, "log": log_path, "cwd": os.getcwd()})
         with self._cond:
             spawned = self._messages["spawned"]
-            if not self._cond.wait_for(lambda: request in spawned or self._closed, timeout):
-                raise TrainingError(f"the training fork server did not fork a worker within {timeout} s")
+            answered = self._cond.wait_for(lambda: request in spawned or self._closed, timeout)
+        if not answered:
+            self.close()
+            raise TrainingError(f"the training fork server did not fork a worker within {timeout} s")
+        with self._cond:
             if request not in spawned:
                 raise TrainingError("the training fork server exited before forking the worker")
             reply = spawned.pop(request)
@@ -187,20 +214,41 @@ class ForkServer:
     def _read(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
-        with stdout:
-            for line in stdout:
-                message = json.loads(line)
-                with self._cond:
-                    if "ready" in message:
-                        self._ready = int(message["ready"])
-                    elif "spawned" in message:
-                        self._messages["spawned"][int(message["spawned"])] = message
-                    elif "exited" in message:
-                        self._messages["exited"][int(message["exited"])] = int(message["status"])
-                    self._cond.notify_all()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        try:
+            with stdout:
+                for line in stdout:
+                    message = json.loads(line)
+                    with self._cond:
+                        if "ready" in message:
+                            self._ready = int(message["ready"])
+                        elif "spawned" in message:
+                            self._messages["spawned"][int(message["spawned"])] = message
+                            if "pid" in message:  # a reused pid: an old status is not its
+                                self._messages["exited"].pop(int(message["pid"]), None)
+                        elif "exited" in message:
+                            self._messages["exited"][int(message["exited"])] = int(message["status"])
+                        self._cond.notify_all()
+        except Exception:
+            log.exception("reading the training fork server's answers failed; closing it")
+            self._proc.kill()
+        finally:  # whatever ended the reading, nobody may wait for an answer any more
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+
+    def _forget_after_fork(self) -> None:
+        """In a child forked from the launcher's process: let go of the server's pipes (the
+        server must see its end of input when the launcher dies) and never use it.
+        """
+        self._closed = True
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                try:  # /dev/null over the descriptor: the Python file object stays valid
+                    devnull = os.open(os.devnull, os.O_RDWR)
+                    os.dup2(devnull, stream.fileno())
+                    os.close(devnull)
+                except (OSError, ValueError):
+                    pass
 
     def _exit_status(self, pid: int) -> int | None:
         with self._cond:
@@ -286,6 +334,7 @@ def _serve() -> int:
 
 
 def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int]) -> dict[str, Any]:
+    server = os.getpid()  # before the fork: a child must not take init for its parent
     try:
         pid = os.fork()
     except OSError as exc:
@@ -304,16 +353,21 @@ def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int])
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.close(out)
-        parent = os.getppid()
+        os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ["VORTEX_PARENT_PID"] = str(parent)  # this server: die_with_parent's check
+        os.environ["VORTEX_PARENT_PID"] = str(server)  # die_with_parent's check
+        if "numpy" in sys.modules:  # its global generator, as a fresh interpreter seeds it
+            sys.modules["numpy"].random.seed()
         from . import worker
 
         sys.argv = [worker.__file__, *request["argv"]]
         status = worker.main(request["argv"])
-    except SystemExit as exc:  # argparse's error exit, as the cold worker would end
-        status = exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:  # e.g. argparse's usage error: end as the interpreter would
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
     except BaseException:
         import traceback
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 from .._io import pid_alive
@@ -151,8 +152,8 @@ class WorkerLauncher:
         """One worker: forked by the fork server (``fork_server``), else a fresh interpreter.
 
         A fork server that cannot start (say, an import started a thread) is not tried again
-        by this launcher; one that fails to fork is restarted at the next worker if it died.
-        Both are logged.
+        by this launcher, which says so in the log once. One that fails to fork a worker fails
+        the run (:class:`TrainingError`) and is replaced at the next run.
         """
         if self._config().fork_server and self._fork_unavailable is None:
             try:
@@ -161,10 +162,7 @@ class WorkerLauncher:
                 self._fork_unavailable = str(exc)
                 log.warning("training workers start as fresh interpreters from now on: %s", exc)
             else:
-                try:
-                    return server.spawn(args, env, log_path)
-                except TrainingError as exc:
-                    log.warning("a training worker starts as a fresh interpreter: %s", exc)
+                return server.spawn(args, env, log_path)
         with open(log_path, "wb") as out:
             # -P: the worker must import the vortex this process runs, never a source
             # checkout that happens to be the current directory.
@@ -184,6 +182,9 @@ class WorkerLauncher:
                 server = self._fork_server = None
             if server is None:
                 server = self._fork_server = ForkServer(self._base_env())
+                # a launcher dropped without close() (a coordinator never stopped) and the
+                # interpreter's exit end its server too, not only the server's end of input
+                weakref.finalize(self, server.close)
             return server
 
     def close(self) -> None:
@@ -241,16 +242,18 @@ class WorkerLauncher:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"run exceeded run_timeout_secs={cfg.run_timeout_secs}")
         finally:
-            self.procs = []
-            for p in procs:
-                if p.poll() is None:
-                    _kill_group(p)
-                p.wait()
-            with self._fork_lock:
-                self._runs -= 1
-                close = self._close_after_runs and not self._runs
-            if close:
-                self.close()
+            try:
+                self.procs = []
+                for p in procs:
+                    if p.poll() is None:
+                        _kill_group(p)
+                    p.wait()
+            finally:
+                with self._fork_lock:
+                    self._runs -= 1
+                    close = self._close_after_runs and not self._runs
+                if close:
+                    self.close()
 
     @staticmethod
     def drop_leftovers(layout: HomeLayout) -> None:

@@ -133,7 +133,8 @@ class ModelSwapper:
             f"{vr.confidence_level:.0%} vs threshold {threshold}%")
 
     def conclude(self, run: Any, candidate: bytes, epochs: int, parent: int | None,
-                 revalidate: Callable[[int], dict[str, Any] | None]) -> None:
+                 revalidate: Callable[[int], dict[str, Any] | None],
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
         """Register ``run``'s candidate (safetensors bytes) and swap it in if it beats what
         serves *now*; sets ``run``'s status, version and validation.
 
@@ -141,6 +142,10 @@ class ModelSwapper:
         candidate is validated again against the version serving at this point
         (``revalidate(version)``: a validation-only worker), and activated with a
         compare-and-swap on that version, so a swap made meanwhile is not overridden.
+
+        Before it swaps, it waits up to ``swap_waits_for_watch_secs`` while the watch of another
+        component's change (an applied patch) runs, so that change is judged on its own
+        (``cancelled()`` ends the wait early).
         """
         cfg = self._config()
         self.sync_external()  # serve what the registry says before comparing with it
@@ -174,6 +179,9 @@ class ModelSwapper:
                 run.status = RunStatus.REGISTERED if better else RunStatus.REJECTED
                 break
             reason = f"auto: {run.trigger.value}" + (f" ({run.reason})" if run.reason else "") + f", {why}"
+            if not self.changes.wait_for_other_watch("training", cfg.swap_waits_for_watch_secs, cancelled):
+                log.info("run %d: the watch of another change still runs after %s s: swapping, "
+                         "which ends it unjudged", run.run_id, cfg.swap_waits_for_watch_secs)
             if self.swap(run.version, reason, watch=True, expect_active=run.validated_against):
                 run.status, run.swapped = RunStatus.SWAPPED, True
                 break
