@@ -334,11 +334,12 @@ class BackgroundTrainingConfig(_Config, renamed={
         Run workers under the Linux SCHED_IDLE policy: they get CPU only when a core would
         otherwise idle, so serving is never preempted by training (on a saturated machine
         training then waits, up to ``run_timeout_secs``).
-    fork_server
+    fork_server, fork_server_idle_secs
         Fork the worker processes from one process that imported torch once
         (:mod:`vortex.training.forkserver`), instead of starting each as a fresh interpreter
         that spends about 1.7 s of CPU importing torch. The server starts at the first run
-        and stops with the coordinator.
+        and stops with the coordinator, or after ``fork_server_idle_secs`` without a run (it
+        holds the memory of a process that imported torch, ~400 MB).
     model_cache_size
         Prepared (loaded, eval'd, warmed-up) models kept in memory, newest first, so a swap
         back to a recent version is instant; 0 rebuilds every time.
@@ -375,6 +376,7 @@ class BackgroundTrainingConfig(_Config, renamed={
     worker_nice: int = 10
     worker_sched_idle: bool = False
     fork_server: bool = True
+    fork_server_idle_secs: float = 600.0
     model_cache_size: int = 3
     buffer_persist_interval_secs: float = 5.0
 
@@ -386,6 +388,7 @@ class BackgroundTrainingConfig(_Config, renamed={
         _number(self, "model_cache_size", lo=0, integer=True)
         _number(self, "buffer_persist_interval_secs", lo=0)
         _number(self, "swap_waits_for_watch_secs", lo=0, hi=MAX_WAIT_SECS)
+        _number(self, "fork_server_idle_secs", lo=0, hi=MAX_WAIT_SECS)
         _number(self, "training_interval_secs", lo=0, lo_open=True)
         _number(self, "min_samples_for_training", lo=1, integer=True)
         _number(self, "max_samples_per_batch", lo=1, integer=True)

@@ -317,3 +317,36 @@ def test_a_launcher_dropped_without_close_ends_its_server(tmp_path):
     del launcher
     gc.collect()
     _wait(lambda: not _alive(pid), "the server outlived its launcher", 30)
+
+
+@pytest.mark.slow
+def test_an_idle_fork_server_stops_and_the_next_run_starts_another(tmp_path):
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=1, fork_server_idle_secs=0.5)
+    try:
+        launcher.run(str(tmp_path / "a"), snap, None, 1, run_id=0)
+        first = launcher._fork_server.pid
+        _wait(lambda: not _alive(first), "an idle fork server kept running", 30)
+        assert launcher._fork_server is None
+        launcher.run(str(tmp_path / "b"), snap, None, 1, run_id=1)
+        assert launcher._fork_server is not None and launcher._fork_server.pid != first
+    finally:
+        launcher.close()
+
+
+def test_the_idle_timer_spares_a_server_that_a_newer_run_used(tmp_path):
+    launcher = _launcher(tmp_path)
+    server = launcher._fork_server_for(launcher._env(0, 1, 0))
+    try:
+        launcher._last_run = 2
+        launcher._close_if_idle(1)  # the timer of run 1; run 2 came since
+        assert launcher._fork_server is server and server.alive()
+        launcher._runs = 1
+        launcher._close_if_idle(2)  # a run is under way
+        assert launcher._fork_server is server and server.alive()
+        launcher._runs = 0
+        launcher._close_if_idle(2)
+        assert launcher._fork_server is None and not server.alive()
+    finally:
+        launcher._runs = 0
+        launcher.close()

@@ -72,6 +72,12 @@ def _kill_group(p: Worker) -> None:
         pass
 
 
+def _close_if_idle(launcher: weakref.ref[WorkerLauncher], last_run: int) -> None:
+    alive = launcher()
+    if alive is not None:
+        alive._close_if_idle(last_run)
+
+
 def _ended(returncode: int) -> str:
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
@@ -123,6 +129,7 @@ class WorkerLauncher:
         self._fork_server: ForkServer | None = None
         self._fork_lock = threading.Lock()
         self._runs = 0  # runs under way (close() waits for them)
+        self._last_run = 0  # numbers the runs: an idle timer closes the server only if no run came
         self._fork_unavailable: str | None = None  # why the fork server could not start
         self._close_after_runs = False
 
@@ -227,6 +234,7 @@ class WorkerLauncher:
         logs = [os.path.join(out_dir, f"worker-{r}.log") for r in range(world_size)]
         with self._fork_lock:
             self._runs += 1
+            self._last_run += 1
         try:
             for rank in range(world_size):
                 procs.append(self._start(args, self._env(rank, world_size, port), logs[rank]))
@@ -252,8 +260,27 @@ class WorkerLauncher:
                 with self._fork_lock:
                     self._runs -= 1
                     close = self._close_after_runs and not self._runs
+                    if not self._runs and self._fork_server is not None:
+                        # (a weak reference: a pending timer must not keep a dropped launcher)
+                        idle = threading.Timer(cfg.fork_server_idle_secs, _close_if_idle,
+                                               args=(weakref.ref(self), self._last_run))
+                        idle.daemon = True
+                        idle.start()
                 if close:
                     self.close()
+
+    def _close_if_idle(self, last_run: int) -> None:
+        """Close the fork server if no run started since run number ``last_run`` ended: an
+        idle server holds a torch-sized process's memory for nothing.
+        """
+        with self._fork_lock:
+            if self._runs or self._last_run != last_run:
+                return
+            server, self._fork_server = self._fork_server, None
+        if server is not None:
+            log.info("training fork server idle for %s s: stopped (the next run starts another)",
+                     self._config().fork_server_idle_secs)
+            server.close()
 
     @staticmethod
     def drop_leftovers(layout: HomeLayout) -> None:
