@@ -331,9 +331,10 @@ class BackgroundTrainingConfig(_Config, renamed={
     worker_nice
         Niceness added to worker processes so the serving process keeps CPU priority.
     worker_sched_idle
-        Run workers under the Linux SCHED_IDLE policy: they get CPU only when a core would
-        otherwise idle, so serving is never preempted by training (on a saturated machine
-        training then waits, up to ``run_timeout_secs``).
+        Run workers under the Linux SCHED_IDLE policy (the default): they get CPU only when a
+        core would otherwise idle, so serving is not preempted by training (on a saturated
+        machine training then waits, up to ``run_timeout_secs``; a forked worker needs tens
+        of milliseconds of CPU for a run of a small model). False: only ``worker_nice``.
     fork_server, fork_server_idle_secs
         Fork the worker processes from one process that imported torch once
         (:mod:`vortex.training.forkserver`), instead of starting each as a fresh interpreter
@@ -374,7 +375,7 @@ class BackgroundTrainingConfig(_Config, renamed={
     confidence_level: float = 0.95
     seed: int = 0
     worker_nice: int = 10
-    worker_sched_idle: bool = False
+    worker_sched_idle: bool = True
     fork_server: bool = True
     fork_server_idle_secs: float = 600.0
     model_cache_size: int = 3
