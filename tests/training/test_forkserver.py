@@ -350,3 +350,23 @@ def test_the_idle_timer_spares_a_server_that_a_newer_run_used(tmp_path):
     finally:
         launcher._runs = 0
         launcher.close()
+
+
+@pytest.mark.slow
+def test_back_to_back_runs_keep_one_idle_timer(tmp_path):
+    """A busy trainer runs every second: each run's idle timer replaces the last one, so the
+    process does not collect a sleeping thread per run for ``fork_server_idle_secs``."""
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=1)
+    def timers() -> int:
+        return sum(isinstance(t, threading.Timer) for t in threading.enumerate())
+
+    before, timers_before = len(os.listdir("/proc/self/task")), timers()
+    try:
+        for run in range(5):
+            launcher.run(str(tmp_path / f"r{run}"), snap, None, 1, run_id=run)
+        _wait(lambda: timers() <= timers_before + 1, "cancelled idle timers kept their threads", 10)
+        # this process's threads, as /proc lists them: the server's reader and one timer more
+        assert len(os.listdir("/proc/self/task")) <= before + 2
+    finally:
+        launcher.close()

@@ -14,14 +14,21 @@ run kills), its output in its log file, and it dies with the process that starte
 service's own modules (the model factory) are *not* imported ahead: a worker imports them
 after the fork, so a factory changed on disk (an applied RSI patch) is what the next run uses.
 
-Why fork is safe here: the server forks from its only thread. It imports nothing that starts
-threads (numpy's OpenBLAS pool is kept at one thread by ``OPENBLAS_NUM_THREADS=1``, and pyarrow,
-whose jemalloc starts a background thread, is left to the worker) and it checks the thread
-count before it says it is ready; with another thread running it refuses to serve and the
-launcher starts workers the cold way.
+What the server loads ahead (:data:`PRELOAD`): torch, safetensors, pyarrow and the worker's
+vortex modules, and FluxDynamics' Numba kernels (from Numba's cache). What a worker does after
+the fork, as a fresh interpreter would have it: its own session, output, working directory
+(the launcher's), environment (``os.environ``; ``/proc/<pid>/environ`` shows the server's, so
+the registry's storage options never appear there) and a fresh seed of numpy's global
+generator.
+
+Why fork is safe here: the server forks from its only thread. Its environment keeps the
+imports from starting threads (numpy's OpenBLAS pool at one thread; pyarrow's jemalloc without
+its purging thread), and it checks the thread count before it says it is ready; with another
+thread running it refuses to serve and the launcher starts workers the cold way. It ends with
+the launcher's process: at the end of its input, or when its parent changes.
 
 The protocol, one JSON object per line: the launcher writes ``{"spawn": id, "argv", "env",
-"log"}`` or ``{"kill": pid}`` to the server's stdin; the server answers ``{"ready": pid}``
+"log", "cwd"}`` or ``{"kill": pid}`` to the server's stdin; the server answers ``{"ready": pid}``
 once, ``{"spawned": id, "pid"}`` (or ``{"spawned": id, "error"}``) and ``{"exited": pid,
 "status"}`` (negative: killed by that signal, as :attr:`subprocess.Popen.returncode`). The
 server reaps its children, so it is also the one that kills them: a pid it has not reaped

@@ -3,8 +3,9 @@
 A run's ``world_size`` workers (:mod:`vortex.training.worker`, torch DDP) are subprocesses,
 forked by a :class:`~vortex.training.forkserver.ForkServer` that imported torch once (or, with
 ``fork_server=False``, fresh interpreters), each a session leader whose whole process group is
-killed when the run ends early (cancellation, timeout, a failed peer). Their logs stay in the run directory; everything
-else a run leaves is deleted (:func:`drop_bulky`), and so are the leftovers of a process that
+killed when the run ends early (cancellation, timeout, a failed peer). The server stops with
+the launcher, or after ``fork_server_idle_secs`` without a run. Their logs stay in the run
+directory; everything else a run leaves is deleted (:func:`drop_bulky`), and so are the leftovers of a process that
 died mid-run (:meth:`WorkerLauncher.drop_leftovers`).
 """
 
@@ -132,6 +133,7 @@ class WorkerLauncher:
         self._last_run = 0  # numbers the runs: an idle timer closes the server only if no run came
         self._fork_unavailable: str | None = None  # why the fork server could not start
         self._close_after_runs = False
+        self._idle_timer: threading.Timer | None = None
 
     def pids(self) -> list[int]:
         """Process ids of the running workers (empty when none runs)."""
@@ -204,6 +206,8 @@ class WorkerLauncher:
                 return
             server, self._fork_server = self._fork_server, None
             self._close_after_runs = False
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
         if server is not None:
             server.close()
 
@@ -261,11 +265,15 @@ class WorkerLauncher:
                     self._runs -= 1
                     close = self._close_after_runs and not self._runs
                     if not self._runs and self._fork_server is not None:
-                        # (a weak reference: a pending timer must not keep a dropped launcher)
-                        idle = threading.Timer(cfg.fork_server_idle_secs, _close_if_idle,
-                                               args=(weakref.ref(self), self._last_run))
-                        idle.daemon = True
-                        idle.start()
+                        # one timer at a time (the previous one's thread ends at cancel());
+                        # a weak reference: a pending timer must not keep a dropped launcher
+                        if self._idle_timer is not None:
+                            self._idle_timer.cancel()
+                        self._idle_timer = threading.Timer(
+                            cfg.fork_server_idle_secs, _close_if_idle,
+                            args=(weakref.ref(self), self._last_run))
+                        self._idle_timer.daemon = True
+                        self._idle_timer.start()
                 if close:
                     self.close()
 
