@@ -400,10 +400,14 @@ def _reap(children: set[int], reply: Any) -> None:
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL the worker's process group, and the worker itself: a worker forked a moment ago
+    may not have made its own group yet (its setsid() comes first thing after the fork).
+    """
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 if __name__ == "__main__":
