@@ -259,6 +259,48 @@ def test_a_later_change_ends_the_apply_watch(sample_tree, tmp_path):
     assert "(latency_ms, 5 of 20 requests)" in ended["watch"]
 
 
+@pytest.mark.parametrize("wait", [30.0, 0.0])
+def test_an_automatic_apply_waits_for_a_swaps_watch_to_be_judged(sample_tree, tmp_path, wait):
+    """A model swapped in just before a patch passes its test: applying at once would end the
+    swap's watch unjudged. The apply waits (``apply_waits_for_watch_secs``) until requests fill
+    that watch; seen from outside: the tree's file on disk and the stored proposal."""
+    import dataclasses
+
+    from vortex.watch import RegressionWatch
+
+    judged = []
+    cfg = dataclasses.replace(CFG, apply_waits_for_watch_secs=wait)
+    eng = RSIEngine(sample_tree, tmp_path / "home", cfg, weakness_source=source("latency_spike"))
+    for _ in range(50):
+        eng.observe(latency_ms=1.0)
+    tunables_file = Path(sample_tree, "sample_service", "tunables.toml")
+    before = tunables_file.read_bytes()
+    eng.changes.changed("training", "version 2 swapped in (auto)", watch=RegressionWatch(
+        "post-swap watch of model version 2", "latency_ms", True, 20, 0.5, 1.0,
+        on_regress=judged.append, on_pass=judged.append))
+    cycle = threading.Thread(target=eng.rsi_cycle)
+    cycle.start()
+    if wait:
+        deadline = time.monotonic() + 300  # a bound on liveness, not a speed measurement
+        while not any(e["event"] == "proposal_tested" for e in eng.audit.entries()):
+            assert time.monotonic() < deadline and cycle.is_alive()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        (p,) = RSIEngine(sample_tree, tmp_path / "home", cfg).list_proposals()  # the stored one
+        assert p.status == ProposalStatus.PROPOSED and p.passed and cycle.is_alive()
+        assert tunables_file.read_bytes() == before  # nothing applied to the tree
+        for _ in range(20):
+            eng.observe(latency_ms=1.0)  # the swap's watch fills: judged
+    cycle.join(300)
+    (p,) = RSIEngine(sample_tree, tmp_path / "home", cfg).list_proposals()
+    assert p.status == ProposalStatus.APPLIED and tunables_file.read_bytes() != before
+    superseded = [e["data"]["watch"] for e in eng.audit.entries() if e["event"] == "watch_superseded"]
+    if wait:
+        assert len(judged) == 1 and superseded == []
+    else:
+        assert judged == [] and superseded == ["post-swap watch of model version 2 (latency_ms, 0 of 20 requests)"]
+
+
 def test_update_config_and_observe_correct(sample_tree, tmp_path):
     eng = RSIEngine(sample_tree, tmp_path / "home", CFG)
     eng.update_config(RSIConfig(enabled=False))
