@@ -105,7 +105,8 @@ def serve(variant: str, workers: int = 2) -> Iterator[tuple[int, Callable[[], No
     """``uvicorn --workers`` starting to serve the app as ``variant`` on a loopback port:
     yields the port, a function that waits until the workers answer (start every server first,
     then wait: they start in parallel) and the Vortex home."""
-    app, _, control = variant.partition("-")
+    app, _, suffix = variant.partition("-")
+    control = suffix if app == "vortex" else ""  # "bare-again": a second bare server (--aa)
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix=f"bench-http-{variant}-") as scratch, ExitStack() as procs:
         env = {**os.environ, "VORTEX_BENCH_VARIANT": app, "VORTEX_BENCH_HOME": scratch,
@@ -195,8 +196,9 @@ def compare(variants: list[str], rounds: int, seconds: float, warm_up: bool = Tr
         if "bare" in runs:  # each round's ratio to the bare app's run next to it: the noise of
             # a shared machine (minutes-long bursts) cancels better than in ratios of medians
             for v, rs in runs.items():
-                results[v]["p99_paired_x_bare"] = statistics.median(
-                    x["p99_us"] / b["p99_us"] for x, b in zip(rs, runs["bare"], strict=True))
+                results[v]["rounds_x_bare"] = {
+                    k: [x[k] / b[k] for x, b in zip(rs, runs["bare"], strict=True)] for k in PAIRED}
+                results[v]["p99_paired_x_bare"] = statistics.median(results[v]["rounds_x_bare"]["p99_us"])
         trained = [v for v in servers if v.startswith("vortex") and v != "vortex-none"]
         if swaps and trained:
             port, _, home = servers[trained[0]]
@@ -278,6 +280,44 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
             "p99_busy_x_idle": summary["busy"]["p99_ms"] / summary["idle"]["p99_ms"]}
 
 
+PAIRED = ("rps", "p50_us", "p99_us")
+"""The figures of which each round's ratio to the bare app's round is kept (pooled by
+:func:`pooled`)."""
+
+
+def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """The median of ``values`` and a distribution-free ~95% confidence interval for it: the
+    order statistics whose ranks a Binomial(n, 1/2) puts ``z`` standard deviations either side
+    of n/2 (so it assumes independent rounds, nothing about their distribution); the whole
+    range when there are too few values for that.
+    """
+    s, n = sorted(values), len(values)
+    low = math.floor(n / 2 - z * math.sqrt(n) / 2)  # 1-based ranks
+    high = math.ceil(1 + n / 2 + z * math.sqrt(n) / 2)
+    if low < 1 or high > n:
+        return statistics.median(s), s[0], s[-1]
+    return statistics.median(s), s[low - 1], s[high - 1]
+
+
+def pooled(all_results: list[dict[str, dict]]) -> str:
+    """Over several runs, each variant's per-round ratios to bare pooled: median and its 95%
+    interval, against the goals. ``bare-again`` (``--aa``), the same bare app as a second
+    server, shows how far apart two identical servers come out on this machine."""
+    lines = [f"pooled over {len(all_results)} runs: each round's ratio to the bare app's round, "
+             "median [95% interval of the median]"]
+    goals = {"rps": ">= 0.97", "p50_us": "<= 1.05", "p99_us": "<= 1.05"}
+    for v in all_results[0]:
+        if v == "bare":
+            continue
+        parts = []
+        for k in PAIRED:
+            ratios = [x for r in all_results for x in r[v]["rounds_x_bare"][k]]
+            m, lo, hi = median_ci(ratios)
+            parts.append(f"{k.removesuffix('_us')} {m:.3f}x [{lo:.3f}, {hi:.3f}] (goal {goals[k]})")
+        lines.append(f"{v} ({len(ratios)} rounds): " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def _summary(runs: list[dict]) -> dict[str, float]:
     return {"rps": statistics.median(x["rps"] for x in runs),
             "p50_ms": statistics.median(x["p50_us"] for x in runs) / 1e3,
@@ -297,6 +337,8 @@ def _flat(results: dict) -> dict[str, float]:
     """``{variant_figure: value}`` (nested dicts joined with ``_``), for ``extra_info``."""
     out = {}
     for key, value in results.items():
+        if key == "rounds_x_bare":  # per-round lists: pooled over runs, not a figure
+            continue
         if isinstance(value, dict):
             out.update({f"{key}_{k}": v for k, v in _flat(value).items()})
         else:
@@ -358,10 +400,23 @@ def main() -> None:
     parser.add_argument("--control", default="worker",
                         help="where the Vortex variants' control planes run: a comma-separated "
                              f"list of {', '.join(CONTROL_MODES)} (default: worker)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole comparison (fresh servers each time); with more "
+                             "than one, the rounds' ratios to bare are also pooled over the runs")
+    parser.add_argument("--aa", action="store_true",
+                        help="also serve the bare app a second time (variant bare-again): the "
+                             "ratios two identical servers reach on this machine, i.e. its noise")
     args = parser.parse_args()
     variants, missing = available_variants()
-    variants = [v for v in variants if v != "vortex"] + [vortex_variant(c) for c in args.control.split(",")]
-    print(render(with_ratios(compare(variants, args.rounds, args.seconds, swaps=args.swaps)), missing))
+    variants = ([v for v in variants if v != "vortex"] + ["bare-again"] * args.aa
+                + [vortex_variant(c) for c in args.control.split(",")])
+    all_results = []
+    for run in range(args.runs):
+        all_results.append(with_ratios(compare(variants, args.rounds, args.seconds, swaps=args.swaps)))
+        print(f"run {run + 1} of {args.runs}, load average {os.getloadavg()[0]:.1f}\n"
+              + render(all_results[-1], missing), flush=True)
+    if args.runs > 1:
+        print(pooled(all_results))
 
 
 if __name__ == "__main__":
