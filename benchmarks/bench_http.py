@@ -104,7 +104,8 @@ def vortex_variant(control: str) -> str:
 def serve(variant: str, workers: int = 2) -> Iterator[tuple[int, Callable[[], None], str]]:
     """``uvicorn --workers`` starting to serve the app as ``variant`` on a loopback port:
     yields the port, a function that waits until the workers answer (start every server first,
-    then wait: they start in parallel) and the Vortex home."""
+    then wait: they start in parallel) and the Vortex home.
+    """
     app, _, suffix = variant.partition("-")
     control = suffix if app == "vortex" else ""  # "bare-again": a second bare server (--aa)
     port = _free_port()
@@ -178,7 +179,8 @@ def compare(variants: list[str], rounds: int, seconds: float, warm_up: bool = Tr
             workers: int = 2, swaps: int = 20) -> dict[str, dict]:
     """Every variant served at once, loaded in turns (order rotated each round); then the
     first Vortex variant with a control plane idle vs under training and ``swaps`` swaps
-    (:func:`under_swaps`)."""
+    (:func:`under_swaps`).
+    """
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
@@ -223,7 +225,8 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
     """Vortex only: wrk idle, then wrk while the control plane trains (feedback keeps coming:
     predict + ``POST /vortex/feedback`` from a client thread) and an operator swaps the active
     version (the registry, as ``vortex models swap`` does; every worker follows), alternating
-    for ``rounds`` rounds; ``swaps`` swaps in all."""
+    for ``rounds`` rounds; ``swaps`` swaps in all.
+    """
     import threading
 
     import torch
@@ -302,7 +305,8 @@ def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float
 def pooled(all_results: list[dict[str, dict]]) -> str:
     """Over several runs, each variant's per-round ratios to bare pooled: median and its 95%
     interval, against the goals. ``bare-again`` (``--aa``), the same bare app as a second
-    server, shows how far apart two identical servers come out on this machine."""
+    server, shows how far apart two identical servers come out on this machine.
+    """
     lines = [f"pooled over {len(all_results)} runs: each round's ratio to the bare app's round, "
              "median [95% interval of the median]"]
     goals = {"rps": ">= 0.97", "p50_us": "<= 1.05", "p99_us": "<= 1.05"}
