@@ -289,10 +289,11 @@ PAIRED = ("rps", "p50_us", "p99_us")
 
 
 def median_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
-    """The median of ``values`` and a distribution-free ~95% confidence interval for it: the
-    order statistics whose ranks a Binomial(n, 1/2) puts ``z`` standard deviations either side
-    of n/2 (so it assumes independent rounds, nothing about their distribution); the whole
-    range when there are too few values for that.
+    """The median of ``values`` and a distribution-free confidence interval for it, of at least
+    95%: the order statistics whose ranks a Binomial(n, 1/2) puts ``z`` standard deviations
+    either side of n/2, rounded outwards (it assumes independent rounds, nothing about their
+    distribution; for 30 values, ranks 9 and 22, 98% by simulation); the whole range when
+    there are too few values for that.
     """
     s, n = sorted(values), len(values)
     low = math.floor(n / 2 - z * math.sqrt(n) / 2)  # 1-based ranks
