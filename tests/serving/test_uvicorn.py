@@ -335,3 +335,38 @@ def test_kill9_of_workers_and_control_planes_loses_no_acknowledged_feedback(home
     saved = Snapshot.read_ipc(home / "buffer.arrow")
     missing = set(acknowledged) - set(saved.episode.tolist())
     assert not missing, f"{len(missing)} acknowledged feedbacks lost: {sorted(missing)[:10]}"
+
+
+def _readme_block(starts_with: str) -> str:
+    """The ``sh`` block of examples/http_service/README.md whose first line starts so."""
+    with open(os.path.join(EXAMPLE, "README.md")) as f:
+        blocks = f.read().split("```sh\n")[1:]
+    found = [b.split("```")[0] for b in blocks if b.startswith(starts_with)]
+    assert len(found) == 1, f"README has {len(found)} sh blocks starting with {starts_with!r}"
+    return found[0]
+
+
+def test_the_readmes_predict_and_feedback_commands_work_as_written(home):
+    """The README's curl commands, run by bash as a newcomer pastes them (only the port
+    differs), against the example under uvicorn: a prediction with the request id sent, then
+    its feedback accepted, each answer JSON of the shape the README shows under it."""
+    block = _readme_block("x=$(python")
+    server = Server(home)
+    try:
+        server.wait_ready()
+        env = {**_env(home), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("localhost:8000", f"127.0.0.1:{server.port}")],
+                             env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    answers, text, decoder = [], out.stdout.strip(), json.JSONDecoder()
+    while text:  # curl -s ends a body without a newline: the answers run together
+        answer, end = decoder.raw_decode(text)
+        answers.append(answer)
+        text = text[end:].strip()
+    shown = [json.loads(line.lstrip("# ")) for line in block.splitlines() if line.startswith("# {")]
+    assert [set(a) for a in answers] == [set(s) for s in shown], (answers, shown)
+    prediction, feedback = answers
+    assert prediction["request_id"] == feedback["request_id"] == "demo-1"
+    assert prediction["class"] in range(10) and 0.0 <= feedback["error"] <= 1.0
