@@ -243,3 +243,18 @@ def test_unusable_locations_are_named_in_the_worker_log(tmp_path, s3):
                            env=_env(opts), capture_output=True, text=True, timeout=AGENT_TIMEOUT)
         assert p.returncode == status and message in p.stderr, (snapshot, out, p.stderr)
     assert fs.find(runs[len("s3://"):]) == [f"{runs[len('s3://'):]}/snapshot.arrow"]  # nothing written
+
+
+def test_a_filesystem_url_that_is_no_object_store_is_written_whole(tmp_path):
+    """``local://`` goes through fsspec like SFTP would (a temporary name moved over the file,
+    not one PUT): the output directory is made, both files land, no temporary file is left."""
+    _snapshot().write_ipc(str(tmp_path / "snapshot.arrow"))
+    out = tmp_path / "deep" / "run-3"
+    args = _launcher(str(tmp_path / "models")).worker_args(
+        f"local://{out}", f"local://{tmp_path / 'snapshot.arrow'}", None, 3)
+    p = subprocess.run([sys.executable, "-P", "-m", "vortex.training.worker", *args],
+                       env=_env({}), capture_output=True, text=True, timeout=AGENT_TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(out)) == [CANDIDATE_FILE, RESULT_FILE]
+    mlp(**KW).load_state_dict(load_file(str(out / CANDIDATE_FILE)))
+    assert json.loads(_read(out / RESULT_FILE))["rank_count"] == 1
