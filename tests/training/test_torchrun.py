@@ -112,16 +112,19 @@ def _read(path) -> str:
         return f.read()
 
 
+def _stat(pid: int | str) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, ... (FileNotFoundError
+    when the process is gone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _ranks_of(agent_pid: int) -> dict[int, int]:
     """The worker processes the agent started, read from /proc: {rank: pid}."""
     ranks = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid != agent_pid:
+            if not entry.isdigit() or int(_stat(entry)[1]) != agent_pid:
                 continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
@@ -133,9 +136,9 @@ def _ranks_of(agent_pid: int) -> dict[int, int]:
 
 
 def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting to be reaped."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat(pid)[0] != "Z"
     except FileNotFoundError:
         return False
 
@@ -187,11 +190,14 @@ def test_two_machines_train_from_and_into_the_bucket_like_a_local_run(tmp_path, 
     assert checked["epochs"] == 0 and not fs.exists(f"{runs}/check/{CANDIDATE_FILE}")
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_a_rank_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, victim):
-    """Rank ``victim`` is SIGKILLed once it has trained an epoch (rank 1: rank 0, the writer,
-    must not commit). A ``result.json`` of an earlier run into the same place is gone too: the
-    marker only ever describes this run."""
+@pytest.mark.parametrize("victim", ["rank 0", "rank 1", "node of rank 1"])
+def test_a_rank_or_node_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, victim):
+    """``victim`` is SIGKILLed once every rank has trained an epoch: a rank (rank 1: rank 0,
+    the writer, must not commit), or the torchrun agent of rank 1 (a machine lost: its rank
+    dies with it, by the worker's parent-death signal; torchrun starts each rank in a session
+    of its own, so no process-group kill reaches it). A ``result.json`` of an earlier run into
+    the same place is gone too: the marker only ever describes this run.
+    """
     url, options, fs = s3
     runs = url.rsplit("/", 1)[0] + "/runs"
     _snapshot().write_ipc(f"{runs}/snapshot.arrow", storage_options=options)
@@ -200,22 +206,25 @@ def test_a_rank_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, victim):
     # far more epochs than the test waits for: the run is under way when the kill lands
     args = _launcher(url, num_epochs=100_000).worker_args(out, f"{runs}/snapshot.arrow", None, 2)
     agents = _start_agents(tmp_path, args, options)
+    ranks: dict[int, int] = {}
     try:
         deadline = time.monotonic() + AGENT_TIMEOUT
         while not all("epoch 1/100000" in _read(log) for _, log in agents):
             assert time.monotonic() < deadline and all(p.poll() is None for p, _ in agents), \
                 [_read(log) for _, log in agents]
             time.sleep(0.05)
+        agent_of = {rank: proc.pid for proc, _ in agents for rank in _ranks_of(proc.pid)}
         ranks = {rank: pid for proc, _ in agents for rank, pid in _ranks_of(proc.pid).items()}
         assert sorted(ranks) == [0, 1], ranks
-        os.kill(ranks[victim], signal.SIGKILL)
+        os.kill(agent_of[1] if victim == "node of rank 1" else ranks[int(victim[-1])], signal.SIGKILL)
     finally:
         codes = _wait_agents(agents)
     logs = [_read(log) for _, log in agents]
     assert all(code != 0 for code in codes), (codes, logs)
     assert not any(_alive(pid) for pid in ranks.values())
     assert not fs.exists(f"{out}/{RESULT_FILE}"), logs
-    assert any("Signal 9 (SIGKILL)" in log or "exitcode  : -9" in log for log in logs), logs
+    if victim.startswith("rank"):  # the killed rank's agent says how it ended
+        assert any("Signal 9 (SIGKILL)" in log or "exitcode  : -9" in log for log in logs), logs
 
 
 def test_unusable_locations_are_named_in_the_worker_log(tmp_path, s3):
