@@ -26,6 +26,7 @@ from .errors import ConfigError, ConfigKeyError
 
 __all__ = [
     "BackgroundTrainingConfig",
+    "DistributedTrainingConfig",
     "FluxConfig",
     "RSIConfig",
     "RuntimeDetectorConfig",
@@ -267,6 +268,53 @@ class FluxConfig(_Config):
 
 
 @dataclass(frozen=True)
+class DistributedTrainingConfig(_Config):
+    """Where a training run's ranks run: on the coordinator's machine (``run_url`` None, the
+    default), or on ``nnodes`` machines started by ``torchrun`` (see docs/DISTRIBUTED.md).
+
+    Parameters
+    ----------
+    run_url
+        Shared storage (an fsspec URL, ``s3://bucket/runs``) every machine reaches: a run puts
+        its snapshot and ``launch.json`` under ``<run_url>/run-<id>/`` and rank 0 its outputs;
+        the other machines' ``vortex training join`` agents start their nodes from there. It is
+        reached with the registry's storage options (the workers have one set), and the
+        registry must be on shared storage too. None: every rank on this machine, as
+        ``BackgroundTrainingConfig.world_size`` says.
+    nnodes, nproc_per_node
+        Machines (torchrun nodes, this one included) and ranks on each: a run has
+        ``nnodes * nproc_per_node`` ranks.
+    rdzv_endpoint
+        ``host:port`` of the rendezvous, an address of *this* machine the others reach (this
+        machine's node hosts it).
+    join_timeout_secs
+        How long a node waits for the others to join; a ``launch.json`` older than this is
+        skipped by the join agents.
+    """
+
+    run_url: str | None = None
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    rdzv_endpoint: str = "127.0.0.1:29400"
+    join_timeout_secs: float = 600.0
+
+    def __post_init__(self) -> None:
+        from ._fsspec import is_url
+
+        if self.run_url is not None and not is_url(self.run_url):
+            _fail(self, "run_url", self.run_url,
+                  "must be None or a URL of shared storage every machine reaches (s3://...)")
+        _number(self, "nnodes", lo=1, integer=True)
+        _number(self, "nproc_per_node", lo=1, integer=True)
+        _number(self, "join_timeout_secs", lo=0, lo_open=True, hi=MAX_WAIT_SECS)
+        host, _, port = self.rdzv_endpoint.rpartition(":") if isinstance(self.rdzv_endpoint, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(self, "rdzv_endpoint", self.rdzv_endpoint, "must be 'host:port' with a port in 1..65535")
+        if self.run_url is None and self.nnodes > 1:
+            _fail(self, "nnodes", self.nnodes, "needs run_url: the machines share a run through it")
+
+
+@dataclass(frozen=True)
 class BackgroundTrainingConfig(_Config, renamed={
         "watch_regression_threshold": (
             "watch_regression_margin",
@@ -307,6 +355,9 @@ class BackgroundTrainingConfig(_Config, renamed={
         "classification" (cross-entropy, confidence = max softmax) or "regression" (MSE).
     flux
         FluxDynamics parameters.
+    distributed
+        Where a run's ranks run (:class:`DistributedTrainingConfig`); the default, every rank
+        on this machine. With its ``run_url`` set, ``world_size`` is not used.
     worker_threads
         torch intra-op threads per worker process, so the serving process keeps its cores.
     run_timeout_secs
@@ -366,6 +417,7 @@ class BackgroundTrainingConfig(_Config, renamed={
     buffer_capacity: int = 10_000
     task: str = "classification"
     flux: FluxConfig = field(default_factory=FluxConfig)
+    distributed: DistributedTrainingConfig = field(default_factory=DistributedTrainingConfig)
     worker_threads: int = 1
     run_timeout_secs: float = 600.0
     watch_requests: int = 200
@@ -409,6 +461,8 @@ class BackgroundTrainingConfig(_Config, renamed={
             _fail(self, "task", self.task, "must be 'classification' or 'regression'")
         if not isinstance(self.flux, FluxConfig):
             _fail(self, "flux", self.flux, "must be a FluxConfig")
+        if not isinstance(self.distributed, DistributedTrainingConfig):
+            _fail(self, "distributed", self.distributed, "must be a DistributedTrainingConfig")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
             _fail(self, "checkpoint_dir", self.checkpoint_dir, "must be a path string or None")
         if self.max_version_age_days is not None:

@@ -81,6 +81,13 @@ class HomeLayout:
         return int(m.group(1)) if m else None
 
     @property
+    def nodes(self) -> str:
+        """Folder of the working directories of this machine's nodes of runs started by
+        another machine's coordinator (``vortex training join``).
+        """
+        return self._at("nodes")
+
+    @property
     def runs_file(self) -> str:
         """History of training runs (JSON)."""
         return self._at("runs.json")

@@ -4,8 +4,11 @@ S3 server), checked from outside: the agents' exit statuses, the bucket, ``/proc
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,10 +29,12 @@ from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures,
 from safetensors.torch import load, load_file  # noqa: E402
 
 import vortex  # noqa: E402
-from vortex.config import BackgroundTrainingConfig  # noqa: E402
-from vortex.training import SampleBuffer  # noqa: E402
+from vortex.config import BackgroundTrainingConfig, DistributedTrainingConfig  # noqa: E402
+from vortex.errors import ConfigError  # noqa: E402
+from vortex.training import BackgroundTrainingCoordinator, SampleBuffer  # noqa: E402
 from vortex.training.launcher import WorkerLauncher  # noqa: E402
 from vortex.training.models import mlp  # noqa: E402
+from vortex.training.multinode import NODE_LOG  # noqa: E402
 from vortex.training.registry import ModelRegistry  # noqa: E402
 from vortex.training.worker import CANDIDATE_FILE, RESULT_FILE, STORAGE_OPTIONS_ENV  # noqa: E402
 
@@ -50,13 +55,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _snapshot():
+def _samples(n: int = 360):
     rng = np.random.default_rng(0)
-    n = 360
     x = rng.standard_normal((n, 8)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
+    return x, y, np.arange(n) // 10
+
+
+def _snapshot():
+    x, y, episodes = _samples()
     buf = SampleBuffer(8, capacity=1000)
-    buf.extend(x, y, episodes=np.arange(n) // 10)
+    buf.extend(x, y, episodes=episodes)
     return buf.snapshot()
 
 
@@ -267,3 +276,167 @@ def test_a_filesystem_url_that_is_no_object_store_is_written_whole(tmp_path):
     assert sorted(os.listdir(out)) == [CANDIDATE_FILE, RESULT_FILE]
     mlp(**KW).load_state_dict(load_file(str(out / CANDIDATE_FILE)))
     assert json.loads(_read(out / RESULT_FILE))["rank_count"] == 1
+
+
+# -- a coordinator's run over two machines: its own node and a join agent's ------------------
+
+def _two_machine_coordinator(tmp_path, s3, **config) -> tuple[BackgroundTrainingCoordinator, str]:
+    """A coordinator whose runs take 2 nodes of 1 rank, its registry and run URL on the bucket;
+    it and its run URL."""
+    url, options, _ = s3
+    runs = url.rsplit("/", 1)[0] + "/runs"
+    cfg = BackgroundTrainingConfig(**{
+        "num_epochs": 2, "batch_size": 24, "worker_nice": 0, "fork_server": False,
+        "min_samples_for_training": 50, "run_timeout_secs": AGENT_TIMEOUT,
+        "distributed": DistributedTrainingConfig(run_url=runs, nnodes=2, nproc_per_node=1,
+                                                 rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+                                                 join_timeout_secs=60),
+        **config})
+    coordinator = BackgroundTrainingCoordinator(cfg, mlp(**KW), FACTORY, tmp_path / "home", 8,
+                                                factory_kwargs=KW,
+                                                registry=ModelRegistry(url, storage_options=options))
+    x, y, episodes = _samples()
+    coordinator.add_samples(x, y, episodes=episodes)
+    return coordinator, runs
+
+
+def _join_agent(tmp_path, runs, options, name, *extra) -> tuple[subprocess.Popen, str]:
+    """``vortex training join`` as the second machine: a session of its own, its own working
+    directory (returned) and log."""
+    work = tmp_path / name
+    work.mkdir()
+    with open(work / "agent.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "vortex", "training", "join", "--run-url", runs,
+             "--storage-options", json.dumps(options), "--home", str(work / "home"),
+             "--poll-secs", "0.1", *extra], cwd=work, env=_env({}), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, str(work)
+
+
+def _node_logs(work: str) -> list[str]:
+    return [_read(p) for p in glob.glob(os.path.join(work, "home", "nodes", "run-*", NODE_LOG))]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(_stat(entry)[1]) == pid:
+                found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def test_a_coordinator_run_over_two_machines_registers_the_candidate_of_both_ranks(tmp_path, s3):
+    _, options, fs = s3
+    coordinator, runs = _two_machine_coordinator(tmp_path, s3)
+    agent, work = _join_agent(tmp_path, runs, options, "machine2")
+    try:
+        run = coordinator.run_once()
+        assert run.error is None and run.ranks == 2, (run.error, _read(os.path.join(work, "agent.log")))
+        # the candidate is in the registry (registered, whether or not it beat the initial model)
+        assert [v["version"] for v in coordinator.registry.list_versions()] == [1, run.version] == [1, 2]
+        assert run.status in ("registered", "swapped", "rejected")
+        # the second machine trained one of the two ranks, its log in its own working directory
+        logs = _node_logs(work)
+        assert len(logs) == 1 and len(re.findall(r"rank [01] epoch 2/2", logs[0])) == 1, logs
+        assert not fs.exists(f"{runs}/run-{run.run_id}")  # the run's files are gone from the bucket
+        assert agent.poll() is None  # the agent waits for the next run...
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=AGENT_TIMEOUT) == 0  # ...until told to stop
+    finally:
+        _stop(agent)
+
+
+def test_a_join_agent_killed_mid_run_fails_the_run_cleanly_and_a_fresh_agent_serves_the_next(tmp_path, s3):
+    """The second machine lost mid-run (its agent SIGKILLed: its node and rank die with it):
+    the coordinator's run fails, nothing is registered, no node or rank is left anywhere."""
+    _, options, fs = s3
+    coordinator, runs = _two_machine_coordinator(tmp_path, s3, num_epochs=100_000)
+    agent, work = _join_agent(tmp_path, runs, options, "machine2")
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(coordinator.run_once()))
+    thread.start()
+    processes: list[int] = []
+    try:
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        while not any("epoch 1/100000" in log for log in _node_logs(work)):
+            assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
+                (_node_logs(work), result)
+            time.sleep(0.05)
+        # the processes of the run on both machines: each torchrun node and its rank
+        nodes = _children(agent.pid) + coordinator.worker_pids()
+        processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
+        assert len(processes) == 4, processes
+        os.kill(agent.pid, signal.SIGKILL)
+    finally:
+        thread.join(AGENT_TIMEOUT)
+        _stop(agent)
+    assert not thread.is_alive()
+    run, = result
+    assert run.status == "failed" and run.version is None, run
+    assert "torchrun node" in run.error, run.error
+    assert [v["version"] for v in coordinator.registry.list_versions()] == [1]  # nothing registered
+    assert not any(_alive(pid) for pid in processes)  # no node, no rank left on either machine
+    assert not fs.exists(f"{runs}/run-{run.run_id}")
+
+    coordinator.config = dataclasses.replace(coordinator.config, num_epochs=2)
+    fresh, work = _join_agent(tmp_path, runs, options, "machine2-again", "--once", "--json")
+    try:
+        run = coordinator.run_once()
+        assert run.error is None and run.ranks == 2 and run.version == 2, run.error
+        assert fresh.wait(timeout=AGENT_TIMEOUT) == 0  # --once: one node, which succeeded
+        outcomes = [json.loads(line) for line in _read(os.path.join(work, "agent.log")).splitlines()
+                    if line.startswith("{")]  # --json: one object per node, among the log lines
+        assert len(outcomes) == 1 and outcomes[0]["ok"], outcomes
+        assert outcomes[0]["rdzv_id"].startswith(f"run-{run.run_id}-"), outcomes
+    finally:
+        _stop(fresh)
+
+
+def test_distributed_settings_are_checked_where_they_are_given(tmp_path):
+    bad = [  # (keywords, field named in the error)
+        ({"run_url": "/shared/runs"}, "DistributedTrainingConfig.run_url='/shared/runs'"),
+        ({"run_url": "s3://b/runs", "nnodes": 0}, "DistributedTrainingConfig.nnodes=0"),
+        ({"nproc_per_node": 1.5}, "DistributedTrainingConfig.nproc_per_node=1.5"),
+        ({"rdzv_endpoint": "host"}, "DistributedTrainingConfig.rdzv_endpoint='host'"),
+        ({"rdzv_endpoint": ":29400"}, "DistributedTrainingConfig.rdzv_endpoint=':29400'"),
+        ({"rdzv_endpoint": "host:99999"}, "DistributedTrainingConfig.rdzv_endpoint='host:99999'"),
+        ({"join_timeout_secs": 0}, "DistributedTrainingConfig.join_timeout_secs=0"),
+        ({"nnodes": 2}, "DistributedTrainingConfig.nnodes=2: needs run_url"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            DistributedTrainingConfig(**kwargs)
+    with pytest.raises(ConfigError, match=r"BackgroundTrainingConfig\.distributed="):
+        BackgroundTrainingConfig(distributed={"nnodes": 2})
+    cfg = BackgroundTrainingConfig.from_dict({"distributed": {"run_url": "s3://b/runs", "nnodes": 3}})
+    assert cfg.distributed == DistributedTrainingConfig(run_url="s3://b/runs", nnodes=3)
+    assert BackgroundTrainingConfig().distributed.run_url is None  # local runs by default
+    # the ranks on the other machines read the registry: a local one cannot do
+    with pytest.raises(ConfigError, match=r"BackgroundTrainingConfig.distributed.run_url='s3://b/runs'"):
+        BackgroundTrainingCoordinator(cfg, mlp(**KW), FACTORY, tmp_path / "home", 8, factory_kwargs=KW)
+
+
+def test_the_join_command_names_a_bad_value(tmp_path):
+    cases = [  # (arguments, what stderr must say)
+        ([], "--run-url is required"),
+        (["--run-url", str(tmp_path)], f"--run-url {str(tmp_path)!r}: must be a URL"),
+        (["--run-url", "nosuch://b/runs"], "--run-url 'nosuch://b/runs': Protocol not known: nosuch"),
+        (["--run-url", "s3://b/runs", "--storage-options", "{not json"], "'{not json' is not JSON"),
+        (["--run-url", "s3://b/runs", "--poll-secs", "0"], "'0': must be a finite number > 0"),
+    ]
+    for argv, message in cases:
+        p = subprocess.run([sys.executable, "-P", "-m", "vortex", "training", "join", "--once", *argv],
+                           env=_env({}), capture_output=True, text=True, timeout=AGENT_TIMEOUT)
+        assert p.returncode == 2 and message in p.stderr, (argv, p.stderr)

@@ -10,9 +10,11 @@
     vortex audit verify
     vortex control --spec pkg.module:SPEC [--home H]   a served model's control plane
     vortex dashboard [--home .vortex] [--port 8765]     a live web dashboard of a home
+    vortex training join --run-url s3://...             this machine's nodes of multi-machine runs
 
 Every command group is one module of this package (``status``, ``audit``, ``proposals``,
-``models``, ``demo``, ``control``, ``dashboard``) that defines ``register(subparsers)``; :func:`build_parser` finds them
+``models``, ``demo``, ``control``, ``dashboard``, ``training``) that defines
+``register(subparsers)``; :func:`build_parser` finds them
 by listing the package, so **adding a command group is adding one module**::
 
     # src/vortex/cli/buffer.py

@@ -40,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._fsspec import is_url
 from .._io import remove_orphan_temps
 from ..changes import ChangeBoard
 from ..config import BackgroundTrainingConfig
@@ -47,6 +48,7 @@ from ..errors import ConfigError, ModelSwapError, RegistryError
 from ..home import HomeLayout
 from .launcher import WorkerLauncher, drop_bulky
 from .models import build_model
+from .multinode import run_on_nodes
 from .registry import ModelRegistry
 from .runs import RunHistory, TrainingRun
 from .slot import ModelSlot
@@ -163,6 +165,10 @@ class BackgroundTrainingCoordinator:
             raise ConfigError(f"BackgroundTrainingConfig.checkpoint_dir={config.checkpoint_dir!r}: "
                               f"must be None when the registry is given ({registry.root})")
         self.registry = registry if registry is not None else ModelRegistry(config.checkpoint_dir or self.layout.models)
+        if config.distributed.run_url is not None and not is_url(self.registry.root):
+            raise ConfigError(f"BackgroundTrainingConfig.distributed.run_url={config.distributed.run_url!r}: "
+                              f"needs a registry on shared storage the other machines' ranks read, "
+                              f"not the local {self.registry.root!r}")
         self.buffer_path = self.layout.buffer
         self._persisted_seq: int | None = None  # next_seq of the last saved buffer
         if buffer is None:
@@ -450,7 +456,10 @@ class BackgroundTrainingCoordinator:
             snap.write_ipc(snap_path)
             run.timings["snapshot"] = time.perf_counter() - t0
             t = time.perf_counter()
-            self._launcher.run(run_dir, snap_path, parent, self.config.world_size, run.run_id)
+            if cfg.distributed.run_url is None:
+                self._launcher.run(run_dir, snap_path, parent, cfg.world_size, run.run_id)
+            else:
+                run_on_nodes(self._launcher, cfg, run_dir, snap_path, parent, run.run_id)
             run.timings["workers"] = time.perf_counter() - t
             t = time.perf_counter()
             self._conclude(run, run_dir, snap_path, parent)
@@ -482,6 +491,7 @@ class BackgroundTrainingCoordinator:
             result = json.loads(f.read())
         with open(os.path.join(run_dir, CANDIDATE_FILE), "rb") as f:
             candidate = f.read()
+        run.ranks = result["rank_count"]
         run.train_samples = result["train_samples"]
         run.holdout_samples = result["holdout_samples"]
         run.train_loss = result["train_loss"]

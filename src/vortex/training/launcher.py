@@ -30,7 +30,7 @@ from ..home import HomeLayout
 from .forkserver import ForkedWorker, ForkServer
 from .worker import STORAGE_OPTIONS_ENV
 
-__all__ = ["WorkerLauncher", "drop_bulky"]
+__all__ = ["WorkerLauncher", "drop_bulky", "worker_env"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,21 @@ def _close_if_idle(launcher: weakref.ref[WorkerLauncher], last_run: int) -> None
 
 def _ended(returncode: int) -> str:
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
+def worker_env(threads: int, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """The environment of a process started to run training workers: this process's, with
+    its ``sys.path`` (the worker must import the same vortex and model factory), ``threads``
+    torch threads, this process as the parent to die with (see ``worker.die_with_parent``) and
+    the storage options of the URLs the worker reaches.
+    """
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(OMP_NUM_THREADS=str(threads), VORTEX_PARENT_PID=str(os.getpid()))
+    if storage_options:
+        env[STORAGE_OPTIONS_ENV] = json.dumps(storage_options)
+    return env
 
 
 def drop_bulky(run_dir: str) -> None:
@@ -140,21 +155,12 @@ class WorkerLauncher:
         return [p.pid for p in self.procs]
 
     def _base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # the worker must import the same vortex and the same model factory as this process
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env.update(OMP_NUM_THREADS=str(self._config().worker_threads),
-                   # the worker exits when this process dies (see worker.die_with_parent)
-                   VORTEX_PARENT_PID=str(os.getpid()))
-        return env
+        return worker_env(self._config().worker_threads)
 
     def _env(self, rank: int, world: int, port: int) -> dict[str, str]:
-        env = self._base_env()
+        env = worker_env(self._config().worker_threads, self.storage_options)
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        if self.storage_options:
-            env[STORAGE_OPTIONS_ENV] = json.dumps(self.storage_options)
         return env
 
     def _start(self, args: list[str], env: dict[str, str], log_path: str) -> Worker:

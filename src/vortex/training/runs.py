@@ -31,6 +31,8 @@ class TrainingRun:
 
     ``status`` is a :class:`~vortex.training.statuses.RunStatus` (a ``str`` enum: "swapped",
     "rejected", "registered", "not_kept", "skipped", "failed", "timeout" or "cancelled").
+    ``ranks`` is the number of processes that trained the candidate (0 until the run's workers
+    reported; on several machines, all of theirs).
     """
 
     run_id: int
@@ -40,6 +42,7 @@ class TrainingRun:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     samples: int = 0
+    ranks: int = 0
     train_samples: int = 0
     holdout_samples: int = 0
     parent_version: int | None = None
