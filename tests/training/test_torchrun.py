@@ -440,3 +440,28 @@ def test_the_join_command_names_a_bad_value(tmp_path):
         p = subprocess.run([sys.executable, "-P", "-m", "vortex", "training", "join", "--once", *argv],
                            env=_env({}), capture_output=True, text=True, timeout=AGENT_TIMEOUT)
         assert p.returncode == 2 and message in p.stderr, (argv, p.stderr)
+
+
+def test_a_join_agent_skips_launches_too_old_to_join_and_files_that_are_no_launch(tmp_path, s3):
+    _, options, fs = s3
+    runs = s3[0].rsplit("/", 1)[0] + "/runs"
+    old = {"rdzv_id": "run-1-old", "created_at": time.time() - 120, "join_timeout_secs": 60,
+           "rdzv_endpoint": "127.0.0.1:1", "nnodes": 2, "nproc_per_node": 1, "run_timeout_secs": 60,
+           "worker_threads": 1, "worker_args": []}
+    fs.pipe_file(f"{runs}/run-1/launch.json", json.dumps(old).encode())
+    fs.pipe_file(f"{runs}/run-2/launch.json", b"{not json")
+    agent, work = _join_agent(tmp_path, runs, options, "machine2")
+    try:
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        log = os.path.join(work, "agent.log")
+        while not ("join timeout" in _read(log) and "not a launch file" in _read(log)):
+            assert time.monotonic() < deadline and agent.poll() is None, _read(log)
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few more polls: each file is read, skipped and logged once
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=AGENT_TIMEOUT) == 0
+    finally:
+        _stop(agent)
+    text = _read(log)
+    assert text.count("run-1/launch.json: written") == 1 and text.count("not a launch file") == 1, text
+    assert not os.path.exists(os.path.join(work, "home", "nodes", "run-1-old"))  # no node started

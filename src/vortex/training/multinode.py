@@ -149,13 +149,14 @@ def _remove_run(fs: Any, root: str) -> None:
         log.warning("could not delete the run files at %s: %s: %s", root, type(exc).__name__, exc)
 
 
-def _next_launch(fs: Any, root: str, seen: set[str]) -> dict[str, Any] | None:
-    """The oldest launch under ``root`` not in ``seen`` and younger than its join timeout;
-    adds every launch it reads (or skips) to ``seen``, by path and rendezvous id.
+def _next_launch(fs: Any, root: str, seen: set[str], bad: set[str]) -> dict[str, Any] | None:
+    """The first launch (by path) under ``root`` whose rendezvous id is not in ``seen`` and younger than
+    its join timeout; adds the id of every launch it returns or skips to ``seen``, and the path
+    of every unreadable one to ``bad`` (logged once).
     """
     fs.invalidate_cache()  # listings are cached by fsspec: a new launch must show up
     for path in sorted(fs.glob(f"{root}/run-*/{LAUNCH_FILE}")):
-        if path in seen:
+        if path in bad:
             continue
         try:
             launch = json.loads(fs.cat_file(path))
@@ -163,10 +164,9 @@ def _next_launch(fs: Any, root: str, seen: set[str]) -> dict[str, Any] | None:
         except FileNotFoundError:  # the run ended between the listing and the read
             continue
         except (ValueError, KeyError, TypeError) as exc:
-            seen.add(path)
+            bad.add(path)
             log.error("skipping %s: not a launch file (%s: %s)", path, type(exc).__name__, exc)
             continue
-        seen.add(path)
         if rdzv_id in seen:
             continue
         seen.add(rdzv_id)
@@ -193,11 +193,12 @@ def join(run_url: str, storage_options: dict[str, Any] | None, work_dir: str, *,
     fs, root = filesystem(run_url, storage_options)
     stop = stop if stop is not None else threading.Event()
     seen: set[str] = set()
+    bad: set[str] = set()
     status = 0
     log.info("joining the training runs of %s", run_url)
     while not stop.is_set():
         try:
-            launch = _next_launch(fs, root, seen)
+            launch = _next_launch(fs, root, seen, bad)
         except OSError as exc:  # the storage did not answer this time: an agent outlives a blip
             log.warning("could not list %s: %s: %s", run_url, type(exc).__name__, exc)
             launch = None
