@@ -465,3 +465,37 @@ def test_a_join_agent_skips_launches_too_old_to_join_and_files_that_are_no_launc
     text = _read(log)
     assert text.count("run-1/launch.json: written") == 1 and text.count("not a launch file") == 1, text
     assert not os.path.exists(os.path.join(work, "home", "nodes", "run-1-old"))  # no node started
+
+
+def test_cancelling_a_run_over_two_machines_ends_every_node_and_rank(tmp_path, s3):
+    """``cancel_run()`` kills this machine's node (its group; its rank by the parent-death
+    signal); the other machine's rank loses its peer and its node fails: nothing is left."""
+    _, options, fs = s3
+    coordinator, runs = _two_machine_coordinator(tmp_path, s3, num_epochs=100_000)
+    agent, work = _join_agent(tmp_path, runs, options, "machine2")
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(coordinator.run_once()))
+    thread.start()
+    processes: list[int] = []
+    try:
+        deadline = time.monotonic() + AGENT_TIMEOUT
+        while not any("epoch 1/100000" in log for log in _node_logs(work)):
+            assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
+                (_node_logs(work), result)
+            time.sleep(0.05)
+        nodes = _children(agent.pid) + coordinator.worker_pids()
+        processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
+        assert len(processes) == 4, processes
+        assert coordinator.cancel_run()
+        thread.join(AGENT_TIMEOUT)
+        while any(_alive(pid) for pid in processes):  # the other machine notices its peer's end
+            assert time.monotonic() < deadline, [pid for pid in processes if _alive(pid)]
+            time.sleep(0.05)
+        assert agent.poll() is None  # the agent itself waits for the next run
+    finally:
+        thread.join(AGENT_TIMEOUT)
+        _stop(agent)
+    run, = result
+    assert run.status == "cancelled" and run.version is None, run
+    assert [v["version"] for v in coordinator.registry.list_versions()] == [1]
+    assert not fs.exists(f"{runs}/run-{run.run_id}")
