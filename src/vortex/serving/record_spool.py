@@ -6,7 +6,7 @@ per request its wall-clock time, latency, confidence, error (NaN without ground 
 the model version that answered (-1: none). It has the interface of
 :class:`~vortex.training.SampleBuffer` that a spool needs (``extend``, ``snapshot``,
 ``next_seq``, ``drop_older_than``, ``save``, ``load``, ``saved_metadata``), in NumPy: the
-oldest rows are overwritten when it is full (and counted in :attr:`RecordSpool.dropped`).
+oldest rows are overwritten when it is full.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ class RecordSpool:
         self._start = 0      # ring position of the oldest row
         self._len = 0
         self._next_seq = 0
-        #: Rows overwritten by :meth:`extend` before they were dropped as merged.
-        self.dropped = 0
         #: The schema metadata of the file :meth:`load` read (empty for a new spool).
         self.saved_metadata: dict[str, str] = {}
 
@@ -91,7 +89,6 @@ class RecordSpool:
         self._next_seq += n
         self._start = (self._start + overflow) % cap
         self._len = min(cap, self._len + n)
-        self.dropped += overflow
         return n
 
     def snapshot(self) -> np.recarray:
@@ -160,7 +157,6 @@ class RecordSpool:
         spool = cls(saved_capacity if capacity is None else capacity)
         spool._next_seq = next_seq - n
         spool.extend(**{name: columns[name] for name in _VALUES})
-        spool.dropped = 0
         spool.saved_metadata = meta
         return spool
 

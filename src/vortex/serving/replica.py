@@ -180,8 +180,8 @@ class SpoolWriter:
     ----------
     counts, record_counts
         Of the sample spool and of the record spool: rows ``spooled``, ``skipped_duplicates``
-        (re-read after a restart, held already), ``saves``, ``trimmed`` (dropped as merged);
-        ``record_counts["overflowed"]``: records overwritten unmerged.
+        (re-read after a restart, held already), ``saves``, ``trimmed`` (dropped as merged).
+        What overflows a spool unmerged is counted by the merger (it sees the gap in ``seq``).
     """
 
     def __init__(self, spec: ServiceSpec, *, capacity: int = 100_000, records_capacity: int = 100_000,
@@ -209,7 +209,6 @@ class SpoolWriter:
         self.url = self.samples.url
         self.counts = self.samples.counts
         self.record_counts = self.records.counts
-        self.record_counts["overflowed"] = 0
         self.poll_interval = poll_interval
         self.fleet = FleetReader(os.path.abspath(spec.home))
         self._stop = threading.Event()
@@ -237,14 +236,12 @@ class SpoolWriter:
         # the records' CLOCK_MONOTONIC times as this machine's wall clock: the merger orders
         # the machines' records by it
         to_wall = time.time() - time.monotonic()
-        overflowed = records.buffer.dropped
         for name, got in batch.metrics.items():
             if len(got):
                 fresh = records.fresh(name, got.index)
                 records.counts["spooled"] += records.buffer.extend(
                     timestamp=got.t_ns[fresh] * 1e-9 + to_wall, latency_ms=got.latency_ms[fresh],
                     confidence=got.confidence[fresh], error=got.error[fresh], version=got.version[fresh])
-        self.record_counts["overflowed"] += records.buffer.dropped - overflowed
         samples.forget_other_segments(batch.samples)
         records.forget_other_segments(batch.metrics)
         samples.counts["spooled"] += n
