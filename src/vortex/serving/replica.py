@@ -1,33 +1,38 @@
-"""Samples of the machines that do not hold the control plane: spooled, then merged.
+"""What the machines that do not hold the control plane record: spooled, then merged.
 
 With ``ServiceSpec.fleet_url`` set, each machine's control-plane lock holder either holds the
 fleet's lease and runs the control plane, or runs a :class:`SpoolWriter` (docs/DISTRIBUTED.md):
 
 * **The spool writer** drains the machine's shared-memory segments (``FleetReader``, as the
-  control plane's pump does), appends the labelled samples to a local
-  :class:`~vortex.training.SampleBuffer` (numbered per replica by its ``seq``) and, every
-  ``spool_interval_secs``, saves it whole to ``<fleet_url>/spool/<replica>.arrow``; only then
-  does it commit the fleet's cursors (the control plane's rule: what the cursors skip is
-  durable). The spool object also records, per segment, the next sample seq it holds, so a
-  writer killed between the save and the commit skips, on restart, what it re-reads from the
-  segments: a sample enters the spool once. Metric records are read and dropped: the detector
-  sees the control plane's machine only.
+  control plane's pump does). It appends the labelled samples to a local
+  :class:`~vortex.training.SampleBuffer` and the request records (wall-clock time, latency,
+  confidence, error, answering version) to a :class:`~vortex.serving.record_spool.RecordSpool`,
+  each numbered per replica by its own ``seq``. Every ``spool_interval_secs`` it saves both
+  whole, to ``<fleet_url>/spool/<replica>.arrow`` and ``<fleet_url>/spool/records/<replica>.arrow``;
+  only then does it commit the fleet's cursors (the control plane's rule: what the cursors
+  skip is durable). Each spool object also records, per segment, the next sample seq (record
+  index) it holds, so a writer killed between the save and the commit skips, on restart, what
+  it re-reads from the segments: a sample or a record enters its spool once.
 * **The merger** (:class:`SpoolMerger`, on the control plane) reads every spool whose ETag
-  changed, takes the rows with ``seq`` at or above what it merged from that replica, orders
-  them by timestamp, adds them to its trainer's buffer, saves that buffer, and only then writes
-  ``<replica>.merged`` (``{"incarnation", "next_seq"}``): its watermark, on shared storage so a
-  control plane elected elsewhere continues from it. The writer drops the merged rows from its
-  buffer, so a spool holds what is not merged yet. A damaged spool is reported
-  (:class:`~vortex.errors.SnapshotFormatError`, naming it) and skipped; the others merge.
+  changed and takes the rows with ``seq`` at or above what it merged from that replica. The
+  records, ordered by timestamp, go to the calls the pump feeds this machine's records to
+  (:meth:`~vortex.serving.control.ControlPlane.feed_records`: tracker, detector, change board),
+  then their watermark ``records/<replica>.merged`` is written. The samples, ordered by
+  timestamp, go to its trainer's buffer, which is saved, and only then is ``<replica>.merged``
+  written. A watermark is ``{"incarnation", "next_seq"}``, on shared storage so a control plane
+  elected elsewhere continues from it. The writer drops the merged rows, so a spool holds what
+  is not merged yet. A damaged spool is reported (:class:`~vortex.errors.SnapshotFormatError`,
+  naming it) and skipped; the others merge.
 
-Exactly once from a worker's segment to the trainer's buffer while the control plane runs,
-also across spool writers killed at any point: the next lock holder of a machine always spools
-first (skipping what the spool holds, then committing) before it may run the control plane.
-At least once across a control plane killed between saving its buffer and writing the
-watermarks (the next one merges those rows again), or when a machine takes the lease while
-its spool cannot be written (its control plane then reads the uncommitted samples directly).
-A spool that is damaged, or overflows (more than its capacity unmerged: the control plane
-away too long), loses samples, which are counted.
+Exactly once from a worker's segment to the trainer's buffer and to the detector while the
+control plane runs, also across spool writers killed at any point: the next lock holder of a
+machine always spools first (skipping what the spools hold, then committing) before it may
+run the control plane. At least once across a control plane killed between saving its buffer
+and writing the watermarks (the next one merges those rows again; records fed to a detector
+that died with it are fed to its successor's), or when a machine takes the lease while its
+spool cannot be written (its control plane then reads the uncommitted rows directly). A spool
+that is damaged, or overflows (more than its capacity unmerged: the control plane away too
+long), loses its oldest rows, which the merger counts.
 """
 
 from __future__ import annotations
@@ -309,17 +314,19 @@ class _Merging:
                 self.merged[replica] = ("", 0)
         return self.merged[replica]
 
-    def collect(self) -> list[tuple[Any, np.ndarray]]:
-        """``(rows, kept)`` of every spool whose ETag changed: its rows, and which of them are
-        at or above its replica's watermark (not merged yet).
+    def collect(self) -> tuple[list[tuple[Any, np.ndarray]], list[tuple[str, str, str, str, int]]]:
+        """``(parts, taken)``: per spool whose ETag changed, ``(rows, kept)`` (its rows, and which
+        are at or above its replica's watermark: not merged yet); ``taken`` goes to
+        :meth:`took` once the kept rows are consumed (not when consuming them failed: the next
+        merge takes them again).
         """
         merger, fs = self.merger, self.merger.fs
         fs.invalidate_cache(self.dir)
         try:
             entries = fs.ls(self.dir, detail=True)
         except FileNotFoundError:
-            return []
-        parts = []
+            return [], []
+        parts, taken = [], []
         for info in entries:
             name = posixpath.basename(str(info["name"]).rstrip("/"))
             etag = str(info.get("ETag") or info.get("mtime") or "")
@@ -345,10 +352,15 @@ class _Merging:
                 merger.counts[f"{self.kind}_lost" if self.kind else "lost"] += lost
                 log.error("%s spool of %s overflowed: %d lost", self.kind or "sample", replica, lost)
             parts.append((snap, snap.seq >= start))
-            self.merged[replica] = (incarnation, buf.next_seq)
+            taken.append((replica, incarnation, name, etag, buf.next_seq))
+        return parts, taken
+
+    def took(self, taken: list[tuple[str, str, str, str, int]]) -> None:
+        """Record as merged what :meth:`collect` returned (the watermarks still to write)."""
+        for replica, incarnation, name, etag, next_seq in taken:
+            self.merged[replica] = (incarnation, next_seq)
             self.etags[name] = etag
             self.unacked.add(replica)
-        return parts
 
     def acknowledge(self) -> None:
         """Write the watermarks of what was merged (only once it is safe: see the callers)."""
@@ -410,11 +422,15 @@ class SpoolMerger:
         it, then write those watermarks. Returns the number of samples added.
         """
         if self.records is not None:
-            self._feed(self._records.collect())
+            parts, taken = self._records.collect()
+            self._feed(parts)
+            self._records.took(taken)
             self._records.acknowledge()  # what was fed lives in this process only: nothing to save first
         if self.trainer is None:
             return 0
-        n = self._add(self._samples.collect())
+        parts, taken = self._samples.collect()
+        n = self._add(parts)
+        self._samples.took(taken)
         if self._samples.unacked and self.trainer.persist_buffer_covering():
             self._samples.acknowledge()
         return n
