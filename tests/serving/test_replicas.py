@@ -28,8 +28,8 @@ from s3_support import S3_ENV, enable_versioning, object_versions, s3, s3_server
 from vortex.errors import CorruptFileError, SnapshotFormatError  # noqa: E402
 from vortex.serving import ServiceSpec  # noqa: E402
 from vortex.serving.control import ControlStandby  # noqa: E402
-from vortex.serving.record_spool import RecordSpool  # noqa: E402
 from vortex.serving.lease import LEASE_NAME, Lease, LeaseRecord  # noqa: E402
+from vortex.serving.record_spool import RecordSpool  # noqa: E402
 from vortex.serving.replica import SpoolMerger, SpoolWriter, spool_root  # noqa: E402
 from vortex.shm import WorkerSegment  # noqa: E402
 from vortex.shm.location import segment_dir  # noqa: E402
@@ -222,6 +222,21 @@ def test_a_machine_whose_spooler_died_before_its_commit_then_takes_the_lease_dou
             a.stop()
 
 
+class _Trainer:
+    """The merge's only needs of a trainer (a real one is tested above)."""
+
+    def __init__(self):
+        from vortex.training.buffer import SampleBuffer
+
+        self.buffer = SampleBuffer(DIM, 1000)
+
+    def add_samples(self, features, labels, **columns):
+        return self.buffer.extend(features, labels, **columns)
+
+    def persist_buffer_covering(self):
+        return True
+
+
 def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     url, options, fs = s3
     writers = {}
@@ -238,19 +253,7 @@ def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     data[len(data) // 3] ^= 0x20
     fs.pipe_file(spool_c, bytes(data))
 
-    class Trainer:  # the merge's only needs of a trainer; a real one is tested above
-        def __init__(self):
-            from vortex.training.buffer import SampleBuffer
-
-            self.buffer = SampleBuffer(DIM, 1000)
-
-        def add_samples(self, features, labels, **columns):
-            return self.buffer.extend(features, labels, **columns)
-
-        def persist_buffer_covering(self):
-            return True
-
-    trainer = Trainer()
+    trainer = _Trainer()
     merger = SpoolMerger(_spec(homes[0], url, options, "a"), trainer)
     assert merger.merge() == 20
     assert _ids(trainer.buffer.snapshot()) == list(range(20))
@@ -331,8 +334,6 @@ def test_records_beyond_the_spools_capacity_while_no_control_plane_merges_drop_t
 
 
 def test_a_damaged_record_spool_is_named_and_the_sample_spool_still_merges(s3, homes):
-    from vortex.training.buffer import SampleBuffer
-
     url, options, fs = s3
     writer = SpoolWriter(_spec(homes[1], url, options, "b"))
     with WorkerSegment.create(homes[1], DIM) as segment:
@@ -346,18 +347,9 @@ def test_a_damaged_record_spool_is_named_and_the_sample_spool_still_merges(s3, h
     data[len(data) // 2] ^= 0x04
     fs.pipe_file(spool, bytes(data))
 
-    class Trainer:
-        buffer = SampleBuffer(DIM, 100)
-
-        def add_samples(self, features, labels, **columns):
-            return self.buffer.extend(features, labels, **columns)
-
-        def persist_buffer_covering(self):
-            return True
-
-    got = _Records()
-    merger = SpoolMerger(_spec(homes[0], url, options, "a"), Trainer(), records=got)
-    assert merger.merge() == 20 and _ids(Trainer.buffer.snapshot()) == list(range(20))
+    got, trainer = _Records(), _Trainer()
+    merger = SpoolMerger(_spec(homes[0], url, options, "a"), trainer, records=got)
+    assert merger.merge() == 20 and _ids(trainer.buffer.snapshot()) == list(range(20))
     problem = merger.problems["records/b"]
     assert isinstance(problem, SnapshotFormatError) and "records/b.arrow" in str(problem)
     assert got.latency == [] and "b" not in merger.problems

@@ -234,10 +234,12 @@ class SpoolWriter:
         for name, rows in batch.samples.items():
             if len(rows):
                 fresh = samples.fresh(name, rows.seq)
-                n += int(fresh.sum())
-                self.buffer.extend(rows.features[fresh], rows.labels[fresh], confidences=rows.confidence[fresh],
-                                   errors=rows.error[fresh], episodes=rows.episode[fresh],
-                                   timestamps=rows.timestamp[fresh])
+                k = int(fresh.sum())
+                n += k
+                if k:
+                    self.buffer.extend(rows.features[fresh], rows.labels[fresh], confidences=rows.confidence[fresh],
+                                       errors=rows.error[fresh], episodes=rows.episode[fresh],
+                                       timestamps=rows.timestamp[fresh])
         # the records' CLOCK_MONOTONIC times as this machine's wall clock: the merger orders
         # the machines' records by it
         to_wall = time.time() - time.monotonic()
@@ -314,7 +316,7 @@ class _Merging:
                 self.merged[replica] = ("", 0)
         return self.merged[replica]
 
-    def collect(self) -> tuple[list[tuple[Any, np.ndarray]], list[tuple[str, str, str, str, int]]]:
+    def collect(self) -> tuple[list[tuple[Any, np.ndarray]], list[tuple[str, str, str, str, int, int]]]:
         """``(parts, taken)``: per spool whose ETag changed, ``(rows, kept)`` (its rows, and which
         are at or above its replica's watermark: not merged yet); ``taken`` goes to
         :meth:`took` once the kept rows are consumed (not when consuming them failed: the next
@@ -347,17 +349,17 @@ class _Merging:
             merged_incarnation, done = self._watermark(replica)
             start = done if merged_incarnation == incarnation else 0
             snap = buf.snapshot()
-            if len(snap) and int(snap.seq[0]) > start:
-                lost = int(snap.seq[0]) - start
-                merger.counts[f"{self.kind}_lost" if self.kind else "lost"] += lost
-                log.error("%s spool of %s overflowed: %d lost", self.kind or "sample", replica, lost)
+            lost = max(0, int(snap.seq[0]) - start) if len(snap) else 0  # overflowed unmerged
             parts.append((snap, snap.seq >= start))
-            taken.append((replica, incarnation, name, etag, buf.next_seq))
+            taken.append((replica, incarnation, name, etag, buf.next_seq, lost))
         return parts, taken
 
-    def took(self, taken: list[tuple[str, str, str, str, int]]) -> None:
+    def took(self, taken: list[tuple[str, str, str, str, int, int]]) -> None:
         """Record as merged what :meth:`collect` returned (the watermarks still to write)."""
-        for replica, incarnation, name, etag, next_seq in taken:
+        for replica, incarnation, name, etag, next_seq, lost in taken:
+            if lost:
+                self.merger.counts[f"{self.kind}_lost" if self.kind else "lost"] += lost
+                log.error("%s spool of %s overflowed: %d lost", self.kind or "sample", replica, lost)
             self.merged[replica] = (incarnation, next_seq)
             self.etags[name] = etag
             self.unacked.add(replica)
