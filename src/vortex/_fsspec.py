@@ -75,6 +75,8 @@ def put_whole(fs: Any, path: str, data: bytes, **condition: Any) -> None:
         fs.pipe_file(path, bytes(data), **condition)
         return
     head, name = posixpath.split(path)
+    if head:  # as on an object store, writing a file needs no directory made beforehand
+        fs.makedirs(head, exist_ok=True)
     temp = posixpath.join(head, f".vtx-{name}.{uuid.uuid4().hex}.tmp")
     fs.pipe_file(temp, bytes(data))
     fs.mv(temp, path)

@@ -211,12 +211,13 @@ class WorkerLauncher:
         if server is not None:
             server.close()
 
-    def run(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,
-            run_id: int, candidate: str | None = None) -> None:
-        """Run ``world_size`` worker processes writing into ``out_dir``; raise on any failure.
+    def worker_args(self, out_dir: str, snap_path: str, init_version: int | None, run_id: int,
+                    candidate: str | None = None) -> list[str]:
+        """The worker's command-line arguments for run ``run_id`` under the current config: the
+        same for every rank, on this machine or under ``torchrun`` on several.
 
-        With ``candidate`` (a safetensors file), the one worker only validates it against
-        ``init_version`` on the snapshot's held-out rows instead of training.
+        ``out_dir``, ``snap_path`` and ``candidate`` may be fsspec URLs; their storage options
+        reach the worker through its environment (``STORAGE_OPTIONS_ENV``), never these arguments.
         """
         cfg = self._config()
         args = ["--snapshot", snap_path, "--out", out_dir, "--factory", self.model_factory,
@@ -231,6 +232,17 @@ class WorkerLauncher:
             args += ["--registry", self.registry_root, "--init-version", str(init_version)]
         if candidate is not None:
             args += ["--candidate", candidate]
+        return args
+
+    def run(self, out_dir: str, snap_path: str, init_version: int | None, world_size: int,
+            run_id: int, candidate: str | None = None) -> None:
+        """Run ``world_size`` worker processes writing into ``out_dir``; raise on any failure.
+
+        With ``candidate`` (a safetensors file), the one worker only validates it against
+        ``init_version`` on the snapshot's held-out rows instead of training.
+        """
+        cfg = self._config()
+        args = self.worker_args(out_dir, snap_path, init_version, run_id, candidate)
         port = _free_port() if world_size > 1 else 0
         deadline = time.monotonic() + cfg.run_timeout_secs
         procs: list[Worker] = []

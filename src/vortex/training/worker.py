@@ -17,8 +17,14 @@ gradient of the weighted mean over the global batch: W ranks compute the same up
 rank on the same data and seed.  Global batches with fewer rows than ranks are skipped.
 
 Rank 0 then scores the candidate and the ``--init-version`` model of ``--registry`` on the
-held-out (sacred-position) rows and writes ``candidate.safetensors`` and ``result.json`` into
-``--out`` (both atomically).  With ``--candidate FILE`` the worker trains nothing: it only
+held-out (sacred-position) rows and writes ``candidate.safetensors``, then ``result.json``, into
+``--out`` (each atomically). ``result.json`` is the run's commit marker: written last, by rank 0
+only, and a stale one is deleted before training starts, so a reader that finds it finds the
+candidate complete. ``--snapshot``, ``--out`` and ``--candidate`` may be fsspec URLs
+(``s3://bucket/runs/run-7``) reached with the JSON storage options of
+``$VORTEX_REGISTRY_STORAGE_OPTIONS`` (each file one object ``PUT`` on an object store: old or
+new, never half); local paths never import fsspec. The worker's log is its standard error, on
+its own machine.  With ``--candidate FILE`` the worker trains nothing: it only
 scores that candidate against ``--init-version`` (the coordinator does this when the active
 version changed during a run).  Training runs on CUDA when it is available (``--device``),
 with the NCCL backend, else on the CPU with gloo; the loss totals live on the training device
@@ -38,14 +44,17 @@ import json
 import logging
 import math
 import os
+import posixpath
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError, VortexError
 
 __all__ = ["Adam", "WorkerArgs", "die_with_parent", "evaluate", "main", "per_sample_loss", "train"]
 
@@ -128,8 +137,10 @@ def _json_object(text: str) -> dict[str, Any]:
 def _parse(argv: list[str] | None) -> WorkerArgs:
     p = argparse.ArgumentParser(prog="python -m vortex.training.worker", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--snapshot", required=True, help="Arrow IPC snapshot file (SampleBuffer.snapshot().write_ipc)")
-    p.add_argument("--out", required=True, help="output directory (candidate.safetensors, result.json)")
+    p.add_argument("--snapshot", required=True,
+                   help="Arrow IPC snapshot file (SampleBuffer.snapshot().write_ipc), a path or an fsspec URL")
+    p.add_argument("--out", required=True,
+                   help="output directory (candidate.safetensors, result.json), a path or an fsspec URL")
     p.add_argument("--factory", required=True, help="model factory, 'package.module:function'")
     p.add_argument("--factory-kwargs", default="{}", type=_json_object, help="JSON object of factory kwargs")
     p.add_argument("--task", default="classification", choices=("classification", "regression"))
@@ -147,7 +158,8 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
     p.add_argument("--flux", default=None, type=_json_object, help="JSON object of FluxConfig fields")
     p.add_argument("--confidence-level", type=float, default=0.95)
     p.add_argument("--candidate", default=None,
-                   help="validate this safetensors candidate against --init-version; no training")
+                   help="validate this safetensors candidate (a path or an fsspec URL) against "
+                   "--init-version; no training")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="training device (auto: CUDA when available)")
     ns = p.parse_args(argv)
@@ -168,6 +180,10 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
             FluxConfig(**args.flux)
         except ValueError as exc:
             p.error(f"--flux: {exc}")
+    for option in ("snapshot", "out", "candidate"):
+        problem = _unsupported_url(getattr(args, option))
+        if problem:
+            p.error(f"--{option} {getattr(args, option)!r}: {problem}")
     from .models import resolve_factory
 
     try:
@@ -184,6 +200,107 @@ def _parse(argv: list[str] | None) -> WorkerArgs:
         except TypeError as exc:
             p.error(f"--factory-kwargs {json.dumps(args.factory_kwargs)} do not fit {args.factory}: {exc}")
     return args
+
+
+def _unsupported_url(value: str | None) -> str | None:
+    """Why fsspec cannot open the URL ``value`` here (unknown protocol, driver not installed);
+    None for a local path or a URL it can open. Nothing is contacted.
+    """
+    from .._fsspec import is_url
+
+    if value is None or not is_url(value):
+        return None
+    protocol = value.split("://", 1)[0]
+    try:
+        from fsspec import get_filesystem_class
+
+        get_filesystem_class(protocol)
+    except ImportError as exc:
+        return f"the protocol {protocol!r} needs a driver that is not installed ({exc})"
+    except ValueError:
+        return f"no fsspec filesystem handles the protocol {protocol!r}"
+    return None
+
+
+@contextmanager
+def _reaching(option: str, url: str) -> Iterator[None]:
+    """Name the option and the URL in a failure to reach ``url`` (a missing object, a storage
+    that does not answer); Vortex's own errors (a damaged snapshot) already name it.
+    """
+    try:
+        yield
+    except VortexError:
+        raise
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{option} {url!r}: no such file or object ({exc})") from exc
+    except Exception as exc:  # s3fs / botocore raise many kinds, few of them OSError
+        raise TrainingError(f"{option} {url!r} could not be reached: {type(exc).__name__}: {exc}") from exc
+
+
+class _Output:
+    """The ``--out`` location: a local directory (atomic files, fsynced) or an fsspec URL
+    (each file written whole: one object ``PUT``).
+    """
+
+    def __init__(self, out: str, storage_options: dict[str, Any]) -> None:
+        from .._fsspec import is_url
+
+        self.out = out
+        self.fs: Any = None
+        if is_url(out):
+            from .._fsspec import filesystem
+
+            with _reaching("--out", out):
+                self.fs, self.root = filesystem(out, storage_options)
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self.root, name) if self.fs is not None else os.path.join(self.out, name)
+
+    def drop_stale_result(self) -> None:
+        """Delete a ``result.json`` left by an earlier run into the same ``--out``: the commit
+        marker must only ever describe this run's candidate. (Also checks, before training, that
+        the location can be reached.)
+        """
+        path = self._path(RESULT_FILE)
+        if self.fs is None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        with _reaching("--out", self.out):
+            if self.fs.exists(path):
+                self.fs.rm_file(path)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write the file ``name`` whole or not at all."""
+        if self.fs is None:
+            from .._io import atomic_write_bytes
+
+            os.makedirs(self.out, exist_ok=True)
+            atomic_write_bytes(self._path(name), data)
+            return
+        from .._fsspec import put_whole
+
+        with _reaching("--out", self.out):
+            put_whole(self.fs, self._path(name), data)
+
+
+def _read_candidate(path: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The state dict of the ``--candidate`` safetensors file (a path or a URL)."""
+    from .._fsspec import is_url
+
+    if not is_url(path):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    from safetensors.torch import load
+
+    from .._fsspec import read_url
+
+    with _reaching("--candidate", path):
+        data = read_url(path, storage_options)
+    return load(data)
 
 
 def per_sample_loss(output, target, task: str):
@@ -333,18 +450,24 @@ def evaluate(model, x, y, task: str, chunk: int = 4096) -> tuple[Any, float]:
     return torch.cat(scores).numpy(), float(torch.cat(losses).mean())
 
 
-def _load_data(args: WorkerArgs):
+def _load_data(args: WorkerArgs, storage_options: dict[str, Any]):
     """Read the snapshot; FluxDynamics weights and the train/held-out split via TrainingPipeline.
 
     The worker batches the pipeline's tensors itself (see :func:`train`) instead of using its
     DataLoader, because exact DDP equivalence needs seeded *global* batches sharded by rank
     and normalised by the global batch weight.
     """
+    from .._fsspec import is_url
     from ..config import FluxConfig
     from . import Snapshot, TrainingPipeline
 
+    if is_url(args.snapshot):
+        with _reaching("--snapshot", args.snapshot):
+            snapshot = Snapshot.read_ipc(args.snapshot, storage_options=storage_options)
+    else:
+        snapshot = Snapshot.read_ipc(args.snapshot)
     data = TrainingPipeline(FluxConfig(**(args.flux or {})), batch_size=args.batch_size,
-                            task=args.task).build(Snapshot.read_ipc(args.snapshot))
+                            task=args.task).build(snapshot)
     t, h = data.train, data.holdout
     return (t.features, t.labels, t.weights), (h.features, h.labels)
 
@@ -367,7 +490,6 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     t0 = time.perf_counter()
     import torch
 
-    from .._io import atomic_write_bytes
     from .models import build_model
     from .registry import ModelRegistry, state_dict_bytes
     from .validation import compare_models
@@ -388,19 +510,20 @@ def run(args: WorkerArgs) -> dict[str, Any]:
     timings: dict[str, float] = {"import": time.perf_counter() - t0}
     try:
         t = time.perf_counter()
-        (x, y, w), (hx, hy) = _load_data(args)
+        options = json.loads(os.environ.get(STORAGE_OPTIONS_ENV) or "{}")
+        output = _Output(args.out, options) if rank == 0 else None
+        if output is not None:
+            output.drop_stale_result()
+        (x, y, w), (hx, hy) = _load_data(args, options)
         # the active version: starting point and validation baseline (checksum-verified)
         init_state = None
         if args.registry:
-            options = json.loads(os.environ.get(STORAGE_OPTIONS_ENV) or "{}")
             init_state = ModelRegistry(args.registry, storage_options=options).load(args.init_version)
         torch.manual_seed(args.seed)
         model = build_model(args.factory, args.factory_kwargs)
         losses: list[float] = []
         if args.candidate is not None:
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(args.candidate))
+            model.load_state_dict(_read_candidate(args.candidate, options))
             timings["load"] = time.perf_counter() - t
         else:
             if init_state is not None:
@@ -420,7 +543,7 @@ def run(args: WorkerArgs) -> dict[str, Any]:
                            world_size=world_size, step_model=step_model)
             timings["train"] = time.perf_counter() - t
         result: dict[str, Any] = {}
-        if rank == 0:
+        if output is not None:
             t = time.perf_counter()
             model.to("cpu")
             result = {"rank_count": world_size, "train_samples": int(x.shape[0]),
@@ -439,14 +562,13 @@ def run(args: WorkerArgs) -> dict[str, Any]:
                     c_scores, a_scores, task=args.task, candidate_loss=c_loss, active_loss=a_loss,
                     confidence_level=args.confidence_level, seed=args.seed).to_dict()
             timings["validate"] = time.perf_counter() - t
-            os.makedirs(args.out, exist_ok=True)
             if args.candidate is None:
                 t = time.perf_counter()
-                atomic_write_bytes(os.path.join(args.out, CANDIDATE_FILE), state_dict_bytes(model))
+                output.write(CANDIDATE_FILE, state_dict_bytes(model))
                 timings["save"] = time.perf_counter() - t
             result["timings"] = timings
-            atomic_write_bytes(os.path.join(args.out, RESULT_FILE),
-                               json.dumps(result, allow_nan=True).encode())
+            # last: the commit marker (see the module docstring)
+            output.write(RESULT_FILE, json.dumps(result, allow_nan=True).encode())
         if dist is not None:
             dist.barrier()
         return result
