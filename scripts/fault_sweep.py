@@ -50,7 +50,7 @@ import shm_loaders  # noqa: E402
 TABLE += shm_loaders.KINDS
 # --- end of shared memory ---
 
-# --- replicas across machines: the control-plane lease, a replica's sample spool ---
+# --- replicas across machines: the control-plane lease, a replica's sample and record spools ---
 import replica_loaders  # noqa: E402
 
 TABLE += replica_loaders.KINDS

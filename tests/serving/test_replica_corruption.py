@@ -1,5 +1,5 @@
 """Damaged objects replicas share: every flipped byte and truncation of the control-plane
-lease and a dense seeded sample of a replica's spool are detected (a CorruptFileError naming
+lease and a dense seeded sample of a replica's sample and record spools are detected (a CorruptFileError naming
 the object) or harmless, in a child process so that a crash would be a verdict. Every byte of
 both in scripts/fault_sweep.py."""
 

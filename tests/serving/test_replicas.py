@@ -29,6 +29,7 @@ from vortex.errors import CorruptFileError, SnapshotFormatError  # noqa: E402
 from vortex.serving import ServiceSpec  # noqa: E402
 from vortex.serving.control import ControlStandby  # noqa: E402
 from vortex.serving.lease import LEASE_NAME, Lease, LeaseRecord  # noqa: E402
+from vortex.serving.record_spool import RecordSpool  # noqa: E402
 from vortex.serving.replica import SpoolMerger, SpoolWriter, spool_root  # noqa: E402
 from vortex.shm import WorkerSegment  # noqa: E402
 from vortex.shm.location import segment_dir  # noqa: E402
@@ -42,6 +43,13 @@ def _attach(orch):
     from vortex import BackgroundTrainingConfig
 
     orch.with_background_trainer(BackgroundTrainingConfig(enabled=False, min_samples_for_training=10))
+
+
+def _attach_watching(orch):
+    """A trainer, a detector, and a change board keeping the answered requests' latencies."""
+    _attach(orch)
+    orch.with_runtime_detector()
+    orch.changes.keep(2_000, ("latency_ms",))
 
 
 def _spec(home, url, options, replica, **kw):
@@ -108,10 +116,17 @@ _REPLICA = textwrap.dedent("""
 """)
 
 
-def test_samples_of_another_machine_reach_the_control_plane_once_across_kill9_of_its_spooler(s3, homes):
+def _answer(segment, ids, latency=None):
+    """Requests ``ids`` answered on ``segment``: latency 1 + id ms (or ``latency``), version 1
+    or 2 by the id's parity."""
+    for i in ids:
+        segment.record_answer(1.0 + i if latency is None else latency, 0.5, int(i), 1 + int(i) % 2)
+
+
+def test_samples_and_records_of_another_machine_reach_the_control_plane_once_across_kill9_of_its_spooler(s3, homes):
     url, options, fs = s3
     home_a, home_b, _ = homes
-    a = ControlStandby(_spec(home_a, url, options, "a", configure=_attach), interval=0.1)
+    a = ControlStandby(_spec(home_a, url, options, "a", configure=_attach_watching), interval=0.1)
     a.start()
     fed = threading.Event()
     n = 400
@@ -121,6 +136,7 @@ def test_samples_of_another_machine_reach_the_control_plane_once_across_kill9_of
 
         def feed():
             for start in range(0, n, 10):
+                _answer(segment, range(start, start + 10))
                 _push(segment, range(start, start + 10))  # pushed: acknowledged to the client
                 time.sleep(0.05)
             fed.set()
@@ -144,6 +160,17 @@ def test_samples_of_another_machine_reach_the_control_plane_once_across_kill9_of
         assert np.all(np.diff(snap.timestamp) >= 0)  # merged in timestamp order
         ack = json.loads(fs.cat_file(f"{spool_root(url)}/b.merged"))
         assert ack["next_seq"] == n  # b's spool numbered each sample once
+        # b's request records, each once, in a's detector, tracker and change board (a has no
+        # worker of its own: everything they hold came from b)
+        orch = a.plane.orchestrator
+        _wait_for(lambda: orch.detector.total_samples >= n)
+        time.sleep(1.0)
+        assert orch.detector.total_samples == n and orch.tracker.summary()["modes"]["fleet"]["count"] == n
+        for version in (1, 2):  # the board's figures of each answering version
+            assert sorted(orch.changes.recent("latency_ms", 2 * n, version=version)) == [
+                1.0 + i for i in range(n) if 1 + i % 2 == version]
+        assert a.plane.counts["remote_records"] == n
+        assert json.loads(fs.cat_file(f"{spool_root(url)}/records/b.merged"))["next_seq"] == n
         segment.close()
     finally:
         a.stop()
@@ -195,6 +222,21 @@ def test_a_machine_whose_spooler_died_before_its_commit_then_takes_the_lease_dou
             a.stop()
 
 
+class _Trainer:
+    """The merge's only needs of a trainer (a real one is tested above)."""
+
+    def __init__(self):
+        from vortex.training.buffer import SampleBuffer
+
+        self.buffer = SampleBuffer(DIM, 1000)
+
+    def add_samples(self, features, labels, **columns):
+        return self.buffer.extend(features, labels, **columns)
+
+    def persist_buffer_covering(self):
+        return True
+
+
 def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     url, options, fs = s3
     writers = {}
@@ -211,19 +253,7 @@ def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     data[len(data) // 3] ^= 0x20
     fs.pipe_file(spool_c, bytes(data))
 
-    class Trainer:  # the merge's only needs of a trainer; a real one is tested above
-        def __init__(self):
-            from vortex.training.buffer import SampleBuffer
-
-            self.buffer = SampleBuffer(DIM, 1000)
-
-        def add_samples(self, features, labels, **columns):
-            return self.buffer.extend(features, labels, **columns)
-
-        def persist_buffer_covering(self):
-            return True
-
-    trainer = Trainer()
+    trainer = _Trainer()
     merger = SpoolMerger(_spec(homes[0], url, options, "a"), trainer)
     assert merger.merge() == 20
     assert _ids(trainer.buffer.snapshot()) == list(range(20))
@@ -238,6 +268,92 @@ def test_a_damaged_spool_is_named_and_skipped_and_the_others_merge(s3, homes):
     assert len(writers["b"].buffer) == 0 and writers["b"].counts["trimmed"] == 20
     for w in writers.values():
         w.fleet.close()
+
+
+def test_a_latency_spike_recorded_only_on_another_machine_raises_the_control_planes_latency_weakness(s3, homes):
+    from vortex.monitor.weaknesses import WeaknessType
+
+    url, options, _ = s3
+    a = ControlStandby(_spec(homes[0], url, options, "a", configure=_attach_watching), interval=0.1)
+    a.start()
+    try:
+        assert a.acquired.wait(60)
+        detector = a.plane.orchestrator.detector
+        with WorkerSegment.create(homes[0], DIM) as local:
+            _answer(local, range(100), latency=5.0)  # a's own requests: fast
+            _wait_for(lambda: detector.total_samples >= 100)
+        assert WeaknessType.LATENCY_SPIKE not in {w.type for w in detector.assess()}
+        b = SpoolWriter(_spec(homes[1], url, options, "b"))
+        with WorkerSegment.create(homes[1], DIM) as remote:
+            _answer(remote, range(100, 130), latency=900.0)  # b's: over the 500 ms threshold
+            b.pump()
+            b.flush()
+        b.fleet.close()
+        _wait_for(lambda: WeaknessType.LATENCY_SPIKE in {w.type for w in detector.assess()}, timeout=30)
+        assert detector.total_samples == 130
+    finally:
+        a.stop()
+
+
+class _Records:
+    """A merger's ``records`` callback that keeps what it is given."""
+
+    def __init__(self):
+        self.latency, self.versions = [], []
+
+    def __call__(self, latency_ms, confidence, version):
+        self.latency += latency_ms.tolist()
+        self.versions += version.tolist()
+
+
+def test_records_beyond_the_spools_capacity_while_no_control_plane_merges_drop_the_oldest_and_count_them(s3, homes):
+    url, options, fs = s3
+    spec = _spec(homes[1], url, options, "b")
+    writer = SpoolWriter(spec, records_capacity=50)
+    with WorkerSegment.create(homes[1], DIM) as segment:
+        for start in (0, 40, 80):  # three spool intervals, no merger
+            _answer(segment, range(start, start + 40))
+            writer.pump()
+            writer.flush()
+        saved = RecordSpool.load(f"{spool_root(url)}/records/b.arrow", storage_options=options)
+        assert len(saved) == 50 and saved.capacity == 50  # the stored object is bounded too
+        got = _Records()
+        merger = SpoolMerger(_spec(homes[0], url, options, "a"), None, records=got)
+        merger.merge()
+        assert got.latency == [1.0 + i for i in range(70, 120)]  # the newest arrive, in order
+        assert got.versions == [1 + i % 2 for i in range(70, 120)]
+        assert merger.counts["records_lost"] == 70 and merger.counts["records_merged"] == 50
+        writer.flush()  # b drops what was merged
+        assert writer.record_counts["trimmed"] == 50 and len(writer.records.buffer) == 0
+        _answer(segment, range(120, 125))  # merged from here on: nothing more is lost
+        writer.pump()
+        writer.flush()
+        merger.merge()
+        assert got.latency[50:] == [1.0 + i for i in range(120, 125)] and merger.counts["records_lost"] == 70
+    writer.fleet.close()
+
+
+def test_a_damaged_record_spool_is_named_and_the_sample_spool_still_merges(s3, homes):
+    url, options, fs = s3
+    writer = SpoolWriter(_spec(homes[1], url, options, "b"))
+    with WorkerSegment.create(homes[1], DIM) as segment:
+        _push(segment, range(20))
+        _answer(segment, range(20))
+        writer.pump()
+        writer.flush()
+    writer.fleet.close()
+    spool = f"{spool_root(url)}/records/b.arrow"
+    data = bytearray(fs.cat_file(spool))
+    data[len(data) // 2] ^= 0x04
+    fs.pipe_file(spool, bytes(data))
+
+    got, trainer = _Records(), _Trainer()
+    merger = SpoolMerger(_spec(homes[0], url, options, "a"), trainer, records=got)
+    assert merger.merge() == 20 and _ids(trainer.buffer.snapshot()) == list(range(20))
+    problem = merger.problems["records/b"]
+    assert isinstance(problem, SnapshotFormatError) and "records/b.arrow" in str(problem)
+    assert got.latency == [] and "b" not in merger.problems
+    assert not fs.exists(f"{spool_root(url)}/records/b.merged")  # nothing merged: no watermark
 
 
 def test_a_control_plane_that_loses_the_lease_stops_and_its_machine_spools_again(s3, homes):

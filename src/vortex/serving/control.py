@@ -190,7 +190,9 @@ class ControlPlane:
         self._wanted = _wanted_path(self.layout)
         self.started_at = time.time()
         self.counts = {"records": 0, "samples": 0, "lost_records": 0, "lost_samples": 0, "commits": 0,
-                       "linked_errors": 0, "unlinked_errors": 0, "dropped_errors": 0}
+                       "linked_errors": 0, "unlinked_errors": 0, "dropped_errors": 0, "remote_records": 0}
+        # the pump and the spool merger (another thread) feed the same components
+        self._feeding = threading.Lock()
         self._links = RequestLinks()
         # (worker, request, error, pump) of errors read before their request's record
         self._overtaken: list[tuple[int, int, float, int]] = []
@@ -262,26 +264,49 @@ class ControlPlane:
         orch = self.orchestrator
         batch = self.fleet.read_new()
         detector, trainer, changes = orch.detector, orch.trainer, orch.changes
-        tracker, answered = orch.tracker, changes.answered
         self._pumps += 1
         n = 0
-        for name, records in batch.metrics.items():
-            self.counts["lost_records"] += records.lost
-            if not len(records):
-                continue
-            # the tracker and the detector take the whole read in one call each (the copy runs
-            # without the GIL, which this thread shares with a serving event loop); the board
-            # takes one answer at a time
-            tracker.record_batch("fleet", records.latency_ms, records.confidence)
-            if detector is not None:
-                first = detector.record_requests(records.latency_ms, records.confidence)
-                self._links.add(batch.segment_ids[name], records.request,
-                                np.arange(first, first + len(records), dtype=np.int64))
-            for lat, conf, version in zip(records.latency_ms.tolist(), records.confidence.tolist(),
-                                          _versions(records.version), strict=True):
-                answered(version, lat, conf)
-            n += len(records)
-            self.counts["records"] += len(records)
+        with self._feeding:
+            for name, records in batch.metrics.items():
+                self.counts["lost_records"] += records.lost
+                if not len(records):
+                    continue
+                first = self._answered(records.latency_ms, records.confidence, records.version)
+                if first is not None:
+                    self._links.add(batch.segment_ids[name], records.request,
+                                    np.arange(first, first + len(records), dtype=np.int64))
+                n += len(records)
+                self.counts["records"] += len(records)
+            n += self._pump_samples(batch, detector, trainer, changes)
+        return n
+
+    def _answered(self, latency_ms: np.ndarray, confidence: np.ndarray, version: np.ndarray) -> int | None:
+        """Answered requests to the tracker, the detector and the change board; returns the
+        detector id of the first (None without a detector).
+        """
+        orch = self.orchestrator
+        # the tracker and the detector take the whole read in one call each (the copy runs
+        # without the GIL, which this thread shares with a serving event loop); the board
+        # takes one answer at a time
+        orch.tracker.record_batch("fleet", latency_ms, confidence)
+        first = None if orch.detector is None else orch.detector.record_requests(latency_ms, confidence)
+        answered = orch.changes.answered
+        for lat, conf, answering in zip(latency_ms.tolist(), confidence.tolist(), _versions(version), strict=True):
+            answered(answering, lat, conf)
+        return first
+
+    def feed_records(self, latency_ms: np.ndarray, confidence: np.ndarray, version: np.ndarray) -> None:
+        """Request records of another machine (the :class:`~vortex.serving.replica.SpoolMerger`'s,
+        in timestamp order) to the tracker, the detector and the change board, as :meth:`pump`
+        feeds this machine's. Safe from another thread than the pump's.
+        """
+        with self._feeding:
+            self._answered(latency_ms, confidence, version)
+            self.counts["remote_records"] += len(latency_ms)
+
+    def _pump_samples(self, batch: Any, detector: Any, trainer: Any, changes: Any) -> int:
+        """The samples of a pump's read (see :meth:`pump`); returns how many."""
+        n = 0
         for rows in batch.samples.values():
             self.counts["lost_samples"] += rows.lost
             if not len(rows):
@@ -476,10 +501,8 @@ class ControlStandby:
             spooler.stop()
             writer = None
             self.plane = ControlPlane(spec, **self._plane_kwargs)
-            trainer = self.plane.orchestrator.trainer
-            if trainer is not None:
-                merger = SpoolMerger(spec, trainer)
-                merger.start()
+            merger = SpoolMerger(spec, self.plane.orchestrator.trainer, records=self.plane.feed_records)
+            merger.start()
             self.plane.start()
             self.acquired.set()
             log.info("control plane of the fleet %s here (fencing %s)", spec.fleet_url, lease.fencing)

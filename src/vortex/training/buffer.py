@@ -68,6 +68,55 @@ def _checksum(arrays: list[np.ndarray], metadata: dict[str, str]) -> str:
     return f"{crc:08x}"
 
 
+def write_sealed_ipc(path: str | os.PathLike[str], batch: pyarrow.RecordBatch,
+                     storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``batch`` as an Arrow IPC file ending with a sha256 seal: atomically (temp file,
+    fsync, rename) to a path, whole or not at all to an fsspec URL (:mod:`vortex._fsspec`).
+    """
+    import pyarrow as pa
+
+    # In memory, then one native write: Arrow serialises, hashlib hashes and the write runs
+    # with the GIL released, so a periodic save next to serving threads barely touches them.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    body = sink.getvalue()
+    if is_url(path):
+        write_url(os.fspath(path), body.to_pybytes() + seal(body), storage_options)
+    else:
+        atomic_write_sealed(path, body)
+
+
+def read_sealed_ipc(path: str, storage_options: dict[str, Any] | None, remedy: str
+                    ) -> tuple[pyarrow.Table, dict[str, str], bool]:
+    """``(table, schema metadata, sealed)`` of a file :func:`write_sealed_ipc` wrote (or an
+    unsealed Arrow IPC file of before the seal: ``sealed`` False, the caller checks it).
+
+    Raises
+    ------
+    SnapshotFormatError
+        The seal does not verify, or Arrow cannot read the file (naming it, with ``remedy``).
+    FileNotFoundError
+        There is no such file.
+    """
+    import pyarrow as pa
+
+    if is_url(path):
+        body, sealed = unseal(read_url(path, storage_options), path, SnapshotFormatError,
+                              unsealed=is_arrow_ipc_file, remedy=remedy)
+    else:
+        body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file, remedy=remedy)
+    try:
+        table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
+        table.validate(full=True)
+    except Exception as exc:  # any failure to parse is damage: Arrow raises many kinds
+        raise SnapshotFormatError(path, f"not a readable Arrow IPC file ({type(exc).__name__}: {exc})",
+                                  remedy=remedy) from exc
+    raw_meta = table.schema.metadata or {}
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw_meta.items()}
+    return table, meta, sealed
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """A consistent copy of buffered samples.
@@ -175,20 +224,7 @@ class Snapshot:
         with ``storage_options`` for its filesystem): the file is then written whole or not at
         all (:mod:`vortex._fsspec`).
         """
-        import pyarrow as pa
-
-        batch = self.to_arrow(metadata)
-        # In memory, then one native write: Arrow serialises, hashlib hashes and the write
-        # runs with the GIL released, so a periodic save next to serving threads barely
-        # touches them.
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        body = sink.getvalue()
-        if is_url(path):
-            write_url(os.fspath(path), body.to_pybytes() + seal(body), storage_options)
-        else:
-            atomic_write_sealed(path, body)
+        write_sealed_ipc(path, self.to_arrow(metadata), storage_options)
 
     @classmethod
     def read_ipc(cls, path: str | os.PathLike[str], *,
@@ -217,19 +253,7 @@ class Snapshot:
         def bad(problem: str) -> SnapshotFormatError:
             return SnapshotFormatError(path, problem, remedy=_REMEDY)
 
-        if is_url(path):
-            body, sealed = unseal(read_url(path, storage_options), path, SnapshotFormatError,
-                                  unsealed=is_arrow_ipc_file, remedy=_REMEDY)
-        else:
-            body, sealed = read_sealed(path, SnapshotFormatError, unsealed=is_arrow_ipc_file,
-                                       remedy=_REMEDY)
-        try:
-            table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
-            table.validate(full=True)
-        except Exception as exc:  # any failure to parse is damage: Arrow raises many kinds
-            raise bad(f"not a readable Arrow IPC file ({type(exc).__name__}: {exc})") from exc
-        raw_meta = table.schema.metadata or {}
-        meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw_meta.items()}
+        table, meta, sealed = read_sealed_ipc(path, storage_options, _REMEDY)
         if meta.get("vortex.format") != FORMAT_TAG:
             raise bad(f"vortex.format is {meta.get('vortex.format')!r}, expected {FORMAT_TAG!r}")
         try:
