@@ -127,10 +127,14 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         (pid,) = launcher.pids()
         server = launcher._fork_server
         assert server is not None
+        # the spawn is answered right after the fork: the child's set-up (setsid, closing the
+        # server's pipes, its log as stdout) may still be under way on a loaded machine
+        log = str(out / "worker-0.log")
+        _wait(lambda: os.readlink(f"/proc/{pid}/fd/1") == log, "the worker never took its log as stdout")
         state, ppid, pgrp, session = _stat(pid)[:4]
         assert int(ppid) == server.pid and int(_stat(server.pid)[1]) == os.getpid()
         assert int(pgrp) == int(session) == pid  # its own session: a cancel kills its group
-        assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2") == str(out / "worker-0.log")
+        assert os.readlink(f"/proc/{pid}/fd/2") == log
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
         # the server forks from its only thread; its protocol pipes are not the worker's
         assert os.listdir(f"/proc/{server.pid}/task") == [str(server.pid)]
