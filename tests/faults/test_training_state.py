@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from harness import cases, kill_at_random, sweep, sweep_kind
+from proc_support import alive
 from training_loaders import KINDS, UNSEALED_KINDS
 
 from vortex._io import is_temp_name
@@ -350,15 +351,6 @@ _TRAINING_SERVER = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for a reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _worker_log(home) -> str:
     runs = home / "runs"
     return "".join((d / "worker-0.log").read_text() for d in runs.iterdir()
@@ -379,13 +371,13 @@ def test_workers_die_with_a_killed_serving_process(tmp_path, world_size):
         while "epoch 2/" not in _worker_log(home):  # mid-training, past start-up
             assert time.monotonic() < deadline and server.poll() is None, _worker_log(home)[-2000:]
             time.sleep(0.05)
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         server.send_signal(signal.SIGKILL)
         server.wait()
         deadline = time.monotonic() + 30  # a bound on liveness, not a speed measurement
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [p for p in pids if _alive(p)], "workers outlived their coordinator"
+        assert not [p for p in pids if alive(p)], "workers outlived their coordinator"
     finally:
         server.kill()
         server.wait()

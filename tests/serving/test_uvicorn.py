@@ -23,6 +23,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from proc_support import alive
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(REPO, "examples", "http_service")
@@ -60,14 +61,6 @@ def _children(pid: int) -> list[int]:
         except FileNotFoundError:
             pass
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Server:
@@ -311,7 +304,7 @@ def test_kill9_of_workers_and_control_planes_loses_no_acknowledged_feedback(home
                  "uvicorn did not replace the killed worker")
         time.sleep(2)
         os.kill(first, signal.SIGKILL)
-        second = wait_for(lambda: (pid := _control_pid(home)) not in (None, first) and _alive(pid) and pid,
+        second = wait_for(lambda: (pid := _control_pid(home)) not in (None, first) and alive(pid) and pid,
                           "no worker took the control plane over from the killed one")
         time.sleep(2)
         stop.set()

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from proc_support import alive, proc_stat
 from safetensors.torch import load_file
 
 from vortex.config import BackgroundTrainingConfig
@@ -44,19 +45,6 @@ def _snapshot(path, n=360):
 def _launcher(tmp_path, factory=FACTORY, kwargs=KW, **config) -> WorkerLauncher:
     cfg = BackgroundTrainingConfig(**{"num_epochs": 3, "batch_size": 24, "worker_nice": 0, **config})
     return WorkerLauncher(lambda: cfg, factory, kwargs, str(tmp_path / "models"), threading.Event())
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return _stat(pid)[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _wait(predicate, what: str, timeout: float = 60.0) -> None:
@@ -131,8 +119,8 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         # server's pipes, its log as stdout) may still be under way on a loaded machine
         log = str(out / "worker-0.log")
         _wait(lambda: os.readlink(f"/proc/{pid}/fd/1") == log, "the worker never took its log as stdout")
-        state, ppid, pgrp, session = _stat(pid)[:4]
-        assert int(ppid) == server.pid and int(_stat(server.pid)[1]) == os.getpid()
+        state, ppid, pgrp, session = proc_stat(pid)[:4]
+        assert int(ppid) == server.pid and int(proc_stat(server.pid)[1]) == os.getpid()
         assert int(pgrp) == int(session) == pid  # its own session: a cancel kills its group
         assert os.readlink(f"/proc/{pid}/fd/2") == log
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
@@ -144,7 +132,7 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         launcher.cancel.set()
         t.join(60)
         assert "cancelled" in str(outcome["error"])
-        assert not _alive(pid) and not os.path.exists(f"/proc/{pid}")  # killed and reaped
+        assert not alive(pid) and not os.path.exists(f"/proc/{pid}")  # killed and reaped
         assert server.alive() and launcher._fork_server is server  # kept for the next run
     finally:
         launcher.cancel.set()
@@ -165,7 +153,7 @@ def test_a_killed_fork_server_fails_its_run_and_the_next_run_starts_another(tmp_
         t.join(60)
         assert isinstance(outcome.get("error"), TrainingError)
         assert "killed by signal 9" in str(outcome["error"])
-        _wait(lambda: not _alive(pid), "the worker outlived its fork server")
+        _wait(lambda: not alive(pid), "the worker outlived its fork server")
         launcher._config = lambda: BackgroundTrainingConfig(num_epochs=2, batch_size=24, worker_nice=0)
         launcher.run(str(tmp_path / "b"), snap, None, 1, run_id=1)
         assert launcher._fork_server is not None and launcher._fork_server.pid != server.pid
@@ -218,10 +206,10 @@ def test_the_fork_server_and_its_workers_end_with_the_launching_process(tmp_path
     pids: list[int] = []
     try:
         pids = json.loads(holder.stdout.readline())
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         holder.kill()
         holder.wait()
-        _wait(lambda: not any(_alive(p) for p in pids), f"outlived the launcher: {pids}", 30)
+        _wait(lambda: not any(alive(p) for p in pids), f"outlived the launcher: {pids}", 30)
     finally:
         holder.kill()
         holder.wait()
@@ -317,10 +305,10 @@ def test_a_launcher_dropped_without_close_ends_its_server(tmp_path):
     launcher = _launcher(tmp_path, num_epochs=1)
     launcher.run(str(tmp_path / "out"), snap, None, 1, run_id=0)
     pid = launcher._fork_server.pid
-    assert _alive(pid)
+    assert alive(pid)
     del launcher
     gc.collect()
-    _wait(lambda: not _alive(pid), "the server outlived its launcher", 30)
+    _wait(lambda: not alive(pid), "the server outlived its launcher", 30)
 
 
 @pytest.mark.slow
@@ -330,7 +318,7 @@ def test_an_idle_fork_server_stops_and_the_next_run_starts_another(tmp_path):
     try:
         launcher.run(str(tmp_path / "a"), snap, None, 1, run_id=0)
         first = launcher._fork_server.pid
-        _wait(lambda: not _alive(first), "an idle fork server kept running", 30)
+        _wait(lambda: not alive(first), "an idle fork server kept running", 30)
         assert launcher._fork_server is None
         launcher.run(str(tmp_path / "b"), snap, None, 1, run_id=1)
         assert launcher._fork_server is not None and launcher._fork_server.pid != first

@@ -25,6 +25,7 @@ pytest.importorskip("moto.server", reason="moto[server] (test extra) provides th
 pytest.importorskip("torch.distributed.run", reason="torch.distributed.run (torchrun) is not available")
 
 import torch  # noqa: E402
+from proc_support import alive, proc_stat  # noqa: E402
 from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
 from safetensors.torch import load, load_file  # noqa: E402
 
@@ -121,19 +122,12 @@ def _read(path) -> str:
         return f.read()
 
 
-def _stat(pid: int | str) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name: state, ppid, ... (FileNotFoundError
-    when the process is gone)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
 def _ranks_of(agent_pid: int) -> dict[int, int]:
     """The worker processes the agent started, read from /proc: {rank: pid}."""
     ranks = {}
     for entry in os.listdir("/proc"):
         try:
-            if not entry.isdigit() or int(_stat(entry)[1]) != agent_pid:
+            if not entry.isdigit() or int(proc_stat(entry)[1]) != agent_pid:
                 continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
@@ -142,14 +136,6 @@ def _ranks_of(agent_pid: int) -> dict[int, int]:
         if b"RANK" in env and b"TORCHELASTIC_RUN_ID" in env:
             ranks[int(env[b"RANK"])] = int(entry)
     return ranks
-
-
-def _alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting to be reaped."""
-    try:
-        return _stat(pid)[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_two_machines_train_from_and_into_the_bucket_like_a_local_run(tmp_path, s3):
@@ -230,7 +216,7 @@ def test_a_rank_or_node_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, vic
         codes = _wait_agents(agents)
     logs = [_read(log) for _, log in agents]
     assert all(code != 0 for code in codes), (codes, logs)
-    assert not any(_alive(pid) for pid in ranks.values())
+    assert not any(alive(pid) for pid in ranks.values())
     assert not fs.exists(f"{out}/{RESULT_FILE}"), logs
     if victim.startswith("rank"):  # the killed rank's agent says how it ended
         assert any("Signal 9 (SIGKILL)" in log or "exitcode  : -9" in log for log in logs), logs
@@ -322,7 +308,7 @@ def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and int(_stat(entry)[1]) == pid:
+            if entry.isdigit() and int(proc_stat(entry)[1]) == pid:
                 found.append(int(entry))
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
@@ -387,7 +373,7 @@ def test_a_join_agent_killed_mid_run_fails_the_run_cleanly_and_a_fresh_agent_ser
     assert run.status == "failed" and run.version is None, run
     assert "torchrun node" in run.error, run.error
     assert [v["version"] for v in coordinator.registry.list_versions()] == [1]  # nothing registered
-    assert not any(_alive(pid) for pid in processes)  # no node, no rank left on either machine
+    assert not any(alive(pid) for pid in processes)  # no node, no rank left on either machine
     assert not fs.exists(f"{runs}/run-{run.run_id}")
 
     coordinator.config = dataclasses.replace(coordinator.config, num_epochs=2)
@@ -488,8 +474,8 @@ def test_cancelling_a_run_over_two_machines_ends_every_node_and_rank(tmp_path, s
         assert len(processes) == 4, processes
         assert coordinator.cancel_run()
         thread.join(AGENT_TIMEOUT)
-        while any(_alive(pid) for pid in processes):  # the other machine notices its peer's end
-            assert time.monotonic() < deadline, [pid for pid in processes if _alive(pid)]
+        while any(alive(pid) for pid in processes):  # the other machine notices its peer's end
+            assert time.monotonic() < deadline, [pid for pid in processes if alive(pid)]
             time.sleep(0.05)
         assert agent.poll() is None  # the agent itself waits for the next run
     finally:
