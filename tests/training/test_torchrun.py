@@ -344,26 +344,41 @@ def test_a_coordinator_run_over_two_machines_registers_the_candidate_of_both_ran
         _stop(agent)
 
 
-def test_a_join_agent_killed_mid_run_fails_the_run_cleanly_and_a_fresh_agent_serves_the_next(tmp_path, s3):
-    """The second machine lost mid-run (its agent SIGKILLed: its node and rank die with it):
-    the coordinator's run fails, nothing is registered, no node or rank is left anywhere."""
-    _, options, fs = s3
+def _a_long_run_over_two_machines(tmp_path, s3) -> tuple:
+    """A coordinator's run (a thread; its outcome appended to the list) over this machine and
+    a join agent's (the second machine), training until stopped: (coordinator, its run URL,
+    agent, agent's working directory, thread, outcome list)."""
+    _, options, _ = s3
     coordinator, runs = _two_machine_coordinator(tmp_path, s3, num_epochs=100_000)
     agent, work = _join_agent(tmp_path, runs, options, "machine2")
     result: list = []
     thread = threading.Thread(target=lambda: result.append(coordinator.run_once()))
     thread.start()
+    return coordinator, runs, agent, work, thread, result
+
+
+def _training_on_both_machines(coordinator, agent, work: str, thread: threading.Thread, result: list) -> list[int]:
+    """Once a rank has logged its first epoch: the run's processes on both machines, each
+    torchrun node and its rank (four)."""
+    deadline = time.monotonic() + AGENT_TIMEOUT
+    while not any("epoch 1/100000" in log for log in _node_logs(work)):
+        assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
+            (_node_logs(work), result)
+        time.sleep(0.05)
+    nodes = _children(agent.pid) + coordinator.worker_pids()
+    processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
+    assert len(processes) == 4, processes
+    return processes
+
+
+def test_a_join_agent_killed_mid_run_fails_the_run_cleanly_and_a_fresh_agent_serves_the_next(tmp_path, s3):
+    """The second machine lost mid-run (its agent SIGKILLed: its node and rank die with it):
+    the coordinator's run fails, nothing is registered, no node or rank is left anywhere."""
+    _, options, fs = s3
+    coordinator, runs, agent, work, thread, result = _a_long_run_over_two_machines(tmp_path, s3)
     processes: list[int] = []
     try:
-        deadline = time.monotonic() + AGENT_TIMEOUT
-        while not any("epoch 1/100000" in log for log in _node_logs(work)):
-            assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
-                (_node_logs(work), result)
-            time.sleep(0.05)
-        # the processes of the run on both machines: each torchrun node and its rank
-        nodes = _children(agent.pid) + coordinator.worker_pids()
-        processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
-        assert len(processes) == 4, processes
+        processes = _training_on_both_machines(coordinator, agent, work, thread, result)
         os.kill(agent.pid, signal.SIGKILL)
     finally:
         thread.join(AGENT_TIMEOUT)
@@ -457,21 +472,11 @@ def test_cancelling_a_run_over_two_machines_ends_every_node_and_rank(tmp_path, s
     """``cancel_run()`` kills this machine's node (its group; its rank by the parent-death
     signal); the other machine's rank loses its peer and its node fails: nothing is left."""
     _, options, fs = s3
-    coordinator, runs = _two_machine_coordinator(tmp_path, s3, num_epochs=100_000)
-    agent, work = _join_agent(tmp_path, runs, options, "machine2")
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(coordinator.run_once()))
-    thread.start()
+    coordinator, runs, agent, work, thread, result = _a_long_run_over_two_machines(tmp_path, s3)
     processes: list[int] = []
     try:
         deadline = time.monotonic() + AGENT_TIMEOUT
-        while not any("epoch 1/100000" in log for log in _node_logs(work)):
-            assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
-                (_node_logs(work), result)
-            time.sleep(0.05)
-        nodes = _children(agent.pid) + coordinator.worker_pids()
-        processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
-        assert len(processes) == 4, processes
+        processes = _training_on_both_machines(coordinator, agent, work, thread, result)
         assert coordinator.cancel_run()
         thread.join(AGENT_TIMEOUT)
         while any(alive(pid) for pid in processes):  # the other machine notices its peer's end
