@@ -216,16 +216,35 @@ def _json(port: int, method: str, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def _training_runs(port: int) -> int:
+def _training(port: int) -> dict:
     control = _json(port, "GET", "/vortex/status").get("control") or {}
-    return int((control.get("training") or {}).get("runs_started", 0))
+    return control.get("training") or {}
+
+
+def _training_runs(port: int) -> int:
+    return int(_training(port).get("runs_started", 0))
+
+
+def _wait_trainer_idle(port: int, timeout: float = 120.0) -> None:
+    """Until the control plane has no training run in progress or pending (seen twice, a
+    publication apart): what the last busy round started ends before an idle round.
+    """
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the trainer is still busy after {timeout:.0f} s")
+        training = _training(port)
+        quiet = quiet + 1 if not training.get("run_in_progress") and training.get("pending_trigger") is None else 0
+        time.sleep(0.6)
 
 
 def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -> dict:
     """Vortex only: wrk idle, then wrk while the control plane trains (feedback keeps coming:
     predict + ``POST /vortex/feedback`` from a client thread) and an operator swaps the active
     version (the registry, as ``vortex models swap`` does; every worker follows), alternating
-    for ``rounds`` rounds; ``swaps`` swaps in all.
+    for ``rounds`` rounds; ``swaps`` swaps in all. An idle round starts once the trainer has
+    finished what the busy round before it started (the app trains on a sample threshold only,
+    never on a schedule): idle means no training, no swap, no feedback.
     """
     import threading
 
@@ -266,6 +285,7 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
         script = Path(tmp) / "post.lua"
         script.write_text(WRK_SCRIPT)
         for r in range(rounds):  # the swaps spread over the rounds
+            _wait_trainer_idle(port)
             idle.append(wrk(port, seconds, script))
             stop = threading.Event()
             threads = [threading.Thread(target=feed, args=(stop,)),
@@ -280,6 +300,7 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
                     t.join(60)
     summary = {k: _summary(runs) for k, runs in (("idle", idle), ("busy", busy))}
     return {**summary, "swaps": len(swapped), "training_runs": _training_runs(port) - runs_before,
+            "rounds_p99_ms": {k: [x["p99_us"] / 1e3 for x in runs] for k, runs in (("idle", idle), ("busy", busy))},
             "p99_busy_x_idle": summary["busy"]["p99_ms"] / summary["idle"]["p99_ms"]}
 
 
@@ -342,7 +363,7 @@ def _flat(results: dict) -> dict[str, float]:
     """``{variant_figure: value}`` (nested dicts joined with ``_``), for ``extra_info``."""
     out = {}
     for key, value in results.items():
-        if key == "rounds_x_bare":  # per-round lists: pooled over runs, not a figure
+        if key in ("rounds_x_bare", "rounds_p99_ms"):  # per-round lists, not figures
             continue
         if isinstance(value, dict):
             out.update({f"{key}_{k}": v for k, v in _flat(value).items()})
@@ -371,7 +392,9 @@ def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str
             lines.append(f"{name} under {u['training_runs']} training runs and {u['swaps']} swaps: "
                          f"p99 {u['busy']['p99_ms']:.2f} ms vs {u['idle']['p99_ms']:.2f} ms idle = "
                          f"{u['p99_busy_x_idle']:.3f}x (goal <= 1.5), failed "
-                         f"{u['busy']['failures']}/{u['busy']['requests']} (goal 0)")
+                         f"{u['busy']['failures']}/{u['busy']['requests']} (goal 0); rounds' p99 ms: "
+                         + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in xs)
+                                     for k, xs in u["rounds_p99_ms"].items()))
     return "\n".join(lines)
 
 

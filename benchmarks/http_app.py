@@ -64,10 +64,11 @@ elif VARIANT == "vortex":
 
     def configure(orch) -> None:
         # the control plane: the detector over every worker's records, and a training run as
-        # soon as 64 labelled samples came in (bench_http's training phase sends them)
+        # soon as 64 labelled samples came in (bench_http's training phase sends them); none on
+        # a schedule, so that the idle rounds are idle
         orch.with_runtime_detector()
         orch.with_background_trainer(BackgroundTrainingConfig(
-            min_samples_for_training=64, training_interval_secs=1.0, num_epochs=2, batch_size=32))
+            min_samples_for_training=64, training_interval_secs=3600, num_epochs=2, batch_size=32))
 
     SPEC = ServiceSpec(home=os.environ["VORTEX_BENCH_HOME"], model_factory="vortex.training.models:mlp",
                        feature_dim=FEATURES, n_classes=10, initial_model=lambda: model,

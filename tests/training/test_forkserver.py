@@ -47,6 +47,11 @@ def _launcher(tmp_path, factory=FACTORY, kwargs=KW, **config) -> WorkerLauncher:
     return WorkerLauncher(lambda: cfg, factory, kwargs, str(tmp_path / "models"), threading.Event())
 
 
+def _policy(pid: int) -> int:
+    with open(f"/proc/{pid}/sched") as f:
+        return int(next(line for line in f if line.startswith("policy")).split(":")[1])
+
+
 def _wait(predicate, what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout  # a bound on liveness, not a speed measurement
     while not predicate():
@@ -105,9 +110,9 @@ def test_two_forked_gloo_ranks_train(tmp_path):
 
 @pytest.mark.slow
 def test_the_process_table_of_a_forked_worker(tmp_path):
-    """Parent, session, output, threads: seen from /proc, as another process would."""
+    """Parent, session, priority, output, threads: seen from /proc, as another process would."""
     snap = _snapshot(tmp_path / "snap.arrow")
-    launcher = _launcher(tmp_path, num_epochs=100_000)
+    launcher = _launcher(tmp_path, num_epochs=100_000, worker_nice=5)
     out = tmp_path / "out"
     t, outcome = _run_in_thread(launcher, out, snap)
     try:
@@ -115,13 +120,23 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         (pid,) = launcher.pids()
         server = launcher._fork_server
         assert server is not None
-        # the spawn is answered right after the fork: the child's set-up (setsid, closing the
+        # the spawn is answered right after the fork: the child's set-up (setpgid, closing the
         # server's pipes, its log as stdout) may still be under way on a loaded machine
         log = str(out / "worker-0.log")
         _wait(lambda: os.readlink(f"/proc/{pid}/fd/1") == log, "the worker never took its log as stdout")
         state, ppid, pgrp, session = proc_stat(pid)[:4]
         assert int(ppid) == server.pid and int(proc_stat(server.pid)[1]) == os.getpid()
-        assert int(pgrp) == int(session) == pid  # its own session: a cancel kills its group
+        assert int(pgrp) == pid  # its own group: a cancel kills it
+        # ... in this process's session, so in its autogroup: the only place where the worker's
+        # SCHED_IDLE yields the CPU to a serving process (worker.lower_priority)
+        assert int(session) == os.getsid(0)
+        if os.path.exists("/proc/self/autogroup"):
+            assert _autogroup(pid) == _autogroup("self")
+        _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
+        # the server's imports and forks are training's work: as nice as a worker, which is not
+        # lowered twice for being forked by it
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, server.pid) == os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + 5)
         assert os.readlink(f"/proc/{pid}/fd/2") == log
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
         # the server forks from its only thread; its protocol pipes are not the worker's
@@ -139,6 +154,37 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         t.join(60)
         launcher.close()
     assert not os.path.exists(f"/proc/{server.pid}")
+
+
+def _autogroup(pid: int | str) -> str:
+    with open(f"/proc/{pid}/autogroup") as f:
+        return f.read().split()[0]
+
+
+@pytest.mark.slow
+def test_a_fresh_interpreter_worker_stays_in_the_launchers_session_and_autogroup(tmp_path):
+    """``fork_server=False``: the worker leads its own group (what a cancel kills), in this
+    process's session, at SCHED_IDLE; the cancel leaves nothing in the process table.
+    """
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=100_000, fork_server=False)
+    t, outcome = _run_in_thread(launcher, tmp_path / "out", snap)
+    try:
+        _wait(lambda: launcher.pids(), "no worker started")
+        (pid,) = launcher.pids()
+        _, ppid, pgrp, session = proc_stat(pid)[:4]
+        assert (int(ppid), int(pgrp), int(session)) == (os.getpid(), pid, os.getsid(0))
+        if os.path.exists("/proc/self/autogroup"):
+            assert _autogroup(pid) == _autogroup("self")
+        _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
+        launcher.cancel.set()
+        t.join(60)
+        assert "cancelled" in str(outcome["error"])
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        launcher.cancel.set()
+        t.join(60)
+        launcher.close()
 
 
 @pytest.mark.slow
@@ -258,7 +304,7 @@ def test_the_service_factory_is_imported_after_the_fork(tmp_path, monkeypatch):
 def test_without_a_fork_server_the_workers_start_cold_and_it_is_said_once(tmp_path, monkeypatch, caplog):
     starts = []
 
-    def broken(self, env, ready_timeout=120.0):
+    def broken(self, env, ready_timeout=120.0, nice=0):
         starts.append(env)
         raise TrainingError("the training fork server exited at start-up (status 1)")
 
@@ -289,7 +335,7 @@ def test_a_forked_worker_reports_how_it_ended(tmp_path):
                              "--factory-kwargs", json.dumps(KW), "--epochs", "100000"], env,
                             str(tmp_path / "slow.log"))
         assert isinstance(slow, ForkedWorker) and slow.poll() is None
-        slow.kill_group()  # at once: before the worker's setsid() has made its group
+        slow.kill_group()  # at once: before the worker's setpgid() has made its group
         assert slow.wait(60) == -signal.SIGKILL
         slow.kill_group()  # reaped already: a no-op, never a signal to a reused pid
     finally:

@@ -229,3 +229,28 @@ def test_bad_worker_arguments_are_one_line_usage_errors(tmp_path, args, needle):
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and needle in p.stderr.splitlines()[-1], p.stderr
+
+
+_AUTOGROUP = """
+import os, sys
+if sys.argv[1] == "leader":
+    os.setsid()
+before = open("/proc/self/autogroup").read().split()
+from vortex.training.worker import lower_priority
+lower_priority(int(sys.argv[2]), True)
+print(before[0], before[-1], *open("/proc/self/autogroup").read().split(), os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="kernel without autogroups")
+@pytest.mark.parametrize("session", ["leader", "member"])
+def test_lower_priority_lowers_the_autogroup_only_of_a_session_of_its_own(session):
+    """A training process leading its own session (torchrun's ranks) is alone in its
+    autogroup, whose nice it lowers to 19, else SCHED_IDLE would rank it only against itself;
+    one in its launcher's session leaves the shared group alone (the serving processes' too).
+    """
+    out = subprocess.run([sys.executable, "-c", _AUTOGROUP, session, "5"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout.split()
+    group_before, nice_before, group, _, nice, policy, niceness = out
+    assert group == group_before and policy == str(os.SCHED_IDLE) and int(niceness) >= 5
+    assert int(nice) == (19 if session == "leader" else int(nice_before))

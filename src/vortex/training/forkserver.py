@@ -9,14 +9,14 @@ in ``benchmarks/bench_http.py``'s busy phase. :class:`ForkServer` starts
 modules, then forks each worker on request, so a worker starts in milliseconds.
 
 What a forked worker shares with a fresh one: it runs :func:`vortex.training.worker.main` with
-the same arguments and environment, in its own session (its process group is what a cancelled
-run kills), its output in its log file, and it dies with the process that started it. The
+the same arguments and environment, in a process group of its own (what a cancelled run
+kills) in the launcher's session, its output in its log file, and it dies with the process that started it. The
 service's own modules (the model factory) are *not* imported ahead: a worker imports them
 after the fork, so a factory changed on disk (an applied RSI patch) is what the next run uses.
 
 What the server loads ahead (:data:`PRELOAD`): torch, safetensors, pyarrow and the worker's
 vortex modules, and FluxDynamics' Numba kernels (from Numba's cache). What a worker does after
-the fork, as a fresh interpreter would have it: its own session, output, working directory
+the fork, as a fresh interpreter would have it: its own process group, output, working directory
 (the launcher's), environment (``os.environ``; ``/proc/<pid>/environ`` shows the server's, so
 the registry's storage options never appear there) and a fresh seed of numpy's global
 generator.
@@ -73,6 +73,9 @@ PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "safetensors.torch
            "vortex.kernels.flux")
 
 
+_NICE_ENV = "VORTEX_FORKSERVER_NICE"
+
+
 def _server_env(env: dict[str, str]) -> dict[str, str]:
     """The server's environment: ``env`` with the thread pools that would start at import
     kept from starting (the workers set their torch threads themselves).
@@ -107,7 +110,7 @@ class ForkedWorker:
         return self.returncode
 
     def kill_group(self) -> None:
-        """SIGKILL the worker's process group (its session: the worker and what it started).
+        """SIGKILL the worker's process group (the worker and what it started).
 
         Never raises: if the server is gone, so is the worker (its parent-death signal).
         """
@@ -129,14 +132,19 @@ class ForkServer:
         :meth:`spawn`.
     ready_timeout
         Seconds the server may take to import torch before :class:`TrainingError`.
+    nice
+        Added to the server's niceness before it imports anything (the workers' ``--nice``: the
+        server's work, its imports and forks, is training's too). A worker's own ``--nice``
+        counts from the launcher's niceness all the same.
     """
 
-    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0) -> None:
+    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0, nice: int = 0) -> None:
         self.env = dict(env)
+        self.nice = nice
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", __name__], env=_server_env(env),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+                [sys.executable, "-P", "-m", __name__], env={**_server_env(env), _NICE_ENV: str(nice)},
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         except OSError as exc:
             raise TrainingError(f"the training fork server could not start: {exc}") from exc
         self._cond = threading.Condition()
@@ -284,6 +292,13 @@ def _serve() -> int:
     parent = int(os.environ.get("VORTEX_PARENT_PID") or os.getppid())
     if os.getppid() != parent:
         return 1
+    nice = int(os.environ.pop(_NICE_ENV, "0"))
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:
+            print(f"vortex fork server: could not lower its priority: {exc}", file=sys.stderr)
+            nice = 0
     # the protocol gets private descriptors; fd 0 and 1 become /dev/null and stderr, so a
     # library that prints cannot corrupt it
     requests, replies = os.dup(0), os.dup(1)
@@ -333,14 +348,25 @@ def _serve() -> int:
                     if int(message["kill"]) in children:  # not reaped: the pid is still its
                         _kill_group(int(message["kill"]))
                 else:
-                    reply(_fork(message, private, children))
+                    reply(_fork(message, private, children, nice))
             _reap(children, reply)
     finally:  # no worker outlives the server's purpose
         for pid in children:
             _kill_group(pid)
 
 
-def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int]) -> dict[str, Any]:
+def _less_nice(argv: list[str], inherited: int) -> list[str]:
+    """``argv`` with its ``--nice`` lowered by the ``inherited`` increment (the server's), so a
+    forked worker ends as nice as a fresh one would.
+    """
+    argv = list(argv)
+    if inherited and "--nice" in argv[:-1]:
+        i = argv.index("--nice") + 1
+        argv[i] = str(max(0, int(argv[i]) - inherited))
+    return argv
+
+
+def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int], nice: int = 0) -> dict[str, Any]:
     server = os.getpid()  # before the fork: a child must not take init for its parent
     try:
         pid = os.fork()
@@ -351,7 +377,8 @@ def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int])
         return {"spawned": request["spawn"], "pid": pid}
     status = 1
     try:  # the worker: never return into the server's loop
-        os.setsid()
+        os.setpgid(0, 0)  # a group of its own (what a cancel kills), in the launcher's session:
+        # its autogroup, where the worker's lowered priority counts (worker.lower_priority)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in private:
@@ -368,8 +395,9 @@ def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int])
             sys.modules["numpy"].random.seed()
         from . import worker
 
-        sys.argv = [worker.__file__, *request["argv"]]
-        status = worker.main(request["argv"])
+        argv = _less_nice(request["argv"], nice)
+        sys.argv = [worker.__file__, *argv]
+        status = worker.main(argv)
     except SystemExit as exc:  # e.g. argparse's usage error: end as the interpreter would
         if exc.code is None or isinstance(exc.code, int):
             status = exc.code or 0
@@ -401,7 +429,7 @@ def _reap(children: set[int], reply: Any) -> None:
 
 def _kill_group(pid: int) -> None:
     """SIGKILL the worker's process group, and the worker itself: a worker forked a moment ago
-    may not have made its own group yet (its setsid() comes first thing after the fork).
+    may not have made its own group yet (its setpgid() comes first thing after the fork).
     """
     for kill in (os.killpg, os.kill):
         try:

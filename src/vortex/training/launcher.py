@@ -2,9 +2,10 @@
 
 A run's ``world_size`` workers (:mod:`vortex.training.worker`, torch DDP) are subprocesses,
 forked by a :class:`~vortex.training.forkserver.ForkServer` that imported torch once (or, with
-``fork_server=False``, fresh interpreters), each a session leader whose whole process group is
-killed when the run ends early (cancellation, timeout, a failed peer). The server stops with
-the launcher, or after ``fork_server_idle_secs`` without a run. Their logs stay in the run
+``fork_server=False``, fresh interpreters), each the leader of a process group (in the
+launcher's session: see :func:`~vortex.training.worker.lower_priority`) that is killed when
+the run ends early (cancellation, timeout, a failed peer). The server stops with the launcher,
+or after ``fork_server_idle_secs`` without a run. Their logs stay in the run
 directory; everything else a run leaves is deleted (:func:`drop_bulky`), and so are the leftovers of a process that
 died mid-run (:meth:`WorkerLauncher.drop_leftovers`).
 """
@@ -63,7 +64,7 @@ def _failure(procs: list[Worker], logs: list[str], settle_secs: float = 1.0) -> 
 
 
 def _kill_group(p: Worker) -> None:
-    """SIGKILL a worker's process group (it is a session leader: the worker and its children)."""
+    """SIGKILL a worker's process group (it leads it: the worker and its children)."""
     if isinstance(p, ForkedWorker):
         p.kill_group()  # by the fork server, which reaps it: the pid cannot have been reused
         return
@@ -183,20 +184,21 @@ class WorkerLauncher:
             # checkout that happens to be the current directory.
             return subprocess.Popen([sys.executable, "-P", "-m", "vortex.training.worker", *args],
                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
+                                    process_group=0)  # not a session: see worker.lower_priority
 
     def _fork_server_for(self, env: dict[str, str]) -> ForkServer:
         """The running fork server, (re)started when it is gone or was started with another
-        ``PYTHONPATH`` (it decides which modules the server imported).
+        ``PYTHONPATH`` (it decides which modules the server imported) or ``worker_nice``.
         """
+        nice = self._config().worker_nice
         with self._fork_lock:
             server = self._fork_server
-            if server is not None and (not server.alive()
+            if server is not None and (not server.alive() or server.nice != nice
                                        or server.env.get("PYTHONPATH") != env.get("PYTHONPATH")):
                 server.close()
                 server = self._fork_server = None
             if server is None:
-                server = self._fork_server = ForkServer(self._base_env())
+                server = self._fork_server = ForkServer(self._base_env(), nice=nice)
                 # a launcher dropped without close() (a coordinator never stopped) and the
                 # interpreter's exit end its server too, not only the server's end of input
                 weakref.finalize(self, server.close)

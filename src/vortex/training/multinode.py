@@ -7,8 +7,8 @@ With ``BackgroundTrainingConfig.distributed.run_url`` set, a coordinator's run g
    (:meth:`~vortex.training.launcher.WorkerLauncher.worker_args`, the same for every rank),
    the rendezvous (id, endpoint, ``nnodes``, ``nproc_per_node``, join timeout), the run
    timeout and when it was written;
-3. this machine's node, started and supervised like the local workers (a session of its own,
-   killed on cancellation or ``run_timeout_secs``), hosting the rendezvous;
+3. this machine's node, started and supervised like the local workers (a process group of its
+   own, killed on cancellation or ``run_timeout_secs``), hosting the rendezvous;
 4. once it succeeded, rank 0's ``result.json`` and candidate (whichever machine rank 0 ran on)
    fetched into the local run directory, which the coordinator concludes as a local run's.
 
@@ -79,7 +79,7 @@ def run_node(launch: dict[str, Any], *, is_host: bool, cwd: str, env: dict[str, 
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(node_command(launch, is_host=is_host), cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                process_group=0)  # not a session: see worker.lower_priority
     deadline = time.monotonic() + launch["run_timeout_secs"]
     try:
         if started is not None:

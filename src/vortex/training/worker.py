@@ -606,22 +606,49 @@ def die_with_parent() -> None:
         threading.Thread(target=watch, name="vortex-parent-watch", daemon=True).start()
 
 
+AUTOGROUP_NICE = 19
+"""The nice value of the autogroup of a training process that leads a session of its own."""
+
+
+def lower_priority(nice: int, sched_idle: bool) -> None:
+    """Make this process yield the CPU to serving: ``nice`` added to its niceness, and the
+    SCHED_IDLE policy if ``sched_idle`` (threads started later, torch's and gloo's, inherit both).
+
+    Both rank it only against the processes of its own *autogroup*: on Linux with
+    ``CONFIG_SCHED_AUTOGROUP`` (on by default in most distributions' kernels) every session is
+    a group, and the CPU is shared between groups as equals before it is shared inside them.
+    A SCHED_IDLE worker in a session of its own took the CPU from a serving process as a
+    normal one would (``benchmarks/bench_http.py``: a serving worker woken while it ran waited
+    for its 4 ms tick). So the launcher keeps its workers in its session (a process group of
+    their own, not a session), and a process that leads a session anyway (torchrun starts each
+    rank so) lowers its group's nice to :data:`AUTOGROUP_NICE`: it is alone in that group.
+    Failures are logged: training still works, only with more weight.
+    """
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:  # e.g. a container forbidding it
+            log.warning("could not lower the worker's priority: %s", exc)
+    if sched_idle:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            log.warning("could not switch the worker to SCHED_IDLE: %s", exc)
+    if (nice or sched_idle) and os.getsid(0) == os.getpid() and os.path.exists("/proc/self/autogroup"):
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(AUTOGROUP_NICE))
+        except OSError as exc:
+            log.warning("could not lower the priority of the worker's autogroup: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m vortex.training.worker``; returns the exit status."""
     logging.basicConfig(level=os.environ.get("VORTEX_WORKER_LOG", "WARNING"),
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     die_with_parent()  # first: a worker must not outlive its coordinator, even while importing
     args = _parse(argv)
-    if args.nice:
-        try:
-            os.nice(args.nice)
-        except OSError as exc:  # e.g. a container forbidding it; training still works
-            log.warning("could not lower the worker's priority: %s", exc)
-    if args.sched_idle:
-        try:  # threads started later (torch, gloo) inherit the policy
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (OSError, AttributeError) as exc:
-            log.warning("could not switch the worker to SCHED_IDLE: %s", exc)
+    lower_priority(args.nice, args.sched_idle)
     status = 0
     try:
         run(args)
