@@ -122,6 +122,13 @@ def _read(path) -> str:
         return f.read()
 
 
+def _autogroup(pid: int) -> tuple[str, str]:
+    """``(group, nice)`` of ``pid``'s autogroup."""
+    with open(f"/proc/{pid}/autogroup") as f:
+        group, _, nice = f.read().split()
+    return group, nice
+
+
 def _ranks_of(agent_pid: int) -> dict[int, int]:
     """The worker processes the agent started, read from /proc: {rank: pid}."""
     ranks = {}
@@ -211,6 +218,11 @@ def test_a_rank_or_node_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, vic
         agent_of = {rank: proc.pid for proc, _ in agents for rank in _ranks_of(proc.pid)}
         ranks = {rank: pid for proc, _ in agents for rank, pid in _ranks_of(proc.pid).items()}
         assert sorted(ranks) == [0, 1], ranks
+        if os.path.exists("/proc/self/autogroup"):  # a rank's SCHED_IDLE yields to serving:
+            for rank, pid in ranks.items():  # in its agent's autogroup, or alone in its own (a
+                group, nice = _autogroup(pid)  # session leader, as torchrun starts ranks), at 19
+                leader = int(proc_stat(pid)[3]) == pid
+                assert nice == "19" if leader else group == _autogroup(agent_of[rank])[0]
         os.kill(agent_of[1] if victim == "node of rank 1" else ranks[int(victim[-1])], signal.SIGKILL)
     finally:
         codes = _wait_agents(agents)

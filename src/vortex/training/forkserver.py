@@ -10,9 +10,11 @@ modules, then forks each worker on request, so a worker starts in milliseconds.
 
 What a forked worker shares with a fresh one: it runs :func:`vortex.training.worker.main` with
 the same arguments and environment, in a process group of its own (what a cancelled run
-kills) in the launcher's session, its output in its log file, and it dies with the process that started it. The
-service's own modules (the model factory) are *not* imported ahead: a worker imports them
-after the fork, so a factory changed on disk (an applied RSI patch) is what the next run uses.
+kills) in the launcher's session, at the same priority, its output in its log file, and it
+dies with the process that started it. The service's own modules (the model factory) are
+*not* imported ahead: a worker imports them after the fork, so a factory changed on disk (an
+applied RSI patch) is what the next run uses. The server runs at the workers' niceness: its
+imports and forks are training's work too.
 
 What the server loads ahead (:data:`PRELOAD`): torch, safetensors, pyarrow and the worker's
 vortex modules, and FluxDynamics' Numba kernels (from Numba's cache). What a worker does after
