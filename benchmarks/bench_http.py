@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import math
 import os
@@ -265,13 +266,27 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
     runs_before = _training_runs(port)
     swapped: list[int] = []
 
-    def feed(stop: threading.Event) -> None:  # labelled samples: the trainer's runs
-        i = 0
-        while not stop.is_set():
-            rid = _json(port, "POST", "/predict", {"features": FEATURES})["request_id"]
-            _json(port, "POST", "/vortex/feedback", {"request_id": rid, "label": i % 10})
-            i += 1
-            time.sleep(0.005)
+    def feed(stop: threading.Event) -> None:  # labelled samples: the trainer's runs, over one
+        # keep-alive connection as a client's pool holds it (not a connection per call)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def post(path: str, body: dict) -> dict:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"POST {path}: {resp.status} {data[:200]!r}")
+            return json.loads(data)
+
+        try:
+            i = 0
+            while not stop.is_set():
+                rid = post("/predict", {"features": FEATURES})["request_id"]
+                post("/vortex/feedback", {"request_id": rid, "label": i % 10})
+                i += 1
+                time.sleep(0.005)
+        finally:
+            conn.close()
 
     def swap(stop: threading.Event, n: int) -> None:
         for k in range(n):

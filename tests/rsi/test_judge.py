@@ -45,6 +45,30 @@ def test_the_originals_configuration_is_the_judges(tiny_tree, tmp_path):
     assert not res.passed and res.tests_failed == 1 and res.tests_run == 1
 
 
+@pytest.mark.skipif(not probe_isolation().isolated, reason="no bwrap jail on this host")
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroups")
+def test_the_judge_runs_below_the_serving_processes(tiny_tree, tmp_path):
+    """The tests under judgement run at niceness +10, in the jail's session, whose autogroup
+    is at nice 19: seen by the tests themselves (they fail otherwise). This process's own
+    autogroup is untouched."""
+    import os
+
+    niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    with open("/proc/self/autogroup") as f:
+        ours = f.read()
+    Path(tiny_tree, "tests", "test_mod.py").write_text(
+        "import os\n\n\ndef test_priority():\n"
+        f"    assert os.getpriority(os.PRIO_PROCESS, 0) == {niceness}\n"
+        f"    assert os.getsid(0) != {os.getsid(0)}\n"
+        "    with open('/proc/self/autogroup') as f:\n"
+        "        assert f.read().split()[-1] == '19'\n")
+    sandbox = Sandbox(load_settings(tiny_tree), base_dir=str(tmp_path / "sbx"))
+    res = sandbox.test(make_diff("mod.py", "# the module under test\nVALUE = 1\n", "VALUE = 1\n"))
+    assert res.passed and res.tests_run == res.baseline_tests == 1 and res.tests_failed == 0, res.test_output
+    with open("/proc/self/autogroup") as f:
+        assert f.read() == ours
+
+
 def _records(nonce, *recs):
     return b"".join(json.dumps({"nonce": nonce, **r}).encode() + b"\n" for r in recs)
 

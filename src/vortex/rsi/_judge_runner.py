@@ -168,6 +168,32 @@ class _Capture:
         return getattr(self.real, name)
 
 
+#: The judge is background work, as training is: below the machine's serving processes.
+JUDGE_NICE = 10
+AUTOGROUP_NICE = 19
+
+
+def _yield_to_serving():
+    """``JUDGE_NICE`` added to this process's niceness (what it starts inherits it) and its
+    autogroup's nice set to ``AUTOGROUP_NICE``: the sandbox always gives the judge a session of
+    its own (bwrap's ``--new-session``, led by bwrap inside the jail; ``start_new_session``
+    unjailed), so that group holds the sandbox's processes only. On Linux with autogroups (on in
+    most distributions' kernels) every session is a group and groups share the CPU as equals:
+    without this, a judge running a service's tests and benchmark took the CPU from the serving
+    processes as an equal, and all of it from SCHED_IDLE training (see
+    ``vortex.training.worker.lower_priority``). Failures are ignored: the judge still judges.
+    """
+    try:
+        os.nice(JUDGE_NICE)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(AUTOGROUP_NICE))
+    except OSError:
+        pass
+
+
 def main():
     spec = b""
     while True:
@@ -182,6 +208,7 @@ def main():
     nonce = order["nonce"]
     fd = int(os.environ.pop("VORTEX_RESULT_FD"))
     os.set_inheritable(fd, False)
+    _yield_to_serving()  # started by the sandbox (it gave the result descriptor): its own session
     try:
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     except (OSError, AttributeError):
