@@ -263,6 +263,8 @@ def under_swaps(port: int, home: str, rounds: int, seconds: float, swaps: int) -
         time.sleep(0.1)
     torch.manual_seed(1)
     versions = [registry.active_version, registry.register(mlp(in_features=64, hidden=128, out_features=10, seed=1))]
+    for v in versions:  # the operator's two versions outlive the trainer's cleanup of older ones
+        registry.pin(v)
     runs_before = _training_runs(port)
     swapped: list[int] = []
 
