@@ -188,3 +188,33 @@ def test_the_sidecars_control_plane_runs_lowered_and_its_main_thread_does_not(ho
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         proc.stdout.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="kernel without autogroups")
+@pytest.mark.parametrize("session", ["own", "shared"])
+def test_a_sidecar_leading_its_session_lowers_its_autogroup_and_only_then(home, tmp_path, session):
+    """Started in a session of its own (as a service manager does), the sidecar sets its
+    autogroup's nice to its own ``--nice``: otherwise its group competes with the serving
+    processes' as an equal. In the session of the process that started it, it leaves the
+    shared group alone."""
+    (tmp_path / "sidecar_spec.py").write_text(_SPEC_MODULE.format(home=str(home)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]))
+    with open("/proc/self/autogroup") as f:
+        ours = f.read()
+    proc = subprocess.Popen([sys.executable, "-m", "vortex", "control", "--spec", "sidecar_spec:SPEC",
+                             "--nice", "7"], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=session == "own")
+    try:
+        assert "waiting" in proc.stdout.readline()
+        with open(f"/proc/{proc.pid}/autogroup") as f:
+            group = f.read()
+        if session == "own":
+            assert group.split()[-1] == "7" and group.split()[0] != ours.split()[0]
+        else:
+            assert group == ours
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        proc.stdout.close()
+    with open("/proc/self/autogroup") as f:
+        assert f.read() == ours

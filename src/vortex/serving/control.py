@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .._autogroup import lower_session_group
 from .._io import atomic_write_text
 from ..home import HomeLayout
 from .links import RequestLinks
@@ -551,6 +552,12 @@ def run_control(spec: ServiceSpec, stop: threading.Event | None = None, *, nice:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     os.makedirs(spec.home, exist_ok=True)
+    if nice:  # a sidecar leading its own session (a service manager starts it so) is alone in its
+        # autogroup, where its threads' niceness would rank it only against itself
+        try:
+            lower_session_group(nice)
+        except OSError as exc:
+            log.warning("could not lower the priority of this session's autogroup: %s", exc)
     standby = ControlStandby(spec, nice=nice)
     standby.start()
     print(f"vortex control: waiting for the control plane of {os.path.abspath(spec.home)} "

@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .._autogroup import lower_session_group
 from ..errors import ConfigError, TrainingError, VortexError
 
 __all__ = ["Adam", "WorkerArgs", "die_with_parent", "evaluate", "main", "per_sample_loss", "train"]
@@ -614,9 +615,7 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
     """Make this process yield the CPU to serving: ``nice`` added to its niceness, and the
     SCHED_IDLE policy if ``sched_idle`` (threads started later, torch's and gloo's, inherit both).
 
-    Both rank it only against the processes of its own *autogroup*: on Linux with
-    ``CONFIG_SCHED_AUTOGROUP`` (on by default in most distributions' kernels) every session is
-    a group, and the CPU is shared between groups as equals before it is shared inside them.
+    Both rank it only against the processes of its own *autogroup* (:mod:`vortex._autogroup`).
     A SCHED_IDLE worker in a session of its own took the CPU from a serving process as a
     normal one would (``benchmarks/bench_http.py``: a serving worker woken while it ran waited
     for its 4 ms tick). So the launcher keeps its workers in its session (a process group of
@@ -634,10 +633,9 @@ def lower_priority(nice: int, sched_idle: bool) -> None:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except (OSError, AttributeError) as exc:
             log.warning("could not switch the worker to SCHED_IDLE: %s", exc)
-    if (nice or sched_idle) and os.getsid(0) == os.getpid() and os.path.exists("/proc/self/autogroup"):
+    if nice or sched_idle:
         try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(AUTOGROUP_NICE))
+            lower_session_group(AUTOGROUP_NICE)
         except OSError as exc:
             log.warning("could not lower the priority of the worker's autogroup: %s", exc)
 
