@@ -59,7 +59,6 @@ def test_the_judge_runs_below_the_serving_processes(tiny_tree, tmp_path):
     Path(tiny_tree, "tests", "test_mod.py").write_text(
         "import os\n\n\ndef test_priority():\n"
         f"    assert os.getpriority(os.PRIO_PROCESS, 0) == {niceness}\n"
-        f"    assert os.getsid(0) != {os.getsid(0)}\n"
         "    with open('/proc/self/autogroup') as f:\n"
         "        assert f.read().split()[-1] == '19'\n")
     sandbox = Sandbox(load_settings(tiny_tree), base_dir=str(tmp_path / "sbx"))

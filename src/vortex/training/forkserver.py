@@ -368,7 +368,7 @@ def _less_nice(argv: list[str], inherited: int) -> list[str]:
     return argv
 
 
-def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int], nice: int = 0) -> dict[str, Any]:
+def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int], nice: int) -> dict[str, Any]:
     server = os.getpid()  # before the fork: a child must not take init for its parent
     try:
         pid = os.fork()
