@@ -203,8 +203,16 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
             time.sleep(0.2)
         swap = registry.serving_log()[-1]
         active = swap["to_version"]
+        # the registry write is seen here first: a worker polls it every 0.1 s, so wait until
+        # each one reports the version (a liveness bound), then check how late it followed
+        deadline = time.monotonic() + 30
         with httpx.Client(base_url=server.url, timeout=10) as c:
-            statuses = server.statuses(c, set(server.workers()))
+            while True:
+                statuses = server.statuses(c, set(server.workers()))
+                if all(s["worker"]["model_version"] == active for s in statuses.values()):
+                    break
+                assert time.monotonic() < deadline, statuses
+                time.sleep(0.1)
         for pid, s in statuses.items():
             assert s["worker"]["model_version"] == active, (pid, s["worker"])
             # followed within a second of the control plane's registry write
