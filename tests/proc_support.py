@@ -17,3 +17,16 @@ def alive(pid: int) -> bool:
         return proc_stat(pid)[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def autogroup(pid: int | str) -> tuple[str, int] | None:
+    """``(name, nice)`` of the autogroup of ``pid``'s session, or None for the kernel's default
+    group: the file reads empty for a process whose session never left init's (no ``setsid``
+    between it and PID 1, as under some CI runners), a group whose nice cannot be set.
+    """
+    with open(f"/proc/{pid}/autogroup") as f:
+        text = f.read().split()
+    if not text:
+        return None
+    name, _, nice = text
+    return name, int(nice)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from proc_support import alive, proc_stat
+from proc_support import alive, autogroup, proc_stat
 from safetensors.torch import load_file
 
 from vortex.config import BackgroundTrainingConfig
@@ -131,7 +131,7 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
         # SCHED_IDLE yields the CPU to a serving process (worker.lower_priority)
         assert int(session) == os.getsid(0)
         if os.path.exists("/proc/self/autogroup"):
-            assert _autogroup(pid) == _autogroup("self")
+            assert autogroup(pid) == autogroup("self")
         _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
         # the server's imports and forks are training's work: as nice as a worker, which is not
         # lowered twice for being forked by it
@@ -156,11 +156,6 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
     assert not os.path.exists(f"/proc/{server.pid}")
 
 
-def _autogroup(pid: int | str) -> str:
-    with open(f"/proc/{pid}/autogroup") as f:
-        return f.read().split()[0]
-
-
 @pytest.mark.slow
 def test_a_fresh_interpreter_worker_stays_in_the_launchers_session_and_autogroup(tmp_path):
     """``fork_server=False``: the worker leads its own group (what a cancel kills), in this
@@ -175,7 +170,7 @@ def test_a_fresh_interpreter_worker_stays_in_the_launchers_session_and_autogroup
         _, ppid, pgrp, session = proc_stat(pid)[:4]
         assert (int(ppid), int(pgrp), int(session)) == (os.getpid(), pid, os.getsid(0))
         if os.path.exists("/proc/self/autogroup"):
-            assert _autogroup(pid) == _autogroup("self")
+            assert autogroup(pid) == autogroup("self")
         _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
         launcher.cancel.set()
         t.join(60)

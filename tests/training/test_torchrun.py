@@ -25,7 +25,7 @@ pytest.importorskip("moto.server", reason="moto[server] (test extra) provides th
 pytest.importorskip("torch.distributed.run", reason="torch.distributed.run (torchrun) is not available")
 
 import torch  # noqa: E402
-from proc_support import alive, proc_stat  # noqa: E402
+from proc_support import alive, autogroup, proc_stat  # noqa: E402
 from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
 from safetensors.torch import load, load_file  # noqa: E402
 
@@ -122,13 +122,6 @@ def _read(path) -> str:
         return f.read()
 
 
-def _autogroup(pid: int) -> tuple[str, str]:
-    """``(group, nice)`` of ``pid``'s autogroup."""
-    with open(f"/proc/{pid}/autogroup") as f:
-        group, _, nice = f.read().split()
-    return group, nice
-
-
 def _ranks_of(agent_pid: int) -> dict[int, int]:
     """The worker processes the agent started, read from /proc: {rank: pid}."""
     ranks = {}
@@ -220,9 +213,9 @@ def test_a_rank_or_node_killed_mid_run_leaves_no_commit_marker(tmp_path, s3, vic
         assert sorted(ranks) == [0, 1], ranks
         if os.path.exists("/proc/self/autogroup"):  # a rank's SCHED_IDLE yields to serving:
             for rank, pid in ranks.items():  # in its agent's autogroup, or alone in its own (a
-                group, nice = _autogroup(pid)  # session leader, as torchrun starts ranks), at 19
+                group = autogroup(pid)  # session leader, as torchrun starts ranks), at 19
                 leader = int(proc_stat(pid)[3]) == pid
-                assert nice == "19" if leader else group == _autogroup(agent_of[rank])[0]
+                assert group is not None and group[1] == 19 if leader else group == autogroup(agent_of[rank])
         os.kill(agent_of[1] if victim == "node of rank 1" else ranks[int(victim[-1])], signal.SIGKILL)
     finally:
         codes = _wait_agents(agents)
