@@ -4,8 +4,9 @@ The same FastAPI app and model (``benchmarks/http_app.py``) under ``uvicorn --wo
 bare, with prometheus-fastapi-instrumentator (multiprocess mode, right across the workers),
 and with Vortex's ASGI middleware and routes (``vortex.serving``, the model called through the
 worker's ``infer``). The load comes from wrk in a separate process (``-t1``, a fixed number of
-connections, each request a 64-feature JSON body); the variants take turns for ``rounds``
-rounds of ``seconds`` each, so the machine's noise hits them alike. Reported per variant:
+connections, each request a 64-feature JSON body, counted only once the connections split
+evenly between the workers: see :func:`wrk`); the variants take turns for ``rounds`` rounds of
+``seconds`` each, so the machine's noise hits them alike. Reported per variant:
 requests/s, p50, p99 (median over the rounds; wrk's own latency record, which includes
 queueing), failures (non-2xx, socket errors and timeouts), and each figure as a ratio to the
 bare app. Goals (issue 14): Vortex >= 0.97x the bare app's throughput and >= the
@@ -197,9 +198,9 @@ def wrk(port: int, seconds: float, script: Path, workers: int = 1, attempts: int
     raise AssertionError("unreachable: the last attempt returns")
 
 
-def _split(port: int, client: int, timeout: float = 2.0) -> list[int]:
+def _split(port: int, client: int, connections: int = CONNECTIONS, timeout: float = 2.0) -> list[int]:
     """How many of ``client``'s connections to ``port`` each server process holds, most first,
-    read from /proc once all :data:`CONNECTIONS` are up (or after ``timeout``): the client's
+    read from /proc once all ``connections`` are up (or after ``timeout``): the client's
     sockets give their local ports, the server's ends of those connections their owners.
     """
     deadline = time.monotonic() + timeout
@@ -208,7 +209,7 @@ def _split(port: int, client: int, timeout: float = 2.0) -> list[int]:
         mine = _socket_inodes(client)
         ports = {local for inode, (local, _) in sockets.items() if inode in mine}
         server_ends = {inode for inode, (local, remote) in sockets.items() if local == port and remote in ports}
-        if len(server_ends) >= CONNECTIONS or time.monotonic() > deadline:
+        if len(server_ends) >= connections or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     counts = []
@@ -490,6 +491,35 @@ def render(results: dict[str, dict[str, float]], missing: dict[str, str]) -> str
                          + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in xs)
                                      for k, xs in u["rounds_p99_ms"].items()))
     return "\n".join(lines)
+
+
+def test_split_reads_which_process_holds_each_connection():
+    """:func:`_split` from /proc: a client's 3 connections, 1 accepted by another process on
+    the same listening socket (as uvicorn's workers share theirs), 2 by this one; a connection
+    of another client to the same port (the feedback client's) is not counted.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with ExitStack() as stack:
+        other = stack.enter_context(subprocess.Popen(
+            [sys.executable, "-c", "import socket, sys, time\n"
+             "s = socket.socket(fileno=int(sys.argv[1]))\nc = s.accept()[0]\nprint('accepted', flush=True)\n"
+             "time.sleep(120)", str(listener.fileno())],
+            pass_fds=[listener.fileno()], stdout=subprocess.PIPE, text=True))
+        stack.callback(other.kill)
+        client = stack.enter_context(subprocess.Popen(
+            [sys.executable, "-c", "import socket, sys, time\n"
+             "c = [socket.create_connection(('127.0.0.1', int(sys.argv[1]))) for _ in range(3)]\n"
+             "print('connected', flush=True)\ntime.sleep(120)", str(port)], stdout=subprocess.PIPE, text=True))
+        stack.callback(client.kill)
+        assert client.stdout is not None and client.stdout.readline() == "connected\n"
+        assert other.stdout is not None and other.stdout.readline() == "accepted\n"  # the first
+        bystander = socket.create_connection(("127.0.0.1", port))
+        stack.callback(bystander.close)
+        for _ in range(3):  # the bystander's end and 2 of the client's
+            stack.callback(listener.accept()[0].close)
+        assert _split(port, client.pid, connections=3) == [2, 1]
+    listener.close()
 
 
 def test_http_load_side_by_side(benchmark, request):
