@@ -6,7 +6,6 @@ how it can be stopped, and the server must never outlive the process that starte
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -135,10 +134,9 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
             assert autogroup(pid) == autogroup("self")
         _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
         # the server's imports and forks are training's work: as nice as a worker, which is not
-        # lowered twice for being forked by it, and serving under SCHED_IDLE as the worker does
+        # lowered twice for being forked by it
         base = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, server.pid) == os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + 5)
-        assert _policy(server.pid) == os.SCHED_IDLE
         assert os.readlink(f"/proc/{pid}/fd/2") == log
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
         # the server forks from its only thread; its protocol pipes are not the worker's
@@ -204,29 +202,6 @@ def test_a_killed_fork_server_fails_its_run_and_the_next_run_starts_another(tmp_
     finally:
         launcher.cancel.set()
         t.join(60)
-        launcher.close()
-
-
-@pytest.mark.slow
-def test_the_server_is_restarted_with_the_workers_priority_when_it_changes(tmp_path):
-    """``worker_nice`` and ``worker_sched_idle`` are the server's too: a run after either
-    changed gets a new server, at the new niceness and policy (seen from /proc)."""
-    snap = _snapshot(tmp_path / "snap.arrow")
-    launcher = _launcher(tmp_path, num_epochs=1)
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    try:
-        seen = []
-        for run, (nice, sched_idle) in enumerate([(0, True), (0, True), (3, True), (3, False)]):
-            launcher._config = functools.partial(BackgroundTrainingConfig, num_epochs=1, batch_size=24,
-                                                 worker_nice=nice, worker_sched_idle=sched_idle)
-            launcher.run(str(tmp_path / f"run{run}"), snap, None, 1, run_id=run)
-            server = launcher._fork_server
-            assert server is not None and server.alive()
-            seen.append(server.pid)
-            assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(19, base + nice)
-            assert _policy(server.pid) == (os.SCHED_IDLE if sched_idle else os.SCHED_OTHER)
-        assert seen[0] == seen[1] and len(set(seen)) == 3  # kept while nothing changed
-    finally:
         launcher.close()
 
 
@@ -324,7 +299,7 @@ def test_the_service_factory_is_imported_after_the_fork(tmp_path, monkeypatch):
 def test_without_a_fork_server_the_workers_start_cold_and_it_is_said_once(tmp_path, monkeypatch, caplog):
     starts = []
 
-    def broken(self, env, ready_timeout=120.0, nice=0, sched_idle=False):
+    def broken(self, env, ready_timeout=120.0, nice=0):
         starts.append(env)
         raise TrainingError("the training fork server exited at start-up (status 1)")
 

@@ -14,10 +14,7 @@ kills) in the launcher's session, at the same priority, its output in its log fi
 dies with the process that started it. The service's own modules (the model factory) are
 *not* imported ahead: a worker imports them after the fork, so a factory changed on disk (an
 applied RSI patch) is what the next run uses. The server runs at the workers' niceness: its
-imports and forks are training's work too. With the workers' SCHED_IDLE it also serves under
-SCHED_IDLE once its imports are done, so a fork (the copy of its page tables) and the child's
-first steps yield to a serving process woken meanwhile; the imports stay at its niceness only,
-so that a loaded machine still starts the server within its ready timeout.
+imports and forks are training's work too.
 
 What the server loads ahead (:data:`PRELOAD`): torch, safetensors, pyarrow and the worker's
 vortex modules, and FluxDynamics' Numba kernels (from Numba's cache). What a worker does after
@@ -79,7 +76,6 @@ PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "safetensors.torch
 
 
 _NICE_ENV = "VORTEX_FORKSERVER_NICE"
-_SCHED_IDLE_ENV = "VORTEX_FORKSERVER_SCHED_IDLE"
 
 
 def _server_env(env: dict[str, str]) -> dict[str, str]:
@@ -142,20 +138,14 @@ class ForkServer:
         Added to the server's niceness before it imports anything (the workers' ``--nice``: the
         server's work, its imports and forks, is training's too). A worker's own ``--nice``
         counts from the launcher's niceness all the same.
-    sched_idle
-        Serve under SCHED_IDLE once the imports are done (the workers' ``--sched-idle``): the
-        forked workers start under it.
     """
 
-    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0, nice: int = 0,
-                 sched_idle: bool = False) -> None:
+    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0, nice: int = 0) -> None:
         self.env = dict(env)
         self.nice = nice
-        self.sched_idle = sched_idle
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", __name__],
-                env={**_server_env(env), _NICE_ENV: str(nice), _SCHED_IDLE_ENV: "1" if sched_idle else ""},
+                [sys.executable, "-P", "-m", __name__], env={**_server_env(env), _NICE_ENV: str(nice)},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         except OSError as exc:
             raise TrainingError(f"the training fork server could not start: {exc}") from exc
@@ -305,7 +295,6 @@ def _serve() -> int:
     if os.getppid() != parent:
         return 1
     nice = int(os.environ.pop(_NICE_ENV, "0"))
-    sched_idle = bool(os.environ.pop(_SCHED_IDLE_ENV, ""))
     if nice:
         try:
             os.nice(nice)
@@ -330,11 +319,6 @@ def _serve() -> int:
         print(f"vortex fork server: {len(threads)} threads after the imports; forking would "
               "copy their locks half-held: not serving", file=sys.stderr)
         return 1
-    if sched_idle:
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except (OSError, AttributeError) as exc:
-            print(f"vortex fork server: could not switch to SCHED_IDLE: {exc}", file=sys.stderr)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

@@ -188,19 +188,17 @@ class WorkerLauncher:
 
     def _fork_server_for(self, env: dict[str, str]) -> ForkServer:
         """The running fork server, (re)started when it is gone or was started with another
-        ``PYTHONPATH`` (it decides which modules the server imported), ``worker_nice`` or
-        ``worker_sched_idle``.
+        ``PYTHONPATH`` (it decides which modules the server imported) or ``worker_nice``.
         """
-        cfg = self._config()
-        nice, sched_idle = cfg.worker_nice, cfg.worker_sched_idle
+        nice = self._config().worker_nice
         with self._fork_lock:
             server = self._fork_server
-            if server is not None and (not server.alive() or (server.nice, server.sched_idle) != (nice, sched_idle)
+            if server is not None and (not server.alive() or server.nice != nice
                                        or server.env.get("PYTHONPATH") != env.get("PYTHONPATH")):
                 server.close()
                 server = self._fork_server = None
             if server is None:
-                server = self._fork_server = ForkServer(self._base_env(), nice=nice, sched_idle=sched_idle)
+                server = self._fork_server = ForkServer(self._base_env(), nice=nice)
                 # a launcher dropped without close() (a coordinator never stopped) and the
                 # interpreter's exit end its server too, not only the server's end of input
                 weakref.finalize(self, server.close)
