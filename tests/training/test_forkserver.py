@@ -6,6 +6,7 @@ how it can be stopped, and the server must never outlive the process that starte
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -202,6 +203,28 @@ def test_a_killed_fork_server_fails_its_run_and_the_next_run_starts_another(tmp_
     finally:
         launcher.cancel.set()
         t.join(60)
+        launcher.close()
+
+
+@pytest.mark.slow
+def test_the_server_is_restarted_at_the_workers_niceness_when_it_changes(tmp_path):
+    """``worker_nice`` is the server's too: a run after it changed gets a new server, at the
+    new niceness (seen from /proc); while nothing changed the server is kept."""
+    snap = _snapshot(tmp_path / "snap.arrow")
+    launcher = _launcher(tmp_path, num_epochs=1)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        seen = []
+        for run, nice in enumerate([0, 0, 3]):
+            launcher._config = functools.partial(BackgroundTrainingConfig, num_epochs=1, batch_size=24,
+                                                 worker_nice=nice)
+            launcher.run(str(tmp_path / f"run{run}"), snap, None, 1, run_id=run)
+            server = launcher._fork_server
+            assert server is not None and server.alive()
+            seen.append(server.pid)
+            assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(19, base + nice)
+        assert seen[0] == seen[1] != seen[2]
+    finally:
         launcher.close()
 
 
