@@ -92,3 +92,60 @@ def test_hammer_swaps_while_reading():
     for t in threads:
         t.join()
     assert not errors and slot.swaps == 200 and len(seen) >= 2
+
+
+_WARM_IN_A_THREAD = r"""
+import sys, threading, torch
+torch.set_num_threads(1)  # as a server with several worker processes sets it
+from vortex.training.models import mlp
+from vortex.training.slot import prepare_model
+
+def warm():
+    sys.stdin.readline()
+    model = mlp(64, 128, 10, seed=0)
+    if sys.argv[1] == "prepare_model":
+        prepare_model(model, torch.zeros(1, 64))
+    else:  # the same forward pass, as a thread runs it without prepare_model
+        with torch.inference_mode():
+            model(torch.zeros(1, 64))
+    print("warmed", flush=True)
+    sys.stdin.readline()
+
+thread = threading.Thread(target=warm)
+thread.start()
+print("ready", flush=True)
+thread.join()
+"""
+
+
+def _threads_added_by_a_warm_up(how: str) -> int:
+    """Threads a process gains (read from /proc) when a thread it started later than
+    ``torch.set_num_threads(1)`` warms a model up ``how``."""
+    import os
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", _WARM_IN_A_THREAD, how], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            before = len(os.listdir(f"/proc/{proc.pid}/task"))
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "warmed\n"
+            after = len(os.listdir(f"/proc/{proc.pid}/task"))
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+    return after - before
+
+
+def test_a_warm_up_in_another_thread_keeps_the_apps_thread_count():
+    """A swap thread warms its model up on the app's one intra-op thread: no OpenMP team of
+    its own (whose threads spin after each matrix product, on the cores that serve)."""
+    if _threads_added_by_a_warm_up("forward") == 0:
+        pytest.skip("a plain forward pass in a new thread starts no OpenMP team here (one core, "
+                    "or a torch that hands its thread count on): nothing to tell apart")
+    assert _threads_added_by_a_warm_up("prepare_model") == 0

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from .._torch_threads import use_process_thread_count
 from ..errors import ModelSwapError
 
 __all__ = ["ModelSlot", "SlotEntry", "prepare_model"]
@@ -41,6 +42,7 @@ def prepare_model(model: Any, example: Any = None, warmup_runs: int = 2) -> Any:
         raise ValueError(f"model={model!r}: must be a torch.nn.Module (callable, with eval())")
     model.eval()
     if example is not None:
+        use_process_thread_count()  # a swap thread's forward pass on the app's thread count
         try:
             with torch.inference_mode():
                 for _ in range(warmup_runs):
