@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -121,10 +124,6 @@ thread.join()
 def _threads_added_by_a_warm_up(how: str) -> int:
     """Threads a process gains (read from /proc) when a thread it started later than
     ``torch.set_num_threads(1)`` warms a model up ``how``."""
-    import os
-    import subprocess
-    import sys
-
     with subprocess.Popen([sys.executable, "-c", _WARM_IN_A_THREAD, how], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True) as proc:
         try:
