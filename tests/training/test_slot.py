@@ -123,7 +123,8 @@ thread.join()
 
 def _threads_added_by_a_warm_up(how: str) -> int:
     """Threads a process gains (read from /proc) when a thread it started later than
-    ``torch.set_num_threads(1)`` warms a model up ``how``."""
+    ``torch.set_num_threads(1)`` warms a model up ``how``.
+    """
     with subprocess.Popen([sys.executable, "-c", _WARM_IN_A_THREAD, how], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True) as proc:
         try:
@@ -143,7 +144,8 @@ def _threads_added_by_a_warm_up(how: str) -> int:
 
 def test_a_warm_up_in_another_thread_keeps_the_apps_thread_count():
     """A swap thread warms its model up on the app's one intra-op thread: no OpenMP team of
-    its own (whose threads spin after each matrix product, on the cores that serve)."""
+    its own (whose threads spin after each matrix product, on the cores that serve).
+    """
     if _threads_added_by_a_warm_up("forward") == 0:
         pytest.skip("a plain forward pass in a new thread starts no OpenMP team here (one core, "
                     "or a torch that hands its thread count on): nothing to tell apart")
