@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
@@ -27,6 +28,12 @@ from vortex.serving import (
     lifespan,
     vortex_app,
 )
+
+# Several workers per machine are the parallelism: one intra-op thread each, and the model called
+# from the event loop's thread (an `async def` route), the thread this setting reaches. A plain
+# `def` route runs in Starlette's thread pool, whose threads torch's setting does not reach
+# (docs/SERVING.md, "Torch threads in a serving worker").
+torch.set_num_threads(1)
 
 HOME = os.environ.get("VORTEX_HOME", ".vortex-http")
 MIN_SAMPLES = int(os.environ.get("VORTEX_MIN_SAMPLES", "500"))
@@ -46,8 +53,6 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def initial_model():
     """The model served before the registry has a version: the MLP trained on half the digits
     (seeded: every process builds the same weights)."""
-    import torch
-
     from vortex.training.models import mlp
 
     torch.manual_seed(0)
@@ -86,7 +91,7 @@ class Digit(BaseModel):
 
 
 @app.post("/predict")
-def predict(digit: Digit) -> dict:
+async def predict(digit: Digit) -> dict:
     try:
         p = service.running.infer(np.asarray(digit.features, dtype=np.float32))
     except ValueError as exc:
