@@ -39,6 +39,8 @@ HOME = os.environ.get("VORTEX_HOME", ".vortex-http")
 MIN_SAMPLES = int(os.environ.get("VORTEX_MIN_SAMPLES", "500"))
 INITIAL_EPOCHS = int(os.environ.get("VORTEX_INITIAL_EPOCHS", "15"))
 TRAIN = os.environ.get("VORTEX_TRAIN", "1") == "1"  # 0: collect feedback, never train
+# the newest samples kept for training (older ones make room)
+BUFFER_CAPACITY = int(os.environ.get("VORTEX_BUFFER_CAPACITY", "10000"))
 FACTORY_KWARGS = {"in_features": 64, "hidden": 64, "out_features": 10, "seed": 0}
 
 
@@ -74,7 +76,7 @@ def configure(orch) -> None:
     orch.with_runtime_detector(RuntimeDetectorConfig(monitor_interval_ms=500, window_size=500))
     orch.with_background_trainer(BackgroundTrainingConfig(
         enabled=TRAIN, min_samples_for_training=MIN_SAMPLES, training_interval_secs=3600, num_epochs=5,
-        batch_size=64, learning_rate=3e-3))
+        batch_size=64, learning_rate=3e-3, buffer_capacity=BUFFER_CAPACITY))
 
 
 SPEC = ServiceSpec(home=HOME, model_factory="vortex.training.models:mlp", feature_dim=64, n_classes=10,

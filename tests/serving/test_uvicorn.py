@@ -249,12 +249,17 @@ def test_feedback_trains_a_version_every_worker_follows_and_tunables_reach_every
     assert server.proc.returncode is not None
 
 
+# No training, and a buffer that holds every feedback the test can send (~1,100 a second here):
+# a full buffer makes room by dropping its oldest samples, which is not a loss
+KEEP_ALL = {"VORTEX_TRAIN": "0", "VORTEX_BUFFER_CAPACITY": "200000"}
+
+
 def test_kill9_of_workers_and_control_planes_loses_no_acknowledged_feedback(home, digits):
     x, y = digits
     sidecar = subprocess.Popen([sys.executable, "-c", "import sys; from vortex.cli import main; sys.exit(main())",
                                 "control", "--spec", "app:SPEC"],
-                               env=_env(home, VORTEX_TRAIN="0"), start_new_session=True)
-    server = Server(home, VORTEX_TRAIN="0")
+                               env=_env(home, **KEEP_ALL), start_new_session=True)
+    server = Server(home, **KEEP_ALL)
     acknowledged: list[int] = []
     failures: list[BaseException] = []
     http_errors: list[str] = []
