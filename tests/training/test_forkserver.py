@@ -19,14 +19,14 @@ import time
 
 import numpy as np
 import pytest
-from proc_support import alive, autogroup, proc_stat
+from proc_support import alive, autogroup, children, cmdline, proc_stat
 from safetensors.torch import load_file
 
 from vortex.config import BackgroundTrainingConfig
 from vortex.errors import TrainingError
 from vortex.training import SampleBuffer, forkserver
 from vortex.training.forkserver import ForkedWorker
-from vortex.training.launcher import WorkerLauncher
+from vortex.training.launcher import WorkerLauncher, worker_env
 from vortex.training.worker import CANDIDATE_FILE, RESULT_FILE
 
 KW = {"in_features": 8, "hidden": 16, "out_features": 3, "seed": 3}
@@ -135,7 +135,8 @@ def test_the_process_table_of_a_forked_worker(tmp_path):
             assert autogroup(pid) == autogroup("self")
         _wait(lambda: _policy(pid) == os.SCHED_IDLE, "the worker never switched to SCHED_IDLE")
         # the server's imports and forks are training's work: as nice as a worker, which is not
-        # lowered twice for being forked by it
+        # lowered twice for being forked by it, and SCHED_IDLE as it is
+        assert _policy(server.pid) == os.SCHED_IDLE
         base = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, server.pid) == os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + 5)
         assert os.readlink(f"/proc/{pid}/fd/2") == log
@@ -207,31 +208,55 @@ def test_a_killed_fork_server_fails_its_run_and_the_next_run_starts_another(tmp_
 
 
 @pytest.mark.slow
-def test_the_server_is_restarted_at_the_workers_niceness_when_it_changes(tmp_path):
-    """``worker_nice`` is the server's too: a run after it changed gets a new server, at the
-    new niceness (seen from /proc); while nothing changed the server is kept."""
+def test_the_server_is_restarted_at_the_workers_priority_when_it_changes(tmp_path):
+    """``worker_nice`` and ``worker_sched_idle`` are the server's too: a run after one changed
+    gets a new server, at the new priority (seen from /proc); while nothing changed the server
+    is kept."""
     snap = _snapshot(tmp_path / "snap.arrow")
     launcher = _launcher(tmp_path, num_epochs=1)
     base = os.getpriority(os.PRIO_PROCESS, 0)
     try:
         seen = []
-        for run, nice in enumerate([0, 0, 3]):
+        for run, (nice, idle) in enumerate([(0, True), (0, True), (3, True), (3, False)]):
             launcher._config = functools.partial(BackgroundTrainingConfig, num_epochs=1, batch_size=24,
-                                                 worker_nice=nice)
+                                                 worker_nice=nice, worker_sched_idle=idle)
             launcher.run(str(tmp_path / f"run{run}"), snap, None, 1, run_id=run)
             server = launcher._fork_server
             assert server is not None and server.alive()
             seen.append(server.pid)
             assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(19, base + nice)
-        assert seen[0] == seen[1] != seen[2]
+            assert _policy(server.pid) == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
+        assert seen[0] == seen[1] != seen[2] != seen[3]
     finally:
         launcher.close()
+
+
+def test_a_worker_forked_without_sched_idle_by_an_idle_server_gets_the_normal_policy(tmp_path):
+    """The policy a fresh interpreter would have: the server's SCHED_IDLE is not inherited by a
+    worker whose arguments do not ask for it."""
+    launcher = _launcher(tmp_path, num_epochs=100_000, worker_sched_idle=False)
+    server = forkserver.ForkServer(launcher._base_env(), sched_idle=True)
+    try:
+        _wait(lambda: _policy(server.pid) == os.SCHED_IDLE, "the server never switched to SCHED_IDLE")
+        args = launcher.worker_args(str(tmp_path / "out"), _snapshot(tmp_path / "snap.arrow"), None, 0)
+        assert "--sched-idle" not in args
+        (tmp_path / "out").mkdir()
+        worker = server.spawn(args, launcher._env(0, 1, 0), str(tmp_path / "out" / "worker-0.log"))
+        _wait(lambda: os.readlink(f"/proc/{worker.pid}/fd/1").endswith("worker-0.log"),
+              "the worker never took its log as stdout")
+        _wait(lambda: _policy(worker.pid) == os.SCHED_OTHER, "the worker kept the server's SCHED_IDLE")
+        assert worker.poll() is None  # still training: the policy seen is the worker's own
+        worker.kill_group()
+        assert worker.wait(60) == -signal.SIGKILL
+    finally:
+        server.close()
+    assert not os.path.exists(f"/proc/{server.pid}")
 
 
 _HOLDER = textwrap.dedent("""
     import json, sys, threading, time
     from vortex.config import BackgroundTrainingConfig
-    from vortex.training.launcher import WorkerLauncher
+    from vortex.training.launcher import WorkerLauncher, worker_env
     cfg = BackgroundTrainingConfig(num_epochs=100_000, batch_size=24, worker_nice=0)
     kw = {"in_features": 8, "hidden": 16, "out_features": 3, "seed": 3}
     launcher = WorkerLauncher(lambda: cfg, "vortex.training.models:mlp", kw, sys.argv[3],
@@ -322,7 +347,7 @@ def test_the_service_factory_is_imported_after_the_fork(tmp_path, monkeypatch):
 def test_without_a_fork_server_the_workers_start_cold_and_it_is_said_once(tmp_path, monkeypatch, caplog):
     starts = []
 
-    def broken(self, env, ready_timeout=120.0, nice=0):
+    def broken(self, env, **kwargs):
         starts.append(env)
         raise TrainingError("the training fork server exited at start-up (status 1)")
 
@@ -424,3 +449,105 @@ def test_back_to_back_runs_keep_one_idle_timer(tmp_path):
         _wait(lambda: timers() <= timers_before + 1, "cancelled idle timers kept their threads", 10)
     finally:
         launcher.close()
+
+
+@pytest.mark.slow
+def test_prestart_starts_the_server_before_any_run_and_the_first_run_forks_from_it(tmp_path):
+    """The server's imports happen when the service starts, not when the first run is due:
+    after prestart() a child of this process is importing at the workers' priority (seen
+    from /proc), and the first run's worker is its child, not a fresh interpreter."""
+    launcher = _launcher(tmp_path, num_epochs=100_000)
+    t = None
+    try:
+        launcher.prestart()
+        server = launcher._fork_server
+        assert server is not None and int(proc_stat(server.pid)[1]) == os.getpid()
+        _wait(lambda: _policy(server.pid) == os.SCHED_IDLE, "the server never switched to SCHED_IDLE")
+        launcher.prestart()  # a second call keeps the server it started
+        assert launcher._fork_server is server
+        t, outcome = _run_in_thread(launcher, tmp_path / "out", _snapshot(tmp_path / "snap.arrow"))
+        _wait(lambda: launcher.pids(), "no worker started")
+        (pid,) = launcher.pids()
+        assert int(proc_stat(pid)[1]) == server.pid and launcher._fork_server is server
+    finally:
+        launcher.cancel.set()
+        if t is not None:
+            t.join(60)
+        launcher.close()
+    assert not os.path.exists(f"/proc/{server.pid}")
+
+
+def test_prestart_does_nothing_without_the_fork_server(tmp_path):
+    launcher = _launcher(tmp_path, fork_server=False)
+    launcher.prestart()
+    assert launcher._fork_server is None
+    assert not [p for p in children(os.getpid()) if "vortex.training.forkserver" in cmdline(p)]
+
+
+def test_a_prestarted_server_nobody_uses_stops_after_the_idle_time(tmp_path):
+    launcher = _launcher(tmp_path, fork_server_idle_secs=0.5)
+    launcher.prestart()
+    pid = launcher._fork_server.pid
+    _wait(lambda: not alive(pid), "a prestarted fork server that no run used kept running", 60)
+    assert launcher._fork_server is None
+
+
+def test_closing_a_server_still_importing_kills_it_rather_than_waiting_for_its_imports(tmp_path):
+    """A coordinator stopped right after it started must not wait seconds for torch's import."""
+    launcher = _launcher(tmp_path)
+    launcher.prestart()
+    server = launcher._fork_server
+    assert server is not None and server._ready is None  # Popen just returned: still importing
+    launcher.close()
+    assert server._proc.returncode == -signal.SIGKILL and not os.path.exists(f"/proc/{server.pid}")
+
+
+
+def _server_with_a_fake_torch(tmp_path, torch_init: str):
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(torch_init + "\n")
+    env = _launcher(tmp_path)._base_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), env["PYTHONPATH"]])
+    return forkserver.ForkServer(env), env
+
+
+def test_a_server_whose_imports_fail_is_reported_at_spawn_and_gone(tmp_path):
+    server, env = _server_with_a_fake_torch(tmp_path, "raise ImportError('no torch here')")
+    with pytest.raises(TrainingError, match=r"exited at start-up \(status 1\)"):
+        server.spawn(["--help"], env, str(tmp_path / "w.log"))
+    _wait(lambda: not alive(server.pid), "the failed server kept running")
+
+
+def test_a_server_still_importing_is_kept_when_a_spawn_gives_up_waiting(tmp_path):
+    """On a loaded machine a SCHED_IDLE server imports slowly: a spawn that stops waiting
+    leaves it to finish (a new one would start over); closing it kills it at once."""
+    server, env = _server_with_a_fake_torch(tmp_path, "import time; time.sleep(60)")
+    try:
+        assert server.wait_ready(0.5) is False
+        with pytest.raises(TrainingError, match="still importing after 0.5 s"):
+            server.spawn(["--help"], env, str(tmp_path / "w.log"), timeout=0.5)
+        assert server.alive()
+    finally:
+        server.close()
+    assert server._proc.returncode == -signal.SIGKILL and not alive(server.pid)
+
+
+def test_a_run_waits_for_a_server_still_importing_until_its_deadline_and_keeps_it(tmp_path):
+    launcher = _launcher(tmp_path, run_timeout_secs=1.0)
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import time; time.sleep(60)\n")
+    launcher._base_env = lambda: {**worker_env(1), "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "fake"), worker_env(1)["PYTHONPATH"]])}
+    launcher._env = lambda *a: launcher._base_env()  # the same PYTHONPATH: the same server
+    try:
+        launcher.prestart()
+        server = launcher._fork_server
+        with pytest.raises(TimeoutError, match="the training fork server was still importing"):
+            launcher.run(str(tmp_path / "out"), _snapshot(tmp_path / "snap.arrow"), None, 1, run_id=0)
+        assert launcher._fork_server is server and server.alive()
+        assert launcher._fork_unavailable is None  # slow is not broken: the next run uses it
+    finally:
+        launcher.close()
+    assert not alive(server.pid)

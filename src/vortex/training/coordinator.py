@@ -250,7 +250,8 @@ class BackgroundTrainingCoordinator:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Start the background threads: training (scheduled and pending triggers) and
-        housekeeping (following outside swaps, saving the buffer).
+        housekeeping (following outside swaps, saving the buffer); and, with training
+        enabled, the training fork server (``fork_server``), whose imports take seconds.
         """
         if not self._triggers.start():
             return  # running already
@@ -258,6 +259,8 @@ class BackgroundTrainingCoordinator:
         self._keeper = threading.Thread(target=self._housekeeping, name="vortex-training-keeper",
                                         daemon=True)
         self._keeper.start()
+        if self.config.enabled:
+            self._launcher.prestart()  # its imports now, not under load when the first run is due
         log.info("background training started (home %s)", self.home)
 
     def stop(self, cancel: bool = False, timeout: float | None = None) -> None:

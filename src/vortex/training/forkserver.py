@@ -13,8 +13,10 @@ the same arguments and environment, in a process group of its own (what a cancel
 kills) in the launcher's session, at the same priority, its output in its log file, and it
 dies with the process that started it. The service's own modules (the model factory) are
 *not* imported ahead: a worker imports them after the fork, so a factory changed on disk (an
-applied RSI patch) is what the next run uses. The server runs at the workers' niceness: its
-imports and forks are training's work too.
+applied RSI patch) is what the next run uses. The server runs at the workers' priority (their
+niceness, and their SCHED_IDLE policy when they have it): its imports and forks are training's
+work too, and a server that imports torch while the machine serves must not delay a serving
+process any more than a worker may.
 
 What the server loads ahead (:data:`PRELOAD`): torch, safetensors, pyarrow and the worker's
 vortex modules, and FluxDynamics' Numba kernels (from Numba's cache). What a worker does after
@@ -75,7 +77,7 @@ PRELOAD = ("torch", "torch.distributed", "torch.nn.parallel", "safetensors.torch
            "vortex.kernels.flux")
 
 
-_NICE_ENV = "VORTEX_FORKSERVER_NICE"
+_PRIORITY_ENV = "VORTEX_FORKSERVER_PRIORITY"  # "<nice> <sched_idle 0|1>"
 
 
 def _server_env(env: dict[str, str]) -> dict[str, str]:
@@ -126,26 +128,34 @@ class ForkedWorker:
 class ForkServer:
     """The launcher's side: start the server, fork workers from it, learn how they ended.
 
+    Starting one returns at once; its imports take seconds (:meth:`wait_ready`).
+
     Parameters
     ----------
     env
         The server's environment (the worker's ``PYTHONPATH`` included: it decides which
         vortex and torch the server imports). Each worker gets its own environment at
         :meth:`spawn`.
-    ready_timeout
-        Seconds the server may take to import torch before :class:`TrainingError`.
     nice
         Added to the server's niceness before it imports anything (the workers' ``--nice``: the
         server's work, its imports and forks, is training's too). A worker's own ``--nice``
         counts from the launcher's niceness all the same.
+    sched_idle
+        Switch the server to the SCHED_IDLE policy before it imports anything (the workers'
+        ``--sched-idle``). Measured in ``benchmarks/bench_http.py``: at nice 10 alone, the
+        server's 1.7 s of imports under load held a core for ~4.4 ms slices, and a serving
+        process woken meanwhile waited for it; a SCHED_IDLE task is preempted at once. A worker
+        forked without ``--sched-idle`` goes back to the normal policy.
     """
 
-    def __init__(self, env: dict[str, str], ready_timeout: float = 120.0, nice: int = 0) -> None:
+    def __init__(self, env: dict[str, str], nice: int = 0, sched_idle: bool = False) -> None:
         self.env = dict(env)
         self.nice = nice
+        self.sched_idle = sched_idle
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", __name__], env={**_server_env(env), _NICE_ENV: str(nice)},
+                [sys.executable, "-P", "-m", __name__],
+                env={**_server_env(env), _PRIORITY_ENV: f"{nice} {int(sched_idle)}"},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0)
         except OSError as exc:
             raise TrainingError(f"the training fork server could not start: {exc}") from exc
@@ -158,14 +168,23 @@ class ForkServer:
         self._reader = threading.Thread(target=self._read, name="vortex-forkserver-reader", daemon=True)
         self._reader.start()
         _SERVERS.add(self)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the server to finish its imports: True once it
+        has, False if it is still importing (it goes on: on a loaded machine, under SCHED_IDLE,
+        that takes as long as the machine has no idle CPU to give).
+
+        :class:`TrainingError` if it exited at start-up.
+        """
         with self._cond:
-            if not self._cond.wait_for(lambda: self._ready is not None or self._closed, ready_timeout):
-                self.close()
-                raise TrainingError(f"the training fork server was not ready within {ready_timeout} s")
-            if self._closed:
-                code = self._proc.wait()
-                raise TrainingError(f"the training fork server exited at start-up (status {code}); "
-                                    "see its output on this process's stderr")
+            self._cond.wait_for(lambda: self._ready is not None or self._closed, timeout)
+            if self._ready is not None:
+                return True
+            if not self._closed:
+                return False
+        self.close()
+        raise TrainingError(f"the training fork server exited at start-up (status {self._proc.returncode}); "
+                            "see its output on this process's stderr")
 
     @property
     def pid(self) -> int:
@@ -182,9 +201,12 @@ class ForkServer:
         """Fork a worker running ``vortex.training.worker`` with ``argv`` and ``env`` in this
         process's working directory, its output in ``log_path`` (truncated).
 
-        A server that does not answer within ``timeout`` is closed (with whatever it forked)
-        before :class:`TrainingError`: a late fork must not leave a worker nobody tracks.
+        A server still importing after ``timeout`` is left to finish (:class:`TrainingError`).
+        A ready server that does not answer within ``timeout`` is closed (with whatever it
+        forked) before :class:`TrainingError`: a late fork must not leave a worker nobody tracks.
         """
+        if not self.wait_ready(timeout):
+            raise TrainingError(f"the training fork server was still importing after {timeout} s")
         with self._cond:
             self._next_id += 1
             request = self._next_id
@@ -205,6 +227,10 @@ class ForkServer:
 
     def close(self, timeout: float = 10.0) -> None:
         """End the server (it kills the workers still running) and wait for it."""
+        with self._cond:
+            importing = self._ready is None and not self._closed
+        if importing:  # it reads its end of input only after its imports: seconds away
+            self._proc.kill()
         try:
             if self._proc.stdin is not None:
                 self._proc.stdin.close()
@@ -294,13 +320,19 @@ def _serve() -> int:
     parent = int(os.environ.get("VORTEX_PARENT_PID") or os.getppid())
     if os.getppid() != parent:
         return 1
-    nice = int(os.environ.pop(_NICE_ENV, "0"))
+    nice, sched_idle = (int(x) for x in os.environ.pop(_PRIORITY_ENV, "0 0").split())
     if nice:
         try:
             os.nice(nice)
         except OSError as exc:
             print(f"vortex fork server: could not lower its priority: {exc}", file=sys.stderr)
             nice = 0
+    if sched_idle:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError) as exc:
+            print(f"vortex fork server: could not switch to SCHED_IDLE: {exc}", file=sys.stderr)
+            sched_idle = 0
     # the protocol gets private descriptors; fd 0 and 1 become /dev/null and stderr, so a
     # library that prints cannot corrupt it
     requests, replies = os.dup(0), os.dup(1)
@@ -350,7 +382,7 @@ def _serve() -> int:
                     if int(message["kill"]) in children:  # not reaped: the pid is still its
                         _kill_group(int(message["kill"]))
                 else:
-                    reply(_fork(message, private, children, nice))
+                    reply(_fork(message, private, children, nice, bool(sched_idle)))
             _reap(children, reply)
     finally:  # no worker outlives the server's purpose
         for pid in children:
@@ -368,7 +400,8 @@ def _less_nice(argv: list[str], inherited: int) -> list[str]:
     return argv
 
 
-def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int], nice: int) -> dict[str, Any]:
+def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int], nice: int,
+          sched_idle: bool) -> dict[str, Any]:
     server = os.getpid()  # before the fork: a child must not take init for its parent
     try:
         pid = os.fork()
@@ -398,6 +431,8 @@ def _fork(request: dict[str, Any], private: tuple[int, ...], children: set[int],
         from . import worker
 
         argv = _less_nice(request["argv"], nice)
+        if sched_idle and "--sched-idle" not in argv:  # the policy a fresh worker would have
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         sys.argv = [worker.__file__, *argv]
         status = worker.main(argv)
     except SystemExit as exc:  # e.g. argparse's usage error: end as the interpreter would

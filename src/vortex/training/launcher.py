@@ -164,21 +164,19 @@ class WorkerLauncher:
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         return env
 
-    def _start(self, args: list[str], env: dict[str, str], log_path: str) -> Worker:
+    def _start(self, args: list[str], env: dict[str, str], log_path: str, deadline: float) -> Worker:
         """One worker: forked by the fork server (``fork_server``), else a fresh interpreter.
 
-        A fork server that cannot start (say, an import started a thread) is not tried again
-        by this launcher, which says so in the log once. One that fails to fork a worker fails
-        the run (:class:`TrainingError`) and is replaced at the next run.
+        A fork server still importing is waited for until the run's ``deadline`` (or a
+        cancel), and kept when that comes first: under SCHED_IDLE on a loaded machine its
+        imports only progress on idle CPU, and a new one would start them over. One that
+        exited at start-up (say, an import started a thread) is not tried again by this
+        launcher, which says so in the log once. One that fails to fork a worker fails the
+        run (:class:`TrainingError`) and is replaced at the next run.
         """
-        if self._config().fork_server and self._fork_unavailable is None:
-            try:
-                server = self._fork_server_for(env)
-            except TrainingError as exc:
-                self._fork_unavailable = str(exc)
-                log.warning("training workers start as fresh interpreters from now on: %s", exc)
-            else:
-                return server.spawn(args, env, log_path)
+        server = self._usable_fork_server(env)
+        if server is not None and self._wait_for_imports(server, deadline):
+            return server.spawn(args, env, log_path)
         with open(log_path, "wb") as out:
             # -P: the worker must import the vortex this process runs, never a source
             # checkout that happens to be the current directory.
@@ -186,19 +184,59 @@ class WorkerLauncher:
                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     process_group=0)  # not a session: see worker.lower_priority
 
-    def _fork_server_for(self, env: dict[str, str]) -> ForkServer:
-        """The running fork server, (re)started when it is gone or was started with another
-        ``PYTHONPATH`` (it decides which modules the server imported) or ``worker_nice``.
+    def prestart(self) -> None:
+        """Start the fork server now (``fork_server``), not at the first run: its imports, 1.7 s
+        of CPU, then happen while the service starts rather than when a run is due, which is
+        when the machine serves. Returns at once; the server stops after
+        ``fork_server_idle_secs`` without a run, as after a run.
         """
-        nice = self._config().worker_nice
+        if self._usable_fork_server(self._base_env()) is not None:
+            with self._fork_lock:
+                if not self._runs:
+                    self._arm_idle_timer()
+
+    def _usable_fork_server(self, env: dict[str, str]) -> ForkServer | None:
+        """The fork server for workers with ``env`` (maybe still importing), or None when
+        ``fork_server`` is off or no server can start.
+        """
+        if not self._config().fork_server or self._fork_unavailable is not None:
+            return None
+        try:
+            return self._fork_server_for(env)
+        except TrainingError as exc:
+            self._give_up_fork_server(exc)
+            return None
+
+    def _wait_for_imports(self, server: ForkServer, deadline: float) -> bool:
+        """True once ``server`` is ready; False if it exited at start-up (given up)."""
+        while True:
+            try:
+                if server.wait_ready(_POLL_SECS):
+                    return True
+            except TrainingError as exc:
+                self._give_up_fork_server(exc)
+                return False
+            self._check_cancel_and_deadline(deadline, "the training fork server was still importing")
+
+    def _give_up_fork_server(self, exc: TrainingError) -> None:
+        self._fork_unavailable = str(exc)
+        log.warning("training workers start as fresh interpreters from now on: %s", exc)
+
+    def _fork_server_for(self, env: dict[str, str]) -> ForkServer:
+        """The fork server (maybe still importing), (re)started when it is gone or was started
+        with another ``PYTHONPATH`` (it decides which modules the server imported),
+        ``worker_nice`` or ``worker_sched_idle``.
+        """
+        cfg = self._config()
+        nice, idle = cfg.worker_nice, cfg.worker_sched_idle
         with self._fork_lock:
             server = self._fork_server
-            if server is not None and (not server.alive() or server.nice != nice
+            if server is not None and (not server.alive() or (server.nice, server.sched_idle) != (nice, idle)
                                        or server.env.get("PYTHONPATH") != env.get("PYTHONPATH")):
                 server.close()
                 server = self._fork_server = None
             if server is None:
-                server = self._fork_server = ForkServer(self._base_env(), nice=nice)
+                server = self._fork_server = ForkServer(self._base_env(), nice=nice, sched_idle=idle)
                 # a launcher dropped without close() (a coordinator never stopped) and the
                 # interpreter's exit end its server too, not only the server's end of input
                 weakref.finalize(self, server.close)
@@ -261,7 +299,7 @@ class WorkerLauncher:
             self._last_run += 1
         try:
             for rank in range(world_size):
-                procs.append(self._start(args, self._env(rank, world_size, port), logs[rank]))
+                procs.append(self._start(args, self._env(rank, world_size, port), logs[rank], deadline))
             self.procs = procs
             while True:
                 codes = [p.poll() for p in procs]
@@ -269,10 +307,8 @@ class WorkerLauncher:
                     raise TrainingError(_failure(procs, logs))
                 if all(c == 0 for c in codes):
                     return
-                if self.cancel.wait(_POLL_SECS):
-                    raise TrainingError("run cancelled (cancel_run() or stop(cancel=True))")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"run exceeded run_timeout_secs={cfg.run_timeout_secs}")
+                self.cancel.wait(_POLL_SECS)
+                self._check_cancel_and_deadline(deadline)
         finally:
             try:
                 self.procs = []
@@ -284,18 +320,32 @@ class WorkerLauncher:
                 with self._fork_lock:
                     self._runs -= 1
                     close = self._close_after_runs and not self._runs
-                    if not self._runs and self._fork_server is not None:
-                        # one timer at a time (the previous one's thread ends at cancel());
-                        # a weak reference: a pending timer must not keep a dropped launcher
-                        if self._idle_timer is not None:
-                            self._idle_timer.cancel()
-                        self._idle_timer = threading.Timer(
-                            cfg.fork_server_idle_secs, _close_if_idle,
-                            args=(weakref.ref(self), self._last_run))
-                        self._idle_timer.daemon = True
-                        self._idle_timer.start()
+                    if not self._runs:
+                        self._arm_idle_timer()
                 if close:
                     self.close()
+
+    def _arm_idle_timer(self) -> None:
+        """(With ``_fork_lock`` held.) Close the fork server after ``fork_server_idle_secs``
+        unless a run starts meanwhile. One timer at a time (the previous one's thread ends at
+        cancel()); it holds the launcher weakly: a pending timer must not keep a dropped one.
+        """
+        if self._fork_server is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self._config().fork_server_idle_secs, _close_if_idle,
+                                           args=(weakref.ref(self), self._last_run))
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _check_cancel_and_deadline(self, deadline: float, doing: str = "") -> None:
+        """Raise if the run was cancelled or is past its ``deadline`` (saying what it was ``doing``)."""
+        if self.cancel.is_set():
+            raise TrainingError("run cancelled (cancel_run() or stop(cancel=True))")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run exceeded run_timeout_secs={self._config().run_timeout_secs}"
+                               + (f": {doing}" if doing else ""))
 
     def _close_if_idle(self, last_run: int) -> None:
         """Close the fork server if no run started since run number ``last_run`` ended: an
