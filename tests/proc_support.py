@@ -3,8 +3,6 @@ processes from outside (started, reparented, killed, reaped)."""
 
 from __future__ import annotations
 
-import os
-
 
 def proc_stat(pid: int | str) -> list[str]:
     """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ...
@@ -32,24 +30,3 @@ def autogroup(pid: int | str) -> tuple[str, int] | None:
         return None
     name, _, nice = text
     return name, int(nice)
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``, whichever of its threads started them."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and int(proc_stat(entry)[1]) == pid:
-                found.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return found
-
-
-def cmdline(pid: int) -> str:
-    """The command line of ``pid``, its arguments joined by spaces ("" when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""

@@ -389,10 +389,8 @@ class BackgroundTrainingConfig(_Config, renamed={
     fork_server, fork_server_idle_secs
         Fork the worker processes from one process that imported torch once
         (:mod:`vortex.training.forkserver`), instead of starting each as a fresh interpreter
-        that spends about 1.7 s of CPU importing torch. The server starts with the
-        coordinator (:meth:`~vortex.training.BackgroundTrainingCoordinator.start`), so its
-        imports happen as the service starts rather than when the first run is due; it runs
-        at the workers' priority (``worker_nice``, ``worker_sched_idle``) and stops with the
+        that spends about 1.7 s of CPU importing torch. The server starts at the first run,
+        at the workers' priority (``worker_nice``, ``worker_sched_idle``), and stops with the
         coordinator, or after ``fork_server_idle_secs`` without a run (it holds the memory of
         a process that imported torch, ~400 MB; the next run starts another).
     model_cache_size

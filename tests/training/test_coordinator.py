@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from proc_support import children, cmdline
 
 from vortex.config import BackgroundTrainingConfig
 from vortex.errors import ChecksumMismatchError, VersionNotFoundError
@@ -314,8 +313,9 @@ def test_cancel_and_timeout_leave_everything_unchanged(tmp_path, digits):
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert c.registry.versions() == [1] and c.current_model_version() == 1
     t = _coordinator(tmp_path / "t", digits, num_epochs=500, run_timeout_secs=1.0)
-    t._launcher.prestart()  # its imports do count against the deadline; here, the run must
-    assert t._launcher._fork_server.wait_ready(120)  # time out while its worker trains
+    # the fork server's imports count against the deadline; here the run must time out while
+    # its worker trains
+    assert t._launcher._fork_server_for(t._launcher._base_env()).wait_ready(120)
     run = t.run_once("manual")
     assert run.status == "timeout" and "run_timeout_secs" in run.error
     assert t.stats().runs_failed == 1 and t.registry.versions() == [1]
@@ -588,24 +588,3 @@ def test_a_swap_made_during_a_run_wins_unless_the_candidate_beats_it(tmp_path, d
         c.stop()
     assert c.stats().background_errors == 0
 
-
-def _fork_servers() -> list[int]:
-    """This process's children that are training fork servers, from /proc."""
-    return [pid for pid in children(os.getpid()) if "vortex.training.forkserver" in cmdline(pid)]
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_start_starts_the_fork_server_ahead_of_the_first_run_and_stop_ends_it(tmp_path, digits, enabled):
-    """Its 1.7 s of imports happen as the service starts, not under load at the first run;
-    a coordinator with training disabled starts none."""
-    before = set(_fork_servers())  # an earlier test's coordinator, never stopped, may hold one
-    c = _coordinator(tmp_path, digits, n=10, enabled=enabled)
-    c.start()
-    try:
-        servers = set(_fork_servers()) - before
-        assert len(servers) == int(enabled)
-        assert c.stats().runs_started == 0
-    finally:
-        c.stop()
-    for pid in servers:
-        assert not os.path.exists(f"/proc/{pid}")

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from proc_support import alive, autogroup, children, cmdline, proc_stat
+from proc_support import alive, autogroup, proc_stat
 from safetensors.torch import load_file
 
 from vortex.config import BackgroundTrainingConfig
@@ -451,56 +451,13 @@ def test_back_to_back_runs_keep_one_idle_timer(tmp_path):
         launcher.close()
 
 
-@pytest.mark.slow
-def test_prestart_starts_the_server_before_any_run_and_the_first_run_forks_from_it(tmp_path):
-    """The server's imports happen when the service starts, not when the first run is due:
-    after prestart() a child of this process is importing at the workers' priority (seen
-    from /proc), and the first run's worker is its child, not a fresh interpreter."""
-    launcher = _launcher(tmp_path, num_epochs=100_000)
-    t = None
-    try:
-        launcher.prestart()
-        server = launcher._fork_server
-        assert server is not None and int(proc_stat(server.pid)[1]) == os.getpid()
-        _wait(lambda: _policy(server.pid) == os.SCHED_IDLE, "the server never switched to SCHED_IDLE")
-        launcher.prestart()  # a second call keeps the server it started
-        assert launcher._fork_server is server
-        t, outcome = _run_in_thread(launcher, tmp_path / "out", _snapshot(tmp_path / "snap.arrow"))
-        _wait(lambda: launcher.pids(), "no worker started")
-        (pid,) = launcher.pids()
-        assert int(proc_stat(pid)[1]) == server.pid and launcher._fork_server is server
-    finally:
-        launcher.cancel.set()
-        if t is not None:
-            t.join(60)
-        launcher.close()
-    assert not os.path.exists(f"/proc/{server.pid}")
-
-
-def test_prestart_does_nothing_without_the_fork_server(tmp_path):
-    launcher = _launcher(tmp_path, fork_server=False)
-    launcher.prestart()
-    assert launcher._fork_server is None
-    assert not [p for p in children(os.getpid()) if "vortex.training.forkserver" in cmdline(p)]
-
-
-def test_a_prestarted_server_nobody_uses_stops_after_the_idle_time(tmp_path):
-    launcher = _launcher(tmp_path, fork_server_idle_secs=0.5)
-    launcher.prestart()
-    pid = launcher._fork_server.pid
-    _wait(lambda: not alive(pid), "a prestarted fork server that no run used kept running", 60)
-    assert launcher._fork_server is None
-
-
 def test_closing_a_server_still_importing_kills_it_rather_than_waiting_for_its_imports(tmp_path):
-    """A coordinator stopped right after it started must not wait seconds for torch's import."""
+    """A coordinator stopped right after its first run began must not wait seconds for torch's import."""
     launcher = _launcher(tmp_path)
-    launcher.prestart()
-    server = launcher._fork_server
-    assert server is not None and server._ready is None  # Popen just returned: still importing
+    server = launcher._fork_server_for(launcher._env(0, 1, 0))
+    assert server._ready is None  # Popen just returned: still importing
     launcher.close()
     assert server._proc.returncode == -signal.SIGKILL and not os.path.exists(f"/proc/{server.pid}")
-
 
 
 def _server_with_a_fake_torch(tmp_path, torch_init: str):
@@ -542,8 +499,7 @@ def test_a_run_waits_for_a_server_still_importing_until_its_deadline_and_keeps_i
         [str(tmp_path / "fake"), worker_env(1)["PYTHONPATH"]])}
     launcher._env = lambda *a: launcher._base_env()  # the same PYTHONPATH: the same server
     try:
-        launcher.prestart()
-        server = launcher._fork_server
+        server = launcher._fork_server_for(launcher._env())
         with pytest.raises(TimeoutError, match="the training fork server was still importing"):
             launcher.run(str(tmp_path / "out"), _snapshot(tmp_path / "snap.arrow"), None, 1, run_id=0)
         assert launcher._fork_server is server and server.alive()

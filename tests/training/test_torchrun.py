@@ -25,7 +25,7 @@ pytest.importorskip("moto.server", reason="moto[server] (test extra) provides th
 pytest.importorskip("torch.distributed.run", reason="torch.distributed.run (torchrun) is not available")
 
 import torch  # noqa: E402
-from proc_support import alive, autogroup, children, proc_stat  # noqa: E402
+from proc_support import alive, autogroup, proc_stat  # noqa: E402
 from s3_support import S3_ENV, s3, s3_server  # noqa: E402, F401  (the fixtures, shared)
 from safetensors.torch import load, load_file  # noqa: E402
 
@@ -309,6 +309,17 @@ def _node_logs(work: str) -> list[str]:
     return [_read(p) for p in glob.glob(os.path.join(work, "home", "nodes", "run-*", NODE_LOG))]
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(proc_stat(entry)[1]) == pid:
+                found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
+
+
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -359,7 +370,7 @@ def _training_on_both_machines(coordinator, agent, work: str, thread: threading.
         assert time.monotonic() < deadline and agent.poll() is None and thread.is_alive(), \
             (_node_logs(work), result)
         time.sleep(0.05)
-    nodes = children(agent.pid) + coordinator.worker_pids()
+    nodes = _children(agent.pid) + coordinator.worker_pids()
     processes = nodes + [pid for node in nodes for pid in _ranks_of(node).values()]
     assert len(processes) == 4, processes
     return processes

@@ -250,8 +250,7 @@ class BackgroundTrainingCoordinator:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Start the background threads: training (scheduled and pending triggers) and
-        housekeeping (following outside swaps, saving the buffer); and, with training
-        enabled, the training fork server (``fork_server``), whose imports take seconds.
+        housekeeping (following outside swaps, saving the buffer).
         """
         if not self._triggers.start():
             return  # running already
@@ -259,8 +258,6 @@ class BackgroundTrainingCoordinator:
         self._keeper = threading.Thread(target=self._housekeeping, name="vortex-training-keeper",
                                         daemon=True)
         self._keeper.start()
-        if self.config.enabled:
-            self._launcher.prestart()  # its imports now, not under load when the first run is due
         log.info("background training started (home %s)", self.home)
 
     def stop(self, cancel: bool = False, timeout: float | None = None) -> None:

@@ -184,17 +184,6 @@ class WorkerLauncher:
                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     process_group=0)  # not a session: see worker.lower_priority
 
-    def prestart(self) -> None:
-        """Start the fork server now (``fork_server``), not at the first run: its imports, 1.7 s
-        of CPU, then happen while the service starts rather than when a run is due, which is
-        when the machine serves. Returns at once; the server stops after
-        ``fork_server_idle_secs`` without a run, as after a run.
-        """
-        if self._usable_fork_server(self._base_env()) is not None:
-            with self._fork_lock:
-                if not self._runs:
-                    self._arm_idle_timer()
-
     def _usable_fork_server(self, env: dict[str, str]) -> ForkServer | None:
         """The fork server for workers with ``env`` (maybe still importing), or None when
         ``fork_server`` is off or no server can start.
